@@ -1,0 +1,209 @@
+//! libdiffmine's half of the SD 1.5 benchmark (`benches/run.sh` runs it against
+//! `benches/bench_diffusers.py`, each measurement in a fresh process).
+//!
+//! Usage: sd15 MODEL_DIR f32|bf16 load|unet|parity REPEATS [PARITY_FILE]
+//!
+//! - `load`: times `StableDiffusion::open` (UNet, VAE, text encoder, tokenizer, schedule) and reports
+//!   the process's peak RSS (VmHWM) right after it, `REPEATS` is ignored (a second load in the same
+//!   process would not be a cold-process load).
+//! - `unet`: one UNet pass (`predict_noise`) at batch 2, 4×32×32 latents, context (2, 77, 768), after
+//!   one warm-up pass; `REPEATS` timed passes, the median reported. Also reports load + warm-up pass
+//!   (the time to the first UNet output in a fresh process) and VmHWM after the warm-up pass.
+//! - `parity`: reads `latents`, `timesteps`, `context` and diffusers' `noise_pred` from PARITY_FILE
+//!   (written by `bench_diffusers.py parity`), runs the UNet on the same inputs and reports
+//!   max|ours − diffusers| / max|diffusers|.
+//!
+//! - `profile-load`: replays `StableDiffusion::open` step by step (tokenizer, configs, each component's
+//!   header parse and weight reads) and times each step; then reads every tensor of every file with
+//!   `WeightFiles::get` alone (no model built) to separate I/O + allocation from model construction.
+//!   With `RUST_LOG` set, the library's tracing spans are printed to stderr.
+//!
+//! Everything runs on the CPU with libtorch's intra-op threads set to 2; results are JSON lines on
+//! stdout.
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use diffmine::model::config::{read_json, ClipTextConfig, SchedulerConfig, UNetConfig, VaeConfig};
+use diffmine::model::weights::{WeightFiles, WeightPath};
+use diffmine::model::{clip, loading, parse_dtype, scheduler, tokenizer, unet, vae};
+use diffmine::{ModelOptions, StableDiffusion};
+use tch::{Device, Kind, Tensor};
+
+const THREADS: i32 = 2;
+
+fn status_bytes(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kb: u64 = line[field.len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = values.len();
+    if n % 2 == 1 { values[n / 2] } else { (values[n / 2 - 1] + values[n / 2]) / 2.0 }
+}
+
+/// Names and shapes of a safetensors file's tensors, in file order.
+fn header_entries(path: &Path) -> Vec<(String, Vec<i64>)> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).expect("weights");
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).expect("header length");
+    let mut bytes = vec![0u8; u64::from_le_bytes(len) as usize];
+    file.read_exact(&mut bytes).expect("header");
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes).expect("header");
+    let mut entries: Vec<(u64, String, Vec<i64>)> = header
+        .into_iter()
+        .filter(|(k, _)| k != "__metadata__")
+        .map(|(k, v)| {
+            let shape = v["shape"].as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect();
+            (v["data_offsets"][0].as_u64().unwrap(), k, shape)
+        })
+        .collect();
+    entries.sort();
+    entries.into_iter().map(|(_, k, s)| (k, s)).collect()
+}
+
+fn open(dir: &Path, dtype: Kind) -> StableDiffusion {
+    let options = ModelOptions { device: Device::Cpu, dtype, ..ModelOptions::default() };
+    StableDiffusion::open(dir, &options).unwrap_or_else(|e| panic!("opening {}: {e}", dir.display()))
+}
+
+fn main() {
+    // `cargo bench` appends `--bench`; only positional arguments count.
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    if args.len() < 4 {
+        eprintln!("usage: sd15 MODEL_DIR f32|bf16 load|unet|parity REPEATS [PARITY_FILE]");
+        std::process::exit(2);
+    }
+    let dir = PathBuf::from(&args[0]);
+    let dtype_name = args[1].as_str();
+    let dtype = parse_dtype(dtype_name).expect("dtype");
+    let what = args[2].as_str();
+    let repeats: usize = args[3].parse().expect("REPEATS must be a number");
+    tch::set_num_threads(THREADS);
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let line = |fields: serde_json::Value| {
+        let mut object = serde_json::json!({ "impl": "libdiffmine", "what": what, "dtype": dtype_name, "threads": THREADS });
+        object.as_object_mut().unwrap().extend(fields.as_object().unwrap().clone());
+        println!("{object}");
+    };
+
+    match what {
+        "load" => {
+            let rss_before = status_bytes("VmRSS:");
+            let started = Instant::now();
+            let model = open(&dir, dtype);
+            let seconds = started.elapsed().as_secs_f64();
+            let hwm = status_bytes("VmHWM:");
+            let rss_after = status_bytes("VmRSS:");
+            line(serde_json::json!({
+                "seconds": seconds, "vmhwm_bytes": hwm, "vmrss_before_bytes": rss_before, "vmrss_after_bytes": rss_after,
+            }));
+            drop(model);
+        }
+        "unet" => {
+            let started = Instant::now();
+            let model = open(&dir, dtype);
+            let load_seconds = started.elapsed().as_secs_f64();
+            tch::manual_seed(0);
+            let latents = Tensor::randn([2, 4, 32, 32], (Kind::Float, Device::Cpu));
+            let context = Tensor::randn([2, 77, 768], (Kind::Float, Device::Cpu));
+            let timesteps = Tensor::from_slice(&[10i64, 500]);
+            let pass = || {
+                let started = Instant::now();
+                let out = model.predict_noise(&latents, &timesteps, &context).expect("UNet pass");
+                assert_eq!(out.size(), [2, 4, 32, 32]);
+                started.elapsed().as_secs_f64()
+            };
+            let warmup = pass();
+            let hwm_first = status_bytes("VmHWM:");
+            let mut times: Vec<f64> = (0..repeats.max(1)).map(|_| pass()).collect();
+            let all = times.clone();
+            line(serde_json::json!({
+                "seconds": median(&mut times), "all": all, "warmup_seconds": warmup, "load_seconds": load_seconds,
+                "load_and_first_pass_seconds": load_seconds + warmup, "vmhwm_after_first_pass_bytes": hwm_first,
+            }));
+        }
+        "parity" => {
+            let file = args.get(4).expect("parity needs PARITY_FILE");
+            let tensors = Tensor::read_safetensors(file).expect("reading the parity file");
+            let get = |name: &str| {
+                tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t.shallow_clone()).unwrap_or_else(|| panic!("{file} has no `{name}`"))
+            };
+            let model = open(&dir, dtype);
+            let ours = model.predict_noise(&get("latents"), &get("timesteps"), &get("context")).expect("UNet pass");
+            let theirs = get("noise_pred").to_kind(Kind::Float);
+            let max_diff = (&ours - &theirs).abs().max().double_value(&[]);
+            let max_ref = theirs.abs().max().double_value(&[]);
+            let mean_diff = (&ours - &theirs).abs().mean(Kind::Float).double_value(&[]);
+            line(serde_json::json!({
+                "max_abs_diff": max_diff, "max_abs_ref": max_ref, "relative": max_diff / max_ref, "mean_abs_diff": mean_diff,
+                "shape": ours.size(),
+            }));
+        }
+        "profile-load" => {
+            let mut steps: Vec<(String, f64, Option<u64>)> = Vec::new();
+            let mut clock = Instant::now();
+            let mut lap = |name: &str, steps: &mut Vec<(String, f64, Option<u64>)>| {
+                steps.push((name.to_string(), clock.elapsed().as_secs_f64(), status_bytes("VmRSS:")));
+                clock = Instant::now();
+            };
+            let tok = tokenizer::ClipTokenizer::from_dir(&dir.join("tokenizer")).expect("tokenizer");
+            lap("tokenizer", &mut steps);
+            let sched: SchedulerConfig = read_json(&dir.join("scheduler/scheduler_config.json")).expect("scheduler");
+            let schedule = scheduler::NoiseSchedule::new(sched).expect("schedule");
+            let unet_config: UNetConfig = read_json(&dir.join("unet/config.json")).expect("unet config");
+            let vae_config: VaeConfig = read_json(&dir.join("vae/config.json")).expect("vae config");
+            let text_config = ClipTextConfig::read(&dir.join("text_encoder/config.json")).expect("clip config");
+            lap("configs + schedule", &mut steps);
+            let files_of = |name: &str| loading::weight_files(&dir.join(name), None).expect("weight files");
+            let (unet_files, vae_files, text_files) = (files_of("unet"), files_of("vae"), files_of("text_encoder"));
+            let models = tch::no_grad(|| {
+                let files = WeightFiles::open(&unet_files, Device::Cpu, dtype).expect("unet files");
+                lap("unet header", &mut steps);
+                let u = unet::UNet2DConditionModel::load(&WeightPath::root(&files), unet_config).expect("unet");
+                lap("unet weights", &mut steps);
+                let files = WeightFiles::open(&vae_files, Device::Cpu, dtype).expect("vae files");
+                let v = vae::AutoencoderKL::load(&WeightPath::root(&files), vae_config).expect("vae");
+                lap("vae header + weights", &mut steps);
+                let files = WeightFiles::open(&text_files, Device::Cpu, dtype).expect("text files");
+                let t = clip::ClipTextModel::load(&WeightPath::root(&files), text_config).expect("text encoder");
+                lap("text encoder header + weights", &mut steps);
+                (u, v, t)
+            });
+            let hwm = status_bytes("VmHWM:");
+            drop(models);
+            drop((tok, schedule));
+            lap("drop model", &mut steps);
+            // The reads alone: every tensor of every file through WeightFiles::get, kept alive as a model
+            // would keep it, in file order.
+            let mut kept = Vec::new();
+            for paths in [&unet_files, &vae_files, &text_files] {
+                let files = WeightFiles::open(paths, Device::Cpu, dtype).expect("files");
+                for (name, shape) in header_entries(&paths[0]) {
+                    kept.push(files.get(&name, &shape).expect("tensor"));
+                }
+            }
+            lap("WeightFiles::get of every tensor (no model)", &mut steps);
+            let hwm_reads = status_bytes("VmHWM:");
+            drop(kept);
+            let total: f64 = steps.iter().take(6).map(|s| s.1).sum();
+            for (name, seconds, rss) in &steps {
+                line(serde_json::json!({ "step": name, "seconds": seconds, "vmrss_bytes": rss }));
+            }
+            line(serde_json::json!({ "step": "open total", "seconds": total, "vmhwm_bytes": hwm, "vmhwm_after_reads_bytes": hwm_reads }));
+        }
+        other => {
+            eprintln!("unknown measurement `{other}` (use load, unet or parity)");
+            std::process::exit(2);
+        }
+    }
+}

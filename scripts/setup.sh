@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs everything libdiffmine needs on a fresh machine, idempotently (a second run costs seconds):
+#   - a Python virtual environment in .deps/venv with PyTorch 2.11.0 (the version tch 0.24.0 binds),
+#     diffusers/transformers (the reference implementation the tests compare against) and numpy;
+#   - cbindgen (to check that include/diffmine.h is current).
+# It prints the environment variables the build needs; `source scripts/env.sh` sets them.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+venv="$root/.deps/venv"
+stamp="$venv/.diffmine-deps-v1"
+
+if [ ! -f "$stamp" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --upgrade pip
+  # torch==2.11.0 is the CUDA 13.0 build on PyPI: the same build the GPU machines have preinstalled,
+  # so a library built here runs there against their own libtorch.
+  "$venv/bin/python" -m pip install -q -r "$root/scripts/requirements.txt"
+  touch "$stamp"
+fi
+
+if ! command -v cbindgen >/dev/null 2>&1 || ! cbindgen --version | grep -q '0.29.4'; then
+  cargo install --locked --quiet cbindgen --version 0.29.4
+fi

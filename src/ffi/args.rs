@@ -1,0 +1,91 @@
+//! Reading C arguments: strings, caller buffers, versioned option structs. Each check names the
+//! argument in its error.
+use std::ffi::{c_char, CStr};
+
+use super::error::{FfiError, FfiResult};
+
+/// A required NUL-terminated UTF-8 string.
+///
+/// # Safety
+/// `ptr` must be NULL or point to a NUL-terminated string that outlives the returned reference.
+pub(crate) unsafe fn required_str<'a>(ptr: *const c_char, what: &'static str) -> FfiResult<&'a str> {
+    // SAFETY: forwarded to the caller's contract.
+    unsafe { optional_str(ptr, what) }?.ok_or(FfiError::Null(what))
+}
+
+/// An optional NUL-terminated UTF-8 string (NULL means absent).
+///
+/// # Safety
+/// As [`required_str`].
+pub(crate) unsafe fn optional_str<'a>(ptr: *const c_char, what: &'static str) -> FfiResult<Option<&'a str>> {
+    if ptr.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: non-NULL and NUL-terminated by the caller's contract.
+    let text = unsafe { CStr::from_ptr(ptr) };
+    text.to_str().map(Some).map_err(|_| FfiError::Invalid(format!("`{what}` is not valid UTF-8")))
+}
+
+/// A caller-owned input array of `len` elements.
+///
+/// # Safety
+/// `ptr` must be NULL or point to `len` readable, initialised elements.
+pub(crate) unsafe fn input_slice<'a, T>(ptr: *const T, len: usize, what: &'static str) -> FfiResult<&'a [T]> {
+    if ptr.is_null() {
+        return Err(FfiError::Null(what));
+    }
+    // SAFETY: non-NULL with `len` readable elements by the caller's contract.
+    Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
+}
+
+/// Copies `result` into the caller's buffer of `len` elements, which must be large enough.
+///
+/// # Safety
+/// `ptr` must be NULL or point to `len` writable elements.
+pub(crate) unsafe fn write_output<T: Copy>(result: &[T], ptr: *mut T, len: usize, what: &'static str) -> FfiResult<()> {
+    if ptr.is_null() {
+        return Err(FfiError::Null(what));
+    }
+    if len < result.len() {
+        return Err(FfiError::BufferTooSmall { what, needed: result.len(), given: len });
+    }
+    // SAFETY: non-NULL with at least `result.len()` writable elements (checked above).
+    unsafe { std::ptr::copy_nonoverlapping(result.as_ptr(), ptr, result.len()) };
+    Ok(())
+}
+
+/// Writes one output value.
+///
+/// # Safety
+/// `ptr` must be NULL or valid for a write of `T`.
+pub(crate) unsafe fn write_value<T>(value: T, ptr: *mut T, what: &'static str) -> FfiResult<()> {
+    if ptr.is_null() {
+        return Err(FfiError::Null(what));
+    }
+    // SAFETY: non-NULL and writable by the caller's contract.
+    unsafe { ptr.write(value) };
+    Ok(())
+}
+
+/// Reads a versioned options struct whose first field is its `struct_size`: a caller built against an
+/// older header passes a smaller struct, and the fields it does not have keep their defaults.
+///
+/// # Safety
+/// `ptr` must be NULL or point to a struct whose first field is a `size_t` holding the number of
+/// readable bytes.
+pub(crate) unsafe fn read_options<T: Copy>(ptr: *const T, defaults: T, min_size: usize, what: &'static str) -> FfiResult<T> {
+    if ptr.is_null() {
+        return Ok(defaults);
+    }
+    // SAFETY: the first field of every options struct is a size_t.
+    let given = unsafe { (ptr as *const usize).read() };
+    if given < min_size {
+        return Err(FfiError::Invalid(format!("`{what}.struct_size` = {given} is smaller than the first version of the struct ({min_size} bytes)")));
+    }
+    let mut value = defaults;
+    let n = given.min(std::mem::size_of::<T>());
+    // SAFETY: the caller's struct has `given` readable bytes and we copy at most that many (and at most
+    // our own size) into a properly aligned local of type T, whose defaults fill any remaining fields.
+    unsafe { std::ptr::copy_nonoverlapping(ptr as *const u8, &mut value as *mut T as *mut u8, n) };
+    Ok(value)
+}

@@ -1,0 +1,54 @@
+//! Opaque handles. A handle is the address of a value the library keeps in a registry of live objects,
+//! so a freed, foreign or wrong-type pointer is reported as `DM_ERR_INVALID_HANDLE` instead of being
+//! dereferenced. Each call takes a counted reference out of the registry: a `_free` on another thread
+//! while a call is running only drops the registry's reference, and the object lives until the call ends.
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use super::error::{FfiError, FfiResult};
+
+type Live = HashMap<usize, Arc<dyn Any + Send + Sync>>;
+
+fn registry() -> &'static Mutex<Live> {
+    static LIVE: OnceLock<Mutex<Live>> = OnceLock::new();
+    LIVE.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+fn lock() -> std::sync::MutexGuard<'static, Live> {
+    // A panic while the lock was held cannot leave the map inconsistent (single inserts and removes),
+    // so a poisoned lock is still usable.
+    registry().lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Registers `value` and returns its handle, typed as the C-side opaque struct `H`.
+pub(crate) fn register<T: Send + Sync + 'static, H>(value: T) -> *mut H {
+    let value = Arc::new(value);
+    let address = Arc::as_ptr(&value) as usize;
+    lock().insert(address, value);
+    address as *mut H
+}
+
+/// The object behind `handle`, if it is a live handle of type `T`.
+pub(crate) fn get<T: Send + Sync + 'static, H>(handle: *const H, what: &'static str) -> FfiResult<Arc<T>> {
+    if handle.is_null() {
+        return Err(FfiError::Null(what));
+    }
+    let object = lock().get(&(handle as usize)).cloned().ok_or(FfiError::InvalidHandle(what))?;
+    object.downcast::<T>().map_err(|_| FfiError::InvalidHandle(what))
+}
+
+/// Removes a handle of type `T`; NULL is accepted and does nothing.
+pub(crate) fn release<T: Send + Sync + 'static, H>(handle: *mut H, what: &'static str) -> FfiResult<()> {
+    if handle.is_null() {
+        return Ok(());
+    }
+    let mut live = lock();
+    match live.get(&(handle as usize)) {
+        Some(object) if object.is::<T>() => {
+            live.remove(&(handle as usize));
+            Ok(())
+        }
+        _ => Err(FfiError::InvalidHandle(what)),
+    }
+}

@@ -1,0 +1,20 @@
+//! The C ABI (`include/diffmine.h`): thin wrappers over the safe Rust API. Conventions: `dm_` prefix,
+//! `dm_<type>_<verb>`, opaque handles, a `dm_status` from every call with the message in a thread-local
+//! last error, outputs written only on success, every body inside one panic boundary.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod args;
+mod error;
+mod handle;
+mod image;
+mod log;
+mod model;
+mod status;
+mod version;
+
+pub use image::{dm_image_view, DM_PIXEL_F32, DM_PIXEL_U16, DM_PIXEL_U8};
+pub use error::{dm_last_error, dm_last_error_copy};
+pub use log::{dm_log_fn, dm_log_set_callback, DM_LOG_DEBUG, DM_LOG_ERROR, DM_LOG_INFO, DM_LOG_TRACE, DM_LOG_WARN};
+pub use model::*;
+pub use status::dm_status;
+pub use version::*;

@@ -1,0 +1,107 @@
+//! Borrowed pixel buffers as callers hand them in (any row stride, 1/3/4 channels, 8/16-bit or float),
+//! and their conversion to the model's RGB input in [-1, 1].
+use tch::{Kind, Tensor};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PixelType {
+    U8,
+    U16,
+    /// Values in [0, 1].
+    F32,
+}
+
+impl PixelType {
+    pub fn bytes(self) -> usize {
+        match self {
+            PixelType::U8 => 1,
+            PixelType::U16 => 2,
+            PixelType::F32 => 4,
+        }
+    }
+}
+
+/// A borrowed image: `height` rows of `width` pixels of `channels` samples, rows `stride` bytes apart.
+#[derive(Debug, Clone, Copy)]
+pub struct ImageView<'a> {
+    pub data: &'a [u8],
+    pub width: usize,
+    pub height: usize,
+    /// 1 (grey, replicated to RGB), 3 (RGB) or 4 (RGBA, alpha ignored).
+    pub channels: usize,
+    pub stride: usize,
+    pub pixel: PixelType,
+}
+
+impl<'a> ImageView<'a> {
+    /// Checks the view's geometry against its buffer.
+    pub fn validate(&self) -> Result<()> {
+        if self.width == 0 || self.height == 0 {
+            return Err(Error::InvalidArgument(format!("image has a zero side ({}×{})", self.width, self.height)));
+        }
+        if ![1, 3, 4].contains(&self.channels) {
+            return Err(Error::InvalidArgument(format!("image has {} channels (1, 3 or 4 supported)", self.channels)));
+        }
+        let row = self.width * self.channels * self.pixel.bytes();
+        if self.stride < row {
+            return Err(Error::InvalidArgument(format!("image row stride {} is smaller than a row ({row} bytes)", self.stride)));
+        }
+        let needed = self.stride * (self.height - 1) + row;
+        if self.data.len() < needed {
+            return Err(Error::InvalidArgument(format!(
+                "image buffer holds {} bytes, its stated size ({}×{}×{}, stride {}) needs {needed}",
+                self.data.len(),
+                self.width,
+                self.height,
+                self.channels,
+                self.stride
+            )));
+        }
+        Ok(())
+    }
+
+    /// The image as a (1, 3, H, W) f32 tensor in [-1, 1]: x/255·2-1 for 8 bits, in that order, as
+    /// diffusers' image processor computes it.
+    pub fn to_model_input(&self) -> Result<Tensor> {
+        self.validate()?;
+        let (w, h, c) = (self.width, self.height, self.channels);
+        let mut rgb = vec![0f32; 3 * w * h];
+        for y in 0..h {
+            let row = &self.data[y * self.stride..];
+            for x in 0..w {
+                for out_c in 0..3 {
+                    let in_c = if c == 1 { 0 } else { out_c };
+                    let value = self.sample(row, x * c + in_c);
+                    rgb[out_c * w * h + y * w + x] = value * 2.0 - 1.0;
+                }
+            }
+        }
+        Ok(Tensor::from_slice(&rgb).f_reshape([1, 3, h as i64, w as i64])?)
+    }
+
+    /// Sample `index` of a row, scaled to [0, 1].
+    fn sample(&self, row: &[u8], index: usize) -> f32 {
+        match self.pixel {
+            PixelType::U8 => row[index] as f32 / 255.0,
+            PixelType::U16 => u16::from_ne_bytes([row[2 * index], row[2 * index + 1]]) as f32 / 65535.0,
+            PixelType::F32 => f32::from_ne_bytes(row[4 * index..4 * index + 4].try_into().expect("4 bytes")),
+        }
+    }
+}
+
+/// Images (B, 3, H, W) about [-1, 1] to interleaved RGB bytes (H, W, 3) of the first image, rounded
+/// as diffusers' `numpy_to_pil` does: ((x / 2 + 0.5) clamped to [0, 1] · 255).round().
+pub fn to_rgb8(images: &Tensor) -> Result<Vec<u8>> {
+    let first = images.f_get(0)?;
+    let scaled = first
+        .f_div_scalar(2.0)?
+        .f_add_scalar(0.5)?
+        .f_clamp(0.0, 1.0)?
+        .f_mul_scalar(255.0)?
+        .f_round()?
+        .f_permute([1, 2, 0])?
+        .f_contiguous()?
+        .f_to_kind(Kind::Uint8)?;
+    Ok(Vec::<u8>::try_from(scaled.f_flatten(0, -1)?)?)
+}

@@ -1,0 +1,109 @@
+//! The training noise schedule read from `scheduler/scheduler_config.json`: betas, cumulative alphas,
+//! the forward process and the conversion of a v-prediction to a noise prediction. Samplers (DDIM,
+//! DDPM) build on this.
+use tch::{Device, Kind, Tensor};
+
+use super::config::SchedulerConfig;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PredictionType {
+    Epsilon,
+    VPrediction,
+}
+
+pub struct NoiseSchedule {
+    config: SchedulerConfig,
+    prediction: PredictionType,
+    /// ᾱ_t for t = 0..T-1, in f32 on the CPU as diffusers keeps it.
+    alphas_cumprod: Tensor,
+}
+
+impl NoiseSchedule {
+    pub fn new(config: SchedulerConfig) -> Result<Self> {
+        let prediction = match config.prediction_type.as_str() {
+            "epsilon" => PredictionType::Epsilon,
+            "v_prediction" => PredictionType::VPrediction,
+            other => return Err(Error::Unsupported(format!("scheduler `prediction_type` = \"{other}\" is not supported (epsilon, v_prediction)"))),
+        };
+        let betas = betas(&config)?;
+        let alphas_cumprod = betas.f_neg()?.f_add_scalar(1.0)?.f_cumprod(0, Kind::Float)?;
+        Ok(NoiseSchedule { config, prediction, alphas_cumprod })
+    }
+
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.config
+    }
+
+    pub fn prediction_type(&self) -> PredictionType {
+        self.prediction
+    }
+
+    pub fn train_steps(&self) -> i64 {
+        self.config.num_train_timesteps
+    }
+
+    pub fn alphas_cumprod(&self) -> &Tensor {
+        &self.alphas_cumprod
+    }
+
+    /// √ᾱ_t and √(1-ᾱ_t) for each timestep, shaped (B, 1, 1, 1) to broadcast over latents.
+    fn coefficients(&self, timesteps: &Tensor, like: &Tensor) -> Result<(Tensor, Tensor)> {
+        let abar = self.alphas_cumprod.f_index_select(0, &timesteps.f_to_device(Device::Cpu)?)?;
+        let shape = [-1i64, 1, 1, 1];
+        let to = |t: Tensor| -> Result<Tensor> { Ok(t.f_reshape(shape)?.f_to_device(like.device())?.f_to_kind(like.kind())?) };
+        Ok((to(abar.f_sqrt()?)?, to(abar.f_neg()?.f_add_scalar(1.0)?.f_sqrt()?)?))
+    }
+
+    /// The forward process: √ᾱ_t x₀ + √(1-ᾱ_t) ε (diffusers' `add_noise`).
+    pub fn add_noise(&self, x0: &Tensor, noise: &Tensor, timesteps: &Tensor) -> Result<Tensor> {
+        let (a, s) = self.coefficients(timesteps, x0)?;
+        Ok(x0.f_mul(&a)?.f_add(&noise.f_mul(&s)?)?)
+    }
+
+    /// Turns the UNet's raw output into a noise prediction: unchanged for ε-models, and
+    /// ε = √ᾱ_t v + √(1-ᾱ_t) z_t for v-models (SD 2.x 768 px).
+    pub fn to_epsilon(&self, output: &Tensor, noisy: &Tensor, timesteps: &Tensor) -> Result<Tensor> {
+        match self.prediction {
+            PredictionType::Epsilon => Ok(output.shallow_clone()),
+            PredictionType::VPrediction => {
+                let (a, s) = self.coefficients(timesteps, noisy)?;
+                Ok(output.f_mul(&a)?.f_add(&noisy.f_mul(&s)?)?)
+            }
+        }
+    }
+}
+
+fn betas(config: &SchedulerConfig) -> Result<Tensor> {
+    let steps = config.num_train_timesteps;
+    if steps <= 0 {
+        return Err(Error::InvalidModel(format!("scheduler `num_train_timesteps` = {steps} must be positive")));
+    }
+    let options = (Kind::Float, Device::Cpu);
+    if let Some(trained) = &config.trained_betas {
+        let values: Vec<f32> = trained.iter().map(|&b| b as f32).collect();
+        return Ok(Tensor::from_slice(&values));
+    }
+    Ok(match config.beta_schedule.as_str() {
+        "linear" => Tensor::f_linspace(config.beta_start, config.beta_end, steps, options)?,
+        "scaled_linear" => Tensor::f_linspace(config.beta_start.sqrt(), config.beta_end.sqrt(), steps, options)?.f_square()?,
+        "squaredcos_cap_v2" => squared_cosine_betas(steps),
+        other => {
+            return Err(Error::Unsupported(format!(
+                "scheduler `beta_schedule` = \"{other}\" is not supported (linear, scaled_linear, squaredcos_cap_v2)"
+            )))
+        }
+    })
+}
+
+/// The cosine schedule (Nichol & Dhariwal), computed in f64 and stored in f32 as diffusers does.
+fn squared_cosine_betas(steps: i64) -> Tensor {
+    let alpha_bar = |t: f64| ((t + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2).cos().powi(2);
+    let betas: Vec<f32> = (0..steps)
+        .map(|i| {
+            let (t1, t2) = (i as f64 / steps as f64, (i + 1) as f64 / steps as f64);
+            (1.0 - alpha_bar(t2) / alpha_bar(t1)).min(0.999) as f32
+        })
+        .collect();
+    Tensor::from_slice(&betas)
+}

@@ -1,0 +1,290 @@
+//! diffusers' `UNet2DConditionModel` for Stable Diffusion 1.x and 2.x, built from its `config.json`.
+use tch::Tensor;
+
+use super::attention::{Transformer2D, Transformer2DShape};
+use super::config::UNetConfig;
+use super::embeddings::{timestep_features, TimestepEmbedding};
+use super::nn::{Conv2d, GroupNorm};
+use super::resnet::{Downsample2D, ResnetBlock2D, ResnetShape, Upsample2D};
+use super::weights::WeightPath;
+use crate::error::{Error, Result};
+
+/// What every block of one UNet shares.
+struct BlockContext {
+    temb: i64,
+    groups: i64,
+    eps: f64,
+    linear_projection: bool,
+    upcast: bool,
+}
+
+impl BlockContext {
+    fn resnet(&self, p: &WeightPath, c_in: i64, c_out: i64, output_scale: f64) -> Result<ResnetBlock2D> {
+        let shape = ResnetShape { c_in, c_out, temb: Some(self.temb), groups: self.groups, eps: self.eps, output_scale };
+        ResnetBlock2D::load(p, &shape)
+    }
+
+    fn transformer(&self, p: &WeightPath, channels: i64, heads: i64, layers: i64, context_dim: i64) -> Result<Transformer2D> {
+        let shape = Transformer2DShape {
+            channels,
+            heads,
+            layers,
+            context_dim,
+            groups: self.groups,
+            linear_projection: self.linear_projection,
+            upcast: self.upcast,
+        };
+        Transformer2D::load(p, &shape)
+    }
+}
+
+/// Per-block settings after expanding diffusers' "one value or a list" config keys.
+struct BlockSpec {
+    channels: i64,
+    layers: i64,
+    heads: i64,
+    transformer_layers: i64,
+    context_dim: i64,
+}
+
+fn block_specs(config: &UNetConfig) -> Result<Vec<BlockSpec>> {
+    let n = config.block_out_channels.len();
+    let layers = config.layers_per_block.expand("layers_per_block", n)?;
+    let heads = config.heads_per_block()?;
+    let transformer_layers = config.transformer_layers_per_block.expand("transformer_layers_per_block", n)?;
+    let context = config.cross_attention_dim.expand("cross_attention_dim", n)?;
+    Ok((0..n)
+        .map(|i| BlockSpec {
+            channels: config.block_out_channels[i],
+            layers: layers[i],
+            heads: heads[i],
+            transformer_layers: transformer_layers[i],
+            context_dim: context[i],
+        })
+        .collect())
+}
+
+/// A down or up block: resnets, optionally each followed by a transformer, then an optional resampler.
+struct DownBlock {
+    resnets: Vec<ResnetBlock2D>,
+    attentions: Vec<Transformer2D>,
+    downsampler: Option<Downsample2D>,
+}
+
+struct UpBlock {
+    resnets: Vec<ResnetBlock2D>,
+    attentions: Vec<Transformer2D>,
+    upsampler: Option<Upsample2D>,
+}
+
+fn has_cross_attention(block_type: &str, plain: &str, cross: &str, which: &str) -> Result<bool> {
+    match block_type {
+        t if t == cross => Ok(true),
+        t if t == plain => Ok(false),
+        other => Err(Error::Unsupported(format!(
+            "unknown UNet {which} block type `{other}` (supported: {cross}, {plain})"
+        ))),
+    }
+}
+
+struct MidBlock {
+    first: ResnetBlock2D,
+    layers: Vec<(Transformer2D, ResnetBlock2D)>,
+}
+
+pub struct UNet2DConditionModel {
+    config: UNetConfig,
+    conv_in: Conv2d,
+    time_embedding: TimestepEmbedding,
+    down_blocks: Vec<DownBlock>,
+    mid_block: Option<MidBlock>,
+    up_blocks: Vec<UpBlock>,
+    conv_norm_out: GroupNorm,
+    conv_out: Conv2d,
+}
+
+impl UNet2DConditionModel {
+    pub fn load(p: &WeightPath, config: UNetConfig) -> Result<Self> {
+        config.check_supported()?;
+        let specs = block_specs(&config)?;
+        let c0 = config.block_out_channels[0];
+        let ctx = BlockContext {
+            temb: c0 * 4,
+            groups: config.norm_num_groups,
+            eps: config.norm_eps,
+            linear_projection: config.use_linear_projection,
+            upcast: config.upcast_attention,
+        };
+        let (k_in, k_out) = (config.conv_in_kernel, config.conv_out_kernel);
+        let conv_in = Conv2d::load(&p.sub("conv_in"), config.in_channels, c0, k_in, 1, (k_in - 1) / 2)?;
+        let time_embedding = TimestepEmbedding::load(&p.sub("time_embedding"), c0, ctx.temb)?;
+        let down_blocks = Self::load_down_blocks(p, &config, &specs, &ctx)?;
+        let mid_block = Self::load_mid_block(p, &config, &specs, &ctx)?;
+        let up_blocks = Self::load_up_blocks(p, &config, &specs, &ctx)?;
+        let conv_norm_out = GroupNorm::load(&p.sub("conv_norm_out"), config.norm_num_groups, c0, config.norm_eps)?;
+        let conv_out = Conv2d::load(&p.sub("conv_out"), c0, config.out_channels, k_out, 1, (k_out - 1) / 2)?;
+        Ok(UNet2DConditionModel { config, conv_in, time_embedding, down_blocks, mid_block, up_blocks, conv_norm_out, conv_out })
+    }
+
+    fn load_down_blocks(p: &WeightPath, config: &UNetConfig, specs: &[BlockSpec], ctx: &BlockContext) -> Result<Vec<DownBlock>> {
+        let mut c_prev = specs[0].channels;
+        let mut blocks = Vec::with_capacity(specs.len());
+        for (i, spec) in specs.iter().enumerate() {
+            let bp = p.sub("down_blocks").sub(i);
+            let cross = has_cross_attention(&config.down_block_types[i], "DownBlock2D", "CrossAttnDownBlock2D", "down")?;
+            let mut resnets = Vec::new();
+            let mut attentions = Vec::new();
+            for j in 0..spec.layers {
+                let c_in = if j == 0 { c_prev } else { spec.channels };
+                resnets.push(ctx.resnet(&bp.sub("resnets").sub(j), c_in, spec.channels, 1.0)?);
+                if cross {
+                    let tp = bp.sub("attentions").sub(j);
+                    attentions.push(ctx.transformer(&tp, spec.channels, spec.heads, spec.transformer_layers, spec.context_dim)?);
+                }
+            }
+            let is_final = i == specs.len() - 1;
+            let downsampler = if is_final {
+                None
+            } else {
+                Some(Downsample2D::load(&bp.sub("downsamplers").sub(0), spec.channels, config.downsample_padding)?)
+            };
+            blocks.push(DownBlock { resnets, attentions, downsampler });
+            c_prev = spec.channels;
+        }
+        Ok(blocks)
+    }
+
+    fn load_mid_block(p: &WeightPath, config: &UNetConfig, specs: &[BlockSpec], ctx: &BlockContext) -> Result<Option<MidBlock>> {
+        match config.mid_block_type.as_deref() {
+            None => return Ok(None),
+            Some("UNetMidBlock2DCrossAttn") => {}
+            Some(other) => {
+                return Err(Error::Unsupported(format!(
+                    "unknown UNet mid block type `{other}` (supported: UNetMidBlock2DCrossAttn, null)"
+                )))
+            }
+        }
+        let last = specs.last().expect("check_supported guarantees at least one block");
+        let mp = p.sub("mid_block");
+        let scale = config.mid_block_scale_factor;
+        let first = ctx.resnet(&mp.sub("resnets").sub(0), last.channels, last.channels, scale)?;
+        let attention = ctx.transformer(&mp.sub("attentions").sub(0), last.channels, last.heads, last.transformer_layers, last.context_dim)?;
+        let second = ctx.resnet(&mp.sub("resnets").sub(1), last.channels, last.channels, scale)?;
+        Ok(Some(MidBlock { first, layers: vec![(attention, second)] }))
+    }
+
+    fn load_up_blocks(p: &WeightPath, config: &UNetConfig, specs: &[BlockSpec], ctx: &BlockContext) -> Result<Vec<UpBlock>> {
+        let n = specs.len();
+        let reversed: Vec<&BlockSpec> = specs.iter().rev().collect();
+        let mut c_prev = reversed[0].channels;
+        let mut blocks = Vec::with_capacity(n);
+        for (i, spec) in reversed.iter().enumerate() {
+            let bp = p.sub("up_blocks").sub(i);
+            let cross = has_cross_attention(&config.up_block_types[i], "UpBlock2D", "CrossAttnUpBlock2D", "up")?;
+            // The skip connection of the last resnet comes from the block below (the input side of the
+            // mirrored down block); the others from this level.
+            let c_skip_last = reversed[(i + 1).min(n - 1)].channels;
+            let layers = spec.layers + 1;
+            let mut resnets = Vec::new();
+            let mut attentions = Vec::new();
+            for j in 0..layers {
+                let c_skip = if j == layers - 1 { c_skip_last } else { spec.channels };
+                let c_in = if j == 0 { c_prev } else { spec.channels };
+                resnets.push(ctx.resnet(&bp.sub("resnets").sub(j), c_in + c_skip, spec.channels, 1.0)?);
+                if cross {
+                    let tp = bp.sub("attentions").sub(j);
+                    attentions.push(ctx.transformer(&tp, spec.channels, spec.heads, spec.transformer_layers, spec.context_dim)?);
+                }
+            }
+            let upsampler = if i == n - 1 { None } else { Some(Upsample2D::load(&bp.sub("upsamplers").sub(0), spec.channels)?) };
+            blocks.push(UpBlock { resnets, attentions, upsampler });
+            c_prev = spec.channels;
+        }
+        Ok(blocks)
+    }
+
+    pub fn config(&self) -> &UNetConfig {
+        &self.config
+    }
+
+    /// Predicts the model output (noise or v, as the scheduler config says) for `sample` (B, C, h, w)
+    /// at `timesteps` (B,) given text embeddings `context` (B, L, D). All in the weights' dtype/device.
+    pub fn forward(&self, sample: &Tensor, timesteps: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let _span = tracing::debug_span!("unet").entered();
+        let temb = self.time_embedding(timesteps, sample)?;
+        let sample = if self.config.center_input_sample { sample.f_mul_scalar(2.0)?.f_sub_scalar(1.0)? } else { sample.shallow_clone() };
+        let mut h = self.conv_in.forward(&sample)?;
+        let mut skips = vec![h.shallow_clone()];
+        for block in &self.down_blocks {
+            let _span = tracing::trace_span!("down_block").entered();
+            for (j, resnet) in block.resnets.iter().enumerate() {
+                h = resnet.forward(&h, Some(&temb))?;
+                if let Some(attention) = block.attentions.get(j) {
+                    h = attention.forward(&h, context)?;
+                }
+                skips.push(h.shallow_clone());
+            }
+            if let Some(down) = &block.downsampler {
+                h = down.forward(&h)?;
+                skips.push(h.shallow_clone());
+            }
+        }
+        if let Some(mid) = &self.mid_block {
+            let _span = tracing::trace_span!("mid_block").entered();
+            h = mid.first.forward(&h, Some(&temb))?;
+            for (attention, resnet) in &mid.layers {
+                h = resnet.forward(&attention.forward(&h, context)?, Some(&temb))?;
+            }
+        }
+        let explicit_sizes = self.needs_explicit_upsample_sizes(&sample)?;
+        for block in &self.up_blocks {
+            let _span = tracing::trace_span!("up_block").entered();
+            h = Self::up_block_forward(block, h, &mut skips, &temb, context, explicit_sizes)?;
+        }
+        let h = self.conv_norm_out.forward(&h)?.f_silu()?;
+        self.conv_out.forward(&h)
+    }
+
+    /// Runs one up block, consuming its skip connections from the top of `skips`.
+    fn up_block_forward(
+        block: &UpBlock,
+        mut h: Tensor,
+        skips: &mut Vec<Tensor>,
+        temb: &Tensor,
+        context: &Tensor,
+        explicit_sizes: bool,
+    ) -> Result<Tensor> {
+        for (j, resnet) in block.resnets.iter().enumerate() {
+            let skip = skips.pop().ok_or_else(|| Error::Torch("UNet skip connections exhausted".into()))?;
+            h = resnet.forward(&Tensor::f_cat(&[h, skip], 1)?, Some(temb))?;
+            if let Some(attention) = block.attentions.get(j) {
+                h = attention.forward(&h, context)?;
+            }
+        }
+        if let Some(up) = &block.upsampler {
+            // Upsample to the size of the skip connection it will be joined with, as diffusers does
+            // when a latent side is not a multiple of the total down-sampling factor.
+            let size = match (explicit_sizes, skips.last()) {
+                (true, Some(next)) => Some((next.size()[2], next.size()[3])),
+                _ => None,
+            };
+            h = up.forward(&h, size)?;
+        }
+        Ok(h)
+    }
+
+    fn needs_explicit_upsample_sizes(&self, sample: &Tensor) -> Result<bool> {
+        let upsamplers = self.up_blocks.iter().filter(|b| b.upsampler.is_some()).count() as u32;
+        let factor = 2i64.pow(upsamplers);
+        let (_, _, h, w) = sample.size4()?;
+        Ok(h % factor != 0 || w % factor != 0)
+    }
+
+    fn time_embedding(&self, timesteps: &Tensor, sample: &Tensor) -> Result<Tensor> {
+        let batch = sample.size()[0];
+        let timesteps = timesteps.f_to_device(sample.device())?.f_expand([batch], false)?;
+        let c0 = self.config.block_out_channels[0];
+        let features = timestep_features(&timesteps, c0, self.config.flip_sin_to_cos, self.config.freq_shift as f64)?;
+        self.time_embedding.forward(&features.f_to_kind(sample.kind())?)
+    }
+}

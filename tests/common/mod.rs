@@ -1,0 +1,106 @@
+//! Shared by the integration tests: the reference fixtures (random-weight pipelines and the outputs
+//! diffusers/transformers compute from them, built by tests/reference/make_fixtures.py) and tensor
+//! comparison.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use tch::Tensor;
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn python() -> PathBuf {
+    std::env::var_os("DIFFMINE_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".deps/venv"))
+        .join("bin/python")
+}
+
+/// The fixtures folder, built on first use (the script is idempotent and serialises concurrent runs).
+pub fn fixtures() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = repo_root().join("target/fixtures");
+        let status = Command::new(python())
+            .arg(repo_root().join("tests/reference/make_fixtures.py"))
+            .arg(&dir)
+            .status()
+            .expect("run tests/reference/make_fixtures.py (run scripts/setup.sh first)");
+        assert!(status.success(), "make_fixtures.py failed");
+        dir
+    })
+}
+
+pub fn pipeline(name: &str) -> PathBuf {
+    fixtures().join(name)
+}
+
+pub struct Reference {
+    pub tensors: HashMap<String, Tensor>,
+    pub json: serde_json::Value,
+}
+
+impl Reference {
+    pub fn load(config: &str) -> Self {
+        let dir = pipeline(config);
+        let tensors = Tensor::read_safetensors(dir.join("reference.safetensors")).expect("reference.safetensors").into_iter().collect();
+        let text = std::fs::read_to_string(dir.join("reference.json")).expect("reference.json");
+        Reference { tensors, json: serde_json::from_str(&text).expect("reference.json parses") }
+    }
+
+    pub fn get(&self, name: &str) -> &Tensor {
+        self.tensors.get(name).unwrap_or_else(|| panic!("reference tensor {name} missing"))
+    }
+
+    pub fn count(&self, key: &str) -> usize {
+        self.json[key].as_u64().unwrap_or_else(|| panic!("reference.json {key}")) as usize
+    }
+
+    pub fn texts(&self) -> Vec<String> {
+        self.json["texts"].as_array().expect("texts").iter().map(|t| t.as_str().expect("text").to_string()).collect()
+    }
+
+    pub fn embedded_texts(&self) -> Vec<usize> {
+        self.json["embedded_texts"].as_array().expect("embedded_texts").iter().map(|i| i.as_u64().expect("index") as usize).collect()
+    }
+}
+
+/// max |a - b| / max |b|: the relative error measure of the parity tests.
+pub fn relative_error(actual: &Tensor, expected: &Tensor) -> f64 {
+    assert_eq!(actual.size(), expected.size(), "shapes differ");
+    let a = actual.to_kind(tch::Kind::Double).to_device(tch::Device::Cpu);
+    let b = expected.to_kind(tch::Kind::Double);
+    let diff = (&a - &b).abs().max().double_value(&[]);
+    let scale = b.abs().max().double_value(&[]);
+    diff / scale.max(f64::MIN_POSITIVE)
+}
+
+pub fn assert_close(actual: &Tensor, expected: &Tensor, tolerance: f64, what: &str) {
+    let err = relative_error(actual, expected);
+    assert!(err <= tolerance, "{what}: relative error {err:.3e} exceeds {tolerance:.0e}");
+}
+
+/// A copy of a fixture pipeline in a fresh temporary folder, for tests that break it.
+pub fn scratch_copy(config: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    copy_dir(&pipeline(config), dir.path());
+    dir
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).expect("copy");
+        }
+    }
+}
