@@ -1,0 +1,188 @@
+//! Bad input gets an error that names the problem, through the safe API and the C ABI alike; nothing
+//! panics. Each test breaks a copy of a fixture pipeline in its own way.
+mod common;
+
+use std::ffi::{CStr, CString};
+use std::path::Path;
+
+use common::{pipeline, scratch_copy};
+use diffmine::ffi::{self, dm_status};
+use diffmine::model::{parse_device, ModelOptions, StableDiffusion};
+use diffmine::Error;
+use tch::Tensor;
+
+fn open(path: &Path) -> Result<StableDiffusion, Error> {
+    StableDiffusion::open(path, &ModelOptions::default())
+}
+
+fn open_err(path: &Path) -> Error {
+    match open(path) {
+        Ok(_) => panic!("{} opened but should not", path.display()),
+        Err(e) => e,
+    }
+}
+
+/// Opens through the C ABI and returns the status and last-error message.
+fn c_open(path: &Path) -> (dm_status, String) {
+    let c_path = CString::new(path.to_str().unwrap()).unwrap();
+    let mut model = std::ptr::null_mut();
+    // SAFETY: valid NUL-terminated path, NULL options (defaults), valid out pointer.
+    let status = unsafe { ffi::dm_model_open(c_path.as_ptr(), std::ptr::null(), &mut model) };
+    if status == dm_status::DM_OK {
+        ffi::dm_model_free(model);
+    }
+    (status, last_error())
+}
+
+fn last_error() -> String {
+    // SAFETY: dm_last_error returns a valid NUL-terminated thread-local string.
+    unsafe { CStr::from_ptr(ffi::dm_last_error()) }.to_string_lossy().into_owned()
+}
+
+fn unet_weights(dir: &Path) -> std::path::PathBuf {
+    dir.join("unet/diffusion_pytorch_model.safetensors")
+}
+
+/// Rewrites the UNet weights with `edit` applied to the list of named tensors.
+fn edit_unet_tensors(dir: &Path, edit: impl FnOnce(&mut Vec<(String, Tensor)>)) {
+    let path = unet_weights(dir);
+    let mut tensors = Tensor::read_safetensors(&path).unwrap();
+    edit(&mut tensors);
+    Tensor::write_safetensors(&tensors, &path).unwrap();
+}
+
+#[test]
+fn a_folder_that_does_not_exist_is_an_io_error_naming_it() {
+    let missing = Path::new("/nonexistent/diffmine-model");
+    assert!(matches!(open_err(missing), Error::Io { .. }));
+    let (status, message) = c_open(missing);
+    assert_eq!(status, dm_status::DM_ERR_IO);
+    assert!(message.contains("/nonexistent/diffmine-model"), "{message}");
+}
+
+#[test]
+fn a_missing_component_folder_is_named() {
+    let dir = scratch_copy("sd15_tiny");
+    std::fs::remove_dir_all(dir.path().join("vae")).unwrap();
+    let err = open_err(dir.path());
+    assert!(matches!(err, Error::InvalidModel(_)));
+    assert!(err.to_string().contains("vae"), "{err}");
+    assert_eq!(c_open(dir.path()).0, dm_status::DM_ERR_INVALID_MODEL);
+}
+
+#[test]
+fn a_missing_weight_file_says_which_file_is_expected() {
+    let dir = scratch_copy("sd15_tiny");
+    std::fs::remove_file(unet_weights(dir.path())).unwrap();
+    std::fs::remove_file(dir.path().join("unet/diffusion_pytorch_model.fp16.safetensors")).unwrap();
+    let err = open_err(dir.path()).to_string();
+    assert!(err.contains("missing weight file") && err.contains("diffusion_pytorch_model.safetensors"), "{err}");
+}
+
+#[test]
+fn a_missing_tensor_is_named() {
+    let dir = scratch_copy("sd15_tiny");
+    edit_unet_tensors(dir.path(), |t| t.retain(|(name, _)| name != "conv_out.bias"));
+    match open_err(dir.path()) {
+        Error::MissingTensor { name, .. } => assert_eq!(name, "conv_out.bias"),
+        other => panic!("expected a missing tensor, got {other}"),
+    }
+    let (status, message) = c_open(dir.path());
+    assert_eq!(status, dm_status::DM_ERR_MISSING_TENSOR);
+    assert!(message.contains("conv_out.bias"), "{message}");
+}
+
+#[test]
+fn a_tensor_of_the_wrong_shape_is_named_with_both_shapes() {
+    let dir = scratch_copy("sd15_tiny");
+    edit_unet_tensors(dir.path(), |tensors| {
+        for (name, t) in tensors.iter_mut() {
+            if name == "conv_out.bias" {
+                *t = Tensor::zeros([5], (tch::Kind::Float, tch::Device::Cpu));
+            }
+        }
+    });
+    let err = open_err(dir.path());
+    assert!(matches!(&err, Error::ShapeMismatch { name, expected, found } if name == "conv_out.bias" && expected == &[4] && found == &[5]));
+    let message = err.to_string();
+    assert!(message.contains("[5]") && message.contains("[4]"), "{message}");
+    assert_eq!(c_open(dir.path()).0, dm_status::DM_ERR_SHAPE_MISMATCH);
+}
+
+#[test]
+fn a_truncated_safetensors_file_is_reported_as_corrupt() {
+    let dir = scratch_copy("sd15_tiny");
+    let path = unet_weights(dir.path());
+    let len = std::fs::metadata(&path).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(len / 2).unwrap();
+    let err = open_err(dir.path());
+    assert!(matches!(err, Error::CorruptWeights(_)), "{err}");
+    assert!(err.to_string().contains("truncated"), "{err}");
+    assert_eq!(c_open(dir.path()).0, dm_status::DM_ERR_CORRUPT_WEIGHTS);
+}
+
+#[test]
+fn a_garbage_safetensors_file_is_reported_as_corrupt() {
+    let dir = scratch_copy("sd15_tiny");
+    std::fs::write(unet_weights(dir.path()), b"this is not a safetensors file at all").unwrap();
+    assert!(matches!(open_err(dir.path()), Error::CorruptWeights(_)));
+}
+
+#[test]
+fn pickle_checkpoints_are_refused_with_the_supported_format() {
+    let dir = scratch_copy("sd15_tiny");
+    let unet = dir.path().join("unet");
+    std::fs::rename(unet.join("diffusion_pytorch_model.safetensors"), unet.join("diffusion_pytorch_model.bin")).unwrap();
+    let err = open_err(dir.path());
+    assert!(matches!(err, Error::Unsupported(_)));
+    let message = err.to_string();
+    assert!(message.contains("diffusion_pytorch_model.bin") && message.contains("safetensors"), "{message}");
+    assert_eq!(c_open(dir.path()).0, dm_status::DM_ERR_UNSUPPORTED);
+}
+
+#[test]
+fn a_single_file_checkpoint_is_refused_with_the_supported_format() {
+    let file = unet_weights(&pipeline("sd15_tiny"));
+    let err = open_err(&file);
+    assert!(matches!(err, Error::Unsupported(_)));
+    assert!(err.to_string().contains("single-file"), "{err}");
+}
+
+#[test]
+fn an_unknown_block_type_in_a_config_is_named() {
+    let dir = scratch_copy("sd15_tiny");
+    let config_path = dir.path().join("unet/config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["down_block_types"][0] = "FancyDownBlock2D".into();
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let err = open_err(dir.path());
+    assert!(matches!(err, Error::Unsupported(_)));
+    assert!(err.to_string().contains("FancyDownBlock2D"), "{err}");
+}
+
+#[test]
+fn unknown_devices_and_absent_cuda_are_device_errors() {
+    assert!(matches!(parse_device("tpu"), Err(Error::Device(_))));
+    if tch::Cuda::device_count() == 0 {
+        let err = parse_device("cuda").unwrap_err();
+        assert!(matches!(err, Error::Device(_)));
+        assert!(err.to_string().contains("CUDA is not available"), "{err}");
+    }
+}
+
+#[test]
+fn wrong_input_shapes_are_invalid_arguments_not_panics() {
+    let model = open(&pipeline("sd15_tiny")).unwrap();
+    let opts = (tch::Kind::Float, tch::Device::Cpu);
+    let latents = Tensor::zeros([1, 3, 8, 8], opts);
+    let context = Tensor::zeros([1, 77, 32], opts);
+    let err = model.predict_noise(&latents, &Tensor::from_slice(&[10i64]), &context).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)) && err.to_string().contains("(B, 4, h, w)"), "{err}");
+    let latents = Tensor::zeros([1, 4, 8, 8], opts);
+    let err = model.predict_noise(&latents, &Tensor::from_slice(&[1000i64]), &context).unwrap_err();
+    assert!(err.to_string().contains("[0, 999]"), "{err}");
+    let err = model.predict_noise(&latents, &Tensor::from_slice(&[1i64]), &Tensor::zeros([1, 77, 31], opts)).unwrap_err();
+    assert!(err.to_string().contains("text embeddings"), "{err}");
+    let err = model.encode(&Tensor::zeros([1, 2, 16, 16], opts)).err().unwrap();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+}
