@@ -3,7 +3,10 @@
 pub mod error;
 pub mod ffi;
 pub mod image;
+pub mod mining;
 pub mod model;
+pub mod rng;
+pub mod typicality;
 
 pub use error::{Error, Result};
 pub use model::{ComponentOverrides, ModelOptions, StableDiffusion};

@@ -331,14 +331,57 @@ def reference_outputs(pipe: StableDiffusionPipeline, seed: int) -> tuple[dict, d
         tensors[f"unet.{k}.encoder_hidden_states"] = context
         tensors[f"unet.{k}.noise_pred"] = pipe.unet(latents, timesteps, context).sample
 
+    typicality_reference(pipe, generator, tensors)
+
     summary = {
         "texts": TEXTS,
         "embedded_texts": EMBEDDED_TEXTS,
         "unet_cases": len(UNET_CASES),
         "scaling_factor": scaling,
         "vae_images": len(VAE_IMAGE_SIZES),
+        "typicality_prompts": list(TYPICALITY_PROMPTS),
     }
     return summary, tensors
+
+# Label prompt, null prompt, and the number of (noise, t) samples of the typicality reference.
+TYPICALITY_PROMPTS = ("Chest X-Ray with Effusion.", "Chest X-Ray.")
+TYPICALITY_SAMPLES = 6
+
+
+@torch.no_grad()
+def typicality_reference(pipe: StableDiffusionPipeline, generator: torch.Generator, tensors: dict) -> None:
+    """Eq. 3 of the paper as the authors' loop computes it, with explicit noise and timesteps so that
+    libdiffmine can be given the same draws: per sample, the squared error of the noise prediction under
+    the label prompt and under the null prompt, averaged over latent channels and upsampled bilinearly;
+    the map is the mean over samples of null minus label. The latent is the posterior mean."""
+    image = tensors["vae.0.image"]
+    latent = pipe.vae.encode(image).latent_dist.mean * pipe.vae.config.scaling_factor
+    noise = torch.randn(TYPICALITY_SAMPLES, *latent.shape[1:], generator=generator)
+    timesteps = torch.randint(100, 700, (TYPICALITY_SAMPLES,), generator=generator)
+    embeddings = []
+    for prompt in TYPICALITY_PROMPTS:
+        ids = pipe.tokenizer(prompt, padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pt")
+        embeddings.append(pipe.text_encoder(ids.input_ids).last_hidden_state)
+    alphas_cumprod = pipe.scheduler.alphas_cumprod
+    losses = []
+    for eps, t in zip(noise, timesteps):
+        noisy = pipe.scheduler.add_noise(latent, eps[None], t[None])
+        per_prompt = []
+        for context in embeddings:
+            output = pipe.unet(noisy, t[None], context).sample
+            if pipe.scheduler.config.prediction_type == "v_prediction":
+                abar = alphas_cumprod[t]
+                output = abar.sqrt() * output + (1 - abar).sqrt() * noisy
+            per_prompt.append(((output - eps[None]) ** 2).mean(1)[0])
+        losses.append(torch.stack(per_prompt))
+    losses = torch.stack(losses)
+    difference = (losses[:, 1] - losses[:, 0])[:, None]
+    upsampled = torch.nn.functional.interpolate(difference, size=image.shape[-2:], mode="bilinear", align_corners=False)
+    tensors["typicality.latent"] = latent
+    tensors["typicality.noise"] = noise
+    tensors["typicality.timesteps"] = timesteps
+    tensors["typicality.sample_losses"] = losses
+    tensors["typicality.map"] = upsampled.mean(0)[0]
 
 
 def write_references(folder: Path, summary: dict, tensors: dict) -> None:

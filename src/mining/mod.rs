@@ -1,0 +1,3 @@
+//! Mining typical visual elements: patch selection from typicality maps (more to come: DIFT features,
+//! clustering, the visual summary).
+pub mod patches;
