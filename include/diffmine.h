@@ -49,6 +49,12 @@
 
 #define DM_PREDICTION_V 1
 
+// Noise a sample of the VAE posterior (the authors' choice).
+#define DM_LATENT_SAMPLE 0
+
+// Noise the posterior mean.
+#define DM_LATENT_MEAN 1
+
 #define DM_VERSION_MAJOR 0
 
 #define DM_VERSION_MINOR 1
@@ -148,6 +154,42 @@ typedef struct dm_image_view {
   uint32_t pixel_type;
   size_t stride;
 } dm_image_view;
+
+// How to compute a typicality map. Fill with `dm_typicality_options_default`.
+typedef struct dm_typicality_options {
+  size_t struct_size;
+  // Number N of (noise, t) samples (100).
+  uint32_t samples;
+  // Samples per UNet call, each call running both prompts (10).
+  uint32_t batch;
+  // t range as fractions of the training steps (0.1, 0.7: t in [100, 699]).
+  double t_min;
+  double t_max;
+  // Seed of the image's random stream (42); see the library docs for the draw order.
+  uint64_t seed;
+  // `DM_LATENT_SAMPLE` (default) or `DM_LATENT_MEAN`.
+  uint32_t latent;
+  // Resize the image so its shorter side has this many pixels first (Lanczos); 0 keeps its size.
+  uint32_t resize_short_side;
+  // Optional explicit draws, both or neither: N timesteps, and N × C × h × w noise floats.
+  const int64_t *timesteps;
+  size_t timesteps_len;
+  const float *noise;
+  size_t noise_len;
+} dm_typicality_options;
+
+// Progress of long work: `done` of `total` units, `value` the current loss or NaN where there is none.
+// Returning non-zero cancels the work, which then fails with `DM_ERR_CANCELLED` and leaves every
+// handle usable.
+typedef int32_t (*dm_progress_fn)(uint64_t done, uint64_t total, double value, void *user_data);
+
+// A square box of an image: columns `x .. x+size`, rows `y .. y+size`, with its mean typicality.
+typedef struct dm_box {
+  uint32_t x;
+  uint32_t y;
+  uint32_t size;
+  float score;
+} dm_box;
 
 #ifdef __cplusplus
 extern "C" {
@@ -270,6 +312,60 @@ enum dm_status dm_model_predict_noise(const struct dm_model *model,
                                       uint32_t text_tokens,
                                       float *out,
                                       size_t out_len);
+
+// Fills `options` with the authors' defaults.
+//
+// # Safety
+// `options` must be NULL or point to a writable `dm_typicality_options`.
+enum dm_status dm_typicality_options_default(struct dm_typicality_options *options);
+
+// The map's height and width for `image` under `options` (NULL for defaults): the image's size after
+// any resize.
+//
+// # Safety
+// `image` NULL or a valid view; `options` NULL or valid; `out_height`, `out_width` NULL or writable.
+enum dm_status dm_typicality_map_size(const struct dm_image_view *image,
+                                      const struct dm_typicality_options *options,
+                                      uint32_t *out_height,
+                                      uint32_t *out_width);
+
+// Computes the typicality map of `image` for `prompt` against `null_prompt` (both UTF-8; the null
+// prompt may be ""), writing H × W floats (`dm_typicality_map_size`) into `out_map`. When
+// `out_sample_losses` is not NULL it also receives the N × 2 × h × w per-sample losses at latent
+// resolution (index 0: label prompt, 1: null prompt). `progress` (may be NULL) is called after each
+// UNet batch with (samples done, N, NaN).
+//
+// # Safety
+// Strings NUL-terminated; `image` and `options` valid or NULL (options); output buffers NULL or
+// writable for their lengths; `progress` safe to call with `user_data` from this thread.
+enum dm_status dm_typicality_map(const struct dm_model *model,
+                                 const struct dm_image_view *image,
+                                 const char *prompt,
+                                 const char *null_prompt,
+                                 const struct dm_typicality_options *options,
+                                 dm_progress_fn progress,
+                                 void *user_data,
+                                 float *out_map,
+                                 size_t out_map_len,
+                                 float *out_sample_losses,
+                                 size_t out_sample_losses_len);
+
+// The image's typical patches: every `patch_size` square window of the `height` × `width` map is scored
+// by its mean, then up to `max_boxes` are taken best first, each dropping the windows that intersect or
+// touch it (ties: lowest row, then column). Writes them to `out_boxes` and their count to `*out_count`.
+//
+// # Safety
+// `map` NULL or `map_len` readable floats; `out_boxes` NULL or `out_len` writable boxes; `out_count`
+// NULL or writable.
+enum dm_status dm_patches_select(const float *map,
+                                 size_t map_len,
+                                 uint32_t height,
+                                 uint32_t width,
+                                 uint32_t patch_size,
+                                 uint32_t max_boxes,
+                                 struct dm_box *out_boxes,
+                                 size_t out_len,
+                                 size_t *out_count);
 
 // The library's version as "MAJOR.MINOR.PATCH" (static storage; do not free).
 const char *dm_version(void);

@@ -16,3 +16,6 @@ $bin info --model "$model"
 $bin tokenize --model "$model" --text "Chest X-Ray with Effusion."
 $bin roundtrip --model "$model" --image examples/data/chest_like.png --out out/demo/roundtrip.png
 $bin denoise --model "$model" --image examples/data/chest_like.png --prompt "Chest X-Ray with Effusion." --t 500 --out out/demo/denoised_t500.png
+# The main job: a typicality map (paper Eq. 3, the authors' defaults) and the image's typical patches.
+$bin typicality --model "$model" --image examples/data/chest_like.png \
+  --prompt "Chest X-Ray with Effusion." --null-prompt "Chest X-Ray." --out out/demo/typicality --patch 16

@@ -80,6 +80,16 @@ impl<'a> ImageView<'a> {
         Ok(Tensor::from_slice(&rgb).f_reshape([1, 3, h as i64, w as i64])?)
     }
 
+    /// The model input of the image resized so that its shorter side is `short_side` pixels (Lanczos3,
+    /// aspect ratio kept, sides rounded), or at its own size when `short_side` is None.
+    pub fn to_model_input_resized(&self, short_side: Option<usize>) -> Result<Tensor> {
+        let input = self.to_model_input()?;
+        match short_side {
+            None => Ok(input),
+            Some(side) => resize_short_side(&input, side),
+        }
+    }
+
     /// Sample `index` of a row, scaled to [0, 1].
     fn sample(&self, row: &[u8], index: usize) -> f32 {
         match self.pixel {
@@ -88,6 +98,30 @@ impl<'a> ImageView<'a> {
             PixelType::F32 => f32::from_ne_bytes(row[4 * index..4 * index + 4].try_into().expect("4 bytes")),
         }
     }
+}
+
+/// The size (height, width) an image of `height` × `width` has after resizing its shorter side to
+/// `short_side`.
+pub fn resized_size(height: usize, width: usize, short_side: usize) -> (usize, usize) {
+    let scale = short_side as f64 / height.min(width) as f64;
+    let side = |s: usize| ((s as f64 * scale).round() as usize).max(1);
+    (side(height), side(width))
+}
+
+/// Resizes a (1, 3, H, W) model input with Lanczos3 so its shorter side is `short_side`.
+fn resize_short_side(input: &Tensor, short_side: usize) -> Result<Tensor> {
+    if short_side == 0 {
+        return Err(Error::InvalidArgument("the resize target side must be positive".into()));
+    }
+    let (_, _, h, w) = input.size4()?;
+    let (new_h, new_w) = resized_size(h as usize, w as usize, short_side);
+    // The image crate clamps float pixels to [0, 1] while resampling, so resample in that range.
+    let unit = input.f_get(0)?.f_add_scalar(1.0)?.f_div_scalar(2.0)?;
+    let interleaved = Vec::<f32>::try_from(unit.f_permute([1, 2, 0])?.f_contiguous()?.f_flatten(0, -1)?)?;
+    let buffer = image::Rgb32FImage::from_raw(w as u32, h as u32, interleaved).expect("buffer holds H × W × 3 values");
+    let resized = image::imageops::resize(&buffer, new_w as u32, new_h as u32, image::imageops::FilterType::Lanczos3);
+    let out = Tensor::from_slice(resized.as_raw()).f_reshape([new_h as i64, new_w as i64, 3])?;
+    Ok(out.f_permute([2, 0, 1])?.f_unsqueeze(0)?.f_mul_scalar(2.0)?.f_sub_scalar(1.0)?.f_contiguous()?)
 }
 
 /// Images (B, 3, H, W) about [-1, 1] to interleaved RGB bytes (H, W, 3) of the first image, rounded

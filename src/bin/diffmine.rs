@@ -4,14 +4,20 @@
 //! diffmine tokenize  --model DIR --text TEXT
 //! diffmine roundtrip --model DIR --image FILE --out FILE.png   (VAE encode then decode)
 //! diffmine denoise   --model DIR --image FILE --prompt TEXT --t STEP --out FILE.png
+//! diffmine typicality --model DIR --image FILE --prompt TEXT --null-prompt TEXT --out PREFIX
+//!                    [--samples N] [--seed S] [--batch B] [--resize SHORT_SIDE] [--patch K]
 //!
 //! Log detail follows RUST_LOG (e.g. RUST_LOG=diffmine=debug shows a span per model part).
 use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
 
 use diffmine::image::{to_rgb8, ImageView, PixelType};
+use diffmine::mining::patches::select_patches;
 use diffmine::model::{parse_device, parse_dtype, ModelOptions, StableDiffusion};
+use diffmine::typicality::{typicality, LatentMode, TypicalityOptions};
 use diffmine::{Error, Result};
 use tch::{Kind, Tensor};
 
@@ -19,7 +25,10 @@ const USAGE: &str = "usage:
   diffmine info      --model DIR [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16] [--variant fp16]
   diffmine tokenize  --model DIR --text TEXT
   diffmine roundtrip --model DIR --image FILE --out FILE.png
-  diffmine denoise   --model DIR --image FILE --prompt TEXT --t STEP --out FILE.png [--seed N]";
+  diffmine denoise   --model DIR --image FILE --prompt TEXT --t STEP --out FILE.png [--seed N]
+  diffmine typicality --model DIR --image FILE --prompt TEXT --null-prompt TEXT --out PREFIX
+                     [--samples 100] [--seed 42] [--batch 10] [--t-min 0.1] [--t-max 0.7]
+                     [--latent sample|mean] [--resize SHORT_SIDE] [--patch K]";
 
 /// `--key value` pairs after the subcommand.
 struct Args(HashMap<String, String>);
@@ -43,6 +52,14 @@ impl Args {
     fn optional(&self, name: &str) -> Option<&str> {
         self.0.get(name).map(String::as_str)
     }
+
+    /// An optional value parsed as `T`, or `default` when absent.
+    fn parsed<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T> {
+        match self.optional(name) {
+            None => Ok(default),
+            Some(text) => text.parse().map_err(|_| Error::InvalidArgument(format!("--{name}: cannot read `{text}`"))),
+        }
+    }
 }
 
 fn open_model(args: &Args) -> Result<StableDiffusion> {
@@ -61,9 +78,9 @@ fn read_image(path: &Path) -> Result<(Vec<u8>, usize, usize)> {
     Ok((image.into_raw(), w, h))
 }
 
-fn image_tensor(path: &Path) -> Result<Tensor> {
+fn image_tensor(path: &Path, short_side: Option<usize>) -> Result<Tensor> {
     let (data, width, height) = read_image(path)?;
-    ImageView { data: &data, width, height, channels: 3, stride: width * 3, pixel: PixelType::U8 }.to_model_input()
+    ImageView { data: &data, width, height, channels: 3, stride: width * 3, pixel: PixelType::U8 }.to_model_input_resized(short_side)
 }
 
 fn write_png(images: &Tensor, path: &Path) -> Result<()> {
@@ -96,7 +113,7 @@ fn tokenize(args: &Args) -> Result<()> {
 
 fn roundtrip(args: &Args) -> Result<()> {
     let model = open_model(args)?;
-    let latents = model.encode_mean(&image_tensor(Path::new(args.required("image")?))?)?;
+    let latents = model.encode_mean(&image_tensor(Path::new(args.required("image")?), None)?)?;
     println!("latents {:?}, mean {:.4}, std {:.4}", latents.size(), latents.mean(Kind::Float).double_value(&[]), latents.std(true).double_value(&[]));
     write_png(&model.decode(&latents)?, &PathBuf::from(args.required("out")?))
 }
@@ -107,7 +124,7 @@ fn denoise(args: &Args) -> Result<()> {
     let model = open_model(args)?;
     let t: i64 = args.required("t")?.parse().map_err(|_| Error::InvalidArgument("--t must be an integer timestep".into()))?;
     let seed: i64 = args.optional("seed").unwrap_or("42").parse().map_err(|_| Error::InvalidArgument("--seed must be an integer".into()))?;
-    let x0 = model.encode_mean(&image_tensor(Path::new(args.required("image")?))?)?;
+    let x0 = model.encode_mean(&image_tensor(Path::new(args.required("image")?), None)?)?;
     tch::manual_seed(seed);
     let noise = Tensor::randn(x0.size(), (Kind::Float, tch::Device::Cpu)).to_device(x0.device());
     let timesteps = Tensor::from_slice(&[t]);
@@ -123,6 +140,101 @@ fn denoise(args: &Args) -> Result<()> {
     write_png(&model.decode(&estimate)?, &PathBuf::from(args.required("out")?))
 }
 
+/// A one-line progress bar with the time left, redrawn in place when stderr is a terminal.
+fn progress_bar() -> impl FnMut(u64, u64) -> bool {
+    let started = Instant::now();
+    let terminal = std::io::stderr().is_terminal();
+    move |done, total| {
+        if terminal {
+            let fraction = done as f64 / total.max(1) as f64;
+            let left = started.elapsed().as_secs_f64() * (1.0 - fraction) / fraction.max(1e-9);
+            let filled = (fraction * 30.0).round() as usize;
+            eprint!("\r[{}{}] {done}/{total}, {left:.0} s left ", "#".repeat(filled), " ".repeat(30 - filled));
+            if done == total {
+                eprintln!();
+            }
+            let _ = std::io::stderr().flush();
+        }
+        true
+    }
+}
+
+/// Writes a float32 array in NumPy's .npy format (version 1.0, little-endian, C order).
+fn write_npy(path: &Path, values: &[f32], shape: &[usize]) -> Result<()> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape_text = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_text}, }}");
+    // The header, with the 10-byte preamble and a final newline, pads to a multiple of 64 bytes.
+    let padding = 64 - (10 + header.len() + 1) % 64;
+    header.push_str(&" ".repeat(padding % 64));
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    for v in values {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    std::fs::write(path, bytes).map_err(|e| Error::io(path, e))?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+/// Blends a diverging colour map of the typicality (red: typical of the label, blue: atypical,
+/// scaled by the largest magnitude) over the image.
+fn overlay(image: &Tensor, map: &[f32], path: &Path) -> Result<()> {
+    let (_, _, h, w) = image.size4()?;
+    let rgb = to_rgb8(image)?;
+    let scale = map.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
+    let mut out = Vec::with_capacity(rgb.len());
+    for (i, v) in map.iter().enumerate() {
+        let s = (v / scale).clamp(-1.0, 1.0);
+        let heat = if s >= 0.0 { [255.0, 255.0 * (1.0 - s), 255.0 * (1.0 - s)] } else { [255.0 * (1.0 + s), 255.0 * (1.0 + s), 255.0] };
+        for c in 0..3 {
+            out.push((0.5 * rgb[3 * i + c] as f32 + 0.5 * heat[c]).round() as u8);
+        }
+    }
+    let buffer = image::RgbImage::from_raw(w as u32, h as u32, out).ok_or_else(|| Error::InvalidArgument("overlay size".into()))?;
+    buffer.save(path).map_err(|e| Error::io(path, e))?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+fn typicality_command(args: &Args) -> Result<()> {
+    let model = open_model(args)?;
+    let resize = args.optional("resize").map(|_| args.parsed("resize", 0usize)).transpose()?;
+    let image = image_tensor(Path::new(args.required("image")?), resize)?;
+    let latent = match args.optional("latent").unwrap_or("sample") {
+        "sample" => LatentMode::Sample,
+        "mean" => LatentMode::Mean,
+        other => return Err(Error::InvalidArgument(format!("--latent must be sample or mean, not `{other}`"))),
+    };
+    let defaults = TypicalityOptions::default();
+    let options = TypicalityOptions {
+        samples: args.parsed("samples", defaults.samples)?,
+        seed: args.parsed("seed", defaults.seed)?,
+        batch: args.parsed("batch", defaults.batch)?,
+        t_min: args.parsed("t-min", defaults.t_min)?,
+        t_max: args.parsed("t-max", defaults.t_max)?,
+        latent,
+        ..defaults
+    };
+    let started = Instant::now();
+    let result = typicality(&model, &image, args.required("prompt")?, args.required("null-prompt")?, &options, &mut progress_bar())?;
+    let (h, w) = (result.map.size()[0] as usize, result.map.size()[1] as usize);
+    let map = Vec::<f32>::try_from(result.map.f_flatten(0, -1)?)?;
+    let mean = map.iter().sum::<f32>() / map.len() as f32;
+    println!("typicality map {h}×{w} in {:.1} s: mean {mean:.5}", started.elapsed().as_secs_f64());
+    let prefix = args.required("out")?;
+    write_npy(&PathBuf::from(format!("{prefix}.npy")), &map, &[h, w])?;
+    overlay(&image, &map, &PathBuf::from(format!("{prefix}.png")))?;
+    if let Some(k) = args.optional("patch").map(|_| args.parsed("patch", 64usize)).transpose()? {
+        for (rank, b) in select_patches(&map, h, w, k, 5)?.iter().enumerate() {
+            println!("patch {rank}: x {} y {} size {} typicality {:.5}", b.x, b.y, b.size, b.score);
+        }
+    }
+    Ok(())
+}
+
 fn run(argv: &[String]) -> Result<()> {
     let Some((command, rest)) = argv.split_first() else { return Err(Error::InvalidArgument(USAGE.into())) };
     let args = Args::parse(rest)?;
@@ -131,6 +243,7 @@ fn run(argv: &[String]) -> Result<()> {
         "tokenize" => tokenize(&args),
         "roundtrip" => roundtrip(&args),
         "denoise" => denoise(&args),
+        "typicality" => typicality_command(&args),
         other => Err(Error::InvalidArgument(format!("unknown command `{other}`\n{USAGE}"))),
     }
 }

@@ -10,6 +10,7 @@ mod image;
 mod log;
 mod model;
 mod status;
+mod typicality;
 mod version;
 
 pub use image::{dm_image_view, DM_PIXEL_F32, DM_PIXEL_U16, DM_PIXEL_U8};
@@ -17,4 +18,5 @@ pub use error::{dm_last_error, dm_last_error_copy};
 pub use log::{dm_log_fn, dm_log_set_callback, DM_LOG_DEBUG, DM_LOG_ERROR, DM_LOG_INFO, DM_LOG_TRACE, DM_LOG_WARN};
 pub use model::*;
 pub use status::dm_status;
+pub use typicality::*;
 pub use version::*;

@@ -158,7 +158,7 @@ pub extern "C" fn dm_model_free(model: *mut dm_model) -> dm_status {
     guard(|| handle::release::<StableDiffusion, dm_model>(model, "model"))
 }
 
-fn model_ref(model: *const dm_model) -> FfiResult<std::sync::Arc<StableDiffusion>> {
+pub(crate) fn model_ref(model: *const dm_model) -> FfiResult<std::sync::Arc<StableDiffusion>> {
     handle::get::<StableDiffusion, dm_model>(model, "model")
 }
 
@@ -367,7 +367,7 @@ unsafe fn tensor_from(ptr: *const f32, len: usize, shape: &[i64], what: &'static
 ///
 /// # Safety
 /// `out` NULL or `out_len` writable floats.
-unsafe fn write_tensor(t: &Tensor, out: *mut f32, out_len: usize, what: &'static str) -> FfiResult<()> {
+pub(crate) unsafe fn write_tensor(t: &Tensor, out: *mut f32, out_len: usize, what: &'static str) -> FfiResult<()> {
     let values = Vec::<f32>::try_from(t.f_to_kind(Kind::Float)?.f_flatten(0, -1)?)?;
     // SAFETY: forwarded to the caller's contract.
     unsafe { write_output(&values, out, out_len, what) }
