@@ -2,6 +2,7 @@
 //! Diffusion 1.x/2.x diffusers folders, as a Rust library with a stable C ABI (`include/diffmine.h`).
 pub mod error;
 pub mod ffi;
+pub mod finetune;
 pub mod image;
 pub mod mining;
 pub mod model;

@@ -91,6 +91,10 @@ impl Default for ModelOptions {
 /// threads: the weights are never written after loading.
 pub struct StableDiffusion {
     unet: UNet2DConditionModel,
+    /// The UNet's tensors under diffusers' names (shared with the layers), and its config as read:
+    /// what finetuning updates and saves.
+    unet_parameters: Vec<(String, Tensor)>,
+    unet_config_json: serde_json::Value,
     vae: AutoencoderKL,
     text_encoder: ClipTextModel,
     tokenizer: ClipTokenizer,
@@ -99,9 +103,10 @@ pub struct StableDiffusion {
     dtype: Kind,
 }
 
-// SAFETY: after `open` returns, the model's tensors are only read: every operation takes `&self` and
-// feeds them to libtorch operators that allocate new outputs and never write their inputs. libtorch
-// tensors' reference counts are atomic, so concurrent shallow copies are sound as well.
+// SAFETY: while a model is shared its tensors are only read: every operation takes `&self` and feeds
+// them to libtorch operators that allocate new outputs and never write their inputs. The one writer,
+// finetuning's `Trainer`, owns the model, so no other thread can see it then. libtorch tensors'
+// reference counts are atomic, so concurrent shallow copies are sound as well.
 unsafe impl Sync for StableDiffusion {}
 
 fn check_dtype_on_device(device: Device, dtype: Kind) -> Result<()> {
@@ -125,22 +130,25 @@ impl StableDiffusion {
         let scheduler_config: SchedulerConfig =
             read_json(&loading::component_config(&dir(&o.scheduler, "scheduler"), "scheduler_config.json")?)?;
         let schedule = NoiseSchedule::new(scheduler_config)?;
-        let unet_config: UNetConfig = read_json(&loading::component_config(&unet_dir, "config.json")?)?;
+        let unet_config_json: serde_json::Value = read_json(&loading::component_config(&unet_dir, "config.json")?)?;
+        let unet_config: UNetConfig = serde_json::from_value(unet_config_json.clone())
+            .map_err(|e| Error::InvalidModel(format!("{}: {e}", unet_dir.join("config.json").display())))?;
         let vae_config: VaeConfig = read_json(&loading::component_config(&vae_dir, "config.json")?)?;
         let text_config = ClipTextConfig::read(&loading::component_config(&text_dir, "config.json")?)?;
         let (device, dtype, variant) = (options.device, options.dtype, options.variant.as_deref());
         let load_weights = |dir: &Path| -> Result<WeightFiles> { WeightFiles::open(&loading::weight_files(dir, variant)?, device, dtype) };
-        let (unet, vae, text_encoder) = tch::no_grad(|| -> Result<_> {
+        let (unet, unet_parameters, vae, text_encoder) = tch::no_grad(|| -> Result<_> {
             let files = load_weights(&unet_dir)?;
             let unet = UNet2DConditionModel::load(&WeightPath::root(&files), unet_config)?;
+            let unet_parameters = files.into_parameters();
             let files = load_weights(&vae_dir)?;
             let vae = AutoencoderKL::load(&WeightPath::root(&files), vae_config)?;
             let files = load_weights(&text_dir)?;
             let text_encoder = ClipTextModel::load(&WeightPath::root(&files), text_config)?;
-            Ok((unet, vae, text_encoder))
+            Ok((unet, unet_parameters, vae, text_encoder))
         })?;
         tracing::info!(path = %root.display(), ?device, ?dtype, seconds = started.elapsed().as_secs_f64(), "model loaded");
-        Ok(StableDiffusion { unet, vae, text_encoder, tokenizer, schedule, device, dtype })
+        Ok(StableDiffusion { unet, unet_parameters, unet_config_json, vae, text_encoder, tokenizer, schedule, device, dtype })
     }
 
     pub fn device(&self) -> Device {
@@ -153,6 +161,16 @@ impl StableDiffusion {
 
     pub fn unet(&self) -> &UNet2DConditionModel {
         &self.unet
+    }
+
+    /// The UNet's parameters by diffusers name; the tensors are the ones the layers use.
+    pub fn unet_parameters(&self) -> &[(String, Tensor)] {
+        &self.unet_parameters
+    }
+
+    /// The UNet's `config.json` as it was read.
+    pub fn unet_config_json(&self) -> &serde_json::Value {
+        &self.unet_config_json
     }
 
     pub fn vae(&self) -> &AutoencoderKL {

@@ -61,6 +61,12 @@ impl NoiseSchedule {
         Ok(x0.f_mul(&a)?.f_add(&noise.f_mul(&s)?)?)
     }
 
+    /// The v-prediction target √ᾱ_t ε − √(1-ᾱ_t) x₀ (diffusers' `get_velocity`).
+    pub fn velocity(&self, x0: &Tensor, noise: &Tensor, timesteps: &Tensor) -> Result<Tensor> {
+        let (a, s) = self.coefficients(timesteps, x0)?;
+        Ok(noise.f_mul(&a)?.f_sub(&x0.f_mul(&s)?)?)
+    }
+
     /// Turns the UNet's raw output into a noise prediction: unchanged for ε-models, and
     /// ε = √ᾱ_t v + √(1-ᾱ_t) z_t for v-models (SD 2.x 768 px).
     pub fn to_epsilon(&self, output: &Tensor, noisy: &Tensor, timesteps: &Tensor) -> Result<Tensor> {

@@ -4,6 +4,7 @@
 //! at SD 1.5 size that doubles both the load time and the peak memory. Here the header is parsed once,
 //! and each tensor the model asks for is read (`pread`) directly into a tensor of its final shape, then
 //! converted to the compute dtype and device. Peak memory is the loaded weights plus one tensor.
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -29,6 +30,8 @@ pub struct WeightFiles {
     entries: HashMap<String, TensorEntry>,
     device: Device,
     dtype: Kind,
+    /// Every tensor handed out, under its name: the component's parameters, for training and saving.
+    loaded: RefCell<Vec<(String, Tensor)>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -54,7 +57,7 @@ impl WeightFiles {
             }
             files.push((path.clone(), file));
         }
-        Ok(WeightFiles { files, entries, device, dtype })
+        Ok(WeightFiles { files, entries, device, dtype, loaded: RefCell::new(Vec::new()) })
     }
 
     /// The files' names, for error messages.
@@ -83,7 +86,22 @@ impl WeightFiles {
         }
         let raw = self.read(name, entry)?;
         let converted = if entry.kind == self.dtype { raw } else { raw.f_to_kind(self.dtype)? };
-        Ok(converted.f_to_device(self.device)?)
+        let tensor = converted.f_to_device(self.device)?;
+        self.loaded.borrow_mut().push((name.to_string(), tensor.shallow_clone()));
+        Ok(tensor)
+    }
+
+    /// The tensors the model took, by name, in load order. Tensors of the files that no layer asked
+    /// for (e.g. CLIP's `position_ids` buffer) are logged, not kept.
+    pub fn into_parameters(self) -> Vec<(String, Tensor)> {
+        let loaded = self.loaded.into_inner();
+        let unused = self.entries.len() - loaded.len();
+        if unused > 0 {
+            let taken: std::collections::HashSet<&str> = loaded.iter().map(|(n, _)| n.as_str()).collect();
+            let names: Vec<&String> = self.entries.keys().filter(|n| !taken.contains(n.as_str())).take(5).collect();
+            tracing::debug!(unused, ?names, "tensors in the weight files that the model does not use");
+        }
+        loaded
     }
 
     /// Reads a tensor's bytes from disk into a new CPU tensor of the file's own dtype.

@@ -14,7 +14,7 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn python() -> PathBuf {
+pub fn python() -> PathBuf {
     std::env::var_os("DIFFMINE_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join(".deps/venv"))

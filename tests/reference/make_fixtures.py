@@ -42,7 +42,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import diffusers  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel  # noqa: E402
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
@@ -383,6 +383,42 @@ def typicality_reference(pipe: StableDiffusionPipeline, generator: torch.Generat
     tensors["typicality.sample_losses"] = losses
     tensors["typicality.map"] = upsampled.mean(0)[0]
 
+# The finetuning reference: AdamW steps of the spec's recipe on fixed batches.
+TRAIN_STEPS = 3
+TRAIN_BATCH = 2
+
+
+def training_reference(folder: Path, generator: torch.Generator, tensors: dict) -> None:
+    """Steps of diffusers' text-to-image finetuning recipe (epsilon MSE loss, gradient clipping to 1.0,
+    torch.optim.AdamW with lr 1e-4, betas (0.9, 0.999), weight decay 1e-2) on explicit batches: the
+    loss, the gradient norm before clipping, every clipped gradient of the first step, and every
+    weight's change after the last step (the change, not the weight: weights barely move at lr 1e-4)."""
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet", dtype=torch.float32)
+    unet.train()
+    scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    before = {name: p.detach().clone() for name, p in unet.named_parameters()}
+    for step in range(TRAIN_STEPS):
+        latents = torch.randn(TRAIN_BATCH, 4, 8, 8, generator=generator)
+        noise = torch.randn(TRAIN_BATCH, 4, 8, 8, generator=generator)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (TRAIN_BATCH,), generator=generator)
+        context = torch.randn(TRAIN_BATCH, MAX_LENGTH, 32, generator=generator)
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        loss = torch.nn.functional.mse_loss(unet(noisy, timesteps, context).sample.float(), noise.float())
+        optimizer.zero_grad()
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        if step == 0:
+            for name, p in unet.named_parameters():
+                tensors[f"train.grad.{name}"] = p.grad.detach().clone()
+        optimizer.step()
+        for key, value in (("latents", latents), ("noise", noise), ("timesteps", timesteps), ("context", context)):
+            tensors[f"train.{step}.{key}"] = value
+        tensors[f"train.{step}.loss"] = loss.detach().reshape(1)
+        tensors[f"train.{step}.grad_norm"] = norm.detach().reshape(1)
+    for name, p in unet.named_parameters():
+        tensors[f"train.delta.{name}"] = p.detach() - before[name]
+
 
 def write_references(folder: Path, summary: dict, tensors: dict) -> None:
     save_file({k: v.contiguous() for k, v in tensors.items()}, folder / "reference.safetensors")
@@ -425,6 +461,8 @@ def make_sd15(folder: Path, vocab, merges) -> None:
         if pipe.tokenizer(text).input_ids != loaded.tokenizer(text).input_ids:
             raise AssertionError(f"vocab.json/merges.txt tokenize {text!r} differently")
     summary, tensors = reference_outputs(loaded, seed=15)
+    training_reference(folder, torch.Generator().manual_seed(16), tensors)
+    summary["train_steps"] = TRAIN_STEPS
 
     # The fp16 files must form a loadable variant of the whole pipeline, not just of the UNet.
     load_pipeline(folder, variant="fp16", dtype=torch.float32)
