@@ -19,6 +19,15 @@ impl SplitMix64 {
         SplitMix64 { state: seed, spare_normal: None }
     }
 
+    /// The generator's whole state, to continue the same stream after a restart.
+    pub fn snapshot(&self) -> (u64, Option<f64>) {
+        (self.state, self.spare_normal)
+    }
+
+    pub fn restore((state, spare_normal): (u64, Option<f64>)) -> Self {
+        SplitMix64 { state, spare_normal }
+    }
+
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.state;

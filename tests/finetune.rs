@@ -6,7 +6,8 @@ mod common;
 use std::process::Command;
 
 use common::{pipeline, relative_error, Reference};
-use diffmine::finetune::{TrainOptions, Trainer};
+use diffmine::dataset::LabelledSet;
+use diffmine::finetune::{finetune, FinetuneOptions, TrainOptions, Trainer};
 use diffmine::model::{ModelOptions, StableDiffusion};
 use tch::Tensor;
 
@@ -102,4 +103,75 @@ save_file({"pred": pred.contiguous()}, out)
     let theirs = Tensor::read_safetensors(&theirs_path).unwrap().remove(0).1;
     common::assert_close(&ours, &theirs, TOLERANCE, "saved UNet, libdiffmine vs diffusers");
     assert!(relative_error(&ours, get("noise_pred")) > 1e-6, "the saved UNet is the trained one");
+}
+
+/// A two-label set of small PNGs (different patterns per label) in a temporary folder.
+fn tiny_labelled_set() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (label, period) in [("stripes", 4u32), ("checks", 8u32)] {
+        std::fs::create_dir_all(dir.path().join(label)).unwrap();
+        for i in 0..3u32 {
+            let image = image::RgbImage::from_fn(40, 36, |x, y| {
+                let v = if label == "stripes" { (x + i) / period % 2 } else { ((x + i) / period + y / period) % 2 };
+                image::Rgb([(v * 200 + 20) as u8; 3])
+            });
+            image.save(dir.path().join(label).join(format!("{i}.png"))).unwrap();
+        }
+    }
+    dir
+}
+
+fn loop_options(checkpoints: &std::path::Path) -> FinetuneOptions {
+    FinetuneOptions {
+        steps: 4,
+        batch_size: 2,
+        resolution: 32,
+        seed: 7,
+        condition_dropout: 0.5,
+        checkpoint_every: 2,
+        checkpoint_dir: Some(checkpoints.to_path_buf()),
+        ..FinetuneOptions::default()
+    }
+}
+
+fn unet_weights(dir: &std::path::Path) -> Vec<(String, Tensor)> {
+    let mut tensors = Tensor::read_safetensors(dir.join("unet/diffusion_pytorch_model.safetensors")).unwrap();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    tensors
+}
+
+#[test]
+fn a_run_resumed_from_its_checkpoint_ends_with_the_same_weights_as_an_uninterrupted_one() {
+    let data = tiny_labelled_set();
+    let set = LabelledSet::open(data.path()).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let (full, checkpoints) = (work.path().join("full"), work.path().join("checkpoints"));
+    let options = loop_options(&checkpoints);
+    let mut losses = Vec::new();
+    let report = finetune(&pipeline("sd15_tiny"), &ModelOptions::default(), &set, &options, None, &full, &mut |done, total, loss| {
+        losses.push((done, total, loss));
+        true
+    })
+    .unwrap();
+    assert_eq!(losses.iter().map(|l| l.0).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    assert!(losses.iter().all(|l| l.1 == 4 && l.2.is_finite()) && report.loss.is_finite());
+
+    let resumed = work.path().join("resumed");
+    let checkpoint = checkpoints.join("checkpoint-2");
+    finetune(&pipeline("sd15_tiny"), &ModelOptions::default(), &set, &options, Some(&checkpoint), &resumed, &mut |_, _, _| true).unwrap();
+    for ((name, a), (_, b)) in unet_weights(&full).iter().zip(unet_weights(&resumed).iter()) {
+        assert!(a.equal(b), "{name} differs between the uninterrupted and the resumed run");
+    }
+    let untouched = unet_weights(&pipeline("sd15_tiny"));
+    assert!(unet_weights(&full).iter().zip(&untouched).any(|((_, a), (_, b))| !a.equal(b)), "training changed the UNet");
+}
+
+#[test]
+fn finetuning_is_cancelled_by_the_progress_callback() {
+    let data = tiny_labelled_set();
+    let set = LabelledSet::open(data.path()).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let options = FinetuneOptions { checkpoint_every: 0, checkpoint_dir: None, ..loop_options(work.path()) };
+    let result = finetune(&pipeline("sd15_tiny"), &ModelOptions::default(), &set, &options, None, &work.path().join("out"), &mut |done, _, _| done < 2);
+    assert!(matches!(result, Err(diffmine::Error::Cancelled)));
 }

@@ -1,0 +1,126 @@
+//! Labelled image sets as users hand them in: a folder per label (`ROOT/<label>/*.png|jpg`) or a CSV of
+//! `path,label` rows (paths relative to the CSV; several labels of one image separated by `|`).
+use std::path::{Path, PathBuf};
+
+use tch::Tensor;
+
+use crate::error::{Error, Result};
+use crate::image::{ImageView, PixelType};
+
+const IMAGE_EXTENSIONS: [&str; 4] = ["png", "jpg", "jpeg", "bmp"];
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelledImage {
+    pub path: PathBuf,
+    pub labels: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct LabelledSet {
+    pub items: Vec<LabelledImage>,
+}
+
+impl LabelledSet {
+    /// Reads a folder-per-label tree or a `path,label` CSV, in a stable (sorted) order.
+    pub fn open(path: &Path) -> Result<Self> {
+        let set = if path.is_dir() { Self::from_folders(path)? } else { Self::from_csv(path)? };
+        if set.items.is_empty() {
+            return Err(Error::InvalidArgument(format!("{} holds no labelled images", path.display())));
+        }
+        Ok(set)
+    }
+
+    fn from_folders(root: &Path) -> Result<Self> {
+        let mut items = Vec::new();
+        for label_dir in sorted_entries(root)?.into_iter().filter(|p| p.is_dir()) {
+            let label = label_dir.file_name().expect("a folder has a name").to_string_lossy().into_owned();
+            for path in sorted_entries(&label_dir)?.into_iter().filter(|p| is_image(p)) {
+                items.push(LabelledImage { path, labels: vec![label.clone()] });
+            }
+        }
+        Ok(LabelledSet { items })
+    }
+
+    fn from_csv(csv: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(csv).map_err(|e| Error::io(csv, e))?;
+        let base = csv.parent().unwrap_or(Path::new("."));
+        let mut items = Vec::new();
+        for (number, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let Some((path, labels)) = line.split_once(',') else {
+                return Err(Error::InvalidArgument(format!("{} line {}: expected `path,label`", csv.display(), number + 1)));
+            };
+            if number == 0 && path.trim() == "path" {
+                continue;
+            }
+            let labels: Vec<String> = labels.split('|').map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
+            if labels.is_empty() {
+                return Err(Error::InvalidArgument(format!("{} line {}: no label", csv.display(), number + 1)));
+            }
+            items.push(LabelledImage { path: base.join(path.trim()), labels });
+        }
+        Ok(LabelledSet { items })
+    }
+
+    /// The distinct labels, sorted.
+    pub fn labels(&self) -> Vec<String> {
+        let mut labels: Vec<String> = self.items.iter().flat_map(|i| i.labels.iter().cloned()).collect();
+        labels.sort();
+        labels.dedup();
+        labels
+    }
+}
+
+fn is_image(path: &Path) -> bool {
+    path.is_file() && path.extension().is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_string_lossy().to_lowercase().as_str()))
+}
+
+fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    Ok(entries)
+}
+
+/// Reads an image file as model input (1, 3, H, W) in [-1, 1], its shorter side resized to
+/// `short_side` when given.
+pub fn load_image(path: &Path, short_side: Option<usize>) -> Result<Tensor> {
+    let image = image::open(path).map_err(|e| Error::io(path, e))?.to_rgb8();
+    let (width, height) = (image.width() as usize, image.height() as usize);
+    let view = ImageView { data: image.as_raw(), width, height, channels: 3, stride: width * 3, pixel: PixelType::U8 };
+    view.to_model_input_resized(short_side)
+}
+
+/// The central `size` × `size` square of a (1, 3, H, W) image (what training crops to).
+pub fn center_crop(image: &Tensor, size: i64) -> Result<Tensor> {
+    let (_, _, h, w) = image.size4()?;
+    if h < size || w < size {
+        return Err(Error::InvalidArgument(format!("image {h}×{w} is smaller than the crop {size}×{size}")));
+    }
+    Ok(image.f_narrow(2, (h - size) / 2, size)?.f_narrow(3, (w - size) / 2, size)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_rows_give_paths_relative_to_the_csv_and_split_multiple_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("set.csv");
+        std::fs::write(&csv, "path,label\na.png,Mass\nsub/b.png,Effusion|Mass\n").unwrap();
+        let set = LabelledSet::from_csv(&csv).unwrap();
+        assert_eq!(set.items[1], LabelledImage { path: dir.path().join("sub/b.png"), labels: vec!["Effusion".into(), "Mass".into()] });
+        assert_eq!(set.labels(), vec!["Effusion".to_string(), "Mass".to_string()]);
+    }
+
+    #[test]
+    fn a_csv_row_without_a_label_is_an_error_naming_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("set.csv");
+        std::fs::write(&csv, "a.png,Mass\nb.png,\n").unwrap();
+        let err = LabelledSet::from_csv(&csv).unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
+    }
+}
