@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
+use diffmine::dataset::LabelledSet;
+use diffmine::finetune::{finetune, FinetuneOptions, TrainOptions};
 use diffmine::image::{to_rgb8, ImageView, PixelType};
 use diffmine::mining::patches::select_patches;
 use diffmine::model::{parse_device, parse_dtype, ModelOptions, StableDiffusion};
@@ -28,7 +30,10 @@ const USAGE: &str = "usage:
   diffmine denoise   --model DIR --image FILE --prompt TEXT --t STEP --out FILE.png [--seed N]
   diffmine typicality --model DIR --image FILE --prompt TEXT --null-prompt TEXT --out PREFIX
                      [--samples 100] [--seed 42] [--batch 10] [--t-min 0.1] [--t-max 0.7]
-                     [--latent sample|mean] [--resize SHORT_SIDE] [--patch K]";
+                     [--latent sample|mean] [--resize SHORT_SIDE] [--patch K]
+  diffmine finetune  --model DIR --data DIR_OR_CSV --out DIR [--steps 1000] [--batch 8] [--resolution 512]
+                     [--caption \"Image of {label}.\"] [--null-prompt \"\"] [--dropout 0.05] [--lr 1e-4]
+                     [--seed 0] [--checkpoint-every N] [--resume CHECKPOINT_DIR]";
 
 /// `--key value` pairs after the subcommand.
 struct Args(HashMap<String, String>);
@@ -140,16 +145,18 @@ fn denoise(args: &Args) -> Result<()> {
     write_png(&model.decode(&estimate)?, &PathBuf::from(args.required("out")?))
 }
 
-/// A one-line progress bar with the time left, redrawn in place when stderr is a terminal.
-fn progress_bar() -> impl FnMut(u64, u64) -> bool {
+/// A one-line progress bar with the time left (and the loss, where there is one), redrawn in place
+/// when stderr is a terminal.
+fn progress_bar() -> impl FnMut(u64, u64, f64) -> bool {
     let started = Instant::now();
     let terminal = std::io::stderr().is_terminal();
-    move |done, total| {
+    move |done, total, value| {
         if terminal {
             let fraction = done as f64 / total.max(1) as f64;
             let left = started.elapsed().as_secs_f64() * (1.0 - fraction) / fraction.max(1e-9);
             let filled = (fraction * 30.0).round() as usize;
-            eprint!("\r[{}{}] {done}/{total}, {left:.0} s left ", "#".repeat(filled), " ".repeat(30 - filled));
+            let loss = if value.is_nan() { String::new() } else { format!(", loss {value:.4}") };
+            eprint!("\r[{}{}] {done}/{total}{loss}, {left:.0} s left ", "#".repeat(filled), " ".repeat(30 - filled));
             if done == total {
                 eprintln!();
             }
@@ -219,7 +226,10 @@ fn typicality_command(args: &Args) -> Result<()> {
         ..defaults
     };
     let started = Instant::now();
-    let result = typicality(&model, &image, args.required("prompt")?, args.required("null-prompt")?, &options, &mut progress_bar())?;
+    let result = typicality(&model, &image, args.required("prompt")?, args.required("null-prompt")?, &options, &mut {
+        let mut bar = progress_bar();
+        move |done, total| bar(done, total, f64::NAN)
+    })?;
     let (h, w) = (result.map.size()[0] as usize, result.map.size()[1] as usize);
     let map = Vec::<f32>::try_from(result.map.f_flatten(0, -1)?)?;
     let mean = map.iter().sum::<f32>() / map.len() as f32;
@@ -235,6 +245,37 @@ fn typicality_command(args: &Args) -> Result<()> {
     Ok(())
 }
 
+fn finetune_command(args: &Args) -> Result<()> {
+    let model_dir = PathBuf::from(args.required("model")?);
+    let model_options = ModelOptions {
+        device: parse_device(args.optional("device").unwrap_or("cpu"))?,
+        variant: args.optional("variant").map(String::from),
+        ..ModelOptions::default()
+    };
+    let set = LabelledSet::open(Path::new(args.required("data")?))?;
+    let out = PathBuf::from(args.required("out")?);
+    let defaults = FinetuneOptions::default();
+    let options = FinetuneOptions {
+        train: TrainOptions { learning_rate: args.parsed("lr", defaults.train.learning_rate)?, ..TrainOptions::default() },
+        caption_template: args.optional("caption").unwrap_or(&defaults.caption_template).to_string(),
+        null_prompt: args.optional("null-prompt").unwrap_or("").to_string(),
+        condition_dropout: args.parsed("dropout", defaults.condition_dropout)?,
+        batch_size: args.parsed("batch", defaults.batch_size)?,
+        steps: args.parsed("steps", defaults.steps)?,
+        seed: args.parsed("seed", defaults.seed)?,
+        resolution: args.parsed("resolution", defaults.resolution)?,
+        checkpoint_every: args.parsed("checkpoint-every", 0)?,
+        checkpoint_dir: Some(out.join("checkpoints")),
+        ..defaults
+    };
+    println!("finetuning on {} images of {} labels: {:?}", set.items.len(), set.labels().len(), set.labels());
+    let started = Instant::now();
+    let resume = args.optional("resume").map(PathBuf::from);
+    let report = finetune(&model_dir, &model_options, &set, &options, resume.as_deref(), &out, &mut progress_bar())?;
+    println!("{} steps in {:.0} s, last loss {:.4}; wrote {}", options.steps, started.elapsed().as_secs_f64(), report.loss, out.display());
+    Ok(())
+}
+
 fn run(argv: &[String]) -> Result<()> {
     let Some((command, rest)) = argv.split_first() else { return Err(Error::InvalidArgument(USAGE.into())) };
     let args = Args::parse(rest)?;
@@ -244,6 +285,7 @@ fn run(argv: &[String]) -> Result<()> {
         "roundtrip" => roundtrip(&args),
         "denoise" => denoise(&args),
         "typicality" => typicality_command(&args),
+        "finetune" => finetune_command(&args),
         other => Err(Error::InvalidArgument(format!("unknown command `{other}`\n{USAGE}"))),
     }
 }

@@ -5,6 +5,7 @@
 
 mod args;
 mod error;
+mod finetune;
 mod handle;
 mod image;
 mod log;
@@ -14,6 +15,7 @@ mod typicality;
 mod version;
 
 pub use image::{dm_image_view, DM_PIXEL_F32, DM_PIXEL_U16, DM_PIXEL_U8};
+pub use finetune::*;
 pub use error::{dm_last_error, dm_last_error_copy};
 pub use log::{dm_log_fn, dm_log_set_callback, DM_LOG_DEBUG, DM_LOG_ERROR, DM_LOG_INFO, DM_LOG_TRACE, DM_LOG_WARN};
 pub use model::*;

@@ -100,7 +100,7 @@ pub unsafe extern "C" fn dm_model_options_default(options: *mut dm_model_options
 ///
 /// # Safety
 /// Every non-NULL string in `o` must be NUL-terminated.
-unsafe fn model_options(o: &dm_model_options) -> FfiResult<ModelOptions> {
+pub(crate) unsafe fn model_options(o: &dm_model_options) -> FfiResult<ModelOptions> {
     // SAFETY: the caller guarantees every non-NULL string is NUL-terminated.
     let path = |p: *const c_char, what| -> FfiResult<Option<PathBuf>> { Ok(unsafe { optional_str(p, what) }?.map(PathBuf::from)) };
     // SAFETY: as above.
