@@ -94,15 +94,47 @@ typedef enum dm_status {
   DM_ERR_TORCH = 14,
   // A bug in libdiffmine (a caught panic); the message says where.
   DM_ERR_INTERNAL = 15,
+  // An input file is malformed (truncated or corrupt DICOM, a CSV without a required column, a box
+  // outside its image); the message names the file and the problem.
+  DM_ERR_INVALID_DATA = 16,
 } dm_status;
+
+// The shape planted for a label. Each is a union of polygons or rings with a soft edge, some with a
+// faint fill between bright parts (a texture rather than an outline), all fitting the unit disc before
+// scaling, so they differ in shape, not in size.
+typedef struct Motif Motif;
 
 // A loaded model. May be used from several threads at once: every operation only reads it, and
 // results do not depend on which thread runs them.
 typedef struct dm_model dm_model;
 
-// Receives one log event: its level (`DM_LOG_*`), target (the Rust module) and message, valid only
-// during the call. May be called from any thread the library runs work on.
-typedef void (*dm_log_fn)(int32_t level, const char *target, const char *message, void *user_data);
+// How to finetune. Fill with `dm_finetune_options_default` (the spec's recipe), then set `steps`,
+// `batch_size` and `resolution` for the data at hand.
+typedef struct dm_finetune_options {
+  size_t struct_size;
+  uint32_t steps;
+  uint32_t batch_size;
+  // Images are resized (shorter side) and centre-cropped to this size.
+  uint32_t resolution;
+  uint64_t seed;
+  // AdamW: learning rate (constant), betas, weight decay, epsilon; gradient clipping norm (0: off).
+  double learning_rate;
+  double beta1;
+  double beta2;
+  double weight_decay;
+  double eps;
+  double max_grad_norm;
+  // Probability that a caption is replaced by the null prompt.
+  double condition_dropout;
+  // Caption template with `{label}` (NULL: "Image of {label}."), the separator of several labels
+  // (NULL: ", ") and the null prompt (NULL: "").
+  const char *caption_template;
+  const char *label_separator;
+  const char *null_prompt;
+  // Write a resumable checkpoint every this many steps into `checkpoint_dir` (0 or NULL: never).
+  uint32_t checkpoint_every;
+  const char *checkpoint_dir;
+} dm_finetune_options;
 
 // How to load a model. Fill with `dm_model_options_default`, then change fields.
 typedef struct dm_model_options {
@@ -121,6 +153,15 @@ typedef struct dm_model_options {
   const char *tokenizer_path;
   const char *scheduler_path;
 } dm_model_options;
+
+// Progress of long work: `done` of `total` units, `value` the current loss or NaN where there is none.
+// Returning non-zero cancels the work, which then fails with `DM_ERR_CANCELLED` and leaves every
+// handle usable.
+typedef int32_t (*dm_progress_fn)(uint64_t done, uint64_t total, double value, void *user_data);
+
+// Receives one log event: its level (`DM_LOG_*`), target (the Rust module) and message, valid only
+// during the call. May be called from any thread the library runs work on.
+typedef void (*dm_log_fn)(int32_t level, const char *target, const char *message, void *user_data);
 
 // What a caller needs to size buffers for a model's operations.
 typedef struct dm_model_info {
@@ -178,11 +219,6 @@ typedef struct dm_typicality_options {
   size_t noise_len;
 } dm_typicality_options;
 
-// Progress of long work: `done` of `total` units, `value` the current loss or NaN where there is none.
-// Returning non-zero cancels the work, which then fails with `DM_ERR_CANCELLED` and leaves every
-// handle usable.
-typedef int32_t (*dm_progress_fn)(uint64_t done, uint64_t total, double value, void *user_data);
-
 // A square box of an image: columns `x .. x+size`, rows `y .. y+size`, with its mean typicality.
 typedef struct dm_box {
   uint32_t x;
@@ -190,6 +226,8 @@ typedef struct dm_box {
   uint32_t size;
   float score;
 } dm_box;
+
+
 
 #ifdef __cplusplus
 extern "C" {
@@ -207,9 +245,35 @@ const char *dm_last_error(void);
 size_t dm_last_error_copy(char *buffer,
                           size_t buffer_len);
 
+// Fills `options` with the defaults.
+//
+// # Safety
+// `options` must be NULL or point to a writable `dm_finetune_options`.
+enum dm_status dm_finetune_options_default(struct dm_finetune_options *options);
+
+// Finetunes the UNet of the diffusers folder `model_path` (loaded with `model_options`, NULL for
+// defaults; float32) on the labelled set `data_path` (a folder per label, or a `path,label` CSV) and
+// writes the result as a diffusers folder at `out_path`. `resume_path` (may be NULL) continues from a
+// checkpoint folder. `progress` (may be NULL) is called after each step with (step, steps, loss);
+// non-zero cancels with `DM_ERR_CANCELLED`.
+//
+// # Safety
+// Strings NUL-terminated (or NULL where allowed); option structs NULL or valid; `progress` safe to
+// call with `user_data` from this thread.
+enum dm_status dm_finetune_run(const char *model_path,
+                               const struct dm_model_options *model_options,
+                               const char *data_path,
+                               const struct dm_finetune_options *options,
+                               const char *resume_path,
+                               const char *out_path,
+                               dm_progress_fn progress,
+                               void *user_data);
+
 // Sends log events up to `max_level` (`DM_LOG_ERROR` .. `DM_LOG_TRACE`) to `callback`; a NULL
-// callback stops forwarding. The callback may be called from several threads at once.
-enum dm_status dm_log_set_callback(dm_log_fn callback, int32_t max_level, void *user_data);
+// callback stops forwarding (and `max_level` is then ignored). The callback may be called from several threads at once.
+enum dm_status dm_log_set_callback(dm_log_fn callback,
+                                   int32_t max_level,
+                                   void *user_data);
 
 // Fills `options` with the defaults: CPU, float32, plain weight files, no component overrides.
 //
@@ -231,10 +295,11 @@ enum dm_status dm_model_open(const char *path,
 // `DM_ERR_INVALID_HANDLE`. Calls still running on other threads finish first.
 enum dm_status dm_model_free(struct dm_model *model);
 
-// Writes the model's sizes and constants into `*out_info`.
+// Writes the model's sizes and constants into `*out_info`, whose `struct_size` the caller sets
+// (`sizeof(dm_model_info)`); only that many bytes are written.
 //
 // # Safety
-// `out_info` must be NULL or point to a writable `dm_model_info`.
+// `out_info` must be NULL or point to a writable struct of `out_info->struct_size` bytes.
 enum dm_status dm_model_get_info(const struct dm_model *model, struct dm_model_info *out_info);
 
 // The latent height and width `dm_model_encode` produces for an image of `height` × `width`.

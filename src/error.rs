@@ -25,6 +25,10 @@ pub enum Error {
     /// A caller argument that is out of range or inconsistent (image size, buffer length, timesteps).
     #[error("{0}")]
     InvalidArgument(String),
+    /// An input file whose content is malformed: a truncated or corrupt DICOM file, a CSV without a
+    /// required column, a bounding box outside its image. The message names the file and the problem.
+    #[error("{0}")]
+    InvalidData(String),
     /// A device that is unknown or not present on this machine.
     #[error("{0}")]
     Device(String),

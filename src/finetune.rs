@@ -76,6 +76,13 @@ impl AdamW {
     }
 }
 
+pub(crate) fn require_f32(model: &StableDiffusion) -> Result<()> {
+    if model.dtype() != Kind::Float {
+        return Err(Error::InvalidArgument("training runs in float32: open the model with dtype float32".into()));
+    }
+    Ok(())
+}
+
 /// What one optimiser step saw.
 #[derive(Debug, Clone, Copy)]
 pub struct StepReport {
@@ -84,26 +91,72 @@ pub struct StepReport {
     pub grad_norm: f64,
 }
 
-/// Trains the UNet of a model it owns (training writes the weights, so the model cannot be shared
-/// with inference while it runs).
-pub struct Trainer {
-    model: StableDiffusion,
+/// Parameters under training: zeroes their gradients, back-propagates a loss, clips and steps AdamW.
+pub(crate) struct Optimization {
     parameters: Vec<Tensor>,
     optimizer: AdamW,
 }
 
-impl Trainer {
-    pub fn new(model: StableDiffusion, options: TrainOptions) -> Result<Self> {
-        if model.dtype() != Kind::Float {
-            return Err(Error::InvalidArgument("finetuning runs in float32: open the model with dtype float32".into()));
-        }
-        let parameters: Vec<Tensor> = model.unet_parameters().iter().map(|(_, t)| t.shallow_clone()).collect();
+impl Optimization {
+    /// Marks `parameters` as trainable; `release` undoes it.
+    pub(crate) fn new(parameters: &[(String, Tensor)], options: TrainOptions) -> Result<Self> {
+        let parameters: Vec<Tensor> = parameters.iter().map(|(_, t)| t.shallow_clone()).collect();
         for p in &parameters {
-            let mut p = p.shallow_clone();
-            let _ = p.f_requires_grad_(true)?;
+            let _ = p.shallow_clone().f_requires_grad_(true)?;
         }
         let optimizer = AdamW::new(&parameters, options)?;
-        Ok(Trainer { model, parameters, optimizer })
+        Ok(Optimization { parameters, optimizer })
+    }
+
+    pub(crate) fn release(&self) {
+        for p in &self.parameters {
+            let _ = p.shallow_clone().f_requires_grad_(false);
+        }
+    }
+
+    /// One step on `loss`; returns the gradients' global norm before clipping.
+    pub(crate) fn step(&mut self, loss: &Tensor) -> Result<f64> {
+        for p in &self.parameters {
+            p.shallow_clone().zero_grad();
+        }
+        loss.f_backward()?;
+        let grad_norm = self.clip_gradients()?;
+        self.optimizer.step(&self.parameters)?;
+        Ok(grad_norm)
+    }
+
+    /// Scales all gradients so their global norm is at most `max_grad_norm`, as
+    /// `torch.nn.utils.clip_grad_norm_` does; returns the norm before clipping.
+    fn clip_gradients(&self) -> Result<f64> {
+        let grads: Vec<Tensor> = self.parameters.iter().map(|p| p.grad()).filter(|g| g.defined()).collect();
+        let norms: Vec<Tensor> = grads.iter().map(|g| g.f_norm()).collect::<std::result::Result<_, _>>()?;
+        let total = Tensor::f_stack(&norms, 0)?.f_norm()?;
+        let max_norm = self.optimizer.options.max_grad_norm;
+        if max_norm > 0.0 {
+            let coefficient = total.f_add_scalar(1e-6)?.f_reciprocal()?.f_mul_scalar(max_norm)?.f_clamp_max(1.0)?;
+            tch::no_grad(|| -> Result<()> {
+                for g in &grads {
+                    let _ = g.shallow_clone().f_mul_(&coefficient)?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(total.f_double_value(&[])?)
+    }
+}
+
+/// Trains the UNet of a model it owns (training writes the weights, so the model cannot be shared
+/// with inference while it runs).
+pub struct Trainer {
+    model: StableDiffusion,
+    optimization: Optimization,
+}
+
+impl Trainer {
+    pub fn new(model: StableDiffusion, options: TrainOptions) -> Result<Self> {
+        require_f32(&model)?;
+        let optimization = Optimization::new(&model.unet_weights().parameters, options)?;
+        Ok(Trainer { model, optimization })
     }
 
     pub fn model(&self) -> &StableDiffusion {
@@ -112,10 +165,7 @@ impl Trainer {
 
     /// Gives the model back for inference.
     pub fn into_model(self) -> StableDiffusion {
-        for p in &self.parameters {
-            let mut p = p.shallow_clone();
-            let _ = p.f_requires_grad_(false);
-        }
+        self.optimization.release();
         self.model
     }
 
@@ -124,19 +174,13 @@ impl Trainer {
     pub fn step(&mut self, latents: &Tensor, noise: &Tensor, timesteps: &Tensor, context: &Tensor) -> Result<StepReport> {
         let _span = tracing::debug_span!("train_step").entered();
         let loss = self.loss(latents, noise, timesteps, context)?;
-        for p in &self.parameters {
-            let mut p = p.shallow_clone();
-            p.zero_grad();
-        }
-        loss.f_backward()?;
-        let grad_norm = self.clip_gradients()?;
-        self.optimizer.step(&self.parameters)?;
+        let grad_norm = self.optimization.step(&loss)?;
         Ok(StepReport { loss: loss.f_double_value(&[])?, grad_norm })
     }
 
     /// The parameters' current gradients by name (after a step: clipped), for inspection and tests.
     pub fn gradients(&self) -> Vec<(String, Tensor)> {
-        self.model.unet_parameters().iter().map(|(name, p)| (name.clone(), p.grad())).collect()
+        self.model.unet_weights().parameters.iter().map(|(name, p)| (name.clone(), p.grad())).collect()
     }
 
     /// The DDPM training loss: MSE between the UNet output and its target (the noise for ε-models,
@@ -155,52 +199,42 @@ impl Trainer {
         Ok(prediction.f_mse_loss(&target, tch::Reduction::Mean)?)
     }
 
-    /// Scales all gradients so their global norm is at most `max_grad_norm`, as
-    /// `torch.nn.utils.clip_grad_norm_` does; returns the norm before clipping.
-    fn clip_gradients(&self) -> Result<f64> {
-        let grads: Vec<Tensor> = self.parameters.iter().map(|p| p.grad()).filter(|g| g.defined()).collect();
-        let norms: Vec<Tensor> = grads.iter().map(|g| g.f_norm()).collect::<std::result::Result<_, _>>()?;
-        let total = Tensor::f_stack(&norms, 0)?.f_norm()?;
-        let max_norm = self.optimizer.options.max_grad_norm;
-        if max_norm > 0.0 {
-            let coefficient = total.f_add_scalar(1e-6)?.f_reciprocal()?.f_mul_scalar(max_norm)?.f_clamp_max(1.0)?;
-            tch::no_grad(|| -> Result<()> {
-                for g in &grads {
-                    let mut g = g.shallow_clone();
-                    let _ = g.f_mul_(&coefficient)?;
-                }
-                Ok(())
-            })?;
-        }
-        Ok(total.f_double_value(&[])?)
-    }
-
     /// Writes the model as a diffusers folder: the trained UNet (`unet/config.json` and
     /// `diffusion_pytorch_model.safetensors`) plus the other components copied from `source`, the
     /// folder the model was loaded from, so the result loads on its own.
     pub fn save(&self, source: &Path, out: &Path) -> Result<()> {
         save_unet(&self.model, &out.join("unet"))?;
-        for component in ["vae", "text_encoder", "tokenizer", "scheduler"] {
-            copy_dir(&source.join(component), &out.join(component))?;
-        }
-        let index = source.join("model_index.json");
-        std::fs::copy(&index, out.join("model_index.json")).map_err(|e| Error::io(&index, e))?;
-        Ok(())
+        copy_components(source, out, &["vae", "text_encoder", "tokenizer", "scheduler"])
     }
 }
 
 /// Writes a model's UNet as a diffusers component folder.
 pub fn save_unet(model: &StableDiffusion, dir: &Path) -> Result<()> {
+    let unet = model.unet_weights();
+    save_component(&unet.parameters, &unet.config, dir)
+}
+
+/// Writes a diffusers component folder: `config.json` and `diffusion_pytorch_model.safetensors`.
+pub fn save_component(parameters: &[(String, Tensor)], config: &serde_json::Value, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let config = serde_json::to_string_pretty(model.unet_config_json()).expect("a JSON value serialises");
-    std::fs::write(dir.join("config.json"), config).map_err(|e| Error::io(dir, e))?;
-    let tensors: Vec<(String, Tensor)> = model
-        .unet_parameters()
+    let text = serde_json::to_string_pretty(config).expect("a JSON value serialises");
+    std::fs::write(dir.join("config.json"), text).map_err(|e| Error::io(dir, e))?;
+    let tensors: Vec<(String, Tensor)> = parameters
         .iter()
         .map(|(name, t)| Ok((name.clone(), t.f_detach()?.f_to_device(tch::Device::Cpu)?.f_contiguous()?)))
         .collect::<Result<_>>()?;
     let path = dir.join("diffusion_pytorch_model.safetensors");
     Tensor::write_safetensors(&tensors, &path).map_err(|e| Error::io(&path, e))
+}
+
+/// Copies `components` (subfolders) and `model_index.json` of a diffusers folder.
+pub(crate) fn copy_components(from: &Path, to: &Path, components: &[&str]) -> Result<()> {
+    for component in components {
+        copy_dir(&from.join(component), &to.join(component))?;
+    }
+    let index = from.join("model_index.json");
+    std::fs::copy(&index, to.join("model_index.json")).map_err(|e| Error::io(&index, e))?;
+    Ok(())
 }
 
 fn copy_dir(from: &Path, to: &Path) -> Result<()> {
@@ -347,15 +381,15 @@ impl Trainer {
     /// Writes what resuming needs beside a saved folder: the optimiser's moments and step count and
     /// the random stream's state.
     fn save_state(&self, dir: &Path, rng: &SplitMix64, steps_done: usize) -> Result<()> {
-        let names = self.model.unet_parameters().iter().map(|(n, _)| n);
+        let names = self.model.unet_weights().parameters.iter().map(|(n, _)| n);
         let moments: Vec<(String, Tensor)> = names
-            .zip(self.optimizer.first_moments.iter().zip(&self.optimizer.second_moments))
+            .zip(self.optimization.optimizer.first_moments.iter().zip(&self.optimization.optimizer.second_moments))
             .flat_map(|(name, (m, v))| [(format!("m.{name}"), m.shallow_clone()), (format!("v.{name}"), v.shallow_clone())])
             .collect();
         let path = dir.join("optimizer.safetensors");
         Tensor::write_safetensors(&moments, &path).map_err(|e| Error::io(&path, e))?;
         let (state, spare) = rng.snapshot();
-        let json = serde_json::json!({ "steps_done": steps_done, "optimizer_steps": self.optimizer.steps, "rng_state": state.to_string(), "rng_spare_normal": spare });
+        let json = serde_json::json!({ "steps_done": steps_done, "optimizer_steps": self.optimization.optimizer.steps, "rng_state": state.to_string(), "rng_spare_normal": spare });
         let path = dir.join("trainer_state.json");
         std::fs::write(&path, json.to_string()).map_err(|e| Error::io(&path, e))
     }
@@ -366,14 +400,14 @@ impl Trainer {
         let json: serde_json::Value = crate::model::config::read_json(&path)?;
         let bad = || Error::InvalidArgument(format!("{}: not a libdiffmine trainer state", path.display()));
         let steps_done = json["steps_done"].as_u64().ok_or_else(bad)? as usize;
-        self.optimizer.steps = json["optimizer_steps"].as_i64().ok_or_else(bad)? as i32;
+        self.optimization.optimizer.steps = json["optimizer_steps"].as_i64().ok_or_else(bad)? as i32;
         let state: u64 = json["rng_state"].as_str().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
         let spare = json["rng_spare_normal"].as_f64();
         let path = dir.join("optimizer.safetensors");
         let stored: HashMap<String, Tensor> = Tensor::read_safetensors(&path).map_err(|e| Error::io(&path, e))?.into_iter().collect();
-        let names: Vec<String> = self.model.unet_parameters().iter().map(|(n, _)| n.clone()).collect();
+        let names: Vec<String> = self.model.unet_weights().parameters.iter().map(|(n, _)| n.clone()).collect();
         for (i, name) in names.iter().enumerate() {
-            for (moments, prefix) in [(&mut self.optimizer.first_moments, "m"), (&mut self.optimizer.second_moments, "v")] {
+            for (moments, prefix) in [(&mut self.optimization.optimizer.first_moments, "m"), (&mut self.optimization.optimizer.second_moments, "v")] {
                 let key = format!("{prefix}.{name}");
                 let value = stored.get(&key).ok_or_else(|| Error::MissingTensor { name: key.clone(), file: path.display().to_string() })?;
                 moments[i] = value.f_to_device(self.model.device())?;

@@ -1,5 +1,6 @@
 //! libdiffmine: "Diffusion Models as Data Mining Tools" (Siglidis et al., ECCV 2024) on Stable
 //! Diffusion 1.x/2.x diffusers folders, as a Rust library with a stable C ABI (`include/diffmine.h`).
+pub mod autoencoder;
 pub mod dataset;
 pub mod dicom;
 pub mod error;
@@ -9,6 +10,7 @@ pub mod image;
 pub mod mining;
 pub mod model;
 pub mod rng;
+pub mod synthetic;
 pub mod typicality;
 
 pub use error::{Error, Result};

@@ -186,3 +186,72 @@ fn wrong_input_shapes_are_invalid_arguments_not_panics() {
     let err = model.encode(&Tensor::zeros([1, 2, 16, 16], opts)).err().unwrap();
     assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
 }
+
+fn c_open_model(path: &Path) -> *mut ffi::dm_model {
+    let c_path = CString::new(path.to_str().unwrap()).unwrap();
+    let mut model = std::ptr::null_mut();
+    // SAFETY: valid path, NULL options, valid out pointer.
+    assert_eq!(unsafe { ffi::dm_model_open(c_path.as_ptr(), std::ptr::null(), &mut model) }, dm_status::DM_OK);
+    model
+}
+
+fn info_with_size(model: *const ffi::dm_model, struct_size: usize) -> (dm_status, ffi::dm_model_info) {
+    // SAFETY: an all-zero dm_model_info is a valid value (integers and a double).
+    let mut info: ffi::dm_model_info = unsafe { std::mem::zeroed() };
+    info.struct_size = struct_size;
+    // SAFETY: `info` is a valid, writable dm_model_info.
+    let status = unsafe { ffi::dm_model_get_info(model, &mut info) };
+    (status, info)
+}
+
+#[test]
+fn a_freed_handle_stays_invalid_even_after_new_models_are_opened() {
+    let dir = pipeline("sd15_tiny");
+    let first = c_open_model(&dir);
+    assert_eq!(ffi::dm_model_free(first), dm_status::DM_OK);
+    let reopened: Vec<_> = (0..20).map(|_| c_open_model(&dir)).collect();
+    assert!(!reopened.contains(&first), "handles are never reused");
+    assert_eq!(info_with_size(first, std::mem::size_of::<ffi::dm_model_info>()).0, dm_status::DM_ERR_INVALID_HANDLE);
+    assert_eq!(ffi::dm_model_free(first), dm_status::DM_ERR_INVALID_HANDLE, "double free is reported");
+    for model in reopened {
+        assert_eq!(ffi::dm_model_free(model), dm_status::DM_OK);
+    }
+}
+
+#[test]
+fn model_info_respects_the_callers_struct_size() {
+    let model = c_open_model(&pipeline("sd15_tiny"));
+    let full = std::mem::size_of::<ffi::dm_model_info>();
+    assert_eq!(info_with_size(model, 12).0, dm_status::DM_ERR_INVALID_ARGUMENT);
+    let (status, info) = info_with_size(model, full);
+    assert_eq!(status, dm_status::DM_OK);
+    assert_eq!((info.latent_channels, info.max_tokens, info.text_embedding_dim, info.train_steps), (4, 77, 32, 1000));
+    assert_eq!(info.struct_size, full);
+    ffi::dm_model_free(model);
+}
+
+#[test]
+fn overflowing_or_too_small_images_are_invalid_arguments() {
+    let model = c_open_model(&pipeline("sd15_tiny"));
+    let pixels = [0u8; 64];
+    let mut out = [0f32; 16];
+    let view = |width, height, stride| ffi::dm_image_view {
+        data: pixels.as_ptr().cast(),
+        data_len: pixels.len(),
+        width,
+        height,
+        channels: 3,
+        pixel_type: ffi::DM_PIXEL_U8,
+        stride,
+    };
+    for (image, what) in [(view(1, 3, 1usize << 63), "stride overflow"), (view(1, 1, 3), "1×1 image")] {
+        // SAFETY: the view points at `pixels` with its true length; `out` is writable.
+        let status = unsafe { ffi::dm_model_encode(model, &image, out.as_mut_ptr(), out.len()) };
+        assert_eq!(status, dm_status::DM_ERR_INVALID_ARGUMENT, "{what}: {}", last_error());
+    }
+    let (mut h, mut w) = (0u32, 0u32);
+    // SAFETY: valid model handle and out pointers.
+    assert_eq!(unsafe { ffi::dm_model_latent_size(model, 1, 1, &mut h, &mut w) }, dm_status::DM_ERR_INVALID_ARGUMENT);
+    assert!(last_error().contains("too small"), "{}", last_error());
+    ffi::dm_model_free(model);
+}

@@ -6,6 +6,7 @@ mod common;
 use std::process::Command;
 
 use common::{pipeline, relative_error, Reference};
+use diffmine::autoencoder::{train_autoencoder, AutoencoderOptions};
 use diffmine::dataset::LabelledSet;
 use diffmine::finetune::{finetune, FinetuneOptions, TrainOptions, Trainer};
 use diffmine::model::{ModelOptions, StableDiffusion};
@@ -35,7 +36,7 @@ fn worst_error(actual: &[(String, Tensor)], reference: &Reference, prefix: &str)
 fn three_adamw_steps_equal_pytorch_in_loss_clipped_gradients_and_weight_changes() {
     let reference = Reference::load("sd15_tiny");
     let mut trainer = trainer();
-    let before: Vec<(String, Tensor)> = trainer.model().unet_parameters().iter().map(|(n, t)| (n.clone(), t.detach().copy())).collect();
+    let before: Vec<(String, Tensor)> = trainer.model().unet_weights().parameters.iter().map(|(n, t)| (n.clone(), t.detach().copy())).collect();
     let param_count = before.len();
     let reference_count = reference.tensors.keys().filter(|k| k.starts_with("train.grad.")).count();
     assert_eq!(param_count, reference_count, "every UNet parameter is trained");
@@ -51,7 +52,7 @@ fn three_adamw_steps_equal_pytorch_in_loss_clipped_gradients_and_weight_changes(
             assert!(err <= TOLERANCE, "clipped gradient of {name}: relative error {err:.2e}");
         }
     }
-    let after: Vec<(String, Tensor)> = trainer.model().unet_parameters().iter().map(|(n, t)| (n.clone(), t.detach())).collect();
+    let after: Vec<(String, Tensor)> = trainer.model().unet_weights().parameters.iter().map(|(n, t)| (n.clone(), t.detach())).collect();
     let expected_after: Vec<(String, Tensor)> =
         before.iter().map(|(n, b)| (n.clone(), b + reference.get(&format!("train.delta.{n}")))).collect();
     for ((name, ours), (_, theirs)) in after.iter().zip(&expected_after) {
@@ -174,4 +175,23 @@ fn finetuning_is_cancelled_by_the_progress_callback() {
     let options = FinetuneOptions { checkpoint_every: 0, checkpoint_dir: None, ..loop_options(work.path()) };
     let result = finetune(&pipeline("sd15_tiny"), &ModelOptions::default(), &set, &options, None, &work.path().join("out"), &mut |done, _, _| done < 2);
     assert!(matches!(result, Err(diffmine::Error::Cancelled)));
+}
+
+#[test]
+fn training_the_vae_lowers_its_reconstruction_loss_and_records_the_measured_scaling_factor() {
+    let data = tiny_labelled_set();
+    let set = LabelledSet::open(data.path()).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let options = AutoencoderOptions { steps: 30, batch_size: 2, resolution: 32, ..AutoencoderOptions::default() };
+    let mut losses = Vec::new();
+    let scaling = train_autoencoder(&pipeline("sd15_tiny"), &set, &options, out.path(), &mut |_, _, loss| {
+        losses.push(loss);
+        true
+    })
+    .unwrap();
+    let (first, last) = (losses[..5].iter().sum::<f64>() / 5.0, losses[25..].iter().sum::<f64>() / 5.0);
+    assert!(last < 0.5 * first, "reconstruction loss {first:.4} → {last:.4} should fall");
+    let model = StableDiffusion::open(out.path(), &ModelOptions::default()).unwrap();
+    assert_eq!(model.vae().config().scaling_factor, scaling);
+    assert!(scaling.is_finite() && scaling > 0.0);
 }

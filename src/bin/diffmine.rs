@@ -6,6 +6,8 @@
 //! diffmine denoise   --model DIR --image FILE --prompt TEXT --t STEP --out FILE.png
 //! diffmine typicality --model DIR --image FILE --prompt TEXT --null-prompt TEXT --out PREFIX
 //!                    [--samples N] [--seed S] [--batch B] [--resize SHORT_SIDE] [--patch K]
+//! diffmine synth     --out DIR [--seed S] [--per-label N] [--size PX] [--split train|held-out]
+//!                    (a labelled radiograph-like set with planted, boxed elements)
 //!
 //! Log detail follows RUST_LOG (e.g. RUST_LOG=diffmine=debug shows a span per model part).
 use std::collections::HashMap;
@@ -14,11 +16,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
+use diffmine::autoencoder::{train_autoencoder, AutoencoderOptions};
 use diffmine::dataset::LabelledSet;
 use diffmine::finetune::{finetune, FinetuneOptions, TrainOptions};
 use diffmine::image::{to_rgb8, ImageView, PixelType};
 use diffmine::mining::patches::select_patches;
 use diffmine::model::{parse_device, parse_dtype, ModelOptions, StableDiffusion};
+use diffmine::synthetic::{write_dataset, SyntheticOptions};
 use diffmine::typicality::{typicality, LatentMode, TypicalityOptions};
 use diffmine::{Error, Result};
 use tch::{Kind, Tensor};
@@ -33,7 +37,8 @@ const USAGE: &str = "usage:
                      [--latent sample|mean] [--resize SHORT_SIDE] [--patch K]
   diffmine finetune  --model DIR --data DIR_OR_CSV --out DIR [--steps 1000] [--batch 8] [--resolution 512]
                      [--caption \"Image of {label}.\"] [--null-prompt \"\"] [--dropout 0.05] [--lr 1e-4]
-                     [--seed 0] [--checkpoint-every N] [--resume CHECKPOINT_DIR]";
+                     [--seed 0] [--checkpoint-every N] [--resume CHECKPOINT_DIR]
+  diffmine synth     --out DIR [--seed 0] [--per-label 200] [--size 64] [--split train|held-out]";
 
 /// `--key value` pairs after the subcommand.
 struct Args(HashMap<String, String>);
@@ -276,6 +281,47 @@ fn finetune_command(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// Writes the synthetic radiograph set with its planted boxes; `--split held-out` gives the held-out
+/// set of the same options (another seed, patient IDs after the training set's).
+fn synth_command(args: &Args) -> Result<()> {
+    let defaults = SyntheticOptions::default();
+    let train = SyntheticOptions {
+        seed: args.parsed("seed", defaults.seed)?,
+        images_per_label: args.parsed("per-label", defaults.images_per_label)?,
+        size: args.parsed("size", defaults.size)?,
+        ..defaults
+    };
+    let options = match args.optional("split").unwrap_or("train") {
+        "train" => train,
+        "held-out" => train.held_out(),
+        other => return Err(Error::InvalidArgument(format!("--split must be train or held-out, not `{other}`"))),
+    };
+    let out = PathBuf::from(args.required("out")?);
+    let started = Instant::now();
+    let summary = write_dataset(&options, &out)?;
+    println!("wrote {} images of {} px ({} labels: {}) with their boxes to {} in {:.2} s", summary.entries.len(), summary.size, options.labels.len(), options.labels.join(", "), out.display(), started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Trains a model's VAE as an autoencoder (for models built from scratch) and measures its scaling factor.
+fn train_vae_command(args: &Args) -> Result<()> {
+    let set = LabelledSet::open(Path::new(args.required("data")?))?;
+    let d = AutoencoderOptions::default();
+    let options = AutoencoderOptions {
+        train: TrainOptions { learning_rate: args.parsed("lr", d.train.learning_rate)?, ..d.train.clone() },
+        kl_weight: args.parsed("kl-weight", d.kl_weight)?,
+        batch_size: args.parsed("batch", d.batch_size)?,
+        steps: args.parsed("steps", d.steps)?,
+        seed: args.parsed("seed", d.seed)?,
+        resolution: args.parsed("resolution", d.resolution)?,
+    };
+    let out = PathBuf::from(args.required("out")?);
+    let started = Instant::now();
+    let scaling = train_autoencoder(Path::new(args.required("model")?), &set, &options, &out, &mut progress_bar())?;
+    println!("{} steps in {:.0} s; scaling factor {scaling:.5}; wrote {}", options.steps, started.elapsed().as_secs_f64(), out.display());
+    Ok(())
+}
+
 fn run(argv: &[String]) -> Result<()> {
     let Some((command, rest)) = argv.split_first() else { return Err(Error::InvalidArgument(USAGE.into())) };
     let args = Args::parse(rest)?;
@@ -286,6 +332,8 @@ fn run(argv: &[String]) -> Result<()> {
         "denoise" => denoise(&args),
         "typicality" => typicality_command(&args),
         "finetune" => finetune_command(&args),
+        "train-vae" => train_vae_command(&args),
+        "synth" => synth_command(&args),
         other => Err(Error::InvalidArgument(format!("unknown command `{other}`\n{USAGE}"))),
     }
 }

@@ -67,6 +67,31 @@ pub(crate) unsafe fn write_value<T>(value: T, ptr: *mut T, what: &'static str) -
     Ok(())
 }
 
+/// Writes a versioned output struct (first field `struct_size`) as far as the caller's own
+/// `struct_size` says its struct goes: a caller built against an older, smaller struct gets only the
+/// fields it knows, and nothing past its struct is written.
+///
+/// # Safety
+/// `ptr` must be NULL or point to a writable struct whose first field is a `size_t` holding the number
+/// of writable bytes.
+pub(crate) unsafe fn write_sized<T: Copy>(value: T, ptr: *mut T, min_size: usize, what: &'static str) -> FfiResult<()> {
+    if ptr.is_null() {
+        return Err(FfiError::Null(what));
+    }
+    // SAFETY: the first field of every such struct is a size_t the caller has set.
+    let given = unsafe { (ptr as *const usize).read() };
+    if given < min_size {
+        return Err(FfiError::Invalid(format!("`{what}->struct_size` = {given} is smaller than the first version of the struct ({min_size} bytes)")));
+    }
+    let n = given.min(std::mem::size_of::<T>());
+    // SAFETY: the caller's struct has `given` writable bytes; we write at most that many (and at most
+    // the size of T), from a properly initialised local.
+    unsafe { std::ptr::copy_nonoverlapping(&value as *const T as *const u8, ptr as *mut u8, n) };
+    // SAFETY: as above; the caller's struct keeps the size it declared.
+    unsafe { (ptr as *mut usize).write(given) };
+    Ok(())
+}
+
 /// Reads a versioned options struct whose first field is its `struct_size`: a caller built against an
 /// older header passes a smaller struct, and the fields it does not have keep their defaults.
 ///

@@ -1,9 +1,11 @@
-//! Opaque handles. A handle is the address of a value the library keeps in a registry of live objects,
-//! so a freed, foreign or wrong-type pointer is reported as `DM_ERR_INVALID_HANDLE` instead of being
-//! dereferenced. Each call takes a counted reference out of the registry: a `_free` on another thread
+//! Opaque handles. A handle is a number the library never hands out twice, standing for a value kept
+//! in a registry of live objects, so a freed, foreign or wrong-type pointer is reported as
+//! `DM_ERR_INVALID_HANDLE` instead of being dereferenced. (An address would not do: a freed object's
+//! address is soon reused by the next one, and the stale handle would pass for the new object.) Each call takes a counted reference out of the registry: a `_free` on another thread
 //! while a call is running only drops the registry's reference, and the object lives until the call ends.
 use std::any::Any;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use super::error::{FfiError, FfiResult};
@@ -21,12 +23,15 @@ fn lock() -> std::sync::MutexGuard<'static, Live> {
     registry().lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// The next handle number. Steps of 16 keep handles looking like aligned pointers to tools that
+/// inspect them; starting high keeps them clear of small integers passed by mistake.
+static NEXT_HANDLE: AtomicUsize = AtomicUsize::new(0x1000);
+
 /// Registers `value` and returns its handle, typed as the C-side opaque struct `H`.
 pub(crate) fn register<T: Send + Sync + 'static, H>(value: T) -> *mut H {
-    let value = Arc::new(value);
-    let address = Arc::as_ptr(&value) as usize;
-    lock().insert(address, value);
-    address as *mut H
+    let handle = NEXT_HANDLE.fetch_add(16, Ordering::Relaxed);
+    lock().insert(handle, Arc::new(value));
+    handle as *mut H
 }
 
 /// The object behind `handle`, if it is a live handle of type `T`.

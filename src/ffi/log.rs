@@ -98,11 +98,11 @@ fn install_subscriber() -> Result<(), FfiError> {
 }
 
 /// Sends log events up to `max_level` (`DM_LOG_ERROR` .. `DM_LOG_TRACE`) to `callback`; a NULL
-/// callback stops forwarding. The callback may be called from several threads at once.
+/// callback stops forwarding (and `max_level` is then ignored). The callback may be called from several threads at once.
 #[no_mangle]
 pub extern "C" fn dm_log_set_callback(callback: dm_log_fn, max_level: i32, user_data: *mut c_void) -> dm_status {
     guard(|| {
-        if !(DM_LOG_ERROR..=DM_LOG_TRACE).contains(&max_level) {
+        if callback.is_some() && !(DM_LOG_ERROR..=DM_LOG_TRACE).contains(&max_level) {
             return Err(FfiError::Invalid(format!("`max_level` = {max_level} is not a DM_LOG_* level (1..5)")));
         }
         install_subscriber()?;

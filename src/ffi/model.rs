@@ -5,7 +5,7 @@ use std::ptr::null;
 
 use tch::{Kind, Tensor};
 
-use super::args::{input_slice, optional_str, read_options, required_str, write_output, write_value};
+use super::args::{input_slice, optional_str, read_options, required_str, write_output, write_sized, write_value};
 use super::error::{guard, FfiError, FfiResult};
 use super::handle;
 use super::image::{borrow_view, dm_image_view};
@@ -162,10 +162,11 @@ pub(crate) fn model_ref(model: *const dm_model) -> FfiResult<std::sync::Arc<Stab
     handle::get::<StableDiffusion, dm_model>(model, "model")
 }
 
-/// Writes the model's sizes and constants into `*out_info`.
+/// Writes the model's sizes and constants into `*out_info`, whose `struct_size` the caller sets
+/// (`sizeof(dm_model_info)`); only that many bytes are written.
 ///
 /// # Safety
-/// `out_info` must be NULL or point to a writable `dm_model_info`.
+/// `out_info` must be NULL or point to a writable struct of `out_info->struct_size` bytes.
 #[no_mangle]
 pub unsafe extern "C" fn dm_model_get_info(model: *const dm_model, out_info: *mut dm_model_info) -> dm_status {
     guard(|| {
@@ -183,8 +184,10 @@ pub unsafe extern "C" fn dm_model_get_info(model: *const dm_model, out_info: *mu
             },
             scaling_factor: m.vae().config().scaling_factor,
         };
+        // This is the struct's first version: every caller knows all of it.
+        let min_size = std::mem::size_of::<dm_model_info>();
         // SAFETY: forwarded to the caller's contract.
-        unsafe { write_value(info, out_info, "out_info") }
+        unsafe { write_sized(info, out_info, min_size, "out_info") }
     })
 }
 
@@ -205,7 +208,7 @@ pub unsafe extern "C" fn dm_model_latent_size(
         if height == 0 || width == 0 {
             return Err(FfiError::Invalid(format!("image size {height}×{width} has a zero side")));
         }
-        let (h, w) = m.latent_size(height as i64, width as i64);
+        let (h, w) = m.latent_size(height as i64, width as i64)?;
         if out_height.is_null() || out_width.is_null() {
             return Err(FfiError::Null(if out_height.is_null() { "out_height" } else { "out_width" }));
         }
@@ -354,9 +357,10 @@ pub unsafe extern "C" fn dm_model_predict_noise(
 /// # Safety
 /// `ptr` NULL or `len` readable floats.
 unsafe fn tensor_from(ptr: *const f32, len: usize, shape: &[i64], what: &'static str) -> FfiResult<Tensor> {
-    let expected: i64 = shape.iter().product();
-    if shape.iter().any(|&d| d <= 0) || expected as usize != len {
-        return Err(FfiError::Invalid(format!("`{what}` holds {len} floats, but its stated shape {shape:?} needs {expected} (no side may be 0)")));
+    let expected = shape.iter().try_fold(1i64, |acc, &d| if d > 0 { acc.checked_mul(d) } else { None });
+    if expected != Some(len as i64) {
+        let needed = expected.map_or("more than can be addressed, or a zero side".to_string(), |n| n.to_string());
+        return Err(FfiError::Invalid(format!("`{what}` holds {len} floats, but its stated shape {shape:?} needs {needed}")));
     }
     // SAFETY: forwarded to the caller's contract.
     let values = unsafe { input_slice(ptr, len, what) }?;

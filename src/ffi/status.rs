@@ -37,6 +37,9 @@ pub enum dm_status {
     DM_ERR_TORCH = 14,
     /// A bug in libdiffmine (a caught panic); the message says where.
     DM_ERR_INTERNAL = 15,
+    /// An input file is malformed (truncated or corrupt DICOM, a CSV without a required column, a box
+    /// outside its image); the message names the file and the problem.
+    DM_ERR_INVALID_DATA = 16,
 }
 
 impl From<&Error> for dm_status {
@@ -49,6 +52,7 @@ impl From<&Error> for dm_status {
             Error::ShapeMismatch { .. } => dm_status::DM_ERR_SHAPE_MISMATCH,
             Error::Unsupported(_) => dm_status::DM_ERR_UNSUPPORTED,
             Error::InvalidArgument(_) => dm_status::DM_ERR_INVALID_ARGUMENT,
+            Error::InvalidData(_) => dm_status::DM_ERR_INVALID_DATA,
             Error::Device(_) => dm_status::DM_ERR_DEVICE,
             Error::OutOfMemory(_) => dm_status::DM_ERR_OUT_OF_MEMORY,
             Error::Cancelled => dm_status::DM_ERR_CANCELLED,

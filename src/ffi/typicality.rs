@@ -195,7 +195,7 @@ pub unsafe extern "C" fn dm_typicality_map(
             return Err(FfiError::BufferTooSmall { what: "out_map", needed: h * w, given: out_map_len });
         }
         let input = view.to_model_input_resized((o.resize_short_side > 0).then_some(o.resize_short_side as usize))?;
-        let (lh, lw) = m.latent_size(h as i64, w as i64);
+        let (lh, lw) = m.latent_size(h as i64, w as i64)?;
         // SAFETY: the caller's contract covers the explicit draws.
         let options = unsafe { typicality_options(&o, [m.latent_channels(), lh, lw]) }?;
         let mut report = |done: u64, total: u64| match progress {

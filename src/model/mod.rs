@@ -87,14 +87,28 @@ impl Default for ModelOptions {
     }
 }
 
+/// A component's tensors under diffusers' names (the very tensors its layers use) and its
+/// `config.json` as read.
+pub struct ComponentWeights {
+    pub parameters: Vec<(String, Tensor)>,
+    pub config: serde_json::Value,
+}
+
+/// Reads a component's config both as raw JSON (kept for saving) and as its typed struct.
+fn read_config<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<(serde_json::Value, T)> {
+    let path = loading::component_config(dir, "config.json")?;
+    let raw: serde_json::Value = read_json(&path)?;
+    let typed = serde_json::from_value(raw.clone()).map_err(|e| Error::InvalidModel(format!("{}: {e}", path.display())))?;
+    Ok((raw, typed))
+}
+
 /// A loaded Stable Diffusion model. All operations take `&self`, and a model may be shared between
 /// threads: the weights are never written after loading.
 pub struct StableDiffusion {
     unet: UNet2DConditionModel,
-    /// The UNet's tensors under diffusers' names (shared with the layers), and its config as read:
-    /// what finetuning updates and saves.
-    unet_parameters: Vec<(String, Tensor)>,
-    unet_config_json: serde_json::Value,
+    /// The trainable components' tensors and configs: what training updates and saves.
+    unet_weights: ComponentWeights,
+    vae_weights: ComponentWeights,
     vae: AutoencoderKL,
     text_encoder: ClipTextModel,
     tokenizer: ClipTokenizer,
@@ -130,25 +144,24 @@ impl StableDiffusion {
         let scheduler_config: SchedulerConfig =
             read_json(&loading::component_config(&dir(&o.scheduler, "scheduler"), "scheduler_config.json")?)?;
         let schedule = NoiseSchedule::new(scheduler_config)?;
-        let unet_config_json: serde_json::Value = read_json(&loading::component_config(&unet_dir, "config.json")?)?;
-        let unet_config: UNetConfig = serde_json::from_value(unet_config_json.clone())
-            .map_err(|e| Error::InvalidModel(format!("{}: {e}", unet_dir.join("config.json").display())))?;
-        let vae_config: VaeConfig = read_json(&loading::component_config(&vae_dir, "config.json")?)?;
+        let (unet_json, unet_config): (_, UNetConfig) = read_config(&unet_dir)?;
+        let (vae_json, vae_config): (_, VaeConfig) = read_config(&vae_dir)?;
         let text_config = ClipTextConfig::read(&loading::component_config(&text_dir, "config.json")?)?;
         let (device, dtype, variant) = (options.device, options.dtype, options.variant.as_deref());
         let load_weights = |dir: &Path| -> Result<WeightFiles> { WeightFiles::open(&loading::weight_files(dir, variant)?, device, dtype) };
-        let (unet, unet_parameters, vae, text_encoder) = tch::no_grad(|| -> Result<_> {
+        let (unet, unet_weights, vae, vae_weights, text_encoder) = tch::no_grad(|| -> Result<_> {
             let files = load_weights(&unet_dir)?;
             let unet = UNet2DConditionModel::load(&WeightPath::root(&files), unet_config)?;
-            let unet_parameters = files.into_parameters();
+            let unet_weights = ComponentWeights { parameters: files.into_parameters(), config: unet_json };
             let files = load_weights(&vae_dir)?;
             let vae = AutoencoderKL::load(&WeightPath::root(&files), vae_config)?;
+            let vae_weights = ComponentWeights { parameters: files.into_parameters(), config: vae_json };
             let files = load_weights(&text_dir)?;
             let text_encoder = ClipTextModel::load(&WeightPath::root(&files), text_config)?;
-            Ok((unet, unet_parameters, vae, text_encoder))
+            Ok((unet, unet_weights, vae, vae_weights, text_encoder))
         })?;
         tracing::info!(path = %root.display(), ?device, ?dtype, seconds = started.elapsed().as_secs_f64(), "model loaded");
-        Ok(StableDiffusion { unet, unet_parameters, unet_config_json, vae, text_encoder, tokenizer, schedule, device, dtype })
+        Ok(StableDiffusion { unet, unet_weights, vae_weights, vae, text_encoder, tokenizer, schedule, device, dtype })
     }
 
     pub fn device(&self) -> Device {
@@ -163,14 +176,12 @@ impl StableDiffusion {
         &self.unet
     }
 
-    /// The UNet's parameters by diffusers name; the tensors are the ones the layers use.
-    pub fn unet_parameters(&self) -> &[(String, Tensor)] {
-        &self.unet_parameters
+    pub fn unet_weights(&self) -> &ComponentWeights {
+        &self.unet_weights
     }
 
-    /// The UNet's `config.json` as it was read.
-    pub fn unet_config_json(&self) -> &serde_json::Value {
-        &self.unet_config_json
+    pub fn vae_weights(&self) -> &ComponentWeights {
+        &self.vae_weights
     }
 
     pub fn vae(&self) -> &AutoencoderKL {
@@ -200,16 +211,23 @@ impl StableDiffusion {
     }
 
     /// Latent height and width for an image of the given size: what the VAE encoder's stride-2
-    /// convolutions (padded right and bottom by one) make of it.
-    pub fn latent_size(&self, height: i64, width: i64) -> (i64, i64) {
+    /// convolutions (padded right and bottom by one) make of it. Each of them needs a side of at least
+    /// 2, so images too small for the encoder are an error here rather than inside libtorch.
+    pub fn latent_size(&self, height: i64, width: i64) -> Result<(i64, i64)> {
         let downsamplers = self.vae.config().block_out_channels.len() - 1;
         let shrink = |mut side: i64| {
             for _ in 0..downsamplers {
+                if side < 2 {
+                    return Err(Error::InvalidArgument(format!(
+                        "image {height}×{width} is too small for the VAE encoder ({downsamplers} stride-2 stages need sides of at least {})",
+                        1 << downsamplers
+                    )));
+                }
                 side = (side + 1 - 3) / 2 + 1;
             }
-            side
+            Ok(side)
         };
-        (shrink(height), shrink(width))
+        Ok((shrink(height)?, shrink(width)?))
     }
 
     /// Image height and width that decoding a latent of the given size produces.
@@ -239,6 +257,7 @@ impl StableDiffusion {
         if channels != expected || h <= 0 || w <= 0 {
             return Err(Error::InvalidArgument(format!("images must be (B, {expected}, H, W) with H, W > 0, got {:?}", images.size())));
         }
+        self.latent_size(h, w)?;
         let input = self.to_compute(images)?;
         let dist = tch::no_grad(|| self.vae.encode(&input))?;
         Ok(LatentDistribution { mean: dist.mean.f_to_kind(Kind::Float)?, std: dist.std.f_to_kind(Kind::Float)? })

@@ -1,0 +1,187 @@
+"""ctypes declarations of libdiffmine's C API (include/diffmine.h) and the library lookup.
+
+Everything here mirrors the header one to one; the Pythonic layer is in ``model.py``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import enum
+import os
+import threading
+from pathlib import Path
+from typing import Optional
+
+__all__ = ["Error", "Status", "lib", "check", "library_path", "CModelOptions", "CModelInfo", "CImageView"]
+
+
+class Status(enum.IntEnum):
+    """``dm_status``: the result of every C call (the numbers are part of the ABI)."""
+
+    OK = 0
+    ERR_NULL_ARGUMENT = 1
+    ERR_INVALID_HANDLE = 2
+    ERR_INVALID_ARGUMENT = 3
+    ERR_BUFFER_TOO_SMALL = 4
+    ERR_IO = 5
+    ERR_INVALID_MODEL = 6
+    ERR_CORRUPT_WEIGHTS = 7
+    ERR_MISSING_TENSOR = 8
+    ERR_SHAPE_MISMATCH = 9
+    ERR_UNSUPPORTED = 10
+    ERR_DEVICE = 11
+    ERR_OUT_OF_MEMORY = 12
+    ERR_CANCELLED = 13
+    ERR_TORCH = 14
+    ERR_INTERNAL = 15
+
+
+class Error(Exception):
+    """A failed libdiffmine call: ``status`` is the ``dm_status`` (an int), ``message`` the library's
+    explanation (``dm_last_error()``)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        try:
+            name = "DM_" + Status(status).name
+        except ValueError:
+            name = f"status {status}"
+        super().__init__(f"{message} [{name}]")
+        self.status = int(status)
+        self.message = message
+
+
+# --- C structs -----------------------------------------------------------------------------------
+
+class CModelOptions(ctypes.Structure):
+    """``dm_model_options``."""
+
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("device", ctypes.c_char_p),
+        ("dtype", ctypes.c_uint32),
+        ("variant", ctypes.c_char_p),
+        ("unet_path", ctypes.c_char_p),
+        ("vae_path", ctypes.c_char_p),
+        ("text_encoder_path", ctypes.c_char_p),
+        ("tokenizer_path", ctypes.c_char_p),
+        ("scheduler_path", ctypes.c_char_p),
+    ]
+
+
+class CModelInfo(ctypes.Structure):
+    """``dm_model_info``."""
+
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("latent_channels", ctypes.c_uint32),
+        ("vae_scale_factor", ctypes.c_uint32),
+        ("max_tokens", ctypes.c_uint32),
+        ("text_embedding_dim", ctypes.c_uint32),
+        ("train_steps", ctypes.c_uint32),
+        ("prediction_type", ctypes.c_uint32),
+        ("scaling_factor", ctypes.c_double),
+    ]
+
+
+class CImageView(ctypes.Structure):
+    """``dm_image_view``."""
+
+    _fields_ = [
+        ("data", ctypes.c_void_p),
+        ("data_len", ctypes.c_size_t),
+        ("width", ctypes.c_uint32),
+        ("height", ctypes.c_uint32),
+        ("channels", ctypes.c_uint32),
+        ("pixel_type", ctypes.c_uint32),
+        ("stride", ctypes.c_size_t),
+    ]
+
+
+PIXEL_U8, PIXEL_U16, PIXEL_F32 = 0, 1, 2
+DTYPE_FLOAT32, DTYPE_FLOAT16, DTYPE_BFLOAT16 = 0, 1, 2
+PREDICTION_EPSILON, PREDICTION_V = 0, 1
+
+_p = ctypes.POINTER
+_c_status = ctypes.c_int  # a C enum is an int on every platform libtorch supports
+_PROTOTYPES = {
+    "dm_last_error": (ctypes.c_char_p, []),
+    "dm_last_error_copy": (ctypes.c_size_t, [ctypes.c_char_p, ctypes.c_size_t]),
+    "dm_version": (ctypes.c_char_p, []),
+    "dm_model_options_default": (_c_status, [_p(CModelOptions)]),
+    "dm_model_open": (_c_status, [ctypes.c_char_p, _p(CModelOptions), _p(ctypes.c_void_p)]),
+    "dm_model_free": (_c_status, [ctypes.c_void_p]),
+    "dm_model_get_info": (_c_status, [ctypes.c_void_p, _p(CModelInfo)]),
+    "dm_model_latent_size": (
+        _c_status, [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32, _p(ctypes.c_uint32), _p(ctypes.c_uint32)]),
+    "dm_model_tokenize": (
+        _c_status, [ctypes.c_void_p, ctypes.c_char_p, _p(ctypes.c_int64), ctypes.c_size_t, _p(ctypes.c_size_t)]),
+    "dm_model_text_embeddings": (_c_status, [ctypes.c_void_p, ctypes.c_char_p, _p(ctypes.c_float), ctypes.c_size_t]),
+    "dm_model_encode": (_c_status, [ctypes.c_void_p, _p(CImageView), _p(ctypes.c_float), ctypes.c_size_t]),
+    "dm_model_decode": (
+        _c_status,
+        [ctypes.c_void_p, _p(ctypes.c_float), ctypes.c_size_t, ctypes.c_uint32, ctypes.c_uint32,
+         _p(ctypes.c_uint8), ctypes.c_size_t]),
+    "dm_model_predict_noise": (
+        _c_status,
+        [ctypes.c_void_p, _p(ctypes.c_float), ctypes.c_size_t, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32,
+         _p(ctypes.c_int64), ctypes.c_size_t, _p(ctypes.c_float), ctypes.c_size_t, ctypes.c_uint32,
+         _p(ctypes.c_float), ctypes.c_size_t]),
+}
+
+# --- library lookup ------------------------------------------------------------------------------
+
+_REPO_BUILD = Path(__file__).resolve().parents[3] / "target" / "release" / "libdiffmine.so"
+
+
+def library_path() -> str:
+    """Where libdiffmine is loaded from: ``$DIFFMINE_LIB`` if set, else the repository's
+    ``target/release/libdiffmine.so``, else what ``ctypes.util.find_library("diffmine")`` finds."""
+    explicit = os.environ.get("DIFFMINE_LIB")
+    if explicit:
+        if not Path(explicit).is_file():
+            raise OSError(f"DIFFMINE_LIB={explicit!r} is not a file")
+        return explicit
+    if _REPO_BUILD.is_file():
+        return str(_REPO_BUILD)
+    found = ctypes.util.find_library("diffmine")
+    if found:
+        return found
+    raise OSError(
+        "libdiffmine not found: set DIFFMINE_LIB to the path of libdiffmine.so, build it with "
+        f"`cargo build --release` (looked for {_REPO_BUILD}), or install it where the dynamic linker finds it"
+    )
+
+
+_lib: Optional[ctypes.CDLL] = None
+_lock = threading.Lock()
+
+
+def lib() -> ctypes.CDLL:
+    """The loaded library with its prototypes declared (loaded on first use)."""
+    global _lib
+    with _lock:
+        if _lib is None:
+            path = library_path()
+            try:
+                handle = ctypes.CDLL(path)
+            except OSError as err:
+                raise OSError(f"cannot load libdiffmine from {path}: {err}") from err
+            for name, (restype, argtypes) in _PROTOTYPES.items():
+                function = getattr(handle, name)
+                function.restype = restype
+                function.argtypes = argtypes
+            _lib = handle
+        return _lib
+
+
+def last_error() -> str:
+    """``dm_last_error()`` of this thread, decoded."""
+    message = lib().dm_last_error()
+    return message.decode("utf-8", errors="replace") if message else ""
+
+
+def check(status: int) -> None:
+    """Raises :class:`Error` with this thread's last error message unless ``status`` is DM_OK."""
+    if status != Status.OK:
+        raise Error(status, last_error())

@@ -1,0 +1,278 @@
+"""The :class:`Model`: a loaded Stable Diffusion pipeline and its primitive operations, on numpy arrays."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass
+from typing import List, Optional, Tuple, Union
+
+import numpy as np
+
+from . import _lib
+from ._lib import Error, Status, check
+
+__all__ = ["Model", "ModelInfo", "version"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+_DTYPES = {
+    "float32": _lib.DTYPE_FLOAT32, "f32": _lib.DTYPE_FLOAT32, "fp32": _lib.DTYPE_FLOAT32,
+    "float16": _lib.DTYPE_FLOAT16, "f16": _lib.DTYPE_FLOAT16, "fp16": _lib.DTYPE_FLOAT16, "half": _lib.DTYPE_FLOAT16,
+    "bfloat16": _lib.DTYPE_BFLOAT16, "bf16": _lib.DTYPE_BFLOAT16,
+}
+
+_PIXEL_TYPES = {np.dtype(np.uint8): _lib.PIXEL_U8, np.dtype(np.uint16): _lib.PIXEL_U16, np.dtype(np.float32): _lib.PIXEL_F32}
+
+
+def version() -> str:
+    """The loaded library's version, "MAJOR.MINOR.PATCH"."""
+    return _lib.lib().dm_version().decode()
+
+
+def _invalid(message: str) -> Error:
+    return Error(Status.ERR_INVALID_ARGUMENT, message)
+
+
+def _c_string(value: Union[str, bytes], what: str) -> bytes:
+    """``value`` as a C string: UTF-8 (paths: the file system encoding), without an embedded NUL,
+    which C would silently cut the string at."""
+    data = value if isinstance(value, bytes) else value.encode()
+    if b"\0" in data:
+        raise _invalid(f"`{what}` contains a NUL character")
+    return data
+
+
+def _path_bytes(path: Optional[PathLike], what: str) -> Optional[bytes]:
+    return None if path is None else _c_string(os.fsencode(path), what)
+
+
+def _ptr(array: np.ndarray, ctype: type) -> ctypes._Pointer:  # type: ignore[name-defined]
+    return array.ctypes.data_as(ctypes.POINTER(ctype))
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model's sizes and constants (``dm_model_info``)."""
+
+    latent_channels: int
+    """Channels of a latent (4 for SD 1.5)."""
+    vae_scale_factor: int
+    """Image pixels per latent cell along each side (8 for SD 1.5)."""
+    max_tokens: int
+    """Tokens per prompt (77)."""
+    text_embedding_dim: int
+    """Width of a text embedding (768 for SD 1.5)."""
+    train_steps: int
+    """Training timesteps T; valid timesteps are 0..T-1."""
+    prediction_type: str
+    """``"epsilon"`` or ``"v_prediction"``: what :meth:`Model.predict_noise` returns."""
+    scaling_factor: float
+    """The VAE's latent scaling factor (0.18215 for SD 1.5)."""
+
+
+class Model:
+    """A Stable Diffusion pipeline loaded from a diffusers folder.
+
+    ``device`` is "cpu", "cuda" or "cuda:N"; ``dtype`` the compute dtype ("float32", "float16" (CUDA
+    only) or "bfloat16"); ``variant`` a weight file variant such as "fp16" (``*.fp16.safetensors``);
+    ``unet``, ``vae``, ``text_encoder``, ``tokenizer`` and ``scheduler`` component folders to use instead
+    of the pipeline folder's own. Release it with :meth:`close` or a ``with`` block. A model may be used
+    from several threads at once (the library releases the GIL while it computes).
+
+    Every failure of the library raises :class:`diffmine.Error` with its ``status`` and message.
+    """
+
+    def __init__(
+        self,
+        path: PathLike,
+        device: str = "cpu",
+        dtype: str = "float32",
+        variant: Optional[str] = None,
+        unet: Optional[PathLike] = None,
+        vae: Optional[PathLike] = None,
+        text_encoder: Optional[PathLike] = None,
+        tokenizer: Optional[PathLike] = None,
+        scheduler: Optional[PathLike] = None,
+    ) -> None:
+        self._handle: Optional[int] = None
+        self.path = os.fspath(path)
+        self.device = device
+        if dtype not in _DTYPES:
+            raise _invalid(f"unknown dtype {dtype!r} (use float32, float16 or bfloat16)")
+        lib = _lib.lib()
+        options = _lib.CModelOptions()
+        check(lib.dm_model_options_default(ctypes.byref(options)))
+        # The bytes objects stay referenced by these locals for the whole dm_model_open call.
+        strings = {
+            "device": _c_string(device, "device"),
+            "variant": None if variant is None else _c_string(variant, "variant"),
+            "unet_path": _path_bytes(unet, "unet"),
+            "vae_path": _path_bytes(vae, "vae"),
+            "text_encoder_path": _path_bytes(text_encoder, "text_encoder"),
+            "tokenizer_path": _path_bytes(tokenizer, "tokenizer"),
+            "scheduler_path": _path_bytes(scheduler, "scheduler"),
+        }
+        for field, value in strings.items():
+            setattr(options, field, value)
+        options.dtype = _DTYPES[dtype]
+        handle = ctypes.c_void_p()
+        check(lib.dm_model_open(_path_bytes(path, "path"), ctypes.byref(options), ctypes.byref(handle)))
+        self._handle = handle.value
+        raw = _lib.CModelInfo()
+        check(lib.dm_model_get_info(self._handle, ctypes.byref(raw)))
+        self.info = ModelInfo(
+            latent_channels=raw.latent_channels,
+            vae_scale_factor=raw.vae_scale_factor,
+            max_tokens=raw.max_tokens,
+            text_embedding_dim=raw.text_embedding_dim,
+            train_steps=raw.train_steps,
+            prediction_type="v_prediction" if raw.prediction_type == _lib.PREDICTION_V else "epsilon",
+            scaling_factor=raw.scaling_factor,
+        )
+
+    # --- lifetime -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Releases the model; later calls raise :class:`Error` (DM_ERR_INVALID_HANDLE). Idempotent."""
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            check(_lib.lib().dm_model_free(handle))
+
+    @property
+    def closed(self) -> bool:
+        return self._handle is None
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown, or the library already gone
+            pass
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"device={self.device!r}"
+        return f"Model({self.path!r}, {state})"
+
+    def _h(self) -> int:
+        # A closed model's address may already belong to a new model, so it is never passed on.
+        if self._handle is None:
+            raise Error(Status.ERR_INVALID_HANDLE, "the model is closed")
+        return self._handle
+
+    # --- operations -----------------------------------------------------------------------------
+
+    def tokenize(self, text: str) -> List[int]:
+        """CLIP token ids of ``text``, padded to ``info.max_tokens``."""
+        ids = np.empty(self.info.max_tokens, dtype=np.int64)
+        count = ctypes.c_size_t()
+        check(_lib.lib().dm_model_tokenize(self._h(), _c_string(text, "text"), _ptr(ids, ctypes.c_int64), ids.size, ctypes.byref(count)))
+        return ids[: count.value].tolist()
+
+    def text_embeddings(self, text: str) -> np.ndarray:
+        """The text encoder's last hidden state for ``text``: (max_tokens, text_embedding_dim) float32."""
+        out = np.empty((self.info.max_tokens, self.info.text_embedding_dim), dtype=np.float32)
+        check(_lib.lib().dm_model_text_embeddings(self._h(), _c_string(text, "text"), _ptr(out, ctypes.c_float), out.size))
+        return out
+
+    def latent_size(self, height: int, width: int) -> Tuple[int, int]:
+        """The latent (h, w) that :meth:`encode` makes of an image of ``height`` × ``width``."""
+        h, w = ctypes.c_uint32(), ctypes.c_uint32()
+        check(_lib.lib().dm_model_latent_size(self._h(), height, width, ctypes.byref(h), ctypes.byref(w)))
+        return h.value, w.value
+
+    def encode(self, image: np.ndarray) -> np.ndarray:
+        """Encodes an image to latents (latent_channels, h, w) float32: the VAE posterior mean × scaling factor.
+
+        ``image`` is H×W (grey), H×W×3 (RGB) or H×W×4 (RGBA, alpha ignored), of uint8, uint16, or
+        float32 in [0, 1] (other floats are converted to float32). Rows may be strided (a crop of a
+        bigger array is passed without a copy); other layouts are copied first.
+        """
+        view, pixels = _image_view(image)  # `pixels` owns the memory the view points into
+        h, w = self.latent_size(view.height, view.width)
+        out = np.empty((self.info.latent_channels, h, w), dtype=np.float32)
+        check(_lib.lib().dm_model_encode(self._h(), ctypes.byref(view), _ptr(out, ctypes.c_float), out.size))
+        del pixels
+        return out
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        """Decodes latents (latent_channels, h, w), scaled as :meth:`encode` makes them, to an RGB image
+        (h·f, w·f, 3) uint8, f = ``info.vae_scale_factor``. A leading batch axis of 1 is accepted."""
+        z = np.ascontiguousarray(latents, dtype=np.float32)
+        if z.ndim == 4 and z.shape[0] == 1:
+            z = z[0]
+        if z.ndim != 3:
+            raise _invalid(f"latents must be ({self.info.latent_channels}, h, w), got shape {np.shape(latents)}")
+        _, h, w = z.shape
+        f = self.info.vae_scale_factor
+        out = np.empty((h * f, w * f, 3), dtype=np.uint8)
+        check(_lib.lib().dm_model_decode(self._h(), _ptr(z, ctypes.c_float), z.size, h, w, _ptr(out, ctypes.c_uint8), out.size))
+        return out
+
+    def predict_noise(
+        self,
+        latents: np.ndarray,
+        timesteps: Union[int, np.ndarray, List[int]],
+        text: Union[str, np.ndarray],
+    ) -> np.ndarray:
+        """The UNet's output (noise, or v for v-prediction models) for latents (B, latent_channels, h, w)
+        at integer ``timesteps`` (B values, or one for all), conditioned on ``text``: a prompt (embedded
+        once and used for every latent) or text embeddings (B, L, D) or (L, D). Returns (B, C, h, w) float32.
+        """
+        x = np.ascontiguousarray(latents, dtype=np.float32)
+        if x.ndim != 4:
+            raise _invalid(f"latents must be (B, {self.info.latent_channels}, h, w), got shape {x.shape}")
+        batch, _, h, w = x.shape
+        t = np.asarray(timesteps)
+        if t.dtype.kind not in "iu":
+            raise _invalid(f"timesteps must be integers, got {t.dtype}")
+        t = np.ascontiguousarray(t.reshape(-1) if t.ndim == 0 else t, dtype=np.int64)
+        if t.ndim != 1:
+            raise _invalid(f"timesteps must be one value or a vector, got shape {t.shape}")
+        context = self.text_embeddings(text) if isinstance(text, str) else np.asarray(text, dtype=np.float32)
+        if context.ndim == 2:
+            context = np.broadcast_to(context, (batch,) + context.shape)
+        if context.ndim != 3:
+            raise _invalid(f"text embeddings must be (B, L, D) or (L, D), got shape {context.shape}")
+        context = np.ascontiguousarray(context, dtype=np.float32)
+        out = np.empty_like(x)
+        check(_lib.lib().dm_model_predict_noise(
+            self._h(), _ptr(x, ctypes.c_float), x.size, batch, h, w, _ptr(t, ctypes.c_int64), t.size,
+            _ptr(context, ctypes.c_float), context.size, context.shape[1], _ptr(out, ctypes.c_float), out.size))
+        return out
+
+
+def _image_view(image: np.ndarray) -> Tuple[_lib.CImageView, np.ndarray]:
+    """A ``dm_image_view`` over ``image`` (copied only when its layout cannot be described by a row
+    stride), and the array it points into, which must stay alive while the view is used."""
+    a = np.asarray(image)
+    if a.ndim == 2:
+        a = a[:, :, np.newaxis]
+    if a.ndim != 3:
+        raise _invalid(f"image must be H×W or H×W×C, got shape {a.shape}")
+    if a.dtype.kind == "f" and a.dtype != np.float32:
+        a = a.astype(np.float32)
+    if not a.dtype.isnative:
+        a = a.astype(a.dtype.newbyteorder("="))
+    if a.dtype not in _PIXEL_TYPES:
+        raise _invalid(f"image samples must be uint8, uint16 or float32, got {a.dtype}")
+    height, width, channels = a.shape
+    item = a.dtype.itemsize
+    row = width * channels * item
+    # The C view needs packed pixels within a row and rows a positive stride apart, at least a row long.
+    packed = (channels <= 1 or a.strides[2] == item) and (width <= 1 or a.strides[1] == channels * item)
+    if not packed or (height > 1 and a.strides[0] < row):
+        a = np.ascontiguousarray(a)
+    stride = a.strides[0] if height > 1 else row
+    view = _lib.CImageView()
+    view.data = a.ctypes.data
+    view.data_len = stride * (height - 1) + row if height > 0 else 0
+    view.width, view.height, view.channels = width, height, channels
+    view.pixel_type = _PIXEL_TYPES[a.dtype]
+    view.stride = stride
+    return view, a

@@ -1,0 +1,140 @@
+//! The C API from C: compiles examples/open_model.c and tests/c/*.c against include/diffmine.h and the
+//! libdiffmine.so of this build (strict C11, warnings are errors), runs them on the sd15_tiny fixture,
+//! and, when valgrind is installed, runs them again under memcheck (invalid reads/writes and definite
+//! leaks fail; libtorch's "possibly lost" blocks do not; see tests/c/valgrind.supp).
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Instant;
+
+use common::{pipeline, repo_root};
+
+/// The C programs, by source path relative to the repository root.
+const PROGRAMS: [&str; 2] = ["examples/open_model.c", "tests/c/bad_input.c"];
+
+/// `target/<profile>`, where cargo put the libdiffmine.so built with this test (the test executable
+/// is `target/<profile>/deps/<name>-<hash>`).
+fn library_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps/<test>").to_path_buf();
+    assert!(dir.join("libdiffmine.so").is_file(), "{} has no libdiffmine.so", dir.display());
+    dir
+}
+
+/// Compiles every program into `out`, returning (name, binary) pairs.
+fn build_all(out: &Path) -> Vec<(String, PathBuf)> {
+    let lib_dir = library_dir();
+    PROGRAMS
+        .iter()
+        .map(|source| {
+            let name = Path::new(source).file_stem().unwrap().to_string_lossy().into_owned();
+            let binary = out.join(&name);
+            compile(&repo_root().join(source), &binary, &lib_dir);
+            (name, binary)
+        })
+        .collect()
+}
+
+fn compile(source: &Path, binary: &Path, lib_dir: &Path) {
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let output = Command::new(&cc)
+        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic", "-g", "-O1"])
+        .arg("-I")
+        .arg(repo_root().join("include"))
+        .arg(source)
+        .arg("-o")
+        .arg(binary)
+        .arg("-L")
+        .arg(lib_dir)
+        .arg("-ldiffmine")
+        .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
+        .arg("-lpthread")
+        .output()
+        .unwrap_or_else(|e| panic!("run {cc}: {e}"));
+    assert!(output.status.success(), "compiling {} failed:\n{}", source.display(), show(&output));
+}
+
+fn show(output: &Output) -> String {
+    format!(
+        "status: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Runs `program MODEL_DIR` (optionally under a wrapper command such as valgrind): its stdout and
+/// timing on exit 0, else a report with both streams.
+fn run(name: &str, binary: &Path, wrapper: &[String]) -> Result<String, String> {
+    let model = pipeline("sd15_tiny");
+    let started = Instant::now();
+    let mut command = match wrapper.split_first() {
+        Some((tool, args)) => {
+            let mut c = Command::new(tool);
+            c.args(args).arg(binary);
+            c
+        }
+        None => Command::new(binary),
+    };
+    // RUST_BACKTRACE would make a caught panic print a backtrace; the programs' output stays short.
+    let output = command.arg(&model).env_remove("RUST_BACKTRACE").output().map_err(|e| format!("run {name}: {e}"))?;
+    let seconds = started.elapsed().as_secs_f64();
+    let how = if wrapper.is_empty() { "" } else { " under valgrind" };
+    if output.status.success() {
+        Ok(format!("{name}{how}: ok in {seconds:.1} s\n{}", String::from_utf8_lossy(&output.stdout)))
+    } else {
+        Err(format!("{name}{how} failed after {seconds:.1} s:\n{}", show(&output)))
+    }
+}
+
+/// Runs every program at once (each in its own process) and fails with all the failures' reports.
+fn run_all(wrapper: &[String]) {
+    let out = tempfile::tempdir().expect("temp dir");
+    let binaries = build_all(out.path());
+    let results: Vec<Result<String, String>> = std::thread::scope(|scope| {
+        let runs: Vec<_> = binaries.iter().map(|(name, binary)| scope.spawn(move || run(name, binary, wrapper))).collect();
+        runs.into_iter().map(|r| r.join().expect("runner thread")).collect()
+    });
+    let mut failures = Vec::new();
+    for result in results {
+        match result {
+            Ok(report) => println!("{report}"),
+            Err(report) => failures.push(report),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn c_programs_compile_strictly_and_pass() {
+    run_all(&[]);
+}
+
+fn valgrind_available() -> bool {
+    Command::new("valgrind").arg("--version").output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+#[test]
+fn c_programs_pass_under_valgrind() {
+    if !valgrind_available() {
+        eprintln!("valgrind is not installed: skipped");
+        return;
+    }
+    let wrapper: Vec<String> = [
+        "valgrind",
+        "--error-exitcode=1",
+        "--leak-check=full",
+        "--errors-for-leak-kinds=definite",
+        "--show-leak-kinds=definite",
+        "--track-origins=no",
+        "--num-callers=30",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([format!("--suppressions={}", repo_root().join("tests/c/valgrind.supp").display())])
+    .collect();
+    // Each run takes about 70 s, nearly all of it memcheck reading libtorch at start-up; the programs
+    // run side by side.
+    run_all(&wrapper);
+}
