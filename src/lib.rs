@@ -2,7 +2,6 @@
 //! Diffusion 1.x/2.x diffusers folders, as a Rust library with a stable C ABI (`include/diffmine.h`).
 pub mod autoencoder;
 pub mod dataset;
-pub mod dicom;
 pub mod error;
 pub mod ffi;
 pub mod finetune;
@@ -10,7 +9,6 @@ pub mod image;
 pub mod mining;
 pub mod model;
 pub mod rng;
-pub mod synthetic;
 pub mod typicality;
 
 pub use error::{Error, Result};
