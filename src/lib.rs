@@ -9,6 +9,7 @@ pub mod image;
 pub mod mining;
 pub mod model;
 pub mod rng;
+pub mod synthetic;
 pub mod typicality;
 
 pub use error::{Error, Result};

@@ -1,3 +1,4 @@
 //! Mining typical visual elements: patch selection from typicality maps (more to come: DIFT features,
 //! clustering, the visual summary).
+pub mod dift;
 pub mod patches;

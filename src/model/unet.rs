@@ -210,6 +210,19 @@ impl UNet2DConditionModel {
     /// Predicts the model output (noise or v, as the scheduler config says) for `sample` (B, C, h, w)
     /// at `timesteps` (B,) given text embeddings `context` (B, L, D). All in the weights' dtype/device.
     pub fn forward(&self, sample: &Tensor, timesteps: &Tensor, context: &Tensor) -> Result<Tensor> {
+        self.run(sample, timesteps, context, None)
+    }
+
+    /// The output of `up_blocks[index]` (after its upsampler), where DIFT reads its features; the
+    /// blocks after it are not run.
+    pub fn up_block_output(&self, sample: &Tensor, timesteps: &Tensor, context: &Tensor, index: usize) -> Result<Tensor> {
+        if index >= self.up_blocks.len() {
+            return Err(Error::InvalidArgument(format!("up block {index} requested, the UNet has {}", self.up_blocks.len())));
+        }
+        self.run(sample, timesteps, context, Some(index))
+    }
+
+    fn run(&self, sample: &Tensor, timesteps: &Tensor, context: &Tensor, stop_after_up_block: Option<usize>) -> Result<Tensor> {
         let _span = tracing::debug_span!("unet").entered();
         let temb = self.time_embedding(timesteps, sample)?;
         let sample = if self.config.center_input_sample { sample.f_mul_scalar(2.0)?.f_sub_scalar(1.0)? } else { sample.shallow_clone() };
@@ -237,9 +250,12 @@ impl UNet2DConditionModel {
             }
         }
         let explicit_sizes = self.needs_explicit_upsample_sizes(&sample)?;
-        for block in &self.up_blocks {
+        for (i, block) in self.up_blocks.iter().enumerate() {
             let _span = tracing::trace_span!("up_block").entered();
             h = Self::up_block_forward(block, h, &mut skips, &temb, context, explicit_sizes)?;
+            if stop_after_up_block == Some(i) {
+                return Ok(h);
+            }
         }
         let h = self.conv_norm_out.forward(&h)?.f_silu()?;
         self.conv_out.forward(&h)

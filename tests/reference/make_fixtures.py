@@ -332,6 +332,7 @@ def reference_outputs(pipe: StableDiffusionPipeline, seed: int) -> tuple[dict, d
         tensors[f"unet.{k}.noise_pred"] = pipe.unet(latents, timesteps, context).sample
 
     typicality_reference(pipe, generator, tensors)
+    dift_reference(pipe, generator, tensors)
 
     summary = {
         "texts": TEXTS,
@@ -418,6 +419,28 @@ def training_reference(folder: Path, generator: torch.Generator, tensors: dict) 
         tensors[f"train.{step}.grad_norm"] = norm.detach().reshape(1)
     for name, p in unet.named_parameters():
         tensors[f"train.delta.{name}"] = p.detach() - before[name]
+
+DIFT_ENSEMBLE = 3
+
+
+@torch.no_grad()
+def dift_reference(pipe: StableDiffusionPipeline, generator: torch.Generator, tensors: dict) -> None:
+    """DIFT as Tang et al.'s code computes it, with the posterior mean and explicit noise: the image's
+    latent repeated per ensemble member, noised to t = 161, the output of up_blocks[1] (read with a
+    forward hook) under the label prompt, averaged over the members."""
+    image = tensors["vae.0.image"]
+    latent = pipe.vae.encode(image).latent_dist.mean * pipe.vae.config.scaling_factor
+    noise = torch.randn(DIFT_ENSEMBLE, *latent.shape[1:], generator=generator)
+    t = torch.tensor(161)
+    noisy = pipe.scheduler.add_noise(latent.repeat(DIFT_ENSEMBLE, 1, 1, 1), noise, t)
+    ids = pipe.tokenizer(TYPICALITY_PROMPTS[0], padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pt")
+    context = pipe.text_encoder(ids.input_ids).last_hidden_state.repeat(DIFT_ENSEMBLE, 1, 1)
+    captured = {}
+    hook = pipe.unet.up_blocks[1].register_forward_hook(lambda module, args, output: captured.update(features=output))
+    pipe.unet(noisy, t, context)
+    hook.remove()
+    tensors["dift.noise"] = noise
+    tensors["dift.features"] = captured["features"].mean(0)
 
 
 def write_references(folder: Path, summary: dict, tensors: dict) -> None:
