@@ -21,7 +21,7 @@ use diffmine::dataset::LabelledSet;
 use diffmine::finetune::{finetune, FinetuneOptions, TrainOptions};
 use diffmine::image::{to_rgb8, ImageView, PixelType};
 use diffmine::mining::patches::select_patches;
-use diffmine::model::{parse_device, parse_dtype, ModelOptions, StableDiffusion};
+use diffmine::model::{parse_device, parse_dtype, ComponentOverrides, ModelOptions, StableDiffusion};
 use diffmine::synthetic::{write_dataset, SyntheticOptions};
 use diffmine::typicality::{typicality, LatentMode, TypicalityOptions};
 use diffmine::{Error, Result};
@@ -29,6 +29,7 @@ use tch::{Kind, Tensor};
 
 const USAGE: &str = "usage:
   diffmine info      --model DIR [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16] [--variant fp16]
+                     [--base DIR]   (every command: components the model folder lacks come from DIR)
   diffmine tokenize  --model DIR --text TEXT
   diffmine roundtrip --model DIR --image FILE --out FILE.png
   diffmine denoise   --model DIR --image FILE --prompt TEXT --t STEP --out FILE.png [--seed N]
@@ -72,14 +73,28 @@ impl Args {
     }
 }
 
-fn open_model(args: &Args) -> Result<StableDiffusion> {
-    let options = ModelOptions {
+/// Model options from `--device`, `--dtype`, `--variant` and `--base DIR` (the components a folder
+/// lacks — a finetuned folder may hold only its UNet — come from DIR).
+fn model_options(args: &Args) -> Result<ModelOptions> {
+    let model = Path::new(args.required("model")?);
+    let base = args.optional("base").map(PathBuf::from);
+    let from_base = |name: &str| base.as_ref().filter(|_| !model.join(name).exists()).map(|b| b.join(name));
+    Ok(ModelOptions {
         device: parse_device(args.optional("device").unwrap_or("cpu"))?,
         dtype: parse_dtype(args.optional("dtype").unwrap_or("float32"))?,
         variant: args.optional("variant").map(String::from),
-        ..ModelOptions::default()
-    };
-    StableDiffusion::open(Path::new(args.required("model")?), &options)
+        overrides: ComponentOverrides {
+            unet: from_base("unet"),
+            vae: from_base("vae"),
+            text_encoder: from_base("text_encoder"),
+            tokenizer: from_base("tokenizer"),
+            scheduler: from_base("scheduler"),
+        },
+    })
+}
+
+fn open_model(args: &Args) -> Result<StableDiffusion> {
+    StableDiffusion::open(Path::new(args.required("model")?), &model_options(args)?)
 }
 
 fn read_image(path: &Path) -> Result<(Vec<u8>, usize, usize)> {
@@ -252,11 +267,7 @@ fn typicality_command(args: &Args) -> Result<()> {
 
 fn finetune_command(args: &Args) -> Result<()> {
     let model_dir = PathBuf::from(args.required("model")?);
-    let model_options = ModelOptions {
-        device: parse_device(args.optional("device").unwrap_or("cpu"))?,
-        variant: args.optional("variant").map(String::from),
-        ..ModelOptions::default()
-    };
+    let model_options = model_options(args)?;
     let set = LabelledSet::open(Path::new(args.required("data")?))?;
     let out = PathBuf::from(args.required("out")?);
     let defaults = FinetuneOptions::default();

@@ -443,6 +443,20 @@ def dift_reference(pipe: StableDiffusionPipeline, generator: torch.Generator, te
     tensors["dift.features"] = captured["features"].mean(0)
 
 
+def kmeans_reference(tensors: dict) -> None:
+    """scikit-learn's KMeans(n_init=10) inertia on DIFT-like data: 240 unit vectors in 32 dimensions
+    around 12 directions, clustered into 8 (fewer clusters than groups, so restarts matter)."""
+    from sklearn.cluster import KMeans
+
+    generator = torch.Generator().manual_seed(7)
+    directions = torch.nn.functional.normalize(torch.randn(12, 32, generator=generator), dim=1)
+    points = directions.repeat_interleave(20, 0) + 0.3 * torch.randn(240, 32, generator=generator)
+    points = torch.nn.functional.normalize(points, dim=1)
+    fitted = KMeans(n_clusters=8, n_init=10, random_state=0).fit(points.double().numpy())
+    tensors["kmeans.data"] = points
+    tensors["kmeans.inertia"] = torch.tensor([fitted.inertia_], dtype=torch.float64)
+
+
 def write_references(folder: Path, summary: dict, tensors: dict) -> None:
     save_file({k: v.contiguous() for k, v in tensors.items()}, folder / "reference.safetensors")
     (folder / "reference.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -485,6 +499,7 @@ def make_sd15(folder: Path, vocab, merges) -> None:
             raise AssertionError(f"vocab.json/merges.txt tokenize {text!r} differently")
     summary, tensors = reference_outputs(loaded, seed=15)
     training_reference(folder, torch.Generator().manual_seed(16), tensors)
+    kmeans_reference(tensors)
     summary["train_steps"] = TRAIN_STEPS
 
     # The fp16 files must form a loadable variant of the whole pipeline, not just of the UNet.
