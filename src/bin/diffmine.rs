@@ -20,7 +20,11 @@ use diffmine::autoencoder::{train_autoencoder, AutoencoderOptions};
 use diffmine::dataset::LabelledSet;
 use diffmine::finetune::{finetune, FinetuneOptions, TrainOptions};
 use diffmine::image::{to_rgb8, ImageView, PixelType};
+use diffmine::mining::cluster::ClusterOptions;
+use diffmine::mining::dift::DiftOptions;
+use diffmine::mining::miner::{mine, MiningOptions};
 use diffmine::mining::patches::select_patches;
+use diffmine::mining::report::{write_report, ReportOptions};
 use diffmine::model::{parse_device, parse_dtype, ComponentOverrides, ModelOptions, StableDiffusion};
 use diffmine::synthetic::{write_dataset, SyntheticOptions};
 use diffmine::typicality::{typicality, LatentMode, TypicalityOptions};
@@ -314,6 +318,36 @@ fn synth_command(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// Mines every label of a labelled set and writes the visual summary.
+fn mine_command(args: &Args) -> Result<()> {
+    let model = open_model(args)?;
+    let set = LabelledSet::open(Path::new(args.required("data")?))?;
+    let out = PathBuf::from(args.required("out")?);
+    let resize = args.optional("resize").map(|_| args.parsed("resize", 0usize)).transpose()?;
+    let (t, d, c) = (TypicalityOptions::default(), DiftOptions::default(), ClusterOptions::default());
+    let options = MiningOptions {
+        prompt_template: args.required("prompt")?.to_string(),
+        null_prompt: args.required("null-prompt")?.to_string(),
+        typicality: TypicalityOptions { samples: args.parsed("samples", t.samples)?, seed: args.parsed("seed", t.seed)?, ..t },
+        resize,
+        patch_size: args.parsed("patch", 64)?,
+        per_image: args.parsed("per-image", 5)?,
+        top: args.parsed("top", 1000)?,
+        dift: DiftOptions { ensemble: args.parsed("ensemble", d.ensemble)?, ..d },
+        cluster: ClusterOptions { clusters: args.parsed("clusters", c.clusters)?, restarts: args.parsed("restarts", c.restarts)?, ..c },
+        cache_dir: Some(args.optional("cache").map(PathBuf::from).unwrap_or_else(|| out.join("cache"))),
+    };
+    let started = Instant::now();
+    let mut bar = progress_bar();
+    let results = mine(&model, &set, &options, &mut |done, total| bar(done, total, f64::NAN))?;
+    write_report(&results, &ReportOptions { resize, ..ReportOptions::default() }, &out)?;
+    for r in &results {
+        println!("{}: {} patches, {} clusters", r.label, r.patches.len(), r.clusters.len());
+    }
+    println!("mined {} images in {:.0} s; report: {}", set.items.len(), started.elapsed().as_secs_f64(), out.join("index.html").display());
+    Ok(())
+}
+
 /// Trains a model's VAE as an autoencoder (for models built from scratch) and measures its scaling factor.
 fn train_vae_command(args: &Args) -> Result<()> {
     let set = LabelledSet::open(Path::new(args.required("data")?))?;
@@ -344,6 +378,7 @@ fn run(argv: &[String]) -> Result<()> {
         "typicality" => typicality_command(&args),
         "finetune" => finetune_command(&args),
         "train-vae" => train_vae_command(&args),
+        "mine" => mine_command(&args),
         "synth" => synth_command(&args),
         other => Err(Error::InvalidArgument(format!("unknown command `{other}`\n{USAGE}"))),
     }

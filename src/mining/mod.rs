@@ -1,5 +1,7 @@
-//! Mining typical visual elements: patch selection from typicality maps (more to come: DIFT features,
-//! clustering, the visual summary).
+//! Mining typical visual elements (the paper's Section 4): patch selection from typicality maps,
+//! DIFT features of the patches, k-means clustering ranked by typicality, and the visual summary.
 pub mod cluster;
 pub mod dift;
+pub mod miner;
 pub mod patches;
+pub mod report;

@@ -1,0 +1,187 @@
+//! The visual summary of a mining run, as a folder a person opens: `patches.csv` (every kept box with
+//! its typicality, cluster and rank), per label a grid PNG with one row per cluster (rank order,
+//! clusters with fewer than `min_members` members left out, up to `per_row` crops a row), strips of
+//! the most typical, random and least typical patches, and `index.html` showing them all.
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use image::{imageops, RgbImage};
+
+use super::miner::{LabelResult, MinedPatch};
+use crate::dataset::load_image;
+use crate::error::{Error, Result};
+use crate::image::to_rgb8;
+use crate::rng::SplitMix64;
+
+#[derive(Debug, Clone)]
+pub struct ReportOptions {
+    /// Clusters with fewer members are not shown (6).
+    pub min_members: usize,
+    /// Crops per grid row and per strip (20).
+    pub per_row: usize,
+    /// Side of a shown crop in pixels (crops are scaled to it).
+    pub crop_px: u32,
+    /// Seed of the random strip.
+    pub seed: u64,
+    /// Resize applied to images when they were mined (so boxes land where they were found).
+    pub resize: Option<usize>,
+}
+
+impl Default for ReportOptions {
+    fn default() -> Self {
+        ReportOptions { min_members: 6, per_row: 20, crop_px: 64, seed: 0, resize: None }
+    }
+}
+
+/// Writes the report of `results` into `out`.
+pub fn write_report(results: &[LabelResult], options: &ReportOptions, out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    write_csv(results, &out.join("patches.csv"))?;
+    let mut sections = String::new();
+    for result in results {
+        let crops = Crops::load(result, options)?;
+        let slug = slug(&result.label);
+        let grid = grid_rows(result, options);
+        save(&crops.sheet(&grid, options), &out.join(format!("grid_{slug}.png")))?;
+        let strips = strips(result, options);
+        for (name, members) in &strips {
+            save(&crops.sheet(&[members.clone()], options), &out.join(format!("strip_{slug}_{name}.png")))?;
+        }
+        write_section(&mut sections, result, &slug, grid.len(), &strips);
+    }
+    let html = format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>libdiffmine mining report</title>\n\
+         <style>body{{font-family:sans-serif;margin:2em}} img{{image-rendering:pixelated;max-width:100%}}</style></head>\n\
+         <body><h1>Typical visual elements</h1>\n<p>Every kept box: <a href=\"patches.csv\">patches.csv</a>.</p>\n{sections}</body></html>\n"
+    );
+    let index = out.join("index.html");
+    std::fs::write(&index, html).map_err(|e| Error::io(&index, e))
+}
+
+fn write_section(html: &mut String, result: &LabelResult, slug: &str, shown: usize, strips: &[(&str, Vec<usize>)]) {
+    let label = escape(&result.label);
+    let _ = write!(
+        html,
+        "<section id=\"{slug}\"><h2>{label}</h2>\n<p>{} patches in {} clusters; {shown} clusters shown, ranked by median typicality.</p>\n\
+         <img class=\"grid\" alt=\"clusters of {label}\" src=\"grid_{slug}.png\">\n",
+        result.patches.len(),
+        result.clusters.len()
+    );
+    for (name, _) in strips {
+        let _ = writeln!(html, "<h3>{name}</h3><img class=\"strip\" alt=\"{name} patches of {label}\" src=\"strip_{slug}_{name}.png\">");
+    }
+    html.push_str("</section>\n");
+}
+
+/// Members (indices into `patches`) of the shown clusters, one row each.
+fn grid_rows(result: &LabelResult, options: &ReportOptions) -> Vec<Vec<usize>> {
+    result
+        .clusters
+        .iter()
+        .filter(|c| c.members.len() >= options.min_members)
+        .map(|c| c.members.iter().copied().take(options.per_row).collect())
+        .collect()
+}
+
+/// The most typical, a random selection, and the least typical of the kept patches.
+fn strips(result: &LabelResult, options: &ReportOptions) -> Vec<(&'static str, Vec<usize>)> {
+    let mut by_score: Vec<usize> = (0..result.patches.len()).collect();
+    by_score.sort_by(|&a, &b| result.patches[b].patch.score.total_cmp(&result.patches[a].patch.score));
+    let n = options.per_row.min(by_score.len());
+    let mut rng = SplitMix64::new(options.seed);
+    let mut shuffled = by_score.clone();
+    for i in (1..shuffled.len()).rev() {
+        shuffled.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    vec![
+        ("top", by_score[..n].to_vec()),
+        ("random", shuffled[..n].to_vec()),
+        ("least", by_score[by_score.len() - n..].iter().rev().copied().collect()),
+    ]
+}
+
+/// The crops of a label's patches, scaled to the display size.
+struct Crops(Vec<RgbImage>);
+
+impl Crops {
+    fn load(result: &LabelResult, options: &ReportOptions) -> Result<Self> {
+        let mut images: BTreeMap<&PathBuf, RgbImage> = BTreeMap::new();
+        let mut crops = Vec::with_capacity(result.patches.len());
+        for p in &result.patches {
+            if !images.contains_key(&p.path) {
+                images.insert(&p.path, rgb_image(&p.path, options.resize)?);
+            }
+            crops.push(crop(&images[&p.path], p, options.crop_px));
+        }
+        Ok(Crops(crops))
+    }
+
+    /// A sheet with one row of crops per entry of `rows`, 2 px apart on a white ground.
+    fn sheet(&self, rows: &[Vec<usize>], options: &ReportOptions) -> RgbImage {
+        let cell = options.crop_px + 2;
+        let width = (rows.iter().map(Vec::len).max().unwrap_or(0) as u32).max(1) * cell;
+        let mut sheet = RgbImage::from_pixel(width, (rows.len() as u32).max(1) * cell, image::Rgb([255, 255, 255]));
+        for (r, row) in rows.iter().enumerate() {
+            for (c, &i) in row.iter().enumerate() {
+                imageops::replace(&mut sheet, &self.0[i], (c as u32 * cell) as i64, (r as u32 * cell) as i64);
+            }
+        }
+        sheet
+    }
+}
+
+fn rgb_image(path: &Path, resize: Option<usize>) -> Result<RgbImage> {
+    let image = load_image(path, resize)?;
+    let (_, _, h, w) = image.size4()?;
+    RgbImage::from_raw(w as u32, h as u32, to_rgb8(&image)?).ok_or_else(|| Error::InvalidArgument("image buffer".into()))
+}
+
+fn crop(image: &RgbImage, p: &MinedPatch, px: u32) -> RgbImage {
+    let b = p.patch;
+    let view = imageops::crop_imm(image, b.x as u32, b.y as u32, b.size as u32, b.size as u32).to_image();
+    imageops::resize(&view, px, px, imageops::FilterType::Nearest)
+}
+
+fn save(image: &RgbImage, path: &Path) -> Result<()> {
+    image.save(path).map_err(|e| Error::io(path, e))
+}
+
+fn write_csv(results: &[LabelResult], path: &Path) -> Result<()> {
+    let mut csv = String::from("label,image,x,y,size,typicality,cluster,rank_in_cluster,distance_to_centroid\n");
+    for r in results {
+        for p in &r.patches {
+            let _ = writeln!(
+                csv,
+                "{},{},{},{},{},{},{},{},{}",
+                csv_field(&r.label),
+                csv_field(&p.path.display().to_string()),
+                p.patch.x,
+                p.patch.y,
+                p.patch.size,
+                p.patch.score,
+                p.cluster_rank,
+                p.rank_in_cluster,
+                p.distance
+            );
+        }
+    }
+    std::fs::write(path, csv).map_err(|e| Error::io(path, e))
+}
+
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_string()
+    }
+}
+
+/// A label as a file-name part: letters and digits kept, anything else as '_'.
+fn slug(label: &str) -> String {
+    label.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect()
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
