@@ -32,3 +32,97 @@ fn kmeans_inertia_is_within_one_percent_of_scikit_learns_with_ten_restarts() {
     let theirs = reference.get("kmeans.inertia").double_value(&[0]);
     assert!((ours - theirs).abs() <= 0.01 * theirs, "inertia {ours:.4} vs scikit-learn {theirs:.4}");
 }
+
+mod pipeline {
+    use std::path::Path;
+
+    use super::common::pipeline;
+    use diffmine::dataset::LabelledSet;
+    use diffmine::mining::cluster::ClusterOptions;
+    use diffmine::mining::dift::DiftOptions;
+    use diffmine::mining::miner::{mine, LabelResult, MiningOptions};
+    use diffmine::mining::report::{write_report, ReportOptions};
+    use diffmine::model::{ModelOptions, StableDiffusion};
+    use diffmine::synthetic::{write_dataset, SyntheticOptions};
+    use diffmine::typicality::TypicalityOptions;
+
+    fn small_options(cache: &Path, clusters: usize) -> MiningOptions {
+        MiningOptions {
+            prompt_template: "Chest X-Ray with {label}.".into(),
+            null_prompt: "Chest X-Ray.".into(),
+            typicality: TypicalityOptions { samples: 2, batch: 2, ..TypicalityOptions::default() },
+            patch_size: 16,
+            top: 12,
+            dift: DiftOptions { ensemble: 2, ..DiftOptions::default() },
+            cluster: ClusterOptions { clusters, restarts: 2, ..ClusterOptions::default() },
+            cache_dir: Some(cache.to_path_buf()),
+            ..MiningOptions::default()
+        }
+    }
+
+    fn run(model: &StableDiffusion, set: &LabelledSet, options: &MiningOptions) -> Vec<LabelResult> {
+        mine(model, set, options, &mut |_, _| true).unwrap()
+    }
+
+    fn cache_entries(dir: &Path, kind: &str) -> usize {
+        std::fs::read_dir(dir).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(kind)).count()
+    }
+
+    #[test]
+    fn mining_ranks_clusters_reuses_its_cache_and_writes_a_report_without_dead_links() {
+        let data = tempfile::tempdir().unwrap();
+        let synthetic = SyntheticOptions { images_per_label: 3, labels: vec!["Nodule".into(), "Effusion".into()], ..SyntheticOptions::default() };
+        write_dataset(&synthetic, data.path()).unwrap();
+        let set = LabelledSet::open(data.path()).unwrap();
+        let model = StableDiffusion::open(&pipeline("sd15_tiny"), &ModelOptions::default()).unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let cache = work.path().join("cache");
+
+        let results = run(&model, &set, &small_options(&cache, 3));
+        assert_eq!(results.iter().map(|r| r.label.as_str()).collect::<Vec<_>>(), vec!["Effusion", "Nodule"]);
+        for r in &results {
+            assert_eq!(r.patches.len(), 12, "top 12 of 3 images × 5 boxes");
+            let medians: Vec<f32> = r.clusters.iter().map(|c| c.median_typicality).collect();
+            assert!(medians.windows(2).all(|w| w[0] >= w[1]), "clusters by median typicality: {medians:?}");
+            for c in &r.clusters {
+                let d: Vec<f32> = c.members.iter().map(|&m| r.patches[m].distance).collect();
+                assert!(d.windows(2).all(|w| w[0] <= w[1]), "members closest first");
+            }
+        }
+        let (maps, features) = (cache_entries(&cache, "typicality"), cache_entries(&cache, "dift"));
+        assert_eq!(maps, 6);
+
+        // Other clustering settings: everything upstream comes from the cache, and the boxes are the same.
+        let again = run(&model, &set, &small_options(&cache, 2));
+        assert_eq!((cache_entries(&cache, "typicality"), cache_entries(&cache, "dift")), (maps, features));
+        let boxes = |r: &[LabelResult]| {
+            let mut b: Vec<_> = r.iter().flat_map(|l| l.patches.iter().map(|p| (p.path.clone(), p.patch.x, p.patch.y))).collect();
+            b.sort();
+            b
+        };
+        assert_eq!(boxes(&results), boxes(&again));
+
+        let report = work.path().join("report");
+        write_report(&results, &ReportOptions { min_members: 1, ..ReportOptions::default() }, &report).unwrap();
+        let html = std::fs::read_to_string(report.join("index.html")).unwrap();
+        let links: Vec<&str> = html.split(['"']).filter(|s| s.ends_with(".png") || s.ends_with(".csv")).collect();
+        assert!(links.len() >= 2 * 4, "a grid and three strips per label: {links:?}");
+        for link in links {
+            assert!(report.join(link).is_file(), "dead link {link}");
+        }
+        let csv = std::fs::read_to_string(report.join("patches.csv")).unwrap();
+        assert_eq!(csv.lines().count(), 1 + 24);
+    }
+
+    #[test]
+    fn an_unreadable_image_is_an_error_naming_the_file() {
+        let data = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(data.path().join("Mass")).unwrap();
+        std::fs::write(data.path().join("Mass/broken.png"), b"not a png").unwrap();
+        let set = LabelledSet::open(data.path()).unwrap();
+        let model = StableDiffusion::open(&pipeline("sd15_tiny"), &ModelOptions::default()).unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        let err = mine(&model, &set, &small_options(cache.path(), 2), &mut |_, _| true).unwrap_err();
+        assert!(err.to_string().contains("broken.png"), "{err}");
+    }
+}

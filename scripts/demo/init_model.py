@@ -5,7 +5,7 @@ with diffusers' own random initialisation, which libdiffmine then trains (VAE, t
 Usage: init_model.py OUT_DIR
 
 Sized for 64 px radiograph-like images: a VAE with two stride-2 stages (16×16×4 latents), a UNet of
-three levels (48, 96, 96 channels; cross-attention at the first two), a two-layer CLIP text encoder
+three levels (32, 64, 64 channels; cross-attention at the first two), a two-layer CLIP text encoder
 (width 64) that stays random and frozen, and the BPE vocabulary the test fixtures learn from their
 medical corpus (tests/reference/make_fixtures.py).
 """
@@ -70,7 +70,7 @@ def main() -> int:
         out_channels=4,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        block_out_channels=(48, 96, 96),
+        block_out_channels=(32, 64, 64),
         layers_per_block=1,
         attention_head_dim=4,
         cross_attention_dim=TEXT_WIDTH,
