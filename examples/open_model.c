@@ -41,7 +41,7 @@ int main(int argc, char **argv) {
         return report("dm_model_open", status);
     }
 
-    dm_model_info info;
+    dm_model_info info = {.struct_size = sizeof info};
     status = dm_model_get_info(model, &info);
     if (status != DM_OK) {
         exit_code = report("dm_model_get_info", status);

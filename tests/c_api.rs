@@ -1,7 +1,8 @@
 //! The C API from C: compiles examples/open_model.c and tests/c/*.c against include/diffmine.h and the
 //! libdiffmine.so of this build (strict C11, warnings are errors), runs them on the sd15_tiny fixture,
-//! and, when valgrind is installed, runs them again under memcheck (invalid reads/writes and definite
-//! leaks fail; libtorch's "possibly lost" blocks do not; see tests/c/valgrind.supp).
+//! and, when valgrind is installed, runs the tests/c programs again under memcheck (invalid reads and
+//! writes, uses of uninitialised values and definite leaks fail; libtorch's "possibly lost" blocks do
+//! not; see tests/c/valgrind.supp).
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -10,8 +11,20 @@ use std::time::Instant;
 
 use common::{pipeline, repo_root};
 
-/// The C programs, by source path relative to the repository root.
-const PROGRAMS: [&str; 2] = ["examples/open_model.c", "tests/c/bad_input.c"];
+/// A C program, by source path relative to the repository root.
+struct Program {
+    source: &'static str,
+    /// Also run under valgrind. Memcheck spends about 70 s of CPU reading libtorch before `main` and
+    /// runs the library about 90 times slower, so the valgrind run takes the programs that cover the
+    /// API between them: examples/open_model.c only repeats calls that bad_input.c makes.
+    under_valgrind: bool,
+}
+
+const PROGRAMS: [Program; 3] = [
+    Program { source: "examples/open_model.c", under_valgrind: false },
+    Program { source: "tests/c/bad_input.c", under_valgrind: true },
+    Program { source: "tests/c/typicality.c", under_valgrind: true },
+];
 
 /// `target/<profile>`, where cargo put the libdiffmine.so built with this test (the test executable
 /// is `target/<profile>/deps/<name>-<hash>`).
@@ -22,15 +35,16 @@ fn library_dir() -> PathBuf {
     dir
 }
 
-/// Compiles every program into `out`, returning (name, binary) pairs.
-fn build_all(out: &Path) -> Vec<(String, PathBuf)> {
+/// Compiles the programs (those for valgrind only, if so) into `out`, returning (name, binary) pairs.
+fn build_all(out: &Path, for_valgrind: bool) -> Vec<(String, PathBuf)> {
     let lib_dir = library_dir();
     PROGRAMS
         .iter()
-        .map(|source| {
-            let name = Path::new(source).file_stem().unwrap().to_string_lossy().into_owned();
+        .filter(|p| p.under_valgrind || !for_valgrind)
+        .map(|p| {
+            let name = Path::new(p.source).file_stem().unwrap().to_string_lossy().into_owned();
             let binary = out.join(&name);
-            compile(&repo_root().join(source), &binary, &lib_dir);
+            compile(&repo_root().join(p.source), &binary, &lib_dir);
             (name, binary)
         })
         .collect()
@@ -65,7 +79,8 @@ fn show(output: &Output) -> String {
 }
 
 /// Runs `program MODEL_DIR` (optionally under a wrapper command such as valgrind): its stdout and
-/// timing on exit 0, else a report with both streams.
+/// timing on exit 0, else a report with both streams. Under a wrapper the programs get
+/// DIFFMINE_TEST_QUICK=1, which skips the checks that only repeat a whole computation.
 fn run(name: &str, binary: &Path, wrapper: &[String]) -> Result<String, String> {
     let model = pipeline("sd15_tiny");
     let started = Instant::now();
@@ -78,7 +93,11 @@ fn run(name: &str, binary: &Path, wrapper: &[String]) -> Result<String, String> 
         None => Command::new(binary),
     };
     // RUST_BACKTRACE would make a caught panic print a backtrace; the programs' output stays short.
-    let output = command.arg(&model).env_remove("RUST_BACKTRACE").output().map_err(|e| format!("run {name}: {e}"))?;
+    command.arg(&model).env_remove("RUST_BACKTRACE");
+    if !wrapper.is_empty() {
+        command.env("DIFFMINE_TEST_QUICK", "1");
+    }
+    let output = command.output().map_err(|e| format!("run {name}: {e}"))?;
     let seconds = started.elapsed().as_secs_f64();
     let how = if wrapper.is_empty() { "" } else { " under valgrind" };
     if output.status.success() {
@@ -88,10 +107,12 @@ fn run(name: &str, binary: &Path, wrapper: &[String]) -> Result<String, String> 
     }
 }
 
-/// Runs every program at once (each in its own process) and fails with all the failures' reports.
+/// Runs the programs at once (each in its own process; under a wrapper, those marked for valgrind)
+/// and fails with all the failures' reports.
 fn run_all(wrapper: &[String]) {
+    let started = Instant::now();
     let out = tempfile::tempdir().expect("temp dir");
-    let binaries = build_all(out.path());
+    let binaries = build_all(out.path(), !wrapper.is_empty());
     let results: Vec<Result<String, String>> = std::thread::scope(|scope| {
         let runs: Vec<_> = binaries.iter().map(|(name, binary)| scope.spawn(move || run(name, binary, wrapper))).collect();
         runs.into_iter().map(|r| r.join().expect("runner thread")).collect()
@@ -103,6 +124,7 @@ fn run_all(wrapper: &[String]) {
             Err(report) => failures.push(report),
         }
     }
+    println!("all {} programs took {:.1} s", binaries.len(), started.elapsed().as_secs_f64());
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
@@ -134,7 +156,7 @@ fn c_programs_pass_under_valgrind() {
     .map(|s| s.to_string())
     .chain([format!("--suppressions={}", repo_root().join("tests/c/valgrind.supp").display())])
     .collect();
-    // Each run takes about 70 s, nearly all of it memcheck reading libtorch at start-up; the programs
-    // run side by side.
+    // bad_input takes about 70 s of CPU, nearly all of it memcheck reading libtorch at start-up, and
+    // typicality about 100 s (three typicality maps on top); they run side by side.
     run_all(&wrapper);
 }

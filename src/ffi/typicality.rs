@@ -190,12 +190,20 @@ pub unsafe extern "C" fn dm_typicality_map(
         // SAFETY: the caller's contract covers each pointer.
         let (view, prompt, null_prompt, o) =
             unsafe { (borrow_view(image)?, required_str(prompt, "prompt")?, required_str(null_prompt, "null_prompt")?, c_options(options)?) };
+        // Every output is checked before the work starts, so a wrong buffer fails at once.
         let (h, w) = map_size(view.height, view.width, o.resize_short_side);
+        if out_map.is_null() {
+            return Err(FfiError::Null("out_map"));
+        }
         if out_map_len < h * w {
             return Err(FfiError::BufferTooSmall { what: "out_map", needed: h * w, given: out_map_len });
         }
-        let input = view.to_model_input_resized((o.resize_short_side > 0).then_some(o.resize_short_side as usize))?;
         let (lh, lw) = m.latent_size(h as i64, w as i64)?;
+        let losses_needed = o.samples as usize * 2 * (lh * lw) as usize;
+        if !out_sample_losses.is_null() && out_sample_losses_len < losses_needed {
+            return Err(FfiError::BufferTooSmall { what: "out_sample_losses", needed: losses_needed, given: out_sample_losses_len });
+        }
+        let input = view.to_model_input_resized((o.resize_short_side > 0).then_some(o.resize_short_side as usize))?;
         // SAFETY: the caller's contract covers the explicit draws.
         let options = unsafe { typicality_options(&o, [m.latent_channels(), lh, lw]) }?;
         let mut report = |done: u64, total: u64| match progress {
@@ -205,11 +213,7 @@ pub unsafe extern "C" fn dm_typicality_map(
         };
         let result = typicality(&m, &input, prompt, null_prompt, &options, &mut report)?;
         if !out_sample_losses.is_null() {
-            let needed = result.sample_losses.numel();
-            if out_sample_losses_len < needed {
-                return Err(FfiError::BufferTooSmall { what: "out_sample_losses", needed, given: out_sample_losses_len });
-            }
-            // SAFETY: non-NULL and large enough (checked); writable by the caller's contract.
+            // SAFETY: non-NULL and large enough (checked above); writable by the caller's contract.
             unsafe { write_tensor(&result.sample_losses, out_sample_losses, out_sample_losses_len, "out_sample_losses") }?;
         }
         // SAFETY: the caller's contract covers `out_map`.

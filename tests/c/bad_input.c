@@ -354,7 +354,7 @@ static void check_handles(const char *model_dir) {
     if (model == NULL) {
         return;
     }
-    dm_model_info info;
+    dm_model_info info = {.struct_size = sizeof(dm_model_info)};
     EXPECT_STATUS(DM_OK, dm_model_get_info(model, &info));
     EXPECT_STATUS(DM_OK, dm_model_free(model));
 
@@ -421,7 +421,7 @@ int main(int argc, char **argv) {
         return 1;
     }
 
-    dm_model_info info;
+    dm_model_info info = {.struct_size = sizeof(dm_model_info)};
     EXPECT_STATUS(DM_OK, dm_model_get_info(model, &info));
     check_buffers(model, &info);
     check_images(model, &info);

@@ -13,7 +13,10 @@ import threading
 from pathlib import Path
 from typing import Optional
 
-__all__ = ["Error", "Status", "lib", "check", "library_path", "CModelOptions", "CModelInfo", "CImageView"]
+__all__ = [
+    "Error", "Status", "lib", "check", "library_path", "CModelOptions", "CModelInfo", "CImageView",
+    "CTypicalityOptions", "CBox", "CFinetuneOptions", "PROGRESS_FN",
+]
 
 
 class Status(enum.IntEnum):
@@ -35,6 +38,7 @@ class Status(enum.IntEnum):
     ERR_CANCELLED = 13
     ERR_TORCH = 14
     ERR_INTERNAL = 15
+    ERR_INVALID_DATA = 16
 
 
 class Error(Exception):
@@ -98,9 +102,67 @@ class CImageView(ctypes.Structure):
     ]
 
 
+class CTypicalityOptions(ctypes.Structure):
+    """``dm_typicality_options``."""
+
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("samples", ctypes.c_uint32),
+        ("batch", ctypes.c_uint32),
+        ("t_min", ctypes.c_double),
+        ("t_max", ctypes.c_double),
+        ("seed", ctypes.c_uint64),
+        ("latent", ctypes.c_uint32),
+        ("resize_short_side", ctypes.c_uint32),
+        ("timesteps", ctypes.POINTER(ctypes.c_int64)),
+        ("timesteps_len", ctypes.c_size_t),
+        ("noise", ctypes.POINTER(ctypes.c_float)),
+        ("noise_len", ctypes.c_size_t),
+    ]
+
+
+class CBox(ctypes.Structure):
+    """``dm_box``."""
+
+    _fields_ = [
+        ("x", ctypes.c_uint32),
+        ("y", ctypes.c_uint32),
+        ("size", ctypes.c_uint32),
+        ("score", ctypes.c_float),
+    ]
+
+
+class CFinetuneOptions(ctypes.Structure):
+    """``dm_finetune_options``."""
+
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("steps", ctypes.c_uint32),
+        ("batch_size", ctypes.c_uint32),
+        ("resolution", ctypes.c_uint32),
+        ("seed", ctypes.c_uint64),
+        ("learning_rate", ctypes.c_double),
+        ("beta1", ctypes.c_double),
+        ("beta2", ctypes.c_double),
+        ("weight_decay", ctypes.c_double),
+        ("eps", ctypes.c_double),
+        ("max_grad_norm", ctypes.c_double),
+        ("condition_dropout", ctypes.c_double),
+        ("caption_template", ctypes.c_char_p),
+        ("label_separator", ctypes.c_char_p),
+        ("null_prompt", ctypes.c_char_p),
+        ("checkpoint_every", ctypes.c_uint32),
+        ("checkpoint_dir", ctypes.c_char_p),
+    ]
+
+
+# ``dm_progress_fn``: (done, total, value, user_data) -> non-zero to cancel.
+PROGRESS_FN = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_double, ctypes.c_void_p)
+
 PIXEL_U8, PIXEL_U16, PIXEL_F32 = 0, 1, 2
 DTYPE_FLOAT32, DTYPE_FLOAT16, DTYPE_BFLOAT16 = 0, 1, 2
 PREDICTION_EPSILON, PREDICTION_V = 0, 1
+LATENT_SAMPLE, LATENT_MEAN = 0, 1
 
 _p = ctypes.POINTER
 _c_status = ctypes.c_int  # a C enum is an int on every platform libtorch supports
@@ -127,6 +189,22 @@ _PROTOTYPES = {
         [ctypes.c_void_p, _p(ctypes.c_float), ctypes.c_size_t, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32,
          _p(ctypes.c_int64), ctypes.c_size_t, _p(ctypes.c_float), ctypes.c_size_t, ctypes.c_uint32,
          _p(ctypes.c_float), ctypes.c_size_t]),
+    "dm_typicality_options_default": (_c_status, [_p(CTypicalityOptions)]),
+    "dm_typicality_map_size": (
+        _c_status, [_p(CImageView), _p(CTypicalityOptions), _p(ctypes.c_uint32), _p(ctypes.c_uint32)]),
+    "dm_typicality_map": (
+        _c_status,
+        [ctypes.c_void_p, _p(CImageView), ctypes.c_char_p, ctypes.c_char_p, _p(CTypicalityOptions), PROGRESS_FN,
+         ctypes.c_void_p, _p(ctypes.c_float), ctypes.c_size_t, _p(ctypes.c_float), ctypes.c_size_t]),
+    "dm_patches_select": (
+        _c_status,
+        [_p(ctypes.c_float), ctypes.c_size_t, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32,
+         _p(CBox), ctypes.c_size_t, _p(ctypes.c_size_t)]),
+    "dm_finetune_options_default": (_c_status, [_p(CFinetuneOptions)]),
+    "dm_finetune_run": (
+        _c_status,
+        [ctypes.c_char_p, _p(CModelOptions), ctypes.c_char_p, _p(CFinetuneOptions), ctypes.c_char_p, ctypes.c_char_p,
+         PROGRESS_FN, ctypes.c_void_p]),
 }
 
 # --- library lookup ------------------------------------------------------------------------------

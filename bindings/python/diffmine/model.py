@@ -5,12 +5,13 @@ from __future__ import annotations
 import ctypes
 import os
 from dataclasses import dataclass
-from typing import List, Optional, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from . import _lib
 from ._lib import Error, Status, check
+from ._progress import Progress
 
 __all__ = ["Model", "ModelInfo", "version"]
 
@@ -49,6 +50,25 @@ def _path_bytes(path: Optional[PathLike], what: str) -> Optional[bytes]:
 
 def _ptr(array: np.ndarray, ctype: type) -> ctypes._Pointer:  # type: ignore[name-defined]
     return array.ctypes.data_as(ctypes.POINTER(ctype))
+
+
+def _uint(value: Any, what: str, bits: int = 32) -> int:
+    """``value`` as an unsigned C integer of ``bits`` bits: an integer (not a bool or float) in range."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise _invalid(f"`{what}` must be an integer, got {value!r}")
+    if not 0 <= int(value) < 1 << bits:
+        raise _invalid(f"`{what}` = {value} is outside [0, {(1 << bits) - 1}]")
+    return int(value)
+
+
+def _real(value: Any, what: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise _invalid(f"`{what}` must be a number, got {value!r}") from None
+
+
+_LATENTS = {"sample": _lib.LATENT_SAMPLE, "mean": _lib.LATENT_MEAN}
 
 
 @dataclass(frozen=True)
@@ -119,7 +139,7 @@ class Model:
         handle = ctypes.c_void_p()
         check(lib.dm_model_open(_path_bytes(path, "path"), ctypes.byref(options), ctypes.byref(handle)))
         self._handle = handle.value
-        raw = _lib.CModelInfo()
+        raw = _lib.CModelInfo(struct_size=ctypes.sizeof(_lib.CModelInfo))
         check(lib.dm_model_get_info(self._handle, ctypes.byref(raw)))
         self.info = ModelInfo(
             latent_channels=raw.latent_channels,
@@ -245,6 +265,95 @@ class Model:
             self._h(), _ptr(x, ctypes.c_float), x.size, batch, h, w, _ptr(t, ctypes.c_int64), t.size,
             _ptr(context, ctypes.c_float), context.size, context.shape[1], _ptr(out, ctypes.c_float), out.size))
         return out
+
+    def typicality(
+        self,
+        image: np.ndarray,
+        prompt: str,
+        null_prompt: str = "",
+        samples: Optional[int] = None,
+        t_range: Tuple[float, float] = (0.1, 0.7),
+        seed: int = 42,
+        batch: int = 10,
+        latent: str = "sample",
+        timesteps: Optional[Union[Sequence[int], np.ndarray]] = None,
+        noise: Optional[np.ndarray] = None,
+        resize: Optional[int] = None,
+        progress: Optional[Callable[[int, int], Optional[bool]]] = None,
+        return_losses: bool = False,
+    ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
+        """The typicality map of ``image`` for ``prompt`` against ``null_prompt`` (the paper's Eq. 3):
+        how much better the model predicts the noise with the label than without, per pixel. Returns an
+        H×W float32 map (the image's size after ``resize``); positive means typical of the label.
+
+        ``image`` is as for :meth:`encode`. ``samples`` is the number N of (noise, t) draws (100, or
+        the number of ``timesteps`` when they are given); ``t_range`` the range of t as fractions of the
+        training steps; ``seed`` the image's random stream; ``batch`` samples per UNet call (the map
+        does not depend on it beyond float rounding); ``latent`` "sample" (noise a sample of the VAE
+        posterior, the authors' choice) or "mean". ``timesteps`` (N integers) and ``noise``
+        (N × latent_channels × h × w float32, h × w the latent size of the map) replace the random
+        draws; give both or neither. ``resize`` resizes the image first so its shorter side has that
+        many pixels (Lanczos).
+
+        ``progress(done, total)`` is called after each UNet batch with the samples done; returning
+        ``False`` cancels (:class:`diffmine.Error` with DM_ERR_CANCELLED; the model stays usable), and
+        an exception it raises cancels and is re-raised here. With ``return_losses`` the result is
+        ``(map, losses)``, ``losses`` the N × 2 × h × w per-sample losses at latent resolution
+        (index 0 under the label prompt, 1 under the null prompt).
+        """
+        lib = _lib.lib()
+        handle = self._h()
+        options = _lib.CTypicalityOptions()
+        check(lib.dm_typicality_options_default(ctypes.byref(options)))
+        if latent not in _LATENTS:
+            raise _invalid(f"unknown latent {latent!r} (use \"sample\" or \"mean\")")
+        options.latent = _LATENTS[latent]
+        try:
+            t_min, t_max = t_range
+        except (TypeError, ValueError):
+            raise _invalid(f"t_range must be a pair (t_min, t_max), got {t_range!r}") from None
+        options.t_min, options.t_max = _real(t_min, "t_range[0]"), _real(t_max, "t_range[1]")
+        options.seed = _uint(seed, "seed", 64)
+        options.batch = _uint(batch, "batch")
+        options.resize_short_side = 0 if resize is None else _uint(resize, "resize")
+        prompt_bytes = _c_string(prompt, "prompt")
+        null_bytes = _c_string(null_prompt, "null_prompt")
+
+        view, pixels = _image_view(image)  # `pixels` owns the memory the view points into
+        height, width = ctypes.c_uint32(), ctypes.c_uint32()
+        check(lib.dm_typicality_map_size(ctypes.byref(view), ctypes.byref(options), ctypes.byref(height), ctypes.byref(width)))
+        h, w = height.value, width.value
+        lh, lw = self.latent_size(h, w)
+
+        # Explicit draws: converted here, but whether both are given is the library's check.
+        t_array = e_array = None
+        if timesteps is not None:
+            t_array = np.asarray(timesteps)
+            if t_array.dtype.kind not in "iu" or t_array.ndim != 1:
+                raise _invalid(f"timesteps must be a vector of integers, got {t_array.dtype} of shape {t_array.shape}")
+            t_array = np.ascontiguousarray(t_array, dtype=np.int64)
+            options.timesteps, options.timesteps_len = _ptr(t_array, ctypes.c_int64), t_array.size
+        if noise is not None:
+            e_array = np.ascontiguousarray(noise, dtype=np.float32)
+            n = e_array.shape[0] if t_array is None else t_array.size
+            expected = (n, self.info.latent_channels, lh, lw)
+            if e_array.shape != expected:
+                raise _invalid(f"noise must be {expected} (N × latent of the {h}×{w} map), got shape {np.shape(noise)}")
+            options.noise, options.noise_len = _ptr(e_array, ctypes.c_float), e_array.size
+        if samples is None:
+            samples = t_array.size if t_array is not None else 100
+        options.samples = _uint(samples, "samples")
+
+        out_map = np.empty((h, w), dtype=np.float32)
+        losses = np.empty((options.samples, 2, lh, lw), dtype=np.float32) if return_losses else None
+        losses_ptr = None if losses is None else _ptr(losses, ctypes.c_float)
+        reporter = Progress(progress)
+        status = lib.dm_typicality_map(
+            handle, ctypes.byref(view), prompt_bytes, null_bytes, ctypes.byref(options), reporter.function, None,
+            _ptr(out_map, ctypes.c_float), out_map.size, losses_ptr, 0 if losses is None else losses.size)
+        reporter.finish(status)
+        del pixels, t_array, e_array
+        return (out_map, losses) if losses is not None else out_map
 
 
 def _image_view(image: np.ndarray) -> Tuple[_lib.CImageView, np.ndarray]:
