@@ -15,7 +15,7 @@ bash scripts/setup.sh
 source scripts/env.sh
 cargo build --release --quiet
 
-work=target/demo-build
+work=${DEMO_WORK:-target/demo-build}
 bin=target/release/diffmine
 VAE_STEPS=${VAE_STEPS:-400}
 PRETRAIN_STEPS=${PRETRAIN_STEPS:-1200}
@@ -33,5 +33,6 @@ $bin finetune --model "$work/pretrained" --data "$work/train" --out "$work/finet
   --steps "$FINETUNE_STEPS" --batch 8 --resolution 64 --lr 3e-4 --seed 3 \
   --caption "Chest X-Ray with {label}." --null-prompt "Chest X-Ray." --dropout 0.05
 
-python scripts/demo/export_models.py "$work/pretrained" "$work/finetuned" models/demo
-du -sh models/demo
+out=${DEMO_OUT:-models/demo}
+python scripts/demo/export_models.py "$work/pretrained" "$work/finetuned" "$out"
+du -sh "$out"
