@@ -33,6 +33,19 @@ def status_bytes(field: str):
     return None
 
 
+def run_delay() -> float:
+    """Seconds this process's threads have spent runnable but waiting for a CPU (schedstat): how much
+    other processes on the machine delayed a measurement."""
+    total = 0
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/schedstat") as f:
+                total += int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total * 1e-9
+
+
 def main() -> int:
     if len(sys.argv) < 5:
         print(__doc__, file=sys.stderr)
@@ -63,17 +76,21 @@ def main() -> int:
 
     if what == "load":
         rss_before = status_bytes("VmRSS:")
+        delay = run_delay()
         t0 = time.perf_counter()
         pipe = StableDiffusionPipeline.from_pretrained(
             model_dir, dtype=dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False
         )
         seconds = time.perf_counter() - t0
+        delay = run_delay() - delay
         line(
             seconds=seconds,
             vmhwm_bytes=status_bytes("VmHWM:"),
             vmrss_before_bytes=rss_before,
             vmrss_after_bytes=status_bytes("VmRSS:"),
             import_seconds=import_seconds,
+            region_seconds=seconds,
+            run_delay_seconds=delay,
         )
         del pipe
     elif what == "unet":
@@ -95,7 +112,9 @@ def main() -> int:
 
         warmup = run_pass()
         hwm_first = status_bytes("VmHWM:")
+        delay = run_delay()
         times = [run_pass() for _ in range(max(1, repeats))]
+        delay = run_delay() - delay
         line(
             seconds=statistics.median(times),
             all=times,
@@ -103,6 +122,8 @@ def main() -> int:
             load_seconds=load_seconds,
             load_and_first_pass_seconds=load_seconds + warmup,
             vmhwm_after_first_pass_bytes=hwm_first,
+            region_seconds=sum(times),
+            run_delay_seconds=delay,
         )
     elif what == "parity":
         from safetensors.torch import save_file

@@ -38,6 +38,17 @@ fn status_bytes(field: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Seconds this process's threads have spent runnable but waiting for a CPU (`/proc/self/task/*/schedstat`):
+/// how much other processes on the machine delayed a measurement.
+fn run_delay() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0.0 };
+    let nanos: u64 = tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum();
+    nanos as f64 * 1e-9
+}
+
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = values.len();
@@ -99,13 +110,16 @@ fn main() {
     match what {
         "load" => {
             let rss_before = status_bytes("VmRSS:");
+            let delay = run_delay();
             let started = Instant::now();
             let model = open(&dir, dtype);
             let seconds = started.elapsed().as_secs_f64();
+            let delay = run_delay() - delay;
             let hwm = status_bytes("VmHWM:");
             let rss_after = status_bytes("VmRSS:");
             line(serde_json::json!({
                 "seconds": seconds, "vmhwm_bytes": hwm, "vmrss_before_bytes": rss_before, "vmrss_after_bytes": rss_after,
+                "region_seconds": seconds, "run_delay_seconds": delay,
             }));
             drop(model);
         }
@@ -125,11 +139,14 @@ fn main() {
             };
             let warmup = pass();
             let hwm_first = status_bytes("VmHWM:");
+            let delay = run_delay();
             let mut times: Vec<f64> = (0..repeats.max(1)).map(|_| pass()).collect();
+            let delay = run_delay() - delay;
             let all = times.clone();
             line(serde_json::json!({
                 "seconds": median(&mut times), "all": all, "warmup_seconds": warmup, "load_seconds": load_seconds,
                 "load_and_first_pass_seconds": load_seconds + warmup, "vmhwm_after_first_pass_bytes": hwm_first,
+                "region_seconds": times.iter().sum::<f64>(), "run_delay_seconds": delay,
             }));
         }
         "parity" => {
