@@ -32,6 +32,10 @@ pub struct WeightFiles {
     dtype: Kind,
     /// Every tensor handed out, under its name: the component's parameters, for training and saving.
     loaded: RefCell<Vec<(String, Tensor)>>,
+    /// One reused buffer per file dtype for tensors that are converted on load (e.g. f32 files read
+    /// as bf16): a fresh temporary per tensor costs an allocation and page faults each time and
+    /// fragments the heap, which raised both load time and peak memory.
+    scratch: RefCell<HashMap<Kind, Tensor>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -57,7 +61,7 @@ impl WeightFiles {
             }
             files.push((path.clone(), file));
         }
-        Ok(WeightFiles { files, entries, device, dtype, loaded: RefCell::new(Vec::new()) })
+        Ok(WeightFiles { files, entries, device, dtype, loaded: RefCell::new(Vec::new()), scratch: RefCell::new(HashMap::new()) })
     }
 
     /// The files' names, for error messages.
@@ -84,8 +88,15 @@ impl WeightFiles {
                 found: entry.shape.clone(),
             });
         }
-        let raw = self.read(name, entry)?;
-        let converted = if entry.kind == self.dtype { raw } else { raw.f_to_kind(self.dtype)? };
+        let converted = if entry.kind == self.dtype {
+            let tensor = Tensor::f_empty(entry.shape.as_slice(), (entry.kind, Device::Cpu))?;
+            self.read_into(name, entry, &tensor)?;
+            tensor
+        } else {
+            let staged = self.scratch_view(entry)?;
+            self.read_into(name, entry, &staged)?;
+            staged.f_to_kind(self.dtype)?
+        };
         let tensor = converted.f_to_device(self.device)?;
         self.loaded.borrow_mut().push((name.to_string(), tensor.shallow_clone()));
         Ok(tensor)
@@ -104,19 +115,27 @@ impl WeightFiles {
         loaded
     }
 
-    /// Reads a tensor's bytes from disk into a new CPU tensor of the file's own dtype.
-    fn read(&self, name: &str, entry: &TensorEntry) -> Result<Tensor> {
-        let tensor = Tensor::f_empty(entry.shape.as_slice(), (entry.kind, Device::Cpu))?;
+    /// A contiguous view, shaped like `entry`, of the reused scratch buffer of the entry's file dtype.
+    fn scratch_view(&self, entry: &TensorEntry) -> Result<Tensor> {
+        let numel: i64 = entry.shape.iter().product();
+        let mut scratch = self.scratch.borrow_mut();
+        let buffer = scratch.entry(entry.kind).or_insert_with(|| Tensor::empty([0], (entry.kind, Device::Cpu)));
+        if buffer.numel() < numel as usize {
+            *buffer = Tensor::f_empty([numel], (entry.kind, Device::Cpu))?;
+        }
+        Ok(buffer.f_narrow(0, 0, numel)?.f_view(entry.shape.as_slice())?)
+    }
+
+    /// Reads a tensor's bytes from disk into `target`, a contiguous CPU tensor of the file's dtype and
+    /// the entry's shape.
+    fn read_into(&self, name: &str, entry: &TensorEntry, target: &Tensor) -> Result<()> {
         let (path, file) = &self.files[entry.file];
-        // SAFETY: `tensor` was just allocated, contiguous, with exactly `entry.len` bytes (the header's
-        // shape and dtype were checked against the byte range in `read_header`), and nothing else
-        // refers to it yet.
-        let buffer = unsafe {
-            std::slice::from_raw_parts_mut(tensor.data_ptr() as *mut u8, entry.len as usize)
-        };
+        // SAFETY: `target` is contiguous with exactly `entry.len` bytes (its shape and dtype are the
+        // entry's, checked against the byte range in `read_header`), and no other reference to its
+        // storage is in use while we fill it.
+        let buffer = unsafe { std::slice::from_raw_parts_mut(target.data_ptr() as *mut u8, entry.len as usize) };
         file.read_exact_at(buffer, entry.offset)
-            .map_err(|e| Error::CorruptWeights(format!("{}: reading `{name}`: {e}", path.display())))?;
-        Ok(tensor)
+            .map_err(|e| Error::CorruptWeights(format!("{}: reading `{name}`: {e}", path.display())))
     }
 }
 
