@@ -7,7 +7,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv="$root/.deps/venv"
-stamp="$venv/.diffmine-deps-v1"
+stamp="$venv/.diffmine-deps-v2"
 
 if [ ! -f "$stamp" ]; then
   python3 -m venv "$venv"
