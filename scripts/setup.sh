@@ -1,21 +1,25 @@
 #!/usr/bin/env bash
 # Installs everything libdiffmine needs on a fresh machine, idempotently (a second run costs seconds):
 #   - a Python virtual environment in .deps/venv with PyTorch 2.11.0 (the version tch 0.24.0 binds),
-#     diffusers/transformers (the reference implementation the tests compare against) and numpy;
+#     diffusers/transformers (the reference implementation the tests compare against), numpy, and
+#     the peers of the DICOM and ChestX-ray8 tests (pydicom, scikit-learn);
 #   - cbindgen (to check that include/diffmine.h is current).
-# It prints the environment variables the build needs; `source scripts/env.sh` sets them.
+# `source scripts/env.sh` then sets the environment variables the build needs.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv="$root/.deps/venv"
-stamp="$venv/.diffmine-deps-v2"
+# The stamp holds a hash of the pinned requirements: a changed pin reinstalls, an unchanged one costs
+# nothing.
+stamp="$venv/.diffmine-requirements"
+wanted=$(sha256sum "$root/scripts/requirements.txt" | cut -d' ' -f1)
 
-if [ ! -f "$stamp" ]; then
-  python3 -m venv "$venv"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
   "$venv/bin/python" -m pip install -q --upgrade pip
   # torch==2.11.0 is the CUDA 13.0 build on PyPI: the same build the GPU machines have preinstalled,
   # so a library built here runs there against their own libtorch.
   "$venv/bin/python" -m pip install -q -r "$root/scripts/requirements.txt"
-  touch "$stamp"
+  echo "$wanted" > "$stamp"
 fi
 
 if ! command -v cbindgen >/dev/null 2>&1 || ! cbindgen --version | grep -q '0.29.4'; then
