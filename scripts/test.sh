@@ -7,4 +7,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 bash scripts/setup.sh
 source scripts/env.sh
+# The C programs and the Python binding link libdiffmine.so, which `cargo test` alone does not build;
+# both commands share the release profile, so this is one build.
+cargo build --release
 cargo test --release
