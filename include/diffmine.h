@@ -99,11 +99,6 @@ typedef enum dm_status {
   DM_ERR_INVALID_DATA = 16,
 } dm_status;
 
-// The shape planted for a label. Each is a union of polygons or rings with a soft edge, some with a
-// faint fill between bright parts (a texture rather than an outline), all fitting the unit disc before
-// scaling, so they differ in shape, not in size.
-typedef struct Motif Motif;
-
 // A loaded model. May be used from several threads at once: every operation only reads it, and
 // results do not depend on which thread runs them.
 typedef struct dm_model dm_model;
