@@ -17,9 +17,9 @@ cargo build --release --quiet
 
 work=${DEMO_WORK:-target/demo-build}
 bin=target/release/diffmine
-VAE_STEPS=${VAE_STEPS:-400}
-PRETRAIN_STEPS=${PRETRAIN_STEPS:-1200}
-FINETUNE_STEPS=${FINETUNE_STEPS:-1500}
+VAE_STEPS=${VAE_STEPS:-600}
+PRETRAIN_STEPS=${PRETRAIN_STEPS:-1500}
+FINETUNE_STEPS=${FINETUNE_STEPS:-2000}
 rm -rf "$work" && mkdir -p "$work"
 
 python scripts/demo/init_model.py "$work/init"
@@ -27,10 +27,10 @@ $bin synth --out "$work/train" --seed 1 --per-label 200 --size 64
 $bin train-vae --model "$work/init" --data "$work/train" --out "$work/vae" \
   --steps "$VAE_STEPS" --batch 8 --resolution 64 --lr 1e-3 --seed 1
 $bin finetune --model "$work/vae" --data "$work/train" --out "$work/pretrained" \
-  --steps "$PRETRAIN_STEPS" --batch 8 --resolution 64 --lr 3e-4 --seed 2 \
+  --steps "$PRETRAIN_STEPS" --batch 16 --resolution 64 --lr 3e-4 --seed 2 \
   --caption "Chest X-Ray." --null-prompt "Chest X-Ray." --dropout 0
 $bin finetune --model "$work/pretrained" --data "$work/train" --out "$work/finetuned" \
-  --steps "$FINETUNE_STEPS" --batch 8 --resolution 64 --lr 3e-4 --seed 3 \
+  --steps "$FINETUNE_STEPS" --batch 16 --resolution 64 --lr 3e-4 --seed 3 \
   --caption "Chest X-Ray with {label}." --null-prompt "Chest X-Ray." --dropout 0.05
 
 out=${DEMO_OUT:-models/demo}
