@@ -22,12 +22,37 @@
 #include <stddef.h>
 #include <stdint.h>
 
+// The map blended on the image, as RGB.
+#define DM_MAP_OVERLAY 0
+
+// The map's values: 16-bit grey whose Rescale Slope/Intercept give them back.
+#define DM_MAP_RAW 1
+
+// Bytes a UID buffer needs: 64 characters and the NUL.
+#define DM_UID_BUFFER_SIZE 65
+
 #define DM_PIXEL_U8 0
 
 #define DM_PIXEL_U16 1
 
 // 32-bit float samples in [0, 1].
 #define DM_PIXEL_F32 2
+
+// Grey levels through the file's first VOI LUT or window, else the frame's min–max.
+#define DM_WINDOW_FILE 0
+
+// Grey levels through the frame's own min–max, whatever the file says.
+#define DM_WINDOW_MIN_MAX 1
+
+// Grey levels through the caller's `window_center`/`window_width` (modality units).
+#define DM_WINDOW_EXPLICIT 2
+
+// DICOM's linear window (PS3.3 C.11.2.1.2.1).
+#define DM_VOI_LINEAR 0
+
+#define DM_VOI_LINEAR_EXACT 1
+
+#define DM_VOI_SIGMOID 2
 
 #define DM_LOG_ERROR 1
 
@@ -99,6 +124,10 @@ typedef enum dm_status {
   DM_ERR_INVALID_DATA = 16,
 } dm_status;
 
+// An owned image: decoded pixels in [0, 1] (float32, 1 or 3 channels) and, for DICOM, its metadata.
+// Immutable once created, so it may be used from several threads at once.
+typedef struct dm_image dm_image;
+
 // A loaded model. May be used from several threads at once: every operation only reads it, and
 // results do not depend on which thread runs them.
 typedef struct dm_model dm_model;
@@ -154,6 +183,60 @@ typedef struct dm_model_options {
 // handle usable.
 typedef int32_t (*dm_progress_fn)(uint64_t done, uint64_t total, double value, void *user_data);
 
+// How to read a DICOM image (ignored for PNG and JPEG). Fill with `dm_image_options_default`.
+typedef struct dm_image_options {
+  // `sizeof(dm_image_options)` as the caller was compiled with.
+  size_t struct_size;
+  // The frame of a multi-frame image, from 0.
+  uint32_t frame;
+  // One of `DM_WINDOW_*`.
+  uint32_t window;
+  // With `DM_WINDOW_EXPLICIT`: the window in modality units and its function (`DM_VOI_*`).
+  double window_center;
+  double window_width;
+  uint32_t voi_function;
+} dm_image_options;
+
+// A borrowed image: `height` rows of `width` pixels with `channels` samples each (1 grey, 3 RGB,
+// 4 RGBA with alpha ignored), rows `stride` bytes apart, in a buffer of `data_len` bytes. Samples of
+// 16 and 32 bits are in native byte order.
+typedef struct dm_image_view {
+  const void *data;
+  size_t data_len;
+  uint32_t width;
+  uint32_t height;
+  uint32_t channels;
+  // One of `DM_PIXEL_*`.
+  uint32_t pixel_type;
+  size_t stride;
+} dm_image_view;
+
+// What an image is and, for DICOM, where it belongs. The strings are NUL-terminated UTF-8 owned by
+// the image (valid until `dm_image_free`), NULL when the file lacks the attribute or is not DICOM.
+typedef struct dm_image_info {
+  size_t struct_size;
+  uint32_t width;
+  uint32_t height;
+  // 1 (grey) or 3 (RGB).
+  uint32_t channels;
+  // 1 when the image came from a DICOM file, 0 for PNG/JPEG.
+  uint32_t is_dicom;
+  // Frames of the DICOM image (1 for PNG/JPEG).
+  uint32_t frames;
+  // Millimetres between pixel centres (row, column); NaN when unknown.
+  double pixel_spacing_row;
+  double pixel_spacing_column;
+  const char *patient_id;
+  const char *patient_name;
+  const char *study_instance_uid;
+  const char *series_instance_uid;
+  const char *sop_instance_uid;
+  const char *sop_class_uid;
+  const char *modality;
+  const char *view_position;
+  const char *transfer_syntax_uid;
+} dm_image_info;
+
 // Receives one log event: its level (`DM_LOG_*`), target (the Rust module) and message, valid only
 // during the call. May be called from any thread the library runs work on.
 typedef void (*dm_log_fn)(int32_t level, const char *target, const char *message, void *user_data);
@@ -176,20 +259,6 @@ typedef struct dm_model_info {
   // The VAE's latent scaling factor (0.18215 for SD 1.5).
   double scaling_factor;
 } dm_model_info;
-
-// A borrowed image: `height` rows of `width` pixels with `channels` samples each (1 grey, 3 RGB,
-// 4 RGBA with alpha ignored), rows `stride` bytes apart, in a buffer of `data_len` bytes. Samples of
-// 16 and 32 bits are in native byte order.
-typedef struct dm_image_view {
-  const void *data;
-  size_t data_len;
-  uint32_t width;
-  uint32_t height;
-  uint32_t channels;
-  // One of `DM_PIXEL_*`.
-  uint32_t pixel_type;
-  size_t stride;
-} dm_image_view;
 
 // How to compute a typicality map. Fill with `dm_typicality_options_default`.
 typedef struct dm_typicality_options {
@@ -228,6 +297,56 @@ typedef struct dm_box {
 extern "C" {
 #endif // __cplusplus
 
+// AUC-PR of a row-major `width` × `height` map (`map_len` floats, e.g. a typicality map) against the
+// boxes of one disease: `boxes` holds `boxes_len` doubles, 4 per box (x, y, w, h of the top-left
+// corner and size, in map pixels: scale ChestX-ray8's 1024-pixel boxes to the map first). Positives
+// are the pixels whose centre lies inside any box. Writes scikit-learn's average precision (the
+// primary figure) to `*out_average_precision` and the area under the authors' thresholded curve to
+// `*out_authors_area`; both are NaN when no pixel centre lies inside the boxes. A box outside the
+// map gives `DM_ERR_INVALID_DATA`.
+//
+// # Safety
+// `map` and `boxes` must be NULL or point to `map_len` and `boxes_len` readable values; the outputs
+// NULL or writable.
+enum dm_status dm_cxr8_auc_pr(const float *map,
+                              size_t map_len,
+                              uint32_t width,
+                              uint32_t height,
+                              const double *boxes,
+                              size_t boxes_len,
+                              double *out_average_precision,
+                              double *out_authors_area);
+
+// Writes a new globally unique UID (2.25 root, 128 random bits) into `out`, a buffer of `out_len`
+// bytes (at least `DM_UID_BUFFER_SIZE`): e.g. a Series Instance UID to pass to several
+// `dm_map_write_dicom` calls so their instances share one series.
+//
+// # Safety
+// `out` must be NULL or point to `out_len` writable bytes.
+enum dm_status dm_dicom_new_uid(char *out, size_t out_len);
+
+// Writes a row-major `width` × `height` map (`map_len` floats, e.g. the typicality map of frame
+// `frame` of the DICOM file at `source_path`) to `out_path` as a Secondary Capture instance of the
+// source's study: same patient and study, a new SOP Instance UID, the source in its Source Image
+// Sequence. `kind` is `DM_MAP_OVERLAY` or `DM_MAP_RAW`. The series is `series_instance_uid`, or a new
+// one when NULL. When `out_sop_instance_uid` is not NULL, the new instance's UID is written there
+// (`out_sop_instance_uid_len` bytes, at least `DM_UID_BUFFER_SIZE`).
+//
+// # Safety
+// Strings must be NULL or NUL-terminated; `map` NULL or `map_len` readable floats;
+// `out_sop_instance_uid` NULL or `out_sop_instance_uid_len` writable bytes.
+enum dm_status dm_map_write_dicom(const char *source_path,
+                                  uint32_t frame,
+                                  const float *map,
+                                  size_t map_len,
+                                  uint32_t width,
+                                  uint32_t height,
+                                  uint32_t kind,
+                                  const char *series_instance_uid,
+                                  const char *out_path,
+                                  char *out_sop_instance_uid,
+                                  size_t out_sop_instance_uid_len);
+
 // The message of the last failed call on this thread ("" if none). The pointer stays valid until
 // the next failing call on the same thread; the caller must not free it.
 const char *dm_last_error(void);
@@ -263,6 +382,55 @@ enum dm_status dm_finetune_run(const char *model_path,
                                const char *out_path,
                                dm_progress_fn progress,
                                void *user_data);
+
+// Fills `options` with the defaults: frame 0, the file's window.
+//
+// # Safety
+// `options` must be NULL or point to a writable `dm_image_options`.
+enum dm_status dm_image_options_default(struct dm_image_options *options);
+
+// Opens a DICOM, PNG or JPEG file (told apart by content) at `path` (UTF-8). `options` may be NULL
+// for the defaults. On success `*out_image` owns a new image, released with `dm_image_free`.
+// A malformed file gives `DM_ERR_INVALID_DATA`, a transfer syntax or format this build cannot decode
+// `DM_ERR_UNSUPPORTED`, each with a message naming the file and the problem.
+//
+// # Safety
+// `path` must be a NUL-terminated string; `options` NULL or a valid options struct; `out_image` NULL
+// or writable.
+enum dm_status dm_image_open(const char *path,
+                             const struct dm_image_options *options,
+                             struct dm_image **out_image);
+
+// As `dm_image_open`, from the `data_len` bytes of a file held in memory. The image does not keep
+// the buffer: it may be released when the call returns.
+//
+// # Safety
+// `data` must be NULL or point to `data_len` readable bytes; `options` NULL or a valid options
+// struct; `out_image` NULL or writable.
+enum dm_status dm_image_open_buffer(const uint8_t *data,
+                                    size_t data_len,
+                                    const struct dm_image_options *options,
+                                    struct dm_image **out_image);
+
+// Releases an image. NULL is accepted; a handle that is not a live image gives
+// `DM_ERR_INVALID_HANDLE`. Views handed out by `dm_image_get_view` end with it.
+enum dm_status dm_image_free(struct dm_image *image);
+
+// Writes a view of the image's pixels (`DM_PIXEL_F32`, values in [0, 1], 1 or 3 channels) into
+// `*out_view`, ready for `dm_model_encode`, `dm_typicality_map` and the like. The pixels belong to
+// the image: the view is valid until `dm_image_free`.
+//
+// # Safety
+// `out_view` must be NULL or point to a writable `dm_image_view`.
+enum dm_status dm_image_get_view(const struct dm_image *image, struct dm_image_view *out_view);
+
+// Writes the image's size and metadata into `*out_info`, whose `struct_size` the caller sets
+// (`sizeof(dm_image_info)`); only that many bytes are written. Its strings live as long as the image.
+//
+// # Safety
+// `out_info` must be NULL or point to a writable struct of `out_info->struct_size` bytes.
+enum dm_status dm_image_get_info(const struct dm_image *image,
+                                 struct dm_image_info *out_info);
 
 // Sends log events up to `max_level` (`DM_LOG_ERROR` .. `DM_LOG_TRACE`) to `callback`; a NULL
 // callback stops forwarding (and `max_level` is then ignored). The callback may be called from several threads at once.

@@ -3,7 +3,8 @@
 #   - a Python virtual environment in .deps/venv with PyTorch 2.11.0 (the version tch 0.24.0 binds),
 #     diffusers/transformers (the reference implementation the tests compare against), numpy, and
 #     the peers of the DICOM and ChestX-ray8 tests (pydicom, scikit-learn);
-#   - cbindgen (to check that include/diffmine.h is current).
+#   - cbindgen (to check that include/diffmine.h is current) and cargo-fuzz (the DICOM fuzz target runs
+#     briefly in the test suite, without a sanitizer, which the stable toolchain supports).
 # `source scripts/env.sh` then sets the environment variables the build needs.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,4 +25,8 @@ fi
 
 if ! command -v cbindgen >/dev/null 2>&1 || ! cbindgen --version | grep -q '0.29.4'; then
   cargo install --locked --quiet cbindgen --version 0.29.4
+fi
+
+if ! cargo fuzz --version 2>/dev/null | grep -q '0.13.2'; then
+  cargo install --locked --quiet cargo-fuzz --version 0.13.2
 fi

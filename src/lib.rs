@@ -1,7 +1,9 @@
 //! libdiffmine: "Diffusion Models as Data Mining Tools" (Siglidis et al., ECCV 2024) on Stable
 //! Diffusion 1.x/2.x diffusers folders, as a Rust library with a stable C ABI (`include/diffmine.h`).
 pub mod autoencoder;
+pub mod cxr8;
 pub mod dataset;
+pub mod dicom;
 pub mod error;
 pub mod ffi;
 pub mod finetune;

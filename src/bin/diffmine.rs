@@ -8,6 +8,11 @@
 //!                    [--samples N] [--seed S] [--batch B] [--resize SHORT_SIDE] [--patch K]
 //! diffmine synth     --out DIR [--seed S] [--per-label N] [--size PX] [--split train|held-out]
 //!                    (a labelled radiograph-like set with planted, boxed elements)
+//! diffmine dicom-info --image FILE   (a DICOM file's metadata and decoded size)
+//! diffmine cxr8-eval --model FT --baseline PT --images DIR --bbox CSV --data-entry CSV --out DIR
+//!                    (ChestX-ray8 AUC-PR of typicality maps against the boxes, per disease)
+//!
+//! Images may be PNG, JPEG or DICOM wherever a command reads one.
 //!
 //! Log detail follows RUST_LOG (e.g. RUST_LOG=diffmine=debug shows a span per model part).
 use std::collections::HashMap;
@@ -19,7 +24,9 @@ use std::time::Instant;
 use diffmine::autoencoder::{train_autoencoder, AutoencoderOptions};
 use diffmine::dataset::LabelledSet;
 use diffmine::finetune::{finetune, FinetuneOptions, TrainOptions};
-use diffmine::image::{to_rgb8, ImageView, PixelType};
+use diffmine::cxr8::{read_bbox_list, read_data_entry, BoxEntry, EvaluationOptions, Report};
+use diffmine::dicom::{open_image, DicomFile, DicomOptions, MapKind};
+use diffmine::image::to_rgb8;
 use diffmine::mining::cluster::ClusterOptions;
 use diffmine::mining::dift::DiftOptions;
 use diffmine::mining::miner::{mine, MiningOptions};
@@ -39,11 +46,20 @@ const USAGE: &str = "usage:
   diffmine denoise   --model DIR --image FILE --prompt TEXT --t STEP --out FILE.png [--seed N]
   diffmine typicality --model DIR --image FILE --prompt TEXT --null-prompt TEXT --out PREFIX
                      [--samples 100] [--seed 42] [--batch 10] [--t-min 0.1] [--t-max 0.7]
-                     [--latent sample|mean] [--resize SHORT_SIDE] [--patch K]
+                     [--latent sample|mean] [--resize SHORT_SIDE] [--patch K] [--dicom-out overlay|raw]
   diffmine finetune  --model DIR --data DIR_OR_CSV --out DIR [--steps 1000] [--batch 8] [--resolution 512]
                      [--caption \"Image of {label}.\"] [--null-prompt \"\"] [--dropout 0.05] [--lr 1e-4]
                      [--seed 0] [--checkpoint-every N] [--resume CHECKPOINT_DIR]
-  diffmine synth     --out DIR [--seed 0] [--per-label 200] [--size 64] [--split train|held-out]";
+  diffmine synth     --out DIR [--seed 0] [--per-label 200] [--size 64] [--split train|held-out]
+  diffmine mine      --model DIR --data DIR_OR_CSV --prompt \"Image of {label}.\" --null-prompt TEXT --out DIR
+                     [--samples 100] [--seed 42] [--resize SHORT_SIDE] [--patch 64] [--per-image 5]
+                     [--top 1000] [--ensemble 8] [--clusters 32] [--restarts 10] [--cache DIR]
+  diffmine dicom-info --image FILE [--frame 0]
+  diffmine cxr8-eval --model FT --images DIR --bbox BBox_List_2017.csv --out DIR [--baseline PT]
+                     [--data-entry Data_Entry_2017.csv] [--limit PAIRS] [--diseases A,B] [--size 512]
+                     [--samples 100] [--t-min 0] [--t-max 1] [--seed 42] [--batch 10] [--baseline-base DIR]
+  Images (--image, --images) may be PNG, JPEG or DICOM; typicality of a DICOM image can go back as
+  DICOM with --dicom-out overlay|raw (a Secondary Capture in the source's study, at PREFIX.dcm).";
 
 /// `--key value` pairs after the subcommand.
 struct Args(HashMap<String, String>);
@@ -101,15 +117,9 @@ fn open_model(args: &Args) -> Result<StableDiffusion> {
     StableDiffusion::open(Path::new(args.required("model")?), &model_options(args)?)
 }
 
-fn read_image(path: &Path) -> Result<(Vec<u8>, usize, usize)> {
-    let image = image::open(path).map_err(|e| Error::io(path, e))?.to_rgb8();
-    let (w, h) = (image.width() as usize, image.height() as usize);
-    Ok((image.into_raw(), w, h))
-}
-
+/// A PNG, JPEG or DICOM file (DICOM frame 0 through its own window) as the model's input.
 fn image_tensor(path: &Path, short_side: Option<usize>) -> Result<Tensor> {
-    let (data, width, height) = read_image(path)?;
-    ImageView { data: &data, width, height, channels: 3, stride: width * 3, pixel: PixelType::U8 }.to_model_input_resized(short_side)
+    open_image(path, &DicomOptions::default())?.view().to_model_input_resized(short_side)
 }
 
 fn write_png(images: &Tensor, path: &Path) -> Result<()> {
@@ -261,11 +271,101 @@ fn typicality_command(args: &Args) -> Result<()> {
     let prefix = args.required("out")?;
     write_npy(&PathBuf::from(format!("{prefix}.npy")), &map, &[h, w])?;
     overlay(&image, &map, &PathBuf::from(format!("{prefix}.png")))?;
+    if let Some(kind) = args.optional("dicom-out") {
+        write_map_as_dicom(Path::new(args.required("image")?), &map, [w, h], kind, &PathBuf::from(format!("{prefix}.dcm")))?;
+    }
     if let Some(k) = args.optional("patch").map(|_| args.parsed("patch", 64usize)).transpose()? {
         for (rank, b) in select_patches(&map, h, w, k, 5)?.iter().enumerate() {
             println!("patch {rank}: x {} y {} size {} typicality {:.5}", b.x, b.y, b.size, b.score);
         }
     }
+    Ok(())
+}
+
+/// Files a typicality map of a DICOM image back in the image's study (`kind`: overlay or raw).
+fn write_map_as_dicom(source: &Path, map: &[f32], size: [usize; 2], kind: &str, path: &Path) -> Result<()> {
+    let kind = match kind {
+        "overlay" => MapKind::Overlay,
+        "raw" => MapKind::Raw,
+        other => return Err(Error::InvalidArgument(format!("--dicom-out must be overlay or raw, not `{other}`"))),
+    };
+    let written = DicomFile::open(source)?.write_map(0, map, size, kind, None, path)?;
+    println!("wrote {} (series {}, instance {})", path.display(), written.series_instance_uid, written.sop_instance_uid);
+    Ok(())
+}
+
+/// Prints what a caller needs to file results next to a DICOM image, and the decoded frame's size.
+fn dicom_info_command(args: &Args) -> Result<()> {
+    let file = DicomFile::open(Path::new(args.required("image")?))?;
+    let m = file.metadata()?;
+    let show = |name: &str, value: &Option<String>| println!("{name}: {}", value.as_deref().unwrap_or("-"));
+    show("patient id", &m.patient_id);
+    show("patient name", &m.patient_name);
+    show("study instance uid", &m.study_instance_uid);
+    show("series instance uid", &m.series_instance_uid);
+    show("sop instance uid", &m.sop_instance_uid);
+    show("sop class uid", &m.sop_class_uid);
+    show("modality", &m.modality);
+    show("view position", &m.view_position);
+    println!("pixel spacing (mm): {}", m.pixel_spacing.map_or("-".into(), |[r, c]| format!("{r} × {c}")));
+    println!("transfer syntax: {}", m.transfer_syntax_uid);
+    println!("frames: {}", m.frames);
+    let image = file.image(&DicomOptions { frame: args.parsed("frame", 0)?, ..Default::default() })?;
+    println!("image: {}×{}, {} channel(s)", image.width, image.height, image.channels);
+    Ok(())
+}
+
+/// The box list, restricted to the images the data entry lists with the boxed finding when one is
+/// given (a box whose image NIH does not label with that finding is a sign of mismatched tables).
+fn evaluation_boxes(args: &Args) -> Result<Vec<BoxEntry>> {
+    let boxes = read_bbox_list(Path::new(args.required("bbox")?))?;
+    let Some(entry_path) = args.optional("data-entry") else { return Ok(boxes) };
+    let entries = read_data_entry(Path::new(entry_path))?;
+    let findings: HashMap<&str, &[String]> = entries.iter().map(|e| (e.image.as_str(), e.findings.as_slice())).collect();
+    let (kept, dropped): (Vec<BoxEntry>, Vec<BoxEntry>) =
+        boxes.into_iter().partition(|b| findings.get(b.image.as_str()).is_some_and(|f| f.contains(&b.finding)));
+    if !dropped.is_empty() {
+        eprintln!("{} boxes dropped: their image is not in {entry_path} with that finding (first: {} {})", dropped.len(), dropped[0].image, dropped[0].finding);
+    }
+    Ok(kept)
+}
+
+/// ChestX-ray8 evaluation: AUC-PR of the finetuned (and baseline) typicality maps against the boxes.
+fn cxr8_eval_command(args: &Args) -> Result<()> {
+    let finetuned = open_model(args)?;
+    let baseline = match args.optional("baseline") {
+        None => None,
+        Some(dir) => {
+            let mut baseline_args = Args(args.0.clone());
+            baseline_args.0.insert("model".into(), dir.into());
+            match args.optional("baseline-base") {
+                Some(base) => baseline_args.0.insert("base".into(), base.into()),
+                None => baseline_args.0.remove("base"),
+            };
+            Some(open_model(&baseline_args)?)
+        }
+    };
+    let boxes = evaluation_boxes(args)?;
+    let d = EvaluationOptions::default();
+    let options = EvaluationOptions {
+        working_size: args.parsed("size", d.working_size)?,
+        diseases: args.optional("diseases").map_or(d.diseases.clone(), |list| list.split(',').map(|s| s.trim().to_string()).collect()),
+        limit: args.optional("limit").map(|_| args.parsed("limit", 0usize)).transpose()?,
+        samples: args.parsed("samples", d.samples)?,
+        t_min: args.parsed("t-min", d.t_min)?,
+        t_max: args.parsed("t-max", d.t_max)?,
+        seed: args.parsed("seed", d.seed)?,
+        batch: args.parsed("batch", d.batch)?,
+    };
+    let out = PathBuf::from(args.required("out")?);
+    let started = Instant::now();
+    let mut bar = progress_bar();
+    let evaluation = diffmine::cxr8::evaluate(&finetuned, baseline.as_ref(), Path::new(args.required("images")?), &boxes, &options, &mut |done, total| bar(done, total, f64::NAN))?;
+    let report = Report::from_results(&evaluation.results);
+    report.write(&evaluation.results, &out)?;
+    let overlays = evaluation.write_overlays(&out.join("overlays"))?;
+    print!("{}", report.markdown());
+    println!("{} image–disease pairs in {:.0} s; wrote {} (report.md, .csv, .json) and {} overlays", evaluation.results.len(), started.elapsed().as_secs_f64(), out.display(), overlays.len());
     Ok(())
 }
 
@@ -380,6 +480,8 @@ fn run(argv: &[String]) -> Result<()> {
         "train-vae" => train_vae_command(&args),
         "mine" => mine_command(&args),
         "synth" => synth_command(&args),
+        "dicom-info" => dicom_info_command(&args),
+        "cxr8-eval" => cxr8_eval_command(&args),
         other => Err(Error::InvalidArgument(format!("unknown command `{other}`\n{USAGE}"))),
     }
 }

@@ -4,6 +4,8 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod args;
+mod cxr8;
+mod dicom;
 mod error;
 mod finetune;
 mod handle;
@@ -14,7 +16,9 @@ mod status;
 mod typicality;
 mod version;
 
-pub use image::{dm_image_view, DM_PIXEL_F32, DM_PIXEL_U16, DM_PIXEL_U8};
+pub use cxr8::dm_cxr8_auc_pr;
+pub use dicom::*;
+pub use image::*;
 pub use finetune::*;
 pub use error::{dm_last_error, dm_last_error_copy};
 pub use log::{dm_log_fn, dm_log_set_callback, DM_LOG_DEBUG, DM_LOG_ERROR, DM_LOG_INFO, DM_LOG_TRACE, DM_LOG_WARN};

@@ -15,7 +15,7 @@ from typing import Optional
 
 __all__ = [
     "Error", "Status", "lib", "check", "library_path", "CModelOptions", "CModelInfo", "CImageView",
-    "CTypicalityOptions", "CBox", "CFinetuneOptions", "PROGRESS_FN",
+    "CTypicalityOptions", "CBox", "CFinetuneOptions", "CImageOptions", "CImageInfo", "PROGRESS_FN",
 ]
 
 
@@ -99,6 +99,43 @@ class CImageView(ctypes.Structure):
         ("channels", ctypes.c_uint32),
         ("pixel_type", ctypes.c_uint32),
         ("stride", ctypes.c_size_t),
+    ]
+
+
+class CImageOptions(ctypes.Structure):
+    """``dm_image_options``."""
+
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("frame", ctypes.c_uint32),
+        ("window", ctypes.c_uint32),
+        ("window_center", ctypes.c_double),
+        ("window_width", ctypes.c_double),
+        ("voi_function", ctypes.c_uint32),
+    ]
+
+
+class CImageInfo(ctypes.Structure):
+    """``dm_image_info``."""
+
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("width", ctypes.c_uint32),
+        ("height", ctypes.c_uint32),
+        ("channels", ctypes.c_uint32),
+        ("is_dicom", ctypes.c_uint32),
+        ("frames", ctypes.c_uint32),
+        ("pixel_spacing_row", ctypes.c_double),
+        ("pixel_spacing_column", ctypes.c_double),
+        ("patient_id", ctypes.c_char_p),
+        ("patient_name", ctypes.c_char_p),
+        ("study_instance_uid", ctypes.c_char_p),
+        ("series_instance_uid", ctypes.c_char_p),
+        ("sop_instance_uid", ctypes.c_char_p),
+        ("sop_class_uid", ctypes.c_char_p),
+        ("modality", ctypes.c_char_p),
+        ("view_position", ctypes.c_char_p),
+        ("transfer_syntax_uid", ctypes.c_char_p),
     ]
 
 
@@ -200,6 +237,22 @@ _PROTOTYPES = {
         _c_status,
         [_p(ctypes.c_float), ctypes.c_size_t, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32,
          _p(CBox), ctypes.c_size_t, _p(ctypes.c_size_t)]),
+    "dm_image_options_default": (_c_status, [_p(CImageOptions)]),
+    "dm_image_open": (_c_status, [ctypes.c_char_p, _p(CImageOptions), _p(ctypes.c_void_p)]),
+    "dm_image_open_buffer": (
+        _c_status, [_p(ctypes.c_uint8), ctypes.c_size_t, _p(CImageOptions), _p(ctypes.c_void_p)]),
+    "dm_image_free": (_c_status, [ctypes.c_void_p]),
+    "dm_image_get_view": (_c_status, [ctypes.c_void_p, _p(CImageView)]),
+    "dm_image_get_info": (_c_status, [ctypes.c_void_p, _p(CImageInfo)]),
+    "dm_dicom_new_uid": (_c_status, [ctypes.c_char_p, ctypes.c_size_t]),
+    "dm_map_write_dicom": (
+        _c_status,
+        [ctypes.c_char_p, ctypes.c_uint32, _p(ctypes.c_float), ctypes.c_size_t, ctypes.c_uint32, ctypes.c_uint32,
+         ctypes.c_uint32, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t]),
+    "dm_cxr8_auc_pr": (
+        _c_status,
+        [_p(ctypes.c_float), ctypes.c_size_t, ctypes.c_uint32, ctypes.c_uint32, _p(ctypes.c_double), ctypes.c_size_t,
+         _p(ctypes.c_double), _p(ctypes.c_double)]),
     "dm_finetune_options_default": (_c_status, [_p(CFinetuneOptions)]),
     "dm_finetune_run": (
         _c_status,

@@ -1,0 +1,215 @@
+//! The ChestX-ray8 evaluation loop: for each boxed image and disease, the typicality map of the image
+//! under "Chest X-Ray with {disease}." against "Chest X-Ray." at the working size, from a finetuned
+//! model and optionally a baseline, scored against the disease's boxes; plus overlay images of each
+//! disease's best and worst case.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::metrics::auc_pr;
+use super::report::ImageResult;
+use super::tables::{boxes_by_image, BoundingBox, BoxEntry, BOXED_DISEASES};
+use crate::dicom::{open_image, DicomOptions};
+use crate::error::{Error, Result};
+use crate::model::StableDiffusion;
+use crate::typicality::{typicality, LatentMode, TypicalityOptions};
+
+/// The spec's X-ray captions.
+pub fn prompt_for(disease: &str) -> String {
+    format!("Chest X-Ray with {disease}.")
+}
+pub const NULL_PROMPT: &str = "Chest X-Ray.";
+
+#[derive(Debug, Clone)]
+pub struct EvaluationOptions {
+    /// Side the images are resized to (their shorter side), and the maps' size: 512 as the authors.
+    pub working_size: usize,
+    /// Canonical disease names to evaluate (default: the 8 with boxes).
+    pub diseases: Vec<String>,
+    /// At most this many image–disease pairs, in image-name order (None: all).
+    pub limit: Option<usize>,
+    /// Typicality samples N per map (default 100).
+    pub samples: usize,
+    /// Range of t as fractions of the training steps (default the full [0, 1)).
+    pub t_min: f64,
+    pub t_max: f64,
+    pub seed: u64,
+    /// Samples per UNet call.
+    pub batch: usize,
+}
+
+impl Default for EvaluationOptions {
+    fn default() -> Self {
+        EvaluationOptions {
+            working_size: 512,
+            diseases: BOXED_DISEASES.iter().map(|d| d.to_string()).collect(),
+            limit: None,
+            samples: 100,
+            t_min: 0.0,
+            t_max: 1.0,
+            seed: 42,
+            batch: 10,
+        }
+    }
+}
+
+/// One image–disease pair to evaluate.
+struct Case<'a> {
+    image: &'a str,
+    disease: &'a str,
+    boxes: &'a [BoundingBox],
+}
+
+/// A rendered case kept for the overlays: the image at the working size and the finetuned map.
+#[derive(Clone)]
+struct Shown {
+    ap: f64,
+    image: String,
+    rgb: Vec<u8>,
+    map: Vec<f32>,
+    size: [usize; 2],
+    boxes: Vec<BoundingBox>,
+}
+
+pub struct Evaluation {
+    pub results: Vec<ImageResult>,
+    /// Per disease: (best, worst) case by the finetuned model's average precision.
+    extremes: BTreeMap<String, (Shown, Shown)>,
+}
+
+/// Evaluates the images under `images_dir` (PNG, JPEG or DICOM, named as in the box list, directly in
+/// it or in subfolders: NIH ships them in `images_001/images/` … `images_012/images/`). `progress` gets
+/// (maps done, maps in all) after each map; returning false cancels.
+pub fn evaluate(
+    finetuned: &StableDiffusion,
+    baseline: Option<&StableDiffusion>,
+    images_dir: &Path,
+    boxes: &[BoxEntry],
+    options: &EvaluationOptions,
+    progress: &mut dyn FnMut(u64, u64) -> bool,
+) -> Result<Evaluation> {
+    let by_image = boxes_by_image(boxes);
+    let files = image_files(images_dir)?;
+    let cases: Vec<Case> = by_image
+        .iter()
+        .flat_map(|(image, diseases)| diseases.iter().map(move |(disease, boxes)| Case { image, disease, boxes }))
+        .filter(|c| options.diseases.iter().any(|d| d == c.disease))
+        .take(options.limit.unwrap_or(usize::MAX))
+        .collect();
+    let models: Vec<&StableDiffusion> = std::iter::once(finetuned).chain(baseline).collect();
+    let total = (cases.len() * models.len()) as u64;
+    let mut evaluation = Evaluation { results: Vec::new(), extremes: BTreeMap::new() };
+    for (i, case) in cases.iter().enumerate() {
+        let path = files.get(case.image).ok_or_else(|| Error::InvalidData(format!("{}: no image named {} under it (named in the box list)", images_dir.display(), case.image)))?;
+        let image = open_image(path, &DicomOptions::default())?;
+        let input = image.view().to_model_input_resized(Some(options.working_size))?;
+        let (_, _, height, width) = input.size4()?;
+        let size = [width as usize, height as usize];
+        let scaled: Vec<BoundingBox> = case.boxes.iter().map(|b| b.scaled([image.width, image.height], size)).collect();
+        let mut figures = Vec::new();
+        for (m, model) in models.iter().enumerate() {
+            let map = disease_map(model, &input, case.disease, options)?;
+            figures.push(auc_pr(&map, size[0], size[1], &scaled, &path.display().to_string())?);
+            if m == 0 {
+                if let Some(f) = figures[0] {
+                    let shown = Shown { ap: f.average_precision, image: case.image.to_string(), rgb: crate::image::to_rgb8(&input)?, map, size, boxes: scaled.clone() };
+                    evaluation.keep_extreme(case.disease, shown);
+                }
+            }
+            if !progress((i * models.len() + m + 1) as u64, total) {
+                return Err(Error::Cancelled);
+            }
+        }
+        evaluation.results.push(ImageResult { image: case.image.to_string(), disease: case.disease.to_string(), finetuned: figures[0], baseline: figures.get(1).copied().flatten() });
+    }
+    Ok(evaluation)
+}
+
+/// Every file under `dir`, recursively, by file name; a name found twice keeps the first in path order.
+fn image_files(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
+    let mut files = BTreeMap::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(folder) = pending.pop() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(&folder).map_err(|e| Error::io(&folder, e))?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        entries.sort();
+        for path in entries {
+            if path.is_dir() {
+                pending.push(path);
+            } else if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+                files.entry(name.to_string()).or_insert(path);
+            }
+        }
+    }
+    Ok(files)
+}
+
+fn disease_map(model: &StableDiffusion, input: &tch::Tensor, disease: &str, options: &EvaluationOptions) -> Result<Vec<f32>> {
+    let typicality_options = TypicalityOptions {
+        samples: options.samples,
+        t_min: options.t_min,
+        t_max: options.t_max,
+        seed: options.seed,
+        batch: options.batch,
+        latent: LatentMode::Sample,
+        timesteps: None,
+        noise: None,
+    };
+    let map = typicality(model, input, &prompt_for(disease), NULL_PROMPT, &typicality_options, &mut |_, _| true)?.map;
+    Ok(Vec::<f32>::try_from(map.f_flatten(0, -1)?)?)
+}
+
+impl Evaluation {
+    fn keep_extreme(&mut self, disease: &str, shown: Shown) {
+        match self.extremes.get_mut(disease) {
+            None => {
+                self.extremes.insert(disease.to_string(), (shown.clone(), shown));
+            }
+            Some((best, worst)) => {
+                if shown.ap > best.ap {
+                    *best = shown;
+                } else if shown.ap < worst.ap {
+                    *worst = shown;
+                }
+            }
+        }
+    }
+
+    /// Writes `<disease>_best_<image>.png` and `<disease>_worst_<image>.png` into `dir`: the map (red,
+    /// strongest where most typical) blended on the X-ray, the boxes in green. Returns the files.
+    pub fn write_overlays(&self, dir: &Path) -> Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let mut written = Vec::new();
+        for (disease, (best, worst)) in &self.extremes {
+            for (shown, which) in [(best, "best"), (worst, "worst")] {
+                let stem = Path::new(&shown.image).file_stem().map_or_else(|| shown.image.clone(), |s| s.to_string_lossy().into_owned());
+                let path = dir.join(format!("{disease}_{which}_{stem}.png"));
+                overlay(shown).save(&path).map_err(|e| Error::io(&path, e))?;
+                written.push(path);
+            }
+        }
+        Ok(written)
+    }
+}
+
+fn overlay(shown: &Shown) -> image::RgbImage {
+    let [width, height] = shown.size;
+    let (lo, hi) = shown.map.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| (l.min(v), h.max(v)));
+    let mut out = image::RgbImage::from_fn(width as u32, height as u32, |x, y| {
+        let p = y as usize * width + x as usize;
+        let level = if hi > lo { (shown.map[p] - lo) / (hi - lo) } else { 0.0 };
+        let grey = shown.rgb[3 * p] as f32;
+        image::Rgb([(0.5 * grey + 127.5 * level) as u8, (0.5 * grey) as u8, (0.5 * grey) as u8])
+    });
+    for b in &shown.boxes {
+        let clamp = |v: f64, limit: usize| (v.round().max(0.0) as usize).min(limit - 1) as u32;
+        let (x0, y0, x1, y1) = (clamp(b.x, width), clamp(b.y, height), clamp(b.x + b.w, width), clamp(b.y + b.h, height));
+        for x in x0..=x1 {
+            out.put_pixel(x, y0, image::Rgb([0, 255, 0]));
+            out.put_pixel(x, y1, image::Rgb([0, 255, 0]));
+        }
+        for y in y0..=y1 {
+            out.put_pixel(x0, y, image::Rgb([0, 255, 0]));
+            out.put_pixel(x1, y, image::Rgb([0, 255, 0]));
+        }
+    }
+    out
+}
