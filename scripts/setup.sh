@@ -4,7 +4,8 @@
 #     diffusers/transformers (the reference implementation the tests compare against), numpy, and
 #     the peers of the DICOM and ChestX-ray8 tests (pydicom, scikit-learn);
 #   - cbindgen (to check that include/diffmine.h is current) and cargo-fuzz (the DICOM fuzz target runs
-#     briefly in the test suite, without a sanitizer, which the stable toolchain supports).
+#     briefly in the test suite, without a sanitizer, which the stable toolchain supports);
+#   - Debian's chromium (tests/report_browser.rs checks the mining report pages in it, headless).
 # `source scripts/env.sh` then sets the environment variables the build needs.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -30,3 +31,5 @@ fi
 if ! cargo fuzz --version 2>/dev/null | grep -q '0.13.2'; then
   cargo install --locked --quiet cargo-fuzz --version 0.13.2
 fi
+
+bash "$root/scripts/install_chromium.sh"

@@ -41,7 +41,7 @@ mod pipeline {
     use diffmine::mining::cluster::ClusterOptions;
     use diffmine::mining::dift::DiftOptions;
     use diffmine::mining::miner::{mine, LabelResult, MiningOptions};
-    use diffmine::mining::report::{write_report, ReportOptions};
+    use diffmine::mining::report::{write_comparison, write_report, ReportOptions};
     use diffmine::model::{ModelOptions, StableDiffusion};
     use diffmine::synthetic::{write_dataset, SyntheticOptions};
     use diffmine::typicality::TypicalityOptions;
@@ -112,6 +112,20 @@ mod pipeline {
         }
         let csv = std::fs::read_to_string(report.join("patches.csv")).unwrap();
         assert_eq!(csv.lines().count(), 1 + 24);
+
+        // Two runs side by side (here the same model clustered two ways): each its own report, and a
+        // page with one row per label and one column per run, linking into both.
+        let comparison = work.path().join("comparison");
+        let options = ReportOptions { min_members: 1, ..ReportOptions::default() };
+        write_comparison(&[("three clusters", &results), ("two clusters", &again)], &options, &comparison).unwrap();
+        let html = std::fs::read_to_string(comparison.join("index.html")).unwrap();
+        let links: Vec<&str> = html.split(['"']).filter(|s| s.contains(".png") || s.contains(".html")).collect();
+        assert_eq!(links.len(), 2 * 2 * 2, "per label and run, a grid and a link to the run's section: {links:?}");
+        for link in links {
+            let file = link.split('#').next().unwrap();
+            assert!(comparison.join(file).is_file(), "dead link {link}");
+        }
+        assert!(comparison.join("three_clusters/index.html").is_file() && comparison.join("two_clusters/patches.csv").is_file());
     }
 
     #[test]

@@ -31,7 +31,7 @@ use diffmine::mining::cluster::ClusterOptions;
 use diffmine::mining::dift::DiftOptions;
 use diffmine::mining::miner::{mine, MiningOptions};
 use diffmine::mining::patches::select_patches;
-use diffmine::mining::report::{write_report, ReportOptions};
+use diffmine::mining::report::{write_comparison, write_report, ReportOptions};
 use diffmine::model::{parse_device, parse_dtype, ComponentOverrides, ModelOptions, StableDiffusion};
 use diffmine::synthetic::{write_dataset, SyntheticOptions};
 use diffmine::typicality::{typicality, LatentMode, TypicalityOptions};
@@ -54,6 +54,7 @@ const USAGE: &str = "usage:
   diffmine mine      --model DIR --data DIR_OR_CSV --prompt \"Image of {label}.\" --null-prompt TEXT --out DIR
                      [--samples 100] [--seed 42] [--resize SHORT_SIDE] [--patch 64] [--per-image 5]
                      [--top 1000] [--ensemble 8] [--clusters 32] [--restarts 10] [--cache DIR]
+                     [--baseline DIR [--baseline-base DIR]]   (both models side by side in one report)
   diffmine dicom-info --image FILE [--frame 0]
   diffmine cxr8-eval --model FT --images DIR --bbox BBox_List_2017.csv --out DIR [--baseline PT]
                      [--data-entry Data_Entry_2017.csv] [--limit PAIRS] [--diseases A,B] [--size 512]
@@ -115,6 +116,18 @@ fn model_options(args: &Args) -> Result<ModelOptions> {
 
 fn open_model(args: &Args) -> Result<StableDiffusion> {
     StableDiffusion::open(Path::new(args.required("model")?), &model_options(args)?)
+}
+
+/// The model of `--baseline DIR` (components it lacks from `--baseline-base DIR`), on the same
+/// device and dtype as `--model`.
+fn open_baseline(args: &Args) -> Result<StableDiffusion> {
+    let mut baseline_args = Args(args.0.clone());
+    baseline_args.0.insert("model".into(), args.required("baseline")?.into());
+    match args.optional("baseline-base") {
+        Some(base) => baseline_args.0.insert("base".into(), base.into()),
+        None => baseline_args.0.remove("base"),
+    };
+    open_model(&baseline_args)
 }
 
 /// A PNG, JPEG or DICOM file (DICOM frame 0 through its own window) as the model's input.
@@ -333,18 +346,7 @@ fn evaluation_boxes(args: &Args) -> Result<Vec<BoxEntry>> {
 /// ChestX-ray8 evaluation: AUC-PR of the finetuned (and baseline) typicality maps against the boxes.
 fn cxr8_eval_command(args: &Args) -> Result<()> {
     let finetuned = open_model(args)?;
-    let baseline = match args.optional("baseline") {
-        None => None,
-        Some(dir) => {
-            let mut baseline_args = Args(args.0.clone());
-            baseline_args.0.insert("model".into(), dir.into());
-            match args.optional("baseline-base") {
-                Some(base) => baseline_args.0.insert("base".into(), base.into()),
-                None => baseline_args.0.remove("base"),
-            };
-            Some(open_model(&baseline_args)?)
-        }
-    };
+    let baseline = args.optional("baseline").map(|_| open_baseline(args)).transpose()?;
     let boxes = evaluation_boxes(args)?;
     let d = EvaluationOptions::default();
     let options = EvaluationOptions {
@@ -440,7 +442,15 @@ fn mine_command(args: &Args) -> Result<()> {
     let started = Instant::now();
     let mut bar = progress_bar();
     let results = mine(&model, &set, &options, &mut |done, total| bar(done, total, f64::NAN))?;
-    write_report(&results, &ReportOptions { resize, ..ReportOptions::default() }, &out)?;
+    let report_options = ReportOptions { resize, ..ReportOptions::default() };
+    match args.optional("baseline") {
+        None => write_report(&results, &report_options, &out)?,
+        Some(_) => {
+            // The caches are keyed by model, so both models can share the cache folder.
+            let baseline_results = mine(&open_baseline(args)?, &set, &options, &mut |done, total| bar(done, total, f64::NAN))?;
+            write_comparison(&[("model", &results), ("baseline", &baseline_results)], &report_options, &out)?;
+        }
+    }
     for r in &results {
         println!("{}: {} patches, {} clusters", r.label, r.patches.len(), r.clusters.len());
     }

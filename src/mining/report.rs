@@ -59,6 +59,50 @@ pub fn write_report(results: &[LabelResult], options: &ReportOptions, out: &Path
     std::fs::write(&index, html).map_err(|e| Error::io(&index, e))
 }
 
+/// Writes the reports of several models mined on the same images side by side, as the paper's Fig. 3b
+/// compares a pretrained and a finetuned model: each model's full report in `out/<model>/`, and
+/// `out/index.html` with one row per label and one column per model (its cluster grid, linked to
+/// that model's section). `models` holds (name, results) pairs.
+pub fn write_comparison(models: &[(&str, &[LabelResult])], options: &ReportOptions, out: &Path) -> Result<()> {
+    let mut labels: Vec<&str> = Vec::new();
+    for (name, results) in models {
+        write_report(results, options, &out.join(slug(name)))?;
+        for r in results.iter() {
+            if !labels.contains(&r.label.as_str()) {
+                labels.push(&r.label);
+            }
+        }
+    }
+    let header: String = models.iter().map(|(name, _)| format!("<th>{}</th>", escape(name))).collect();
+    let mut rows = String::new();
+    for label in labels {
+        let label_slug = slug(label);
+        let _ = write!(rows, "<tr><th>{}</th>", escape(label));
+        for (name, results) in models {
+            if results.iter().any(|r| r.label == label) {
+                let dir = slug(name);
+                let _ = write!(
+                    rows,
+                    "<td><a href=\"{dir}/index.html#{label_slug}\"><img class=\"grid\" alt=\"clusters of {} by {}\" src=\"{dir}/grid_{label_slug}.png\"></a></td>",
+                    escape(label),
+                    escape(name)
+                );
+            } else {
+                rows.push_str("<td>not mined</td>");
+            }
+        }
+        rows.push_str("</tr>\n");
+    }
+    let html = format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>libdiffmine mining comparison</title>\n\
+         <style>body{{font-family:sans-serif;margin:2em}} td,th{{vertical-align:top;padding:.5em}} img{{image-rendering:pixelated;max-width:100%}}</style></head>\n\
+         <body><h1>Typical visual elements, side by side</h1>\n<p>Each cell: a model's clusters of the label, ranked by median typicality (one row per cluster).</p>\n\
+         <table><tr><th>label</th>{header}</tr>\n{rows}</table></body></html>\n"
+    );
+    let index = out.join("index.html");
+    std::fs::write(&index, html).map_err(|e| Error::io(&index, e))
+}
+
 fn write_section(html: &mut String, result: &LabelResult, slug: &str, shown: usize, strips: &[(&str, Vec<usize>)]) {
     let label = escape(&result.label);
     let _ = write!(
