@@ -12,6 +12,7 @@
 //! each). All targets of one image share one batch: [source branch, unconditional × N, conditional × N].
 //! The authors' code ran one target per batch; rows only meet through the injection, which copies the
 //! source row alone, so the result is the same.
+pub mod cotypicality;
 mod generate;
 mod sampler;
 
