@@ -284,3 +284,44 @@ fn bad_input_is_an_invalid_argument_that_says_what_is_wrong() {
     assert!(matches!(generate(GenerateOptions { guidance: f64::INFINITY, height: 16, width: 16, ..Default::default() }), Err(Error::InvalidArgument(_))));
     assert!(matches!(translate::generate(&model, &[], &GenerateOptions::default(), &mut no_progress()), Err(Error::InvalidArgument(_))));
 }
+
+/// The whole co-typicality pipeline at toy settings: two images, each translated to the other label,
+/// their versions scored and described, the kept boxes clustered.
+#[test]
+fn parallel_sets_mine_co_typical_elements_end_to_end() {
+    use diffmine::mining::cluster::ClusterOptions;
+    use diffmine::mining::dift::DiftOptions;
+    use diffmine::translate::parallel::{parallel_set, CotypicalMiner, ParallelMiningOptions};
+    use diffmine::typicality::TypicalityOptions;
+
+    let (r, model) = (&reference(), open());
+    let labels = vec!["cars".to_string(), "cats".to_string()];
+    let options = ParallelMiningOptions {
+        translate: TranslateOptions { steps: 2, inversion_steps: 2, ..TranslateOptions::default() },
+        typicality: TypicalityOptions { samples: 2, batch: 2, ..TypicalityOptions::default() },
+        dift: DiftOptions { ensemble: 1, ..DiftOptions::default() },
+        cluster: ClusterOptions { clusters: 2, restarts: 2, ..ClusterOptions::default() },
+        patch_size: 4,
+        per_set: 2,
+        top: 3,
+        projection_dims: 2,
+        ..ParallelMiningOptions::default()
+    };
+    let image = r.get("pnp.image");
+    let mut miner = CotypicalMiner::new(&model, labels.clone(), &options).unwrap();
+    for source in 0..2 {
+        let set = parallel_set(&model, image, source, &labels, &options, &mut no_progress()).unwrap();
+        assert_eq!(set.versions.size(), [2, 3, 16, 24]);
+        let mut calls = 0;
+        miner.add_set(&set, &mut |_, total| {
+            calls += 1;
+            total == 4
+        })
+        .unwrap();
+        assert_eq!(calls, 4, "typicality and DIFT of each version");
+    }
+    let result = miner.finish().unwrap();
+    assert_eq!(result.elements.len(), 3, "the 3 best of 2 × 2 boxes");
+    assert_eq!(result.clusters.iter().map(|c| c.members.len()).sum::<usize>(), 3);
+    assert!(result.elements.iter().all(|e| e.set < 2 && e.patch.size == 4));
+}

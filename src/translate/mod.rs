@@ -14,6 +14,7 @@
 //! source row alone, so the result is the same.
 pub mod cotypicality;
 mod generate;
+pub mod parallel;
 mod sampler;
 
 use tch::{Kind, Tensor};
