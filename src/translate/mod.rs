@@ -221,6 +221,7 @@ pub fn translate(
     progress: Progress,
 ) -> Result<Translation> {
     let _span = tracing::info_span!("translate", targets = targets.len()).entered();
+    let started = std::time::Instant::now();
     check_targets(targets)?;
     options.check(model)?;
     let (_, _, height, width) =
@@ -233,11 +234,13 @@ pub fn translate(
     let inversion = invert(model, &latent, source_prompt, options.inversion_steps, &mut |done, _| progress(done, total))?;
     let offset = options.inversion_steps as u64;
     let latents = plug_and_play(model, &inversion, targets, options, &mut |done, _| progress(offset + done, total))?;
-    Ok(Translation {
+    let translation = Translation {
         images: decode_to_size(model, &latents, height, width)?,
         latents: latents.f_to_device(tch::Device::Cpu)?,
         reconstruction: decode_to_size(model, &latent, height, width)?,
-    })
+    };
+    tracing::info!(targets = targets.len(), seconds = started.elapsed().as_secs_f64(), "translated");
+    Ok(translation)
 }
 
 /// The scaled latent (1, C, h, w) of the image, f32 on the model's device.
