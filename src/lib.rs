@@ -12,6 +12,7 @@ pub mod mining;
 pub mod model;
 pub mod rng;
 pub mod synthetic;
+pub mod translate;
 pub mod typicality;
 
 pub use error::{Error, Result};

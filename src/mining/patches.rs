@@ -56,7 +56,12 @@ pub fn pooled_scores(map: &[f32], height: usize, width: usize, k: usize) -> Resu
 /// `max_boxes`. NaN scores never win.
 pub fn select_patches(map: &[f32], height: usize, width: usize, k: usize, max_boxes: usize) -> Result<Vec<PatchBox>> {
     let scores = pooled_scores(map, height, width, k)?;
-    let cols = width - k + 1;
+    Ok(select_from_scores(&scores, width - k + 1, k, max_boxes))
+}
+
+/// Greedy non-maximum suppression over already pooled k × k window scores (a row-major grid `cols`
+/// wide), best first, up to `max_boxes`. NaN scores never win.
+pub fn select_from_scores(scores: &[f32], cols: usize, k: usize, max_boxes: usize) -> Vec<PatchBox> {
     let mut available: Vec<bool> = scores.iter().map(|s| !s.is_nan()).collect();
     let mut chosen = Vec::with_capacity(max_boxes);
     while chosen.len() < max_boxes {
@@ -70,7 +75,7 @@ pub fn select_patches(map: &[f32], height: usize, width: usize, k: usize, max_bo
         suppress_near(&mut available, cols, &patch);
         chosen.push(patch);
     }
-    Ok(chosen)
+    chosen
 }
 
 /// Marks every window that intersects or touches `patch` as unavailable: those whose corner lies

@@ -2,7 +2,7 @@
 //! The product itself goes through libtorch's fused scaled-dot-product attention.
 use tch::{Kind, Tensor};
 
-use super::nn::{merge_heads, split_heads, Conv2d, GroupNorm, LayerNorm, Linear};
+use super::nn::{merge_heads, share_first_row, split_heads, Conv2d, GroupNorm, LayerNorm, Linear};
 use super::weights::WeightPath;
 use crate::error::Result;
 
@@ -47,9 +47,21 @@ impl Attention {
 
     /// `x`: (B, L, query_dim); `context`: (B, S, context_dim) or None for self-attention.
     pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
+        self.forward_with(x, context, false)
+    }
+
+    /// `share_first_row_qk`: batch row 0's queries and keys replace every row's (values stay each
+    /// row's own): Plug-and-Play's self-attention injection.
+    fn forward_with(&self, x: &Tensor, context: Option<&Tensor>, share_first_row_qk: bool) -> Result<Tensor> {
         let context = context.unwrap_or(x);
-        let q = split_heads(&self.to_q.forward(x)?, self.heads)?;
-        let k = split_heads(&self.to_k.forward(context)?, self.heads)?;
+        let mut q = self.to_q.forward(x)?;
+        let mut k = self.to_k.forward(context)?;
+        if share_first_row_qk {
+            q = share_first_row(&q)?;
+            k = share_first_row(&k)?;
+        }
+        let q = split_heads(&q, self.heads)?;
+        let k = split_heads(&k, self.heads)?;
         let v = split_heads(&self.to_v.forward(context)?, self.heads)?;
         let out = if self.upcast && x.kind() != Kind::Float {
             let f = |t: &Tensor| t.f_to_kind(Kind::Float);
@@ -115,8 +127,8 @@ impl TransformerBlock {
         })
     }
 
-    fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let x = self.attn1.forward(&self.norm1.forward(x)?, None)?.f_add(x)?;
+    fn forward(&self, x: &Tensor, context: &Tensor, share_first_row_qk: bool) -> Result<Tensor> {
+        let x = self.attn1.forward_with(&self.norm1.forward(x)?, None, share_first_row_qk)?.f_add(x)?;
         let x = self.attn2.forward(&self.norm2.forward(&x)?, Some(context))?.f_add(&x)?;
         Ok(self.ff.forward(&self.norm3.forward(&x)?)?.f_add(&x)?)
     }
@@ -173,6 +185,16 @@ impl Transformer2D {
     }
 
     pub fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, context, false)
+    }
+
+    /// The forward with batch row 0's self-attention queries and keys given to every row in the first
+    /// transformer block (where the Plug-and-Play authors inject them).
+    pub fn forward_sharing_first_row_qk(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, context, true)
+    }
+
+    fn forward_with(&self, x: &Tensor, context: &Tensor, share_first_row_qk: bool) -> Result<Tensor> {
         let (b, c, h, w) = x.size4()?;
         let normed = self.norm.forward(x)?;
         let to_tokens = |t: &Tensor| t.f_permute([0, 2, 3, 1])?.f_reshape([b, h * w, c]);
@@ -181,8 +203,8 @@ impl Transformer2D {
             Projection::Conv(conv) => to_tokens(&conv.forward(&normed)?)?,
             Projection::Linear(linear) => linear.forward(&to_tokens(&normed)?)?,
         };
-        for block in &self.blocks {
-            tokens = block.forward(&tokens, context)?;
+        for (i, block) in self.blocks.iter().enumerate() {
+            tokens = block.forward(&tokens, context, share_first_row_qk && i == 0)?;
         }
         let out = match &self.proj_out {
             Projection::Conv(conv) => conv.forward(&to_map(&tokens)?.f_contiguous()?)?,

@@ -3,6 +3,7 @@
 pub mod attention;
 pub mod clip;
 pub mod config;
+pub mod ddim;
 pub mod embeddings;
 pub mod loading;
 pub mod nn;
@@ -23,7 +24,7 @@ use clip::ClipTextModel;
 use config::{read_json, ClipTextConfig, SchedulerConfig, UNetConfig, VaeConfig};
 use scheduler::NoiseSchedule;
 use tokenizer::ClipTokenizer;
-use unet::UNet2DConditionModel;
+use unet::{Injection, UNet2DConditionModel};
 use vae::{AutoencoderKL, LatentDistribution};
 use weights::{WeightFiles, WeightPath};
 
@@ -278,6 +279,17 @@ impl StableDiffusion {
     /// The UNet's raw output for scaled latents (B, C, h, w) at integer `timesteps` (B,) conditioned on
     /// `context` (B, L, D), in f32. For v-prediction models this is v; see [`NoiseSchedule::to_epsilon`].
     pub fn predict_noise(&self, latents: &Tensor, timesteps: &Tensor, context: &Tensor) -> Result<Tensor> {
+        self.predict_noise_with(latents, timesteps, context, None)
+    }
+
+    /// [`StableDiffusion::predict_noise`] with Plug-and-Play's feature injection: batch row 0 is the
+    /// source branch, whose features at the injection's sites replace every other row's.
+    pub fn predict_noise_injected(&self, latents: &Tensor, timesteps: &Tensor, context: &Tensor, injection: &Injection) -> Result<Tensor> {
+        self.unet.check_injection(injection)?;
+        self.predict_noise_with(latents, timesteps, context, Some(injection))
+    }
+
+    fn predict_noise_with(&self, latents: &Tensor, timesteps: &Tensor, context: &Tensor, injection: Option<&Injection>) -> Result<Tensor> {
         self.check_latents(latents, "latents")?;
         let batch = latents.size()[0];
         let t_count = timesteps.numel() as i64;
@@ -296,7 +308,11 @@ impl StableDiffusion {
         }
         let (x, c) = (self.to_compute(latents)?, self.to_compute(context)?);
         let t = timesteps.f_to_kind(Kind::Int64)?.f_to_device(self.device)?;
-        Ok(tch::no_grad(|| self.unet.forward(&x, &t, &c))?.f_to_kind(Kind::Float)?)
+        let output = tch::no_grad(|| match injection {
+            Some(injection) => self.unet.forward_injected(&x, &t, &c, injection),
+            None => self.unet.forward(&x, &t, &c),
+        })?;
+        Ok(output.f_to_kind(Kind::Float)?)
     }
 
     fn check_latents(&self, latents: &Tensor, what: &str) -> Result<()> {

@@ -100,3 +100,9 @@ pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
     let (b, h, l, d) = x.size4()?;
     Ok(x.f_transpose(1, 2)?.f_reshape([b, l, h * d])?)
 }
+
+/// Batch row 0 repeated over the whole batch: how Plug-and-Play hands the source branch's features
+/// (row 0) to every other row.
+pub fn share_first_row(x: &Tensor) -> Result<Tensor> {
+    Ok(x.f_narrow(0, 0, 1)?.f_expand_as(x)?)
+}

@@ -1,7 +1,7 @@
 //! Residual blocks and the resampling layers shared by the UNet and the VAE.
 use tch::Tensor;
 
-use super::nn::{Conv2d, GroupNorm, Linear};
+use super::nn::{share_first_row, Conv2d, GroupNorm, Linear};
 use super::weights::WeightPath;
 use crate::error::Result;
 
@@ -46,12 +46,25 @@ impl ResnetBlock2D {
     }
 
     pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
+        self.forward_with(x, temb, false)
+    }
+
+    /// The forward with batch row 0's residual branch (after `conv2`, before the skip is added) given
+    /// to every row: Plug-and-Play's feature injection.
+    pub fn forward_sharing_first_row(&self, x: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
+        self.forward_with(x, temb, true)
+    }
+
+    fn forward_with(&self, x: &Tensor, temb: Option<&Tensor>, share_first_row_residual: bool) -> Result<Tensor> {
         let mut h = self.conv1.forward(&self.norm1.forward(x)?.f_silu()?)?;
         if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
             let t = proj.forward(&temb.f_silu()?)?;
             h = h.f_add(&t.f_unsqueeze(-1)?.f_unsqueeze(-1)?)?;
         }
-        let h = self.conv2.forward(&self.norm2.forward(&h)?.f_silu()?)?;
+        let mut h = self.conv2.forward(&self.norm2.forward(&h)?.f_silu()?)?;
+        if share_first_row_residual {
+            h = share_first_row(&h)?;
+        }
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv.forward(x)?,
             None => x.shallow_clone(),

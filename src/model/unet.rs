@@ -64,6 +64,23 @@ fn block_specs(config: &UNetConfig) -> Result<Vec<BlockSpec>> {
         .collect())
 }
 
+/// Which up block is running, and the injection of the call if any.
+#[derive(Clone, Copy)]
+struct UpBlockSite<'a> {
+    index: usize,
+    injection: Option<&'a Injection>,
+}
+
+impl UpBlockSite<'_> {
+    fn injects_resnet(&self, resnet: usize) -> bool {
+        self.injection.is_some_and(|i| i.injects_resnet(self.index, resnet))
+    }
+
+    fn injects_attention(&self, attention: usize) -> bool {
+        self.injection.is_some_and(|i| i.injects_attention(self.index, attention))
+    }
+}
+
 /// A down or up block: resnets, optionally each followed by a transformer, then an optional resampler.
 struct DownBlock {
     resnets: Vec<ResnetBlock2D>,
@@ -90,6 +107,27 @@ fn has_cross_attention(block_type: &str, plain: &str, cross: &str, which: &str) 
 struct MidBlock {
     first: ResnetBlock2D,
     layers: Vec<(Transformer2D, ResnetBlock2D)>,
+}
+
+/// Plug-and-Play feature injection for one UNet call: batch row 0 is the source branch, and at each
+/// listed site of the up path its features replace those of every other row.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Injection {
+    /// (up block, resnet) sites: the residual branch after `conv2`, before the skip is added.
+    pub resnets: Vec<(usize, usize)>,
+    /// (up block, attention) sites: the self-attention (`attn1`) queries and keys of the first
+    /// transformer block.
+    pub attentions: Vec<(usize, usize)>,
+}
+
+impl Injection {
+    fn injects_resnet(&self, block: usize, resnet: usize) -> bool {
+        self.resnets.contains(&(block, resnet))
+    }
+
+    fn injects_attention(&self, block: usize, attention: usize) -> bool {
+        self.attentions.contains(&(block, attention))
+    }
 }
 
 pub struct UNet2DConditionModel {
@@ -210,7 +248,30 @@ impl UNet2DConditionModel {
     /// Predicts the model output (noise or v, as the scheduler config says) for `sample` (B, C, h, w)
     /// at `timesteps` (B,) given text embeddings `context` (B, L, D). All in the weights' dtype/device.
     pub fn forward(&self, sample: &Tensor, timesteps: &Tensor, context: &Tensor) -> Result<Tensor> {
-        self.run(sample, timesteps, context, None)
+        self.run(sample, timesteps, context, None, None)
+    }
+
+    /// The forward with Plug-and-Play's feature injection (see [`Injection`]); sites must exist
+    /// ([`UNet2DConditionModel::check_injection`]).
+    pub fn forward_injected(&self, sample: &Tensor, timesteps: &Tensor, context: &Tensor, injection: &Injection) -> Result<Tensor> {
+        self.run(sample, timesteps, context, None, Some(injection))
+    }
+
+    /// Refuses injection sites this UNet does not have, naming them in diffusers' module paths.
+    pub fn check_injection(&self, injection: &Injection) -> Result<()> {
+        for &(block, resnet) in &injection.resnets {
+            if self.up_blocks.get(block).is_none_or(|b| resnet >= b.resnets.len()) {
+                return Err(Error::InvalidArgument(format!("injection site up_blocks[{block}].resnets[{resnet}] does not exist in this UNet")));
+            }
+        }
+        for &(block, attention) in &injection.attentions {
+            if self.up_blocks.get(block).is_none_or(|b| attention >= b.attentions.len()) {
+                return Err(Error::InvalidArgument(format!(
+                    "injection site up_blocks[{block}].attentions[{attention}] does not exist in this UNet"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The output of `up_blocks[index]` (after its upsampler), where DIFT reads its features; the
@@ -219,10 +280,17 @@ impl UNet2DConditionModel {
         if index >= self.up_blocks.len() {
             return Err(Error::InvalidArgument(format!("up block {index} requested, the UNet has {}", self.up_blocks.len())));
         }
-        self.run(sample, timesteps, context, Some(index))
+        self.run(sample, timesteps, context, Some(index), None)
     }
 
-    fn run(&self, sample: &Tensor, timesteps: &Tensor, context: &Tensor, stop_after_up_block: Option<usize>) -> Result<Tensor> {
+    fn run(
+        &self,
+        sample: &Tensor,
+        timesteps: &Tensor,
+        context: &Tensor,
+        stop_after_up_block: Option<usize>,
+        injection: Option<&Injection>,
+    ) -> Result<Tensor> {
         let _span = tracing::debug_span!("unet").entered();
         let temb = self.time_embedding(timesteps, sample)?;
         let sample = if self.config.center_input_sample { sample.f_mul_scalar(2.0)?.f_sub_scalar(1.0)? } else { sample.shallow_clone() };
@@ -252,7 +320,8 @@ impl UNet2DConditionModel {
         let explicit_sizes = self.needs_explicit_upsample_sizes(&sample)?;
         for (i, block) in self.up_blocks.iter().enumerate() {
             let _span = tracing::trace_span!("up_block").entered();
-            h = Self::up_block_forward(block, h, &mut skips, &temb, context, explicit_sizes)?;
+            let site = UpBlockSite { index: i, injection };
+            h = Self::up_block_forward(block, site, h, &mut skips, &temb, context, explicit_sizes)?;
             if stop_after_up_block == Some(i) {
                 return Ok(h);
             }
@@ -264,6 +333,7 @@ impl UNet2DConditionModel {
     /// Runs one up block, consuming its skip connections from the top of `skips`.
     fn up_block_forward(
         block: &UpBlock,
+        site: UpBlockSite,
         mut h: Tensor,
         skips: &mut Vec<Tensor>,
         temb: &Tensor,
@@ -272,9 +342,10 @@ impl UNet2DConditionModel {
     ) -> Result<Tensor> {
         for (j, resnet) in block.resnets.iter().enumerate() {
             let skip = skips.pop().ok_or_else(|| Error::Torch("UNet skip connections exhausted".into()))?;
-            h = resnet.forward(&Tensor::f_cat(&[h, skip], 1)?, Some(temb))?;
+            let input = Tensor::f_cat(&[h, skip], 1)?;
+            h = if site.injects_resnet(j) { resnet.forward_sharing_first_row(&input, Some(temb))? } else { resnet.forward(&input, Some(temb))? };
             if let Some(attention) = block.attentions.get(j) {
-                h = attention.forward(&h, context)?;
+                h = if site.injects_attention(j) { attention.forward_sharing_first_row_qk(&h, context)? } else { attention.forward(&h, context)? };
             }
         }
         if let Some(up) = &block.upsampler {
