@@ -132,6 +132,30 @@ typedef struct dm_image dm_image;
 // results do not depend on which thread runs them.
 typedef struct dm_model dm_model;
 
+// How to run a ChestX-ray8 evaluation. Fill with `dm_cxr8_options_default`.
+typedef struct dm_cxr8_options {
+  size_t struct_size;
+  // Side the images are resized to (shorter side) and the maps' size (512, as the authors).
+  uint32_t working_size;
+  // Typicality samples N per map (100).
+  uint32_t samples;
+  // Samples per UNet call (10).
+  uint32_t batch;
+  // Range of t as fractions of the training steps (the full [0, 1) by default).
+  double t_min;
+  double t_max;
+  uint64_t seed;
+  // At most this many image–disease pairs, in image-name order; 0 for all.
+  uint32_t limit;
+  // Comma-separated disease names to evaluate (UTF-8), or NULL for the 8 with boxes.
+  const char *diseases;
+} dm_cxr8_options;
+
+// Progress of long work: `done` of `total` units, `value` the current loss or NaN where there is none.
+// Returning non-zero cancels the work, which then fails with `DM_ERR_CANCELLED` and leaves every
+// handle usable.
+typedef int32_t (*dm_progress_fn)(uint64_t done, uint64_t total, double value, void *user_data);
+
 // How to finetune. Fill with `dm_finetune_options_default` (the spec's recipe), then set `steps`,
 // `batch_size` and `resolution` for the data at hand.
 typedef struct dm_finetune_options {
@@ -177,11 +201,6 @@ typedef struct dm_model_options {
   const char *tokenizer_path;
   const char *scheduler_path;
 } dm_model_options;
-
-// Progress of long work: `done` of `total` units, `value` the current loss or NaN where there is none.
-// Returning non-zero cancels the work, which then fails with `DM_ERR_CANCELLED` and leaves every
-// handle usable.
-typedef int32_t (*dm_progress_fn)(uint64_t done, uint64_t total, double value, void *user_data);
 
 // How to read a DICOM image (ignored for PNG and JPEG). Fill with `dm_image_options_default`.
 typedef struct dm_image_options {
@@ -260,6 +279,46 @@ typedef struct dm_model_info {
   double scaling_factor;
 } dm_model_info;
 
+// How to translate. Fill with `dm_translate_options_default` (the Plug-and-Play authors' settings).
+typedef struct dm_translate_options {
+  size_t struct_size;
+  // DDIM sampling steps (50).
+  uint32_t steps;
+  // DDIM inversion steps (999). Every sampling timestep must be one of the inversion's: 999, or
+  // equal to `steps`, always works.
+  uint32_t inversion_steps;
+  // Classifier-free guidance scale (7.5), finite and >= 0; 1 means no guidance.
+  double guidance;
+  // Fractions in [0, 1] of the sampling steps, from the first, that inject the source branch's
+  // residual hidden state (0.8) and its self-attention queries and keys (0.5).
+  double resnet_injection;
+  double attention_injection;
+  // Which latent of the VAE posterior is inverted: `DM_LATENT_MEAN` (default, the authors' choice)
+  // or `DM_LATENT_SAMPLE`.
+  uint32_t latent;
+  // Seed of the posterior sample with `DM_LATENT_SAMPLE` (42); nothing else is random.
+  uint64_t seed;
+  // Prompt of the unconditional rows and of the source branch (NULL: "").
+  const char *null_prompt;
+} dm_translate_options;
+
+// How to sample images from prompts. Fill with `dm_generate_options_default`.
+typedef struct dm_generate_options {
+  size_t struct_size;
+  // DDIM steps (50).
+  uint32_t steps;
+  // Classifier-free guidance scale (7.5), finite and >= 0; 1 means no guidance.
+  double guidance;
+  // Image size in pixels (512 × 512).
+  uint32_t width;
+  uint32_t height;
+  // Seed of the initial noise (42): the library's own generator, so results are the same on every
+  // machine.
+  uint64_t seed;
+  // Prompt of the unconditional rows (NULL: "").
+  const char *null_prompt;
+} dm_generate_options;
+
 // How to compute a typicality map. Fill with `dm_typicality_options_default`.
 typedef struct dm_typicality_options {
   size_t struct_size;
@@ -316,6 +375,34 @@ enum dm_status dm_cxr8_auc_pr(const float *map,
                               size_t boxes_len,
                               double *out_average_precision,
                               double *out_authors_area);
+
+// Fills `options` with the defaults: 512 px, N = 100, t over [0, 1), seed 42, every boxed disease.
+//
+// # Safety
+// `options` must be NULL or point to a writable `dm_cxr8_options`.
+enum dm_status dm_cxr8_options_default(struct dm_cxr8_options *options);
+
+// Runs the ChestX-ray8 evaluation: for every image and disease of the box list `bbox_csv`
+// (`BBox_List_2017.csv`; only those the data entry `data_entry_csv` confirms when it is not NULL),
+// the typicality map of the image under "Chest X-Ray with {disease}." against "Chest X-Ray." from
+// `model` and, when not NULL, from `baseline`, scored by AUC-PR against the boxes. Images are found
+// by name under `images_dir` (subfolders included). Writes `report.md`, `report.csv`,
+// `report.json` and `overlays/` (each disease's best and worst case) into `out_dir`. `options` may
+// be NULL for the defaults; `progress` (may be NULL) is called after each map with (maps done, maps
+// in all, NaN), and non-zero cancels with `DM_ERR_CANCELLED`.
+//
+// # Safety
+// Handles must be NULL or from `dm_model_open`; strings NULL or NUL-terminated; `options` NULL or a
+// valid options struct; `progress` safe to call with `user_data` from this thread.
+enum dm_status dm_cxr8_evaluate(const struct dm_model *model,
+                                const struct dm_model *baseline,
+                                const char *images_dir,
+                                const char *bbox_csv,
+                                const char *data_entry_csv,
+                                const char *out_dir,
+                                const struct dm_cxr8_options *options,
+                                dm_progress_fn progress,
+                                void *user_data);
 
 // Writes a new globally unique UID (2.25 root, 128 random bits) into `out`, a buffer of `out_len`
 // bytes (at least `DM_UID_BUFFER_SIZE`): e.g. a Series Instance UID to pass to several
@@ -540,6 +627,62 @@ enum dm_status dm_model_predict_noise(const struct dm_model *model,
                                       uint32_t text_tokens,
                                       float *out,
                                       size_t out_len);
+
+// Fills `options` with the defaults.
+//
+// # Safety
+// `options` must be NULL or point to a writable `dm_translate_options`.
+enum dm_status dm_translate_options_default(struct dm_translate_options *options);
+
+// Fills `options` with the defaults.
+//
+// # Safety
+// `options` must be NULL or point to a writable `dm_generate_options`.
+enum dm_status dm_generate_options_default(struct dm_generate_options *options);
+
+// Translates `image` (described by `source_prompt`) to each of the `targets_len` prompts in
+// `target_prompts` with Plug-and-Play (all strings UTF-8). Writes `targets_len` × height × width × 3
+// bytes into `out_images`: one RGB8 image per target, at the source image's size, in the targets'
+// order. When `out_reconstruction` is not NULL it receives height × width × 3 bytes: the source
+// decoded without edits, what the translations are to be compared with. `options` may be NULL for
+// the defaults. `progress` (may be NULL) is called after each UNet call with (calls done,
+// inversion steps + sampling steps, NaN); non-zero cancels with `DM_ERR_CANCELLED`.
+//
+// # Safety
+// Strings NUL-terminated; `target_prompts` NULL or `targets_len` readable pointers; `image` and
+// `options` NULL or valid; output buffers NULL or writable for their lengths; `progress` safe to call
+// with `user_data` from this thread.
+enum dm_status dm_model_translate(const struct dm_model *model,
+                                  const struct dm_image_view *image,
+                                  const char *source_prompt,
+                                  const char *const *target_prompts,
+                                  size_t targets_len,
+                                  const struct dm_translate_options *options,
+                                  dm_progress_fn progress,
+                                  void *user_data,
+                                  uint8_t *out_images,
+                                  size_t out_images_len,
+                                  uint8_t *out_reconstruction,
+                                  size_t out_reconstruction_len);
+
+// Samples one image per prompt of the `prompts_len` UTF-8 strings in `prompts` (DDIM with
+// classifier-free guidance): writes `prompts_len` × height × width × 3 bytes of RGB8 (the options'
+// size) into `out_images`. `options` may be NULL for the defaults (512 × 512). `progress` (may be
+// NULL) is called after each step with (steps done, steps, NaN); non-zero cancels with
+// `DM_ERR_CANCELLED`.
+//
+// # Safety
+// `prompts` NULL or `prompts_len` readable pointers to NUL-terminated strings; `options` NULL or
+// valid; `out_images` NULL or `out_images_len` writable bytes; `progress` safe to call with
+// `user_data` from this thread.
+enum dm_status dm_model_generate(const struct dm_model *model,
+                                 const char *const *prompts,
+                                 size_t prompts_len,
+                                 const struct dm_generate_options *options,
+                                 dm_progress_fn progress,
+                                 void *user_data,
+                                 uint8_t *out_images,
+                                 size_t out_images_len);
 
 // Fills `options` with the authors' defaults.
 //

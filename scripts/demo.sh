@@ -15,10 +15,13 @@ finetuned=models/demo/finetuned
 pretrained=models/demo/pretrained
 rm -rf out/demo && mkdir -p out/demo
 $bin info --model "$finetuned" --base "$pretrained"
-$bin synth --out out/demo/held-out --seed 1 --split held-out --per-label 10
-first_nodule=$(ls out/demo/held-out/Nodule | head -n 1)
-$bin typicality --model "$finetuned" --base "$pretrained" --image "out/demo/held-out/Nodule/$first_nodule" \
-  --prompt "Chest X-Ray with Nodule." --null-prompt "Chest X-Ray." --samples 50 --out out/demo/typicality --patch 16
+$bin synth --out out/demo/held-out --seed 1 --split held-out --per-label 10 --dicom out/demo/held-out-dicom
+# The DICOM path: a typicality map of a DICOM copy, filed back in its study as a colour overlay.
+first_nodule=$(ls out/demo/held-out-dicom/Nodule | head -n 1)
+$bin dicom-info --image "out/demo/held-out-dicom/Nodule/$first_nodule"
+$bin typicality --model "$finetuned" --base "$pretrained" --image "out/demo/held-out-dicom/Nodule/$first_nodule" \
+  --prompt "Chest X-Ray with Nodule." --null-prompt "Chest X-Ray." --samples 50 --out out/demo/typicality --patch 16 \
+  --dicom-out overlay
 $bin mine --model "$finetuned" --base "$pretrained" --data out/demo/held-out \
   --prompt "Chest X-Ray with {label}." --null-prompt "Chest X-Ray." --out out/demo/mining \
   --samples 20 --patch 16 --per-image 2 --clusters 4 --ensemble 2

@@ -38,7 +38,7 @@ use dicom_object::{FileDicomObject, InMemDicomObject, OpenFileOptions};
 
 pub use self::format::Photometric;
 pub use self::lut::VoiFunction;
-pub use self::write::{new_uid, MapKind, WrittenInstance};
+pub use self::write::{new_uid, write_grey_image, GreyImageAttributes, MapKind, WrittenInstance};
 use self::attributes::Attributes;
 use self::format::{Codec, PixelFormat};
 use self::lut::{ModalityLut, Palette, Voi};

@@ -14,6 +14,7 @@
 use std::f64::consts::{FRAC_PI_2, TAU};
 use std::path::{Path, PathBuf};
 
+use crate::dicom::{write_grey_image, GreyImageAttributes};
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
 
@@ -206,6 +207,48 @@ pub fn write_dataset(options: &SyntheticOptions, out_dir: &Path) -> Result<Datas
     Ok(DatasetSummary { out_dir: out_dir.to_path_buf(), size: options.size, entries })
 }
 
+/// Writes the same images as DICOM files, `out_dir/<label>/<name>.dcm` (8-bit MONOCHROME2 Secondary
+/// Capture with the Data_Entry's patient attributes), so the DICOM path can be run on the very
+/// pixels the PNG set holds. UIDs are derived from the seed: the same options give the same files.
+pub fn write_dicom_copies(options: &SyntheticOptions, out_dir: &Path) -> Result<usize> {
+    options.validate()?;
+    ensure_empty_folder(out_dir)?;
+    let mut written = 0;
+    for (label_index, label) in options.labels.iter().enumerate() {
+        let folder = out_dir.join(label);
+        std::fs::create_dir_all(&folder).map_err(|e| Error::io(&folder, e))?;
+        for index in 0..options.images_per_label {
+            let image = render(options, label_index, index).0;
+            let stem = image.name.trim_end_matches(".png");
+            write_grey_image(&image.pixels, [image.size, image.size], &dicom_attributes(options, &image), &folder.join(format!("{stem}.dcm")))?;
+            written += 1;
+        }
+    }
+    Ok(written)
+}
+
+fn dicom_attributes(options: &SyntheticOptions, image: &SyntheticImage) -> GreyImageAttributes {
+    let p = &image.patient;
+    let uid = |purpose: u64| {
+        let high = derived_seed(options.seed, UID_STREAM + purpose, p.patient_id as u64);
+        let low = derived_seed(options.seed ^ 0x5EED, UID_STREAM + purpose, p.patient_id as u64);
+        format!("2.25.{}", ((high as u128) << 64) | low as u128)
+    };
+    // The original's spacing scaled to the rendered size (the Data_Entry gives the original's).
+    let spacing = p.pixel_spacing * p.original_width.max(p.original_height) as f64 / image.size as f64;
+    GreyImageAttributes {
+        study_instance_uid: uid(0),
+        series_instance_uid: uid(1),
+        sop_instance_uid: uid(2),
+        patient_id: format!("{:08}", p.patient_id),
+        patient_sex: p.gender.to_string(),
+        patient_age: format!("{:03}Y", p.age),
+        modality: "DX".into(),
+        view_position: p.view.to_string(),
+        pixel_spacing: [spacing, spacing],
+    }
+}
+
 fn ensure_empty_folder(dir: &Path) -> Result<()> {
     match std::fs::read_dir(dir) {
         Ok(mut entries) => match entries.next() {
@@ -262,6 +305,8 @@ fn data_entry_csv(images: &[SyntheticImage]) -> String {
 
 const IMAGE_STREAM: u64 = 1;
 const HELD_OUT_STREAM: u64 = 2;
+/// DICOM UIDs use this stream and the two after it (study, series, instance).
+const UID_STREAM: u64 = 16;
 
 /// An independent seed for one purpose and index: two SplitMix64 mixes, so neighbouring seeds and
 /// indices give unrelated streams.

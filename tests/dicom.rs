@@ -204,6 +204,31 @@ fn truncated_and_corrupted_files_never_panic() {
     }
 }
 
+/// The synthetic set's DICOM copies hold the PNGs' pixels exactly, with the Data_Entry's patient
+/// attributes, and the same options give the same UIDs.
+#[test]
+fn synthetic_dicom_copies_hold_the_png_pixels_and_the_patient_record() {
+    use diffmine::synthetic::{write_dataset, write_dicom_copies, SyntheticOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let options = SyntheticOptions { images_per_label: 2, size: 32, labels: vec!["Nodule".into(), "Mass".into()], ..Default::default() };
+    let summary = write_dataset(&options, &dir.path().join("png")).unwrap();
+    assert_eq!(write_dicom_copies(&options, &dir.path().join("dcm")).unwrap(), 4);
+    for entry in &summary.entries {
+        let stem = entry.name.trim_end_matches(".png");
+        let file = DicomFile::open(&dir.path().join("dcm").join(&entry.label).join(format!("{stem}.dcm"))).unwrap();
+        let png = image::open(dir.path().join("png").join(&entry.path)).unwrap().to_luma8().into_raw();
+        let frame = file.modality_frame(0).unwrap();
+        assert_eq!(frame.values, png.iter().map(|&v| v as f64).collect::<Vec<_>>(), "{}", entry.name);
+        let metadata = file.metadata().unwrap();
+        assert_eq!(metadata.patient_id.as_deref(), Some(stem.split('_').next().unwrap()));
+        assert_eq!(metadata.modality.as_deref(), Some("DX"));
+        assert!(metadata.study_instance_uid.unwrap().starts_with("2.25."));
+    }
+    write_dicom_copies(&options, &dir.path().join("again")).unwrap();
+    let uid = |root: &str| DicomFile::open(&dir.path().join(root).join("Mass/00000003_000.dcm")).unwrap().metadata().unwrap().sop_instance_uid;
+    assert_eq!(uid("dcm"), uid("again"));
+}
+
 mod c_api {
     use std::ffi::{CStr, CString};
     use std::ptr::{null, null_mut};

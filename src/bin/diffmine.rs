@@ -11,6 +11,12 @@
 //! diffmine dicom-info --image FILE   (a DICOM file's metadata and decoded size)
 //! diffmine cxr8-eval --model FT --baseline PT --images DIR --bbox CSV --data-entry CSV --out DIR
 //!                    (ChestX-ray8 AUC-PR of typicality maps against the boxes, per disease)
+//! diffmine translate --model DIR --image FILE --source-prompt TEXT --target TEXT[,TEXT...] --out PREFIX
+//!                    (Plug-and-Play: PREFIX_<i>.png per target and PREFIX_reconstruction.png)
+//! diffmine generate  --model DIR --prompt TEXT --out FILE.png   (text-to-image DDIM sampling)
+//! diffmine parallel-mine --model DIR --data DIR_OR_CSV --out DIR
+//!                    (co-typical elements: every image translated to every other label; a CSV of the
+//!                    elements and one strip figure per cluster)
 //!
 //! Images may be PNG, JPEG or DICOM wherever a command reads one.
 //!
@@ -24,7 +30,7 @@ use std::time::Instant;
 use diffmine::autoencoder::{train_autoencoder, AutoencoderOptions};
 use diffmine::dataset::LabelledSet;
 use diffmine::finetune::{finetune, FinetuneOptions, TrainOptions};
-use diffmine::cxr8::{read_bbox_list, read_data_entry, BoxEntry, EvaluationOptions, Report};
+use diffmine::cxr8::{evaluate_files, EvaluationFiles, EvaluationOptions};
 use diffmine::dicom::{open_image, DicomFile, DicomOptions, MapKind};
 use diffmine::image::to_rgb8;
 use diffmine::mining::cluster::ClusterOptions;
@@ -33,7 +39,9 @@ use diffmine::mining::miner::{mine, MiningOptions};
 use diffmine::mining::patches::select_patches;
 use diffmine::mining::report::{write_comparison, write_report, ReportOptions};
 use diffmine::model::{parse_device, parse_dtype, ComponentOverrides, ModelOptions, StableDiffusion};
-use diffmine::synthetic::{write_dataset, SyntheticOptions};
+use diffmine::synthetic::{write_dataset, write_dicom_copies, SyntheticOptions};
+use diffmine::translate::parallel::{parallel_set, CotypicalMiner, CotypicalResult, ParallelMiningOptions};
+use diffmine::translate::{generate, translate, GenerateOptions, TranslateOptions};
 use diffmine::typicality::{typicality, LatentMode, TypicalityOptions};
 use diffmine::{Error, Result};
 use tch::{Kind, Tensor};
@@ -51,6 +59,7 @@ const USAGE: &str = "usage:
                      [--caption \"Image of {label}.\"] [--null-prompt \"\"] [--dropout 0.05] [--lr 1e-4]
                      [--seed 0] [--checkpoint-every N] [--resume CHECKPOINT_DIR]
   diffmine synth     --out DIR [--seed 0] [--per-label 200] [--size 64] [--split train|held-out]
+                     [--dicom DIR]   (the same images also as DICOM files, DIR/<label>/<name>.dcm)
   diffmine mine      --model DIR --data DIR_OR_CSV --prompt \"Image of {label}.\" --null-prompt TEXT --out DIR
                      [--samples 100] [--seed 42] [--resize SHORT_SIDE] [--patch 64] [--per-image 5]
                      [--top 1000] [--ensemble 8] [--clusters 32] [--restarts 10] [--cache DIR]
@@ -59,6 +68,17 @@ const USAGE: &str = "usage:
   diffmine cxr8-eval --model FT --images DIR --bbox BBox_List_2017.csv --out DIR [--baseline PT]
                      [--data-entry Data_Entry_2017.csv] [--limit PAIRS] [--diseases A,B] [--size 512]
                      [--samples 100] [--t-min 0] [--t-max 1] [--seed 42] [--batch 10] [--baseline-base DIR]
+  diffmine translate --model DIR --image FILE --source-prompt TEXT --target TEXT[,TEXT...] --out PREFIX
+                     [--steps 50] [--inversion-steps 999] [--guidance 7.5] [--resnet-injection 0.8]
+                     [--attention-injection 0.5] [--null-prompt \"\"] [--latent mean|sample] [--seed 42]
+                     (writes PREFIX_<i>.png per target, in order, and PREFIX_reconstruction.png)
+  diffmine generate  --model DIR --prompt TEXT --out FILE.png [--steps 50] [--guidance 7.5] [--seed 42]
+                     [--size 512] [--null-prompt \"\"]
+  diffmine parallel-mine --model DIR --data DIR_OR_CSV --out DIR [--prompt \"Image of {label}.\"]
+                     [--null-prompt \"\"] [--steps 50] [--inversion-steps 999] [--guidance 7.5]
+                     [--resize SHORT_SIDE] [--samples 100] [--ensemble 8] [--patch 64] [--per-set 5]
+                     [--top 10000] [--clusters 32] [--restarts 10] [--strips 32] [--per-strip 8]
+                     (images with one label each; writes elements.csv, versions/ and strip_<rank>.png)
   Images (--image, --images) may be PNG, JPEG or DICOM; typicality of a DICOM image can go back as
   DICOM with --dicom-out overlay|raw (a Secondary Capture in the source's study, at PREFIX.dcm).";
 
@@ -135,11 +155,18 @@ fn image_tensor(path: &Path, short_side: Option<usize>) -> Result<Tensor> {
     open_image(path, &DicomOptions::default())?.view().to_model_input_resized(short_side)
 }
 
-fn write_png(images: &Tensor, path: &Path) -> Result<()> {
+/// The first image of a batch (N, 3, H, W) in [-1, 1] as 8-bit RGB.
+fn rgb_image(images: &Tensor) -> Result<image::RgbImage> {
     let (_, _, h, w) = images.size4()?;
-    let rgb = to_rgb8(images)?;
-    let buffer = image::RgbImage::from_raw(w as u32, h as u32, rgb).ok_or_else(|| Error::InvalidArgument("image buffer size".into()))?;
-    buffer.save(path).map_err(|e| Error::io(path, e))?;
+    image::RgbImage::from_raw(w as u32, h as u32, to_rgb8(images)?).ok_or_else(|| Error::InvalidArgument("image buffer size".into()))
+}
+
+fn save_png(image: &image::RgbImage, path: &Path) -> Result<()> {
+    image.save(path).map_err(|e| Error::io(path, e))
+}
+
+fn write_png(images: &Tensor, path: &Path) -> Result<()> {
+    save_png(&rgb_image(images)?, path)?;
     println!("wrote {}", path.display());
     Ok(())
 }
@@ -257,11 +284,7 @@ fn typicality_command(args: &Args) -> Result<()> {
     let model = open_model(args)?;
     let resize = args.optional("resize").map(|_| args.parsed("resize", 0usize)).transpose()?;
     let image = image_tensor(Path::new(args.required("image")?), resize)?;
-    let latent = match args.optional("latent").unwrap_or("sample") {
-        "sample" => LatentMode::Sample,
-        "mean" => LatentMode::Mean,
-        other => return Err(Error::InvalidArgument(format!("--latent must be sample or mean, not `{other}`"))),
-    };
+    let latent = latent_mode(args, "sample")?;
     let defaults = TypicalityOptions::default();
     let options = TypicalityOptions {
         samples: args.parsed("samples", defaults.samples)?,
@@ -328,26 +351,10 @@ fn dicom_info_command(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// The box list, restricted to the images the data entry lists with the boxed finding when one is
-/// given (a box whose image NIH does not label with that finding is a sign of mismatched tables).
-fn evaluation_boxes(args: &Args) -> Result<Vec<BoxEntry>> {
-    let boxes = read_bbox_list(Path::new(args.required("bbox")?))?;
-    let Some(entry_path) = args.optional("data-entry") else { return Ok(boxes) };
-    let entries = read_data_entry(Path::new(entry_path))?;
-    let findings: HashMap<&str, &[String]> = entries.iter().map(|e| (e.image.as_str(), e.findings.as_slice())).collect();
-    let (kept, dropped): (Vec<BoxEntry>, Vec<BoxEntry>) =
-        boxes.into_iter().partition(|b| findings.get(b.image.as_str()).is_some_and(|f| f.contains(&b.finding)));
-    if !dropped.is_empty() {
-        eprintln!("{} boxes dropped: their image is not in {entry_path} with that finding (first: {} {})", dropped.len(), dropped[0].image, dropped[0].finding);
-    }
-    Ok(kept)
-}
-
 /// ChestX-ray8 evaluation: AUC-PR of the finetuned (and baseline) typicality maps against the boxes.
 fn cxr8_eval_command(args: &Args) -> Result<()> {
     let finetuned = open_model(args)?;
     let baseline = args.optional("baseline").map(|_| open_baseline(args)).transpose()?;
-    let boxes = evaluation_boxes(args)?;
     let d = EvaluationOptions::default();
     let options = EvaluationOptions {
         working_size: args.parsed("size", d.working_size)?,
@@ -360,14 +367,20 @@ fn cxr8_eval_command(args: &Args) -> Result<()> {
         batch: args.parsed("batch", d.batch)?,
     };
     let out = PathBuf::from(args.required("out")?);
+    let files = EvaluationFiles {
+        images: Path::new(args.required("images")?),
+        bbox_list: Path::new(args.required("bbox")?),
+        data_entry: args.optional("data-entry").map(Path::new),
+        out: &out,
+    };
     let started = Instant::now();
     let mut bar = progress_bar();
-    let evaluation = diffmine::cxr8::evaluate(&finetuned, baseline.as_ref(), Path::new(args.required("images")?), &boxes, &options, &mut |done, total| bar(done, total, f64::NAN))?;
-    let report = Report::from_results(&evaluation.results);
-    report.write(&evaluation.results, &out)?;
-    let overlays = evaluation.write_overlays(&out.join("overlays"))?;
-    print!("{}", report.markdown());
-    println!("{} image–disease pairs in {:.0} s; wrote {} (report.md, .csv, .json) and {} overlays", evaluation.results.len(), started.elapsed().as_secs_f64(), out.display(), overlays.len());
+    let run = evaluate_files(&finetuned, baseline.as_ref(), &files, &options, &mut |done, total| bar(done, total, f64::NAN))?;
+    print!("{}", run.report.markdown());
+    if run.unconfirmed_boxes > 0 {
+        println!("{} boxes left out: the data entry does not list their image with that finding", run.unconfirmed_boxes);
+    }
+    println!("{} image–disease pairs in {:.0} s; wrote {} (report.md, .csv, .json) and {} overlays", run.results.len(), started.elapsed().as_secs_f64(), out.display(), run.overlays.len());
     Ok(())
 }
 
@@ -417,6 +430,10 @@ fn synth_command(args: &Args) -> Result<()> {
     let started = Instant::now();
     let summary = write_dataset(&options, &out)?;
     println!("wrote {} images of {} px ({} labels: {}) with their boxes to {} in {:.2} s", summary.entries.len(), summary.size, options.labels.len(), options.labels.join(", "), out.display(), started.elapsed().as_secs_f64());
+    if let Some(dicom) = args.optional("dicom") {
+        let count = write_dicom_copies(&options, Path::new(dicom))?;
+        println!("wrote the same {count} images as DICOM to {dicom}");
+    }
     Ok(())
 }
 
@@ -477,6 +494,204 @@ fn train_vae_command(args: &Args) -> Result<()> {
     Ok(())
 }
 
+fn latent_mode(args: &Args, default: &str) -> Result<LatentMode> {
+    match args.optional("latent").unwrap_or(default) {
+        "sample" => Ok(LatentMode::Sample),
+        "mean" => Ok(LatentMode::Mean),
+        other => Err(Error::InvalidArgument(format!("--latent must be sample or mean, not `{other}`"))),
+    }
+}
+
+/// Plug-and-Play settings from `--steps`, `--inversion-steps`, `--guidance`, the injection fractions,
+/// `--null-prompt`, `--latent` and `--seed`.
+fn translate_options(args: &Args) -> Result<TranslateOptions> {
+    let d = TranslateOptions::default();
+    Ok(TranslateOptions {
+        steps: args.parsed("steps", d.steps)?,
+        inversion_steps: args.parsed("inversion-steps", d.inversion_steps)?,
+        guidance: args.parsed("guidance", d.guidance)?,
+        resnet_injection: args.parsed("resnet-injection", d.resnet_injection)?,
+        attention_injection: args.parsed("attention-injection", d.attention_injection)?,
+        null_prompt: args.optional("null-prompt").unwrap_or("").to_string(),
+        latent: latent_mode(args, "mean")?,
+        seed: args.parsed("seed", d.seed)?,
+        ..d
+    })
+}
+
+/// Translates one image to each `--target` (comma-separated) and writes them with the reconstruction.
+fn translate_command(args: &Args) -> Result<()> {
+    let model = open_model(args)?;
+    let image = image_tensor(Path::new(args.required("image")?), None)?;
+    let targets: Vec<&str> = args.required("target")?.split(',').map(str::trim).collect();
+    let options = translate_options(args)?;
+    let started = Instant::now();
+    let mut bar = progress_bar();
+    let result = translate(&model, &image, args.required("source-prompt")?, &targets, &options, &mut |done, total| bar(done, total, f64::NAN))?;
+    println!("{} translations in {:.1} s", targets.len(), started.elapsed().as_secs_f64());
+    let prefix = args.required("out")?;
+    for (i, target) in targets.iter().enumerate() {
+        println!("{i}: {target}");
+        write_png(&result.images.f_narrow(0, i as i64, 1)?, &PathBuf::from(format!("{prefix}_{i}.png")))?;
+    }
+    write_png(&result.reconstruction, &PathBuf::from(format!("{prefix}_reconstruction.png")))
+}
+
+/// Samples one square image for `--prompt`.
+fn generate_command(args: &Args) -> Result<()> {
+    let model = open_model(args)?;
+    let d = GenerateOptions::default();
+    let size: i64 = args.parsed("size", d.height)?;
+    let options = GenerateOptions {
+        steps: args.parsed("steps", d.steps)?,
+        guidance: args.parsed("guidance", d.guidance)?,
+        null_prompt: args.optional("null-prompt").unwrap_or("").to_string(),
+        height: size,
+        width: size,
+        seed: args.parsed("seed", d.seed)?,
+        noise: None,
+    };
+    let mut bar = progress_bar();
+    let result = generate(&model, &[args.required("prompt")?], &options, &mut |done, total| bar(done, total, f64::NAN))?;
+    write_png(&result.images, &PathBuf::from(args.required("out")?))
+}
+
+fn parallel_mining_options(args: &Args) -> Result<ParallelMiningOptions> {
+    let d = ParallelMiningOptions::default();
+    let (t, dift, c) = (TypicalityOptions::default(), DiftOptions::default(), ClusterOptions::default());
+    Ok(ParallelMiningOptions {
+        prompt_template: args.optional("prompt").unwrap_or(&d.prompt_template).to_string(),
+        null_prompt: args.optional("null-prompt").unwrap_or("").to_string(),
+        translate: translate_options(args)?,
+        typicality: TypicalityOptions { samples: args.parsed("samples", t.samples)?, seed: args.parsed("seed", t.seed)?, ..t },
+        dift: DiftOptions { ensemble: args.parsed("ensemble", dift.ensemble)?, ..dift },
+        cluster: ClusterOptions { clusters: args.parsed("clusters", c.clusters)?, restarts: args.parsed("restarts", c.restarts)?, ..c },
+        patch_size: args.parsed("patch", d.patch_size)?,
+        per_set: args.parsed("per-set", d.per_set)?,
+        top: args.parsed("top", d.top)?,
+        ..d
+    })
+}
+
+/// Where version `v` of parallel set `set` is saved: the sets are written as they are made, so memory
+/// stays bounded by the miner's kept boxes however many images there are.
+fn version_path(dir: &Path, set: usize, version: usize) -> PathBuf {
+    dir.join(format!("{set:05}_{version}.png"))
+}
+
+/// Mines co-typical elements over the parallel sets of every image that has exactly one label.
+fn parallel_mine_command(args: &Args) -> Result<()> {
+    let model = open_model(args)?;
+    let data = LabelledSet::open(Path::new(args.required("data")?))?;
+    let labels = data.labels();
+    let out = PathBuf::from(args.required("out")?);
+    let versions_dir = out.join("versions");
+    std::fs::create_dir_all(&versions_dir).map_err(|e| Error::io(&versions_dir, e))?;
+    let resize = args.optional("resize").map(|_| args.parsed("resize", 0usize)).transpose()?;
+    let options = parallel_mining_options(args)?;
+    // A parallel set translates from one source label; an image with several has no single source.
+    let items: Vec<_> = data.items.iter().filter(|item| item.labels.len() == 1).collect();
+    if items.len() < data.items.len() {
+        eprintln!("{} images with several labels left out", data.items.len() - items.len());
+    }
+    let mut miner = CotypicalMiner::new(&model, labels.clone(), &options)?;
+    let mut sources = Vec::with_capacity(items.len());
+    let started = Instant::now();
+    let mut bar = progress_bar();
+    for (n, item) in items.iter().enumerate() {
+        let source = labels.iter().position(|l| *l == item.labels[0]).expect("labels() lists every item's label");
+        let set = parallel_set(&model, &image_tensor(&item.path, resize)?, source, &labels, &options, &mut |_, _| true)?;
+        for v in 0..labels.len() {
+            save_png(&rgb_image(&set.versions.f_narrow(0, v as i64, 1)?)?, &version_path(&versions_dir, n, v))?;
+        }
+        miner.add_set(&set, &mut |_, _| true)?;
+        sources.push((item.path.clone(), source));
+        bar(n as u64 + 1, items.len() as u64, f64::NAN);
+    }
+    let result = miner.finish()?;
+    write_elements_csv(&result, &sources, &labels, &out.join("elements.csv"))?;
+    let strips = write_cluster_strips(&result, &sources, &versions_dir, labels.len(), args.parsed("strips", 32)?, args.parsed("per-strip", 8)?, &out)?;
+    println!(
+        "{} parallel sets in {:.0} s: {} elements in {} clusters; wrote {} and {strips} strip figures",
+        items.len(),
+        started.elapsed().as_secs_f64(),
+        result.elements.len(),
+        result.clusters.len(),
+        out.join("elements.csv").display()
+    );
+    Ok(())
+}
+
+/// One row per kept element, in cluster rank order then rank in the cluster.
+fn write_elements_csv(result: &CotypicalResult, sources: &[(PathBuf, usize)], labels: &[String], path: &Path) -> Result<()> {
+    let mut text = String::from("set,image,source_label,x,y,size,cotypicality,cluster_rank,rank_in_cluster,distance\n");
+    for e in &result.elements {
+        let (image, source) = &sources[e.set];
+        let p = &e.patch;
+        text += &format!(
+            "{},\"{}\",\"{}\",{},{},{},{},{},{},{}\n",
+            e.set,
+            image.display().to_string().replace('"', "\"\""),
+            labels[*source].replace('"', "\"\""),
+            p.x,
+            p.y,
+            p.size,
+            p.score,
+            e.cluster_rank,
+            e.rank_in_cluster,
+            e.distance
+        );
+    }
+    std::fs::write(path, text).map_err(|e| Error::io(path, e))
+}
+
+/// One figure per cluster (the best `clusters`): a row per member (its first `per_strip`), each row
+/// the element's box in each of the `versions` versions side by side in label order, the source
+/// framed in red.
+/// Returns the number of figures written.
+fn write_cluster_strips(
+    result: &CotypicalResult,
+    sources: &[(PathBuf, usize)],
+    versions_dir: &Path,
+    versions: usize,
+    clusters: usize,
+    per_strip: usize,
+    out: &Path,
+) -> Result<usize> {
+    let open = |path: &Path| image::open(path).map(|i| i.to_rgb8()).map_err(|e| Error::io(path, std::io::Error::other(e)));
+    for (rank, cluster) in result.clusters.iter().take(clusters).enumerate() {
+        let members: Vec<_> = cluster.members.iter().take(per_strip).map(|&m| &result.elements[m]).collect();
+        let cell = members.iter().map(|e| e.patch.size).max().unwrap_or(1) as u32 + 2;
+        let mut figure = image::RgbImage::from_pixel(cell * versions as u32, cell * members.len() as u32, image::Rgb([255, 255, 255]));
+        for (row, element) in members.iter().enumerate() {
+            let b = &element.patch;
+            for v in 0..versions {
+                let version = open(&version_path(versions_dir, element.set, v))?;
+                let mut crop = image::imageops::crop_imm(&version, b.x as u32, b.y as u32, b.size as u32, b.size as u32).to_image();
+                if v == sources[element.set].1 {
+                    frame(&mut crop, image::Rgb([220, 30, 30]));
+                }
+                image::imageops::replace(&mut figure, &crop, (v as u32 * cell + 1) as i64, (row as u32 * cell + 1) as i64);
+            }
+        }
+        save_png(&figure, &out.join(format!("strip_{rank:02}.png")))?;
+    }
+    Ok(result.clusters.len().min(clusters))
+}
+
+/// A 1-pixel frame along the image's edges.
+fn frame(image: &mut image::RgbImage, colour: image::Rgb<u8>) {
+    let (w, h) = image.dimensions();
+    for x in 0..w {
+        image.put_pixel(x, 0, colour);
+        image.put_pixel(x, h - 1, colour);
+    }
+    for y in 0..h {
+        image.put_pixel(0, y, colour);
+        image.put_pixel(w - 1, y, colour);
+    }
+}
+
 fn run(argv: &[String]) -> Result<()> {
     let Some((command, rest)) = argv.split_first() else { return Err(Error::InvalidArgument(USAGE.into())) };
     let args = Args::parse(rest)?;
@@ -492,6 +707,9 @@ fn run(argv: &[String]) -> Result<()> {
         "synth" => synth_command(&args),
         "dicom-info" => dicom_info_command(&args),
         "cxr8-eval" => cxr8_eval_command(&args),
+        "translate" => translate_command(&args),
+        "generate" => generate_command(&args),
+        "parallel-mine" => parallel_mine_command(&args),
         other => Err(Error::InvalidArgument(format!("unknown command `{other}`\n{USAGE}"))),
     }
 }

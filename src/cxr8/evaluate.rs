@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::metrics::auc_pr;
-use super::report::ImageResult;
-use super::tables::{boxes_by_image, BoundingBox, BoxEntry, BOXED_DISEASES};
+use super::report::{ImageResult, Report};
+use super::tables::{boxes_by_image, boxes_confirmed_by, read_bbox_list, read_data_entry, BoundingBox, BoxEntry, BOXED_DISEASES};
 use crate::dicom::{open_image, DicomOptions};
 use crate::error::{Error, Result};
 use crate::model::StableDiffusion;
@@ -74,6 +74,51 @@ pub struct Evaluation {
     pub results: Vec<ImageResult>,
     /// Per disease: (best, worst) case by the finetuned model's average precision.
     extremes: BTreeMap<String, (Shown, Shown)>,
+}
+
+/// The files of an evaluation run: ChestX-ray8's images folder and tables, and the report folder.
+#[derive(Debug, Clone, Copy)]
+pub struct EvaluationFiles<'a> {
+    pub images: &'a Path,
+    pub bbox_list: &'a Path,
+    /// When given, only the boxes whose image it lists with the boxed finding are evaluated.
+    pub data_entry: Option<&'a Path>,
+    pub out: &'a Path,
+}
+
+/// What [`evaluate_files`] did.
+#[derive(Debug, Clone)]
+pub struct EvaluationRun {
+    pub report: Report,
+    pub results: Vec<ImageResult>,
+    pub overlays: Vec<PathBuf>,
+    /// Boxes left out because the data entry does not confirm them.
+    pub unconfirmed_boxes: usize,
+}
+
+/// The whole evaluation from files to a report folder, as the CLI, C and Python run it: reads the
+/// tables, evaluates, writes `report.md`/`.csv`/`.json` and `overlays/` into `files.out`.
+pub fn evaluate_files(
+    finetuned: &StableDiffusion,
+    baseline: Option<&StableDiffusion>,
+    files: &EvaluationFiles,
+    options: &EvaluationOptions,
+    progress: &mut dyn FnMut(u64, u64) -> bool,
+) -> Result<EvaluationRun> {
+    let mut boxes = read_bbox_list(files.bbox_list)?;
+    let mut unconfirmed_boxes = 0;
+    if let Some(path) = files.data_entry {
+        let (confirmed, unconfirmed) = boxes_confirmed_by(boxes, &read_data_entry(path)?);
+        if let Some(first) = unconfirmed.first() {
+            tracing::warn!("{} boxes left out: {} does not list their image with that finding (first: {} {})", unconfirmed.len(), path.display(), first.image, first.finding);
+        }
+        (boxes, unconfirmed_boxes) = (confirmed, unconfirmed.len());
+    }
+    let evaluation = evaluate(finetuned, baseline, files.images, &boxes, options, progress)?;
+    let report = Report::from_results(&evaluation.results);
+    report.write(&evaluation.results, files.out)?;
+    let overlays = evaluation.write_overlays(&files.out.join("overlays"))?;
+    Ok(EvaluationRun { report, results: evaluation.results, overlays, unconfirmed_boxes })
 }
 
 /// Evaluates the images under `images_dir` (PNG, JPEG or DICOM, named as in the box list, directly in

@@ -73,6 +73,13 @@ pub fn read_bbox_list(path: &Path) -> Result<Vec<BoxEntry>> {
     parse_bbox_list(&text, &path.display().to_string())
 }
 
+/// Splits `boxes` into those whose image the data entry lists with the boxed finding and the others
+/// (a box NIH's labels do not confirm is a sign of mismatched tables, or of a subset of them).
+pub fn boxes_confirmed_by(boxes: Vec<BoxEntry>, entries: &[DataEntry]) -> (Vec<BoxEntry>, Vec<BoxEntry>) {
+    let findings: BTreeMap<&str, &[String]> = entries.iter().map(|e| (e.image.as_str(), e.findings.as_slice())).collect();
+    boxes.into_iter().partition(|b| findings.get(b.image.as_str()).is_some_and(|f| f.contains(&b.finding)))
+}
+
 /// Parses the text of a `Data_Entry_2017.csv`; `source` names it in errors.
 pub fn parse_data_entry(text: &str, source: &str) -> Result<Vec<DataEntry>> {
     let table = Table::parse(text, source)?;

@@ -59,6 +59,64 @@ pub fn new_uid() -> String {
     format!("2.25.{bits}")
 }
 
+/// What a new (not derived) grey image instance says about itself: its identity and the patient,
+/// study and acquisition attributes a PACS files it by.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GreyImageAttributes {
+    pub study_instance_uid: String,
+    pub series_instance_uid: String,
+    pub sop_instance_uid: String,
+    pub patient_id: String,
+    pub patient_sex: String,
+    /// PS3.5 AS format, e.g. "058Y".
+    pub patient_age: String,
+    pub modality: String,
+    pub view_position: String,
+    /// Millimetres between pixel centres (row, column).
+    pub pixel_spacing: [f64; 2],
+}
+
+/// Writes 8-bit grey pixels (row-major, `width` × `height`) as a Secondary Capture instance,
+/// MONOCHROME2, explicit VR little endian (e.g. the synthetic radiographs, so the DICOM path is
+/// exercised with the same pixels as the PNGs).
+pub fn write_grey_image(pixels: &[u8], [width, height]: [usize; 2], attributes: &GreyImageAttributes, path: &Path) -> Result<()> {
+    if width == 0 || height == 0 || width > u16::MAX as usize || height > u16::MAX as usize || pixels.len() != width * height {
+        return Err(Error::InvalidArgument(format!("a {width}×{height} image cannot be written from {} bytes", pixels.len())));
+    }
+    let mut object = InMemDicomObject::new_empty();
+    let a = attributes;
+    let texts: [(Tag, VR, &str); 11] = [
+        (tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192"),
+        (tags::SOP_CLASS_UID, VR::UI, uids::SECONDARY_CAPTURE_IMAGE_STORAGE),
+        (tags::SOP_INSTANCE_UID, VR::UI, &a.sop_instance_uid),
+        (tags::STUDY_INSTANCE_UID, VR::UI, &a.study_instance_uid),
+        (tags::SERIES_INSTANCE_UID, VR::UI, &a.series_instance_uid),
+        (tags::PATIENT_ID, VR::LO, &a.patient_id),
+        (tags::PATIENT_SEX, VR::CS, &a.patient_sex),
+        (tags::PATIENT_AGE, VR::AS, &a.patient_age),
+        (tags::MODALITY, VR::CS, &a.modality),
+        (tags::VIEW_POSITION, VR::CS, &a.view_position),
+        (tags::CONVERSION_TYPE, VR::CS, "SYN"),
+    ];
+    for (tag, vr, value) in texts {
+        object.put(DataElement::new(tag, vr, PrimitiveValue::from(value)));
+    }
+    object.put(DataElement::new(tags::IMAGE_TYPE, VR::CS, PrimitiveValue::Strs(["ORIGINAL", "PRIMARY"].iter().map(|s| s.to_string()).collect())));
+    for tag in [tags::PATIENT_NAME, tags::PATIENT_BIRTH_DATE, tags::STUDY_DATE, tags::STUDY_TIME, tags::REFERRING_PHYSICIAN_NAME, tags::STUDY_ID, tags::ACCESSION_NUMBER] {
+        object.put(DataElement::new(tag, type2_vr(tag), PrimitiveValue::Empty));
+    }
+    let [row, column] = a.pixel_spacing;
+    object.put(DataElement::new(tags::PIXEL_SPACING, VR::DS, PrimitiveValue::Strs([format_ds(row), format_ds(column)].into_iter().collect())));
+    object.put(DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(height as u16)));
+    object.put(DataElement::new(tags::COLUMNS, VR::US, PrimitiveValue::from(width as u16)));
+    put_image_pixel_module(&mut object, "MONOCHROME2", 1, 8);
+    object.put(DataElement::new(tags::PIXEL_DATA, VR::OB, PrimitiveValue::U8(pixels.to_vec().into())));
+    let file = object
+        .with_meta(FileMetaTableBuilder::new().transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN))
+        .map_err(|e| Error::InvalidArgument(format!("DICOM meta group for {}: {e}", path.display())))?;
+    file.write_to_file(path).map_err(|e| Error::io(path, e))
+}
+
 impl DicomFile {
     /// Writes `map` (row-major, `width` × `height`, e.g. a typicality map of frame `frame`) to `path`
     /// as a new instance of this file's study, in a new series unless `series_instance_uid` is given

@@ -19,6 +19,16 @@ use crate::typicality::{typicality, LatentMode, TypicalityOptions};
 #[allow(non_camel_case_types)]
 pub type dm_progress_fn = Option<unsafe extern "C" fn(done: u64, total: u64, value: f64, user_data: *mut c_void) -> i32>;
 
+/// The C progress callback as the safe API's `(done, total) -> continue`, with NaN as the value (for
+/// work without a loss to report).
+pub(crate) fn progress_adapter(progress: dm_progress_fn, user_data: *mut c_void) -> impl FnMut(u64, u64) -> bool {
+    move |done, total| match progress {
+        // SAFETY: the caller registered this callback for this call with this user_data.
+        Some(callback) => (unsafe { callback(done, total, f64::NAN, user_data) }) == 0,
+        None => true,
+    }
+}
+
 /// Noise a sample of the VAE posterior (the authors' choice).
 pub const DM_LATENT_SAMPLE: u32 = 0;
 /// Noise the posterior mean.
@@ -206,12 +216,7 @@ pub unsafe extern "C" fn dm_typicality_map(
         let input = view.to_model_input_resized((o.resize_short_side > 0).then_some(o.resize_short_side as usize))?;
         // SAFETY: the caller's contract covers the explicit draws.
         let options = unsafe { typicality_options(&o, [m.latent_channels(), lh, lw]) }?;
-        let mut report = |done: u64, total: u64| match progress {
-            // SAFETY: the caller registered this callback for this call with this user_data.
-            Some(callback) => (unsafe { callback(done, total, f64::NAN, user_data) }) == 0,
-            None => true,
-        };
-        let result = typicality(&m, &input, prompt, null_prompt, &options, &mut report)?;
+        let result = typicality(&m, &input, prompt, null_prompt, &options, &mut progress_adapter(progress, user_data))?;
         if !out_sample_losses.is_null() {
             // SAFETY: non-NULL and large enough (checked above); writable by the caller's contract.
             unsafe { write_tensor(&result.sample_losses, out_sample_losses, out_sample_losses_len, "out_sample_losses") }?;

@@ -46,7 +46,7 @@ pub fn write_report(results: &[LabelResult], options: &ReportOptions, out: &Path
         save(&crops.sheet(&grid, options), &out.join(format!("grid_{slug}.png")))?;
         let strips = strips(result, options);
         for (name, members) in &strips {
-            save(&crops.sheet(&[members.clone()], options), &out.join(format!("strip_{slug}_{name}.png")))?;
+            save(&crops.sheet(std::slice::from_ref(members), options), &out.join(format!("strip_{slug}_{name}.png")))?;
         }
         write_section(&mut sections, result, &slug, grid.len(), &strips);
     }

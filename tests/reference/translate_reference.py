@@ -22,7 +22,6 @@ OUT_DIR/.stamp (a hash of this file and of the sd15_tiny fixtures' stamp) makes 
 
 import hashlib
 import json
-import math
 import os
 import shutil
 import sys
@@ -48,6 +47,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from diffusers import DDIMInverseScheduler, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
+
+from make_fixtures import pattern_image  # noqa: E402  (this folder is on sys.path when run as a script)
 
 # Source image size (the tiny VAE halves it): a latent of 8 × 12, whose width is not a multiple of the
 # UNet's factor 8, so the upsamplers take explicit sizes.
@@ -214,20 +215,9 @@ def plug_and_play(pipe, inverted: dict, target: str, switches) -> torch.Tensor:
     return x
 
 
-def pattern_image(generator: torch.Generator) -> torch.Tensor:
-    height, width = IMAGE_SIZE
-    y = torch.linspace(0, 1, height).view(height, 1)
-    x = torch.linspace(0, 1, width).view(1, width)
-    channels = []
-    for _ in range(3):
-        fy, fx, phase = torch.rand(3, generator=generator) * torch.tensor([3.0, 3.0, 2 * math.pi])
-        channels.append(0.8 * torch.sin(2 * math.pi * (fy * y + fx * x) + phase))
-    return (torch.stack(channels)[None] + 0.1 * torch.randn(1, 3, height, width, generator=generator)).clamp(-1, 1)
-
-
 @torch.no_grad()
 def pnp_reference(pipe, generator: torch.Generator, tensors: dict) -> None:
-    image = pattern_image(generator)
+    image = pattern_image(generator, *IMAGE_SIZE)
     latent = pipe.vae.encode(image).latent_dist.mean * pipe.vae.config.scaling_factor
     timesteps, latents = invert(pipe, latent, embed(pipe, SOURCE_PROMPT))
     switches = register_injection(pipe.unet)

@@ -15,7 +15,8 @@ from typing import Optional
 
 __all__ = [
     "Error", "Status", "lib", "check", "library_path", "CModelOptions", "CModelInfo", "CImageView",
-    "CTypicalityOptions", "CBox", "CFinetuneOptions", "CImageOptions", "CImageInfo", "PROGRESS_FN",
+    "CTypicalityOptions", "CBox", "CFinetuneOptions", "CImageOptions", "CImageInfo", "CTranslateOptions",
+    "CGenerateOptions", "PROGRESS_FN",
 ]
 
 
@@ -139,6 +140,22 @@ class CImageInfo(ctypes.Structure):
     ]
 
 
+class CCxr8Options(ctypes.Structure):
+    """``dm_cxr8_options``."""
+
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("working_size", ctypes.c_uint32),
+        ("samples", ctypes.c_uint32),
+        ("batch", ctypes.c_uint32),
+        ("t_min", ctypes.c_double),
+        ("t_max", ctypes.c_double),
+        ("seed", ctypes.c_uint64),
+        ("limit", ctypes.c_uint32),
+        ("diseases", ctypes.c_char_p),
+    ]
+
+
 class CTypicalityOptions(ctypes.Structure):
     """``dm_typicality_options``."""
 
@@ -193,6 +210,36 @@ class CFinetuneOptions(ctypes.Structure):
     ]
 
 
+class CTranslateOptions(ctypes.Structure):
+    """``dm_translate_options``."""
+
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("steps", ctypes.c_uint32),
+        ("inversion_steps", ctypes.c_uint32),
+        ("guidance", ctypes.c_double),
+        ("resnet_injection", ctypes.c_double),
+        ("attention_injection", ctypes.c_double),
+        ("latent", ctypes.c_uint32),
+        ("seed", ctypes.c_uint64),
+        ("null_prompt", ctypes.c_char_p),
+    ]
+
+
+class CGenerateOptions(ctypes.Structure):
+    """``dm_generate_options``."""
+
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("steps", ctypes.c_uint32),
+        ("guidance", ctypes.c_double),
+        ("width", ctypes.c_uint32),
+        ("height", ctypes.c_uint32),
+        ("seed", ctypes.c_uint64),
+        ("null_prompt", ctypes.c_char_p),
+    ]
+
+
 # ``dm_progress_fn``: (done, total, value, user_data) -> non-zero to cancel.
 PROGRESS_FN = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_double, ctypes.c_void_p)
 
@@ -233,6 +280,16 @@ _PROTOTYPES = {
         _c_status,
         [ctypes.c_void_p, _p(CImageView), ctypes.c_char_p, ctypes.c_char_p, _p(CTypicalityOptions), PROGRESS_FN,
          ctypes.c_void_p, _p(ctypes.c_float), ctypes.c_size_t, _p(ctypes.c_float), ctypes.c_size_t]),
+    "dm_translate_options_default": (_c_status, [_p(CTranslateOptions)]),
+    "dm_generate_options_default": (_c_status, [_p(CGenerateOptions)]),
+    "dm_model_translate": (
+        _c_status,
+        [ctypes.c_void_p, _p(CImageView), ctypes.c_char_p, _p(ctypes.c_char_p), ctypes.c_size_t, _p(CTranslateOptions),
+         PROGRESS_FN, ctypes.c_void_p, _p(ctypes.c_uint8), ctypes.c_size_t, _p(ctypes.c_uint8), ctypes.c_size_t]),
+    "dm_model_generate": (
+        _c_status,
+        [ctypes.c_void_p, _p(ctypes.c_char_p), ctypes.c_size_t, _p(CGenerateOptions), PROGRESS_FN, ctypes.c_void_p,
+         _p(ctypes.c_uint8), ctypes.c_size_t]),
     "dm_patches_select": (
         _c_status,
         [_p(ctypes.c_float), ctypes.c_size_t, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32,
@@ -253,6 +310,11 @@ _PROTOTYPES = {
         _c_status,
         [_p(ctypes.c_float), ctypes.c_size_t, ctypes.c_uint32, ctypes.c_uint32, _p(ctypes.c_double), ctypes.c_size_t,
          _p(ctypes.c_double), _p(ctypes.c_double)]),
+    "dm_cxr8_options_default": (_c_status, [_p(CCxr8Options)]),
+    "dm_cxr8_evaluate": (
+        _c_status,
+        [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
+         _p(CCxr8Options), PROGRESS_FN, ctypes.c_void_p]),
     "dm_finetune_options_default": (_c_status, [_p(CFinetuneOptions)]),
     "dm_finetune_run": (
         _c_status,

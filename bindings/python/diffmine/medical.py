@@ -4,17 +4,20 @@
 from __future__ import annotations
 
 import ctypes
+import json
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple, Union
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from . import _lib
 from ._lib import check
-from .model import PathLike, _c_string, _invalid, _path_bytes, _ptr, _real, _uint
+from ._progress import Progress
+from .model import Model, PathLike, _c_string, _invalid, _path_bytes, _ptr, _real, _uint
 
-__all__ = ["Image", "read_image", "new_uid", "write_map_dicom", "auc_pr"]
+__all__ = ["Image", "read_image", "new_uid", "write_map_dicom", "auc_pr", "cxr8_evaluate"]
 
 _WINDOWS = {"file": 0, "min-max": 1, "explicit": 2}
 _VOI_FUNCTIONS = {"linear": 0, "linear-exact": 1, "sigmoid": 2}
@@ -161,3 +164,33 @@ def auc_pr(map: np.ndarray, boxes: Sequence[Sequence[float]]) -> Tuple[float, fl
         _ptr(values, ctypes.c_float), values.size, _uint(width, "map width"), _uint(height, "map height"),
         _ptr(flat, ctypes.c_double), flat.size, ctypes.byref(ap), ctypes.byref(area)))
     return ap.value, area.value
+
+
+def cxr8_evaluate(model: Model, images: PathLike, bbox_csv: PathLike, out: PathLike, baseline: Optional[Model] = None,
+                  data_entry_csv: Optional[PathLike] = None, working_size: int = 512, samples: int = 100,
+                  batch: int = 10, t_min: float = 0.0, t_max: float = 1.0, seed: int = 42,
+                  limit: Optional[int] = None, diseases: Optional[Sequence[str]] = None,
+                  progress: Optional[Callable[[int, int], Any]] = None) -> Dict[str, Any]:
+    """The ChestX-ray8 evaluation (``dm_cxr8_evaluate``): for every image and disease of the box list
+    (those the data entry confirms, when given), the typicality map of ``model`` (and ``baseline``)
+    under "Chest X-Ray with {disease}." against "Chest X-Ray.", scored by AUC-PR against the boxes.
+    Images are found by name under ``images`` (subfolders included). Writes report.md/.csv/.json and
+    overlays/ into ``out`` and returns the parsed report.json: ``{"report": per-disease rows and
+    averages, "images": every image's figures}``. ``progress(done, total)`` after each map; returning
+    False cancels."""
+    options = _lib.CCxr8Options()
+    options.struct_size = ctypes.sizeof(options)
+    check(_lib.lib().dm_cxr8_options_default(ctypes.byref(options)))
+    options.working_size, options.samples = _uint(working_size, "working_size"), _uint(samples, "samples")
+    options.batch, options.seed = _uint(batch, "batch"), _uint(seed, "seed", 64)
+    options.t_min, options.t_max = _real(t_min, "t_min"), _real(t_max, "t_max")
+    options.limit = 0 if limit is None else _uint(limit, "limit")
+    disease_list = None if diseases is None else _c_string(",".join(diseases), "diseases")
+    options.diseases = disease_list
+    reporter = Progress(progress)
+    status = _lib.lib().dm_cxr8_evaluate(
+        model._h(), None if baseline is None else baseline._h(), _path_bytes(images, "images"),
+        _path_bytes(bbox_csv, "bbox_csv"), _path_bytes(data_entry_csv, "data_entry_csv"), _path_bytes(out, "out"),
+        ctypes.byref(options), reporter.function, None)
+    reporter.finish(status)
+    return json.loads((Path(out) / "report.json").read_text())

@@ -355,6 +355,118 @@ class Model:
         del pixels, t_array, e_array
         return (out_map, losses) if losses is not None else out_map
 
+    def translate(
+        self,
+        image: np.ndarray,
+        source_prompt: str,
+        targets: Union[str, Sequence[str]],
+        steps: int = 50,
+        inversion_steps: int = 999,
+        guidance: float = 7.5,
+        resnet_injection: float = 0.8,
+        attention_injection: float = 0.5,
+        null_prompt: str = "",
+        latent: str = "mean",
+        seed: int = 42,
+        progress: Optional[Callable[[int, int], Optional[bool]]] = None,
+        return_reconstruction: bool = False,
+    ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
+        """Translates ``image``, described by ``source_prompt``, to each of ``targets`` (a prompt or a
+        sequence of prompts) with Plug-and-Play (Tumanyan et al. 2023): DDIM inversion of the image
+        under the source prompt, then guided DDIM sampling towards each target while a source branch
+        injects its features. Returns N×H×W×3 uint8, one RGB image per target at the image's size.
+
+        ``image`` is as for :meth:`encode`. ``steps`` DDIM sampling steps; ``inversion_steps`` DDIM
+        inversion steps (every sampling timestep must be one of the inversion's: 999, or equal to
+        ``steps``, always works); ``guidance`` the classifier-free guidance scale (1: none);
+        ``resnet_injection`` and ``attention_injection`` the fractions of the sampling steps, from the
+        first, that inject the source branch's residual hidden state and self-attention queries and
+        keys; ``null_prompt`` the prompt of the unconditional rows and the source branch; ``latent``
+        "mean" (invert the VAE posterior mean, the authors' choice) or "sample" (a sample drawn with
+        ``seed``).
+
+        ``progress(done, total)`` is called after each UNet call (total: inversion + sampling steps);
+        returning ``False`` cancels (:class:`diffmine.Error` with DM_ERR_CANCELLED). With
+        ``return_reconstruction`` the result is ``(images, reconstruction)``, the latter the H×W×3
+        source decoded without edits: what the translations are to be compared with.
+        """
+        lib = _lib.lib()
+        handle = self._h()
+        options = _lib.CTranslateOptions()
+        check(lib.dm_translate_options_default(ctypes.byref(options)))
+        if latent not in _LATENTS:
+            raise _invalid(f"unknown latent {latent!r} (use \"mean\" or \"sample\")")
+        options.latent = _LATENTS[latent]
+        options.steps = _uint(steps, "steps")
+        options.inversion_steps = _uint(inversion_steps, "inversion_steps")
+        options.guidance = _real(guidance, "guidance")
+        options.resnet_injection = _real(resnet_injection, "resnet_injection")
+        options.attention_injection = _real(attention_injection, "attention_injection")
+        options.seed = _uint(seed, "seed", 64)
+        options.null_prompt = _c_string(null_prompt, "null_prompt")
+        source_bytes = _c_string(source_prompt, "source_prompt")
+        target_array = _prompt_array(targets, "targets")
+
+        view, pixels = _image_view(image)  # `pixels` owns the memory the view points into
+        out = np.empty((len(target_array), view.height, view.width, 3), dtype=np.uint8)
+        reconstruction = np.empty((view.height, view.width, 3), dtype=np.uint8) if return_reconstruction else None
+        reporter = Progress(progress)
+        status = lib.dm_model_translate(
+            handle, ctypes.byref(view), source_bytes, target_array, len(target_array), ctypes.byref(options),
+            reporter.function, None, _ptr(out, ctypes.c_uint8), out.size,
+            None if reconstruction is None else _ptr(reconstruction, ctypes.c_uint8),
+            0 if reconstruction is None else reconstruction.size)
+        reporter.finish(status)
+        del pixels
+        return (out, reconstruction) if reconstruction is not None else out
+
+    def generate(
+        self,
+        prompts: Union[str, Sequence[str]],
+        steps: int = 50,
+        guidance: float = 7.5,
+        height: int = 512,
+        width: int = 512,
+        seed: int = 42,
+        null_prompt: str = "",
+        progress: Optional[Callable[[int, int], Optional[bool]]] = None,
+    ) -> np.ndarray:
+        """Samples one image per prompt (a prompt or a sequence of prompts) with DDIM and classifier-free
+        guidance, to see what a (finetuned) model has learnt. Returns N×height×width×3 uint8.
+
+        ``seed`` seeds the initial noise (the library's own generator: the same on every machine);
+        ``null_prompt`` is the prompt of the unconditional rows. ``progress(done, total)`` is called
+        after each step; returning ``False`` cancels (DM_ERR_CANCELLED).
+        """
+        lib = _lib.lib()
+        handle = self._h()
+        options = _lib.CGenerateOptions()
+        check(lib.dm_generate_options_default(ctypes.byref(options)))
+        options.steps = _uint(steps, "steps")
+        options.guidance = _real(guidance, "guidance")
+        options.height, options.width = _uint(height, "height"), _uint(width, "width")
+        options.seed = _uint(seed, "seed", 64)
+        options.null_prompt = _c_string(null_prompt, "null_prompt")
+        prompt_array = _prompt_array(prompts, "prompts")
+        out = np.empty((len(prompt_array), options.height, options.width, 3), dtype=np.uint8)
+        reporter = Progress(progress)
+        status = lib.dm_model_generate(
+            handle, prompt_array, len(prompt_array), ctypes.byref(options), reporter.function, None,
+            _ptr(out, ctypes.c_uint8), out.size)
+        reporter.finish(status)
+        return out
+
+
+def _prompt_array(prompts: Union[str, Sequence[str]], what: str) -> "ctypes.Array[ctypes.c_char_p]":
+    """``prompts`` as a C array of strings; one string is one prompt, not a sequence of characters.
+    The array keeps its bytes objects alive. An empty list is passed on: the library's message says so."""
+    items = [prompts] if isinstance(prompts, (str, bytes)) else list(prompts)
+    for i, item in enumerate(items):
+        if not isinstance(item, (str, bytes)):
+            raise _invalid(f"`{what}[{i}]` must be a string, got {type(item).__name__}")
+    encoded = [_c_string(item, f"{what}[{i}]") for i, item in enumerate(items)]
+    return (ctypes.c_char_p * len(encoded))(*encoded)
+
 
 def _image_view(image: np.ndarray) -> Tuple[_lib.CImageView, np.ndarray]:
     """A ``dm_image_view`` over ``image`` (copied only when its layout cannot be described by a row

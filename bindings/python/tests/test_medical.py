@@ -17,6 +17,8 @@ from pydicom.pixels import apply_modality_lut
 from PIL import Image as PilImage
 from sklearn.metrics import average_precision_score
 
+from test_model import fixtures  # first: it puts the package on sys.path
+
 import diffmine
 from diffmine import Error, Status
 
@@ -131,6 +133,57 @@ class AucPrTest(unittest.TestCase):
         with self.assertRaises(Error) as outside:
             diffmine.auc_pr(np.zeros((8, 8)), [(100.0, 0.0, 4.0, 4.0)])
         self.assertEqual(outside.exception.status, int(Status.ERR_INVALID_DATA))
+
+
+BBOX_LIST = """Image Index,Finding Label,Bbox [x,y,w,h],,,
+00000001_000.png,Mass,4.0,6.0,10.5,8.0,,,
+00000002_000.png,Infiltrate,12.0,10.0,9.0,12.0,,,
+00000003_000.png,Nodule,2.0,2.0,5.0,5.0,,,
+"""
+DATA_ENTRY = """Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],
+00000001_000.png,Mass|Effusion,0,1,58,M,PA,32,32,0.143,0.143,
+00000002_000.png,Infiltration,0,2,41,F,AP,32,32,0.143,0.143,
+00000003_000.png,No Finding,0,3,33,F,PA,32,32,0.143,0.143,
+"""
+
+
+class Cxr8EvaluateTest(unittest.TestCase):
+    def test_evaluation_writes_the_report_of_the_boxes_the_data_entry_confirms(self) -> None:
+        rng = np.random.default_rng(3)
+        calls = []
+        with tempfile.TemporaryDirectory() as tmp, diffmine.Model(fixtures() / "sd15_tiny") as model:
+            folder = Path(tmp) / "images_001" / "images"
+            folder.mkdir(parents=True)
+            for i in (1, 2, 3):
+                PilImage.fromarray(rng.integers(0, 256, size=(32, 32), dtype=np.uint8)).save(folder / f"0000000{i}_000.png")
+            (Path(tmp) / "BBox_List_2017.csv").write_text(BBOX_LIST)
+            (Path(tmp) / "Data_Entry_2017.csv").write_text(DATA_ENTRY)
+            out = Path(tmp) / "out"
+            result = diffmine.cxr8_evaluate(
+                model, tmp, Path(tmp) / "BBox_List_2017.csv", out, baseline=model,
+                data_entry_csv=Path(tmp) / "Data_Entry_2017.csv", working_size=32, samples=2, batch=2,
+                progress=lambda done, total: calls.append((done, total)))
+            written = sorted(p.name for p in out.iterdir())
+        # The Nodule box is not confirmed ("No Finding"); Infiltrate is read as Infiltration.
+        self.assertEqual([r["disease"] for r in result["report"]["rows"]], ["Infiltration", "Mass"])
+        self.assertEqual(len(result["images"]), 2)
+        self.assertEqual(calls[-1], (4, 4))
+        for row in result["report"]["rows"]:
+            self.assertEqual(row["difference"], 0.0)
+        self.assertEqual(written, ["overlays", "report.csv", "report.json", "report.md"])
+
+    def test_cancelling_and_a_missing_table_fail_with_their_status(self) -> None:
+        with tempfile.TemporaryDirectory() as tmp, diffmine.Model(fixtures() / "sd15_tiny") as model:
+            with self.assertRaises(Error) as missing:
+                diffmine.cxr8_evaluate(model, tmp, Path(tmp) / "BBox_List_2017.csv", Path(tmp) / "out")
+            self.assertEqual(missing.exception.status, int(Status.ERR_IO))
+            (Path(tmp) / "BBox_List_2017.csv").write_text(BBOX_LIST)
+            for i in (1, 2, 3):
+                PilImage.fromarray(np.zeros((32, 32), dtype=np.uint8)).save(Path(tmp) / f"0000000{i}_000.png")
+            with self.assertRaises(Error) as cancelled:
+                diffmine.cxr8_evaluate(model, tmp, Path(tmp) / "BBox_List_2017.csv", Path(tmp) / "out", working_size=32,
+                                       samples=2, batch=2, progress=lambda done, total: False)
+            self.assertEqual(cancelled.exception.status, int(Status.ERR_CANCELLED))
 
 
 if __name__ == "__main__":
