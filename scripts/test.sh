@@ -10,4 +10,4 @@ source scripts/env.sh
 # The C programs and the Python binding link libdiffmine.so, which `cargo test` alone does not build;
 # both commands share the release profile, so this is one build.
 cargo build --release
-cargo test --release
+cargo test --release --no-fail-fast
