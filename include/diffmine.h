@@ -128,6 +128,10 @@ typedef enum dm_status {
 // Immutable once created, so it may be used from several threads at once.
 typedef struct dm_image dm_image;
 
+// A mining job: its model, options, images and, once run, its results. Calls on one miner from
+// several threads are serialised (a call waits while another, such as `dm_miner_run`, holds it).
+typedef struct dm_miner dm_miner;
+
 // A loaded model. May be used from several threads at once: every operation only reads it, and
 // results do not depend on which thread runs them.
 typedef struct dm_model dm_model;
@@ -259,6 +263,59 @@ typedef struct dm_image_info {
 // Receives one log event: its level (`DM_LOG_*`), target (the Rust module) and message, valid only
 // during the call. May be called from any thread the library runs work on.
 typedef void (*dm_log_fn)(int32_t level, const char *target, const char *message, void *user_data);
+
+// How to mine. Fill with `dm_miner_options_default`, then set at least `prompt_template`.
+typedef struct dm_miner_options {
+  // `sizeof(dm_miner_options)` as the caller was compiled with.
+  size_t struct_size;
+  // The label prompt with `{label}` (UTF-8), e.g. "A car from the {label}s."; required, as it must
+  // be the caption the model was finetuned with.
+  const char *prompt_template;
+  // The null prompt (UTF-8); NULL means "".
+  const char *null_prompt;
+  // Typicality: (noise, t) samples per image (100), samples per UNet call (10), and the seed (42).
+  uint32_t samples;
+  uint32_t batch;
+  uint64_t seed;
+  // Resize each image so its shorter side has this many pixels first (Lanczos); 0 keeps its size.
+  uint32_t resize_short_side;
+  // Side of the square patches (64), boxes kept per image (5) and per label (1000).
+  uint32_t patch_size;
+  uint32_t per_image;
+  uint32_t top;
+  // DIFT ensemble members averaged (8).
+  uint32_t dift_ensemble;
+  // k-means: clusters k (32; a label with fewer boxes gets one per box) and restarts (10).
+  uint32_t clusters;
+  uint32_t restarts;
+  // Folder caching typicality maps and DIFT features across runs (UTF-8); NULL caches nothing.
+  const char *cache_dir;
+} dm_miner_options;
+
+// A kept box of a label, in the label's result order (cluster rank, then rank in cluster).
+typedef struct dm_mined_patch {
+  // The image, by the order images were first added (see `dm_miner_image_name`).
+  uint32_t image;
+  // Columns `x .. x+size`, rows `y .. y+size` of the image as mined (after any resize).
+  uint32_t x;
+  uint32_t y;
+  uint32_t size;
+  // Mean typicality of the box.
+  float typicality;
+  // Rank of its cluster (0: highest median typicality) and its rank inside it (0: closest to the
+  // centroid), and its distance to the centroid.
+  uint32_t cluster;
+  uint32_t rank_in_cluster;
+  float distance;
+} dm_mined_patch;
+
+// A cluster of a label, in rank order. Its members are the patches `first .. first+members` of the
+// label's patch array.
+typedef struct dm_mined_cluster {
+  uint32_t first;
+  uint32_t members;
+  float median_typicality;
+} dm_mined_cluster;
 
 // What a caller needs to size buffers for a model's operations.
 typedef struct dm_model_info {
@@ -524,6 +581,137 @@ enum dm_status dm_image_get_info(const struct dm_image *image,
 enum dm_status dm_log_set_callback(dm_log_fn callback,
                                    int32_t max_level,
                                    void *user_data);
+
+// Fills `options` with the authors' defaults (no prompts, no cache).
+//
+// # Safety
+// `options` must be NULL or point to a writable `dm_miner_options`.
+enum dm_status dm_miner_options_default(struct dm_miner_options *options);
+
+// Creates a miner for `model` (which it keeps alive; the caller may free its own handle) with
+// `options` (not NULL: `prompt_template` is required). On success `*out_miner` owns a new miner,
+// released with `dm_miner_free`.
+//
+// # Safety
+// `options` NULL or a valid options struct whose strings are NUL-terminated; `out_miner` NULL or
+// writable.
+enum dm_status dm_miner_create(const struct dm_model *model,
+                               const struct dm_miner_options *options,
+                               struct dm_miner **out_miner);
+
+// Adds the image file at `path` (UTF-8; PNG, JPEG or BMP) under `label` (UTF-8). Adding the same
+// path again with another label gives the image both labels. The file must exist now; it is read
+// during `dm_miner_run`.
+//
+// # Safety
+// `path` and `label` NULL or NUL-terminated.
+enum dm_status dm_miner_add_file(struct dm_miner *miner, const char *path, const char *label);
+
+// Adds an image held in memory under `label`; its pixels are copied, so the buffer may be reused at
+// once. `name` (UTF-8) stands for the image in results and the report; NULL names it `image-<i>`,
+// `i` its index. Adding the same name with the same pixels again gives the image another label;
+// the same name with other pixels is an error.
+//
+// # Safety
+// `image` NULL or a valid view whose buffer holds `data_len` bytes; `name` and `label` NULL or
+// NUL-terminated.
+enum dm_status dm_miner_add_image(struct dm_miner *miner,
+                                  const struct dm_image_view *image,
+                                  const char *name,
+                                  const char *label);
+
+// Mines every label of the images added. `progress` (may be NULL) is called after each image's
+// typicality and each image's DIFT with (units done, units in all, NaN); returning non-zero cancels
+// with `DM_ERR_CANCELLED`. A failed or cancelled run may be run again (with a cache folder it
+// resumes); after a successful run the results stay and a second run is an error.
+//
+// # Safety
+// `progress` safe to call with `user_data` from this thread.
+enum dm_status dm_miner_run(struct dm_miner *miner, dm_progress_fn progress, void *user_data);
+
+// The number of images added (each counted once, whatever its labels).
+//
+// # Safety
+// `out_count` NULL or writable.
+enum dm_status dm_miner_image_count(const struct dm_miner *miner, size_t *out_count);
+
+// The path or name of image `image` (by the order images were first added), as `dm_mined_patch.image`
+// refers to it. Writes it NUL-terminated into `out` (room for `out_len` bytes) and its size with the
+// NUL into `*out_needed`; pass `out` NULL to ask the size only.
+//
+// # Safety
+// `out` NULL or `out_len` writable bytes; `out_needed` NULL or writable.
+enum dm_status dm_miner_image_name(const struct dm_miner *miner,
+                                   uint32_t image,
+                                   char *out,
+                                   size_t out_len,
+                                   size_t *out_needed);
+
+// The number of labels in the results (the distinct labels of the images, sorted; label indices of
+// the other accessors are in this order). Fails before a successful `dm_miner_run`.
+//
+// # Safety
+// `out_count` NULL or writable.
+enum dm_status dm_miner_label_count(const struct dm_miner *miner, size_t *out_count);
+
+// The name of label `label`, as `dm_miner_image_name` writes a name.
+//
+// # Safety
+// `out` NULL or `out_len` writable bytes; `out_needed` NULL or writable.
+enum dm_status dm_miner_label_name(const struct dm_miner *miner,
+                                   uint32_t label,
+                                   char *out,
+                                   size_t out_len,
+                                   size_t *out_needed);
+
+// The number of kept boxes of label `label`.
+//
+// # Safety
+// `out_count` NULL or writable.
+enum dm_status dm_miner_patch_count(const struct dm_miner *miner,
+                                    uint32_t label,
+                                    size_t *out_count);
+
+// The kept boxes of label `label` in cluster rank order, then rank in cluster, into `out` (room for
+// `out_len`; `dm_miner_patch_count` gives the number), their count into `*out_count`.
+//
+// # Safety
+// `out` NULL or `out_len` writable elements; `out_count` NULL or writable.
+enum dm_status dm_miner_patches(const struct dm_miner *miner,
+                                uint32_t label,
+                                struct dm_mined_patch *out,
+                                size_t out_len,
+                                size_t *out_count);
+
+// The number of clusters of label `label`.
+//
+// # Safety
+// `out_count` NULL or writable.
+enum dm_status dm_miner_cluster_count(const struct dm_miner *miner,
+                                      uint32_t label,
+                                      size_t *out_count);
+
+// The clusters of label `label` in rank order (highest median typicality first) into `out` (room
+// for `out_len`; `dm_miner_cluster_count` gives the number), their count into `*out_count`.
+//
+// # Safety
+// `out` NULL or `out_len` writable elements; `out_count` NULL or writable.
+enum dm_status dm_miner_clusters(const struct dm_miner *miner,
+                                 uint32_t label,
+                                 struct dm_mined_cluster *out,
+                                 size_t out_len,
+                                 size_t *out_count);
+
+// Writes the report of the results into the folder `out_dir` (UTF-8; created if missing):
+// `patches.csv`, per label a cluster grid and strips of patch crops, and `index.html`.
+//
+// # Safety
+// `out_dir` NULL or NUL-terminated.
+enum dm_status dm_miner_write_report(const struct dm_miner *miner, const char *out_dir);
+
+// Releases a miner. NULL is accepted; a handle that is not a live miner gives
+// `DM_ERR_INVALID_HANDLE`. A call still running on another thread finishes first.
+enum dm_status dm_miner_free(struct dm_miner *miner);
 
 // Fills `options` with the defaults: CPU, float32, plain weight files, no component overrides.
 //

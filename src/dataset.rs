@@ -1,6 +1,7 @@
 //! Labelled image sets as users hand them in: a folder per label (`ROOT/<label>/*.png|jpg`) or a CSV of
 //! `path,label` rows (paths relative to the CSV; several labels of one image separated by `|`).
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tch::Tensor;
 
@@ -11,8 +12,62 @@ const IMAGE_EXTENSIONS: [&str; 4] = ["png", "jpg", "jpeg", "bmp"];
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct LabelledImage {
+    /// The image file, or for an image held in memory the name it goes by (in results and reports).
     pub path: PathBuf,
     pub labels: Vec<String>,
+    /// The pixels of an image handed in memory (None: read the file at `path`).
+    pub pixels: Option<Pixels>,
+}
+
+impl LabelledImage {
+    pub fn file(path: PathBuf, labels: Vec<String>) -> Self {
+        LabelledImage { path, labels, pixels: None }
+    }
+
+    /// The image as model input (1, 3, H, W) in [-1, 1], its shorter side resized to `short_side`.
+    pub fn load(&self, short_side: Option<usize>) -> Result<Tensor> {
+        load_image_or_pixels(&self.path, self.pixels.as_ref(), short_side)
+    }
+}
+
+/// An owned copy of a caller's pixel buffer, standing in for an image file. Shared, not copied, when
+/// cloned (a set and the results mined from it hold the same pixels).
+#[derive(Clone, PartialEq)]
+pub struct Pixels {
+    data: Arc<[u8]>,
+    width: usize,
+    height: usize,
+    channels: usize,
+    stride: usize,
+    pixel: PixelType,
+}
+
+impl Pixels {
+    /// Copies a checked view's pixels.
+    pub fn copy_of(view: &ImageView) -> Result<Self> {
+        view.validate()?;
+        let ImageView { data, width, height, channels, stride, pixel } = *view;
+        Ok(Pixels { data: Arc::from(data), width, height, channels, stride, pixel })
+    }
+
+    pub fn view(&self) -> ImageView<'_> {
+        ImageView { data: &self.data, width: self.width, height: self.height, channels: self.channels, stride: self.stride, pixel: self.pixel }
+    }
+}
+
+// Hashed by content, so a cache entry of an image held in memory follows its pixels.
+impl std::hash::Hash for Pixels {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.data.hash(state);
+        (self.width, self.height, self.channels, self.stride, self.pixel).hash(state);
+    }
+}
+
+// The bytes themselves would flood any log; their geometry identifies the image well enough.
+impl std::fmt::Debug for Pixels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Pixels({}×{}×{} {:?})", self.width, self.height, self.channels, self.pixel)
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -35,7 +90,7 @@ impl LabelledSet {
         for label_dir in sorted_entries(root)?.into_iter().filter(|p| p.is_dir()) {
             let label = label_dir.file_name().expect("a folder has a name").to_string_lossy().into_owned();
             for path in sorted_entries(&label_dir)?.into_iter().filter(|p| is_image(p)) {
-                items.push(LabelledImage { path, labels: vec![label.clone()] });
+                items.push(LabelledImage::file(path, vec![label.clone()]));
             }
         }
         Ok(LabelledSet { items })
@@ -56,7 +111,7 @@ impl LabelledSet {
             if labels.is_empty() {
                 return Err(Error::InvalidArgument(format!("{} line {}: no label", csv.display(), number + 1)));
             }
-            items.push(LabelledImage { path: base.join(path.trim()), labels });
+            items.push(LabelledImage::file(base.join(path.trim()), labels));
         }
         Ok(LabelledSet { items })
     }
@@ -92,6 +147,14 @@ pub fn load_image(path: &Path, short_side: Option<usize>) -> Result<Tensor> {
     view.to_model_input_resized(short_side)
 }
 
+/// Model input from `pixels` when the image is held in memory, else from the file at `path`.
+pub fn load_image_or_pixels(path: &Path, pixels: Option<&Pixels>, short_side: Option<usize>) -> Result<Tensor> {
+    match pixels {
+        Some(pixels) => pixels.view().to_model_input_resized(short_side),
+        None => load_image(path, short_side),
+    }
+}
+
 /// The central `size` × `size` square of a (1, 3, H, W) image (what training crops to).
 pub fn center_crop(image: &Tensor, size: i64) -> Result<Tensor> {
     let (_, _, h, w) = image.size4()?;
@@ -111,7 +174,7 @@ mod tests {
         let csv = dir.path().join("set.csv");
         std::fs::write(&csv, "path,label\na.png,Mass\nsub/b.png,Effusion|Mass\n").unwrap();
         let set = LabelledSet::from_csv(&csv).unwrap();
-        assert_eq!(set.items[1], LabelledImage { path: dir.path().join("sub/b.png"), labels: vec!["Effusion".into(), "Mass".into()] });
+        assert_eq!(set.items[1], LabelledImage::file(dir.path().join("sub/b.png"), vec!["Effusion".into(), "Mass".into()]));
         assert_eq!(set.labels(), vec!["Effusion".to_string(), "Mass".to_string()]);
     }
 

@@ -4,7 +4,7 @@ use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PixelType {
     U8,
     U16,

@@ -5,11 +5,12 @@
 //! Memory stays bounded by the boxes kept, not by the number of images: maps are reduced to their
 //! boxes as they are computed. Typicality maps and DIFT feature maps are cached on disk (when a cache
 //! folder is given), keyed by the model, the image file and the settings, so a re-run with other
-//! clustering settings, or after an interruption, recomputes nothing upstream.
+//! clustering settings, or after an interruption, recomputes nothing upstream. Images held in memory
+//! are keyed by their pixels instead of the file.
 use std::collections::hash_map::DefaultHasher;
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use ndarray::Array2;
 use tch::Tensor;
@@ -17,7 +18,7 @@ use tch::Tensor;
 use super::cluster::{kmeans, rank_clusters, ClusterOptions, RankedCluster};
 use super::dift::{box_feature, dift_features, DiftOptions};
 use super::patches::{select_patches, top_patches, ImagePatch, PatchBox};
-use crate::dataset::{load_image, LabelledSet};
+use crate::dataset::{LabelledImage, LabelledSet, Pixels};
 use crate::error::{Error, Result};
 use crate::model::StableDiffusion;
 use crate::typicality::{typicality, TypicalityOptions};
@@ -84,6 +85,8 @@ pub struct LabelResult {
     pub clusters: Vec<RankedCluster>,
     /// The image size (after resizing) each image was mined at, for crops.
     pub image_sizes: BTreeMap<PathBuf, (usize, usize)>,
+    /// The pixels of the images held in memory rather than in files, by their name, for crops.
+    pub in_memory: BTreeMap<PathBuf, Pixels>,
 }
 
 /// Progress of mining: (units done, units in all), a unit being one image's typicality or DIFT.
@@ -105,21 +108,21 @@ pub fn mine(model: &StableDiffusion, set: &LabelledSet, options: &MiningOptions,
     };
     let mut results = Vec::with_capacity(labels.len());
     for label in &labels {
-        let paths: Vec<PathBuf> = set.items.iter().filter(|i| i.labels.contains(label)).map(|i| i.path.clone()).collect();
-        results.push(mine_label(model, label, &paths, options, &mut step)?);
+        let images: Vec<&LabelledImage> = set.items.iter().filter(|i| i.labels.contains(label)).collect();
+        results.push(mine_label(model, label, &images, options, &mut step)?);
     }
     Ok(results)
 }
 
-fn mine_label(model: &StableDiffusion, label: &str, paths: &[PathBuf], options: &MiningOptions, step: &mut dyn FnMut(&str) -> Result<()>) -> Result<LabelResult> {
-    let _span = tracing::info_span!("mine_label", label, images = paths.len()).entered();
+fn mine_label(model: &StableDiffusion, label: &str, images: &[&LabelledImage], options: &MiningOptions, step: &mut dyn FnMut(&str) -> Result<()>) -> Result<LabelResult> {
+    let _span = tracing::info_span!("mine_label", label, images = images.len()).entered();
     let prompt = options.prompt(label);
     let mut kept: Vec<ImagePatch> = Vec::new();
     let mut image_sizes = BTreeMap::new();
-    for (index, path) in paths.iter().enumerate() {
-        let map = cached_typicality(model, path, &prompt, options)?;
+    for (index, image) in images.iter().enumerate() {
+        let map = cached_typicality(model, image, &prompt, options)?;
         let (h, w) = (map.size()[0] as usize, map.size()[1] as usize);
-        image_sizes.insert(path.clone(), (h, w));
+        image_sizes.insert(image.path.clone(), (h, w));
         let values = Vec::<f32>::try_from(map.f_flatten(0, -1)?)?;
         let boxes = select_patches(&values, h, w, options.patch_size.min(h).min(w), options.per_image)?;
         kept.extend(boxes.into_iter().map(|patch| ImagePatch { image: index, patch }));
@@ -127,7 +130,7 @@ fn mine_label(model: &StableDiffusion, label: &str, paths: &[PathBuf], options: 
         kept = top_patches(kept, options.top);
         step("typicality")?;
     }
-    let features = box_features(model, paths, &kept, &prompt, options, step)?;
+    let features = box_features(model, images, &kept, &prompt, options, step)?;
     let clustering = kmeans(&features, &options.cluster)?;
     let scores: Vec<f32> = kept.iter().map(|p| p.patch.score).collect();
     let clusters = rank_clusters(&clustering, &scores);
@@ -137,26 +140,27 @@ fn mine_label(model: &StableDiffusion, label: &str, paths: &[PathBuf], options: 
         let first = patches.len();
         for (rank_in_cluster, &member) in cluster.members.iter().enumerate() {
             let p = &kept[member];
-            patches.push(MinedPatch { path: paths[p.image].clone(), patch: p.patch, cluster_rank, rank_in_cluster, distance: clustering.distances[member] });
+            patches.push(MinedPatch { path: images[p.image].path.clone(), patch: p.patch, cluster_rank, rank_in_cluster, distance: clustering.distances[member] });
         }
         let members = (first..patches.len()).collect();
         ranked_clusters.push(RankedCluster { members, ..cluster });
     }
-    Ok(LabelResult { label: label.to_string(), patches, clusters: ranked_clusters, image_sizes })
+    let in_memory = images.iter().filter_map(|i| Some((i.path.clone(), i.pixels.clone()?))).collect();
+    Ok(LabelResult { label: label.to_string(), patches, clusters: ranked_clusters, image_sizes, in_memory })
 }
 
 /// DIFT features of the kept boxes (n × C), one DIFT pass per image that has a kept box.
-fn box_features(model: &StableDiffusion, paths: &[PathBuf], kept: &[ImagePatch], prompt: &str, options: &MiningOptions, step: &mut dyn FnMut(&str) -> Result<()>) -> Result<Array2<f32>> {
+fn box_features(model: &StableDiffusion, images: &[&LabelledImage], kept: &[ImagePatch], prompt: &str, options: &MiningOptions, step: &mut dyn FnMut(&str) -> Result<()>) -> Result<Array2<f32>> {
     let mut by_image: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for (i, p) in kept.iter().enumerate() {
         by_image.entry(p.image).or_default().push(i);
     }
     let mut rows: Vec<Option<Vec<f32>>> = vec![None; kept.len()];
-    for (index, path) in paths.iter().enumerate() {
+    for (index, item) in images.iter().enumerate() {
         if let Some(members) = by_image.get(&index) {
-            let image = load_image(path, options.resize)?;
+            let image = item.load(options.resize)?;
             let (_, _, h, w) = image.size4()?;
-            let features = cached_dift(model, path, &image, prompt, options)?;
+            let features = cached_dift(model, item, &image, prompt, options)?;
             for &i in members {
                 let f = box_feature(&features, &kept[i].patch, h as usize, w as usize)?;
                 rows[i] = Some(Vec::<f32>::try_from(f)?);
@@ -170,17 +174,23 @@ fn box_features(model: &StableDiffusion, paths: &[PathBuf], kept: &[ImagePatch],
 }
 
 /// A stable key for a cached result: the model's weights (by their tensors' names and first values),
-/// the image file (path, size, modification time) and the settings that change the result.
-fn cache_key(model: &StableDiffusion, path: &Path, settings: &str) -> String {
+/// the image (path, and the file's size and modification time or the pixels held in memory) and the
+/// settings that change the result.
+fn cache_key(model: &StableDiffusion, image: &LabelledImage, settings: &str) -> String {
     let mut hasher = DefaultHasher::new();
     for (name, t) in model.unet_weights().parameters.iter().take(4) {
         name.hash(&mut hasher);
         t.f_flatten(0, -1).ok().and_then(|f| f.f_double_value(&[0]).ok()).map(f64::to_bits).hash(&mut hasher);
     }
-    path.hash(&mut hasher);
-    if let Ok(meta) = std::fs::metadata(path) {
-        meta.len().hash(&mut hasher);
-        meta.modified().ok().hash(&mut hasher);
+    image.path.hash(&mut hasher);
+    match &image.pixels {
+        Some(pixels) => pixels.hash(&mut hasher),
+        None => {
+            if let Ok(meta) = std::fs::metadata(&image.path) {
+                meta.len().hash(&mut hasher);
+                meta.modified().ok().hash(&mut hasher);
+            }
+        }
     }
     settings.hash(&mut hasher);
     format!("{:016x}", hasher.finish())
@@ -204,17 +214,17 @@ fn cached(options: &MiningOptions, kind: &str, key: String, compute: impl FnOnce
     Ok(value)
 }
 
-fn cached_typicality(model: &StableDiffusion, path: &Path, prompt: &str, options: &MiningOptions) -> Result<Tensor> {
+fn cached_typicality(model: &StableDiffusion, image: &LabelledImage, prompt: &str, options: &MiningOptions) -> Result<Tensor> {
     let t = &options.typicality;
     let settings = format!("{prompt}|{}|{}|{}|{}|{}|{:?}|{:?}", options.null_prompt, t.samples, t.t_min, t.t_max, t.seed, t.latent, options.resize);
-    cached(options, "typicality", cache_key(model, path, &settings), || {
-        let image = load_image(path, options.resize)?;
-        Ok(typicality(model, &image, prompt, &options.null_prompt, t, &mut |_, _| true)?.map)
+    cached(options, "typicality", cache_key(model, image, &settings), || {
+        let input = image.load(options.resize)?;
+        Ok(typicality(model, &input, prompt, &options.null_prompt, t, &mut |_, _| true)?.map)
     })
 }
 
-fn cached_dift(model: &StableDiffusion, path: &Path, image: &Tensor, prompt: &str, options: &MiningOptions) -> Result<Tensor> {
+fn cached_dift(model: &StableDiffusion, item: &LabelledImage, image: &Tensor, prompt: &str, options: &MiningOptions) -> Result<Tensor> {
     let d = &options.dift;
     let settings = format!("{prompt}|{}|{}|{}|{}|{:?}|{:?}", d.ensemble, d.timestep, d.up_block, d.seed, d.latent, options.resize);
-    cached(options, "dift", cache_key(model, path, &settings), || dift_features(model, image, prompt, d))
+    cached(options, "dift", cache_key(model, item, &settings), || dift_features(model, image, prompt, d))
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use image::{imageops, RgbImage};
 
 use super::miner::{LabelResult, MinedPatch};
-use crate::dataset::load_image;
+use crate::dataset::{load_image_or_pixels, Pixels};
 use crate::error::{Error, Result};
 use crate::image::to_rgb8;
 use crate::rng::SplitMix64;
@@ -154,7 +154,7 @@ impl Crops {
         let mut crops = Vec::with_capacity(result.patches.len());
         for p in &result.patches {
             if !images.contains_key(&p.path) {
-                images.insert(&p.path, rgb_image(&p.path, options.resize)?);
+                images.insert(&p.path, rgb_image(&p.path, result.in_memory.get(&p.path), options.resize)?);
             }
             crops.push(crop(&images[&p.path], p, options.crop_px));
         }
@@ -175,8 +175,8 @@ impl Crops {
     }
 }
 
-fn rgb_image(path: &Path, resize: Option<usize>) -> Result<RgbImage> {
-    let image = load_image(path, resize)?;
+fn rgb_image(path: &Path, pixels: Option<&Pixels>, resize: Option<usize>) -> Result<RgbImage> {
+    let image = load_image_or_pixels(path, pixels, resize)?;
     let (_, _, h, w) = image.size4()?;
     RgbImage::from_raw(w as u32, h as u32, to_rgb8(&image)?).ok_or_else(|| Error::InvalidArgument("image buffer".into()))
 }

@@ -2,8 +2,8 @@
 primitives (tokenize, text embeddings, VAE encode/decode, UNet noise prediction), typicality maps
 (:meth:`Model.typicality`), typical patches (:func:`select_patches`), finetuning (:func:`finetune`) and
 the medical side: DICOM/PNG/JPEG ingestion (:func:`read_image`), maps back as DICOM
-(:func:`write_map_dicom`), ChestX-ray8's AUC-PR and evaluation (:func:`auc_pr`, :func:`cxr8_evaluate`), and
-Plug-and-Play translation between labels and text-to-image sampling (:meth:`Model.translate`,
+(:func:`write_map_dicom`), ChestX-ray8's AUC-PR and evaluation (:func:`auc_pr`, :func:`cxr8_evaluate`),
+mining typical visual elements of a labelled set (:class:`Miner`), and Plug-and-Play translation between labels and text-to-image sampling (:meth:`Model.translate`,
 :meth:`Model.generate`).
 
 The shared library is found through ``$DIFFMINE_LIB``, else the repository's
@@ -19,11 +19,12 @@ The shared library is found through ``$DIFFMINE_LIB``, else the repository's
 from ._lib import Error, Status, library_path
 from .training import finetune
 from .medical import Image, auc_pr, cxr8_evaluate, new_uid, read_image, write_map_dicom
+from .miner import Miner
 from .mining import Box, select_patches
 from .model import Model, ModelInfo, version
 
 __all__ = [
-    "Box", "Error", "Image", "Model", "ModelInfo", "Status", "auc_pr", "cxr8_evaluate", "finetune", "library_path", "new_uid",
+    "Box", "Error", "Image", "Miner", "Model", "ModelInfo", "Status", "auc_pr", "cxr8_evaluate", "finetune", "library_path", "new_uid",
     "read_image", "select_patches", "version", "write_map_dicom",
 ]
 __version__ = "0.1.0"

@@ -16,7 +16,7 @@ from typing import Optional
 __all__ = [
     "Error", "Status", "lib", "check", "library_path", "CModelOptions", "CModelInfo", "CImageView",
     "CTypicalityOptions", "CBox", "CFinetuneOptions", "CImageOptions", "CImageInfo", "CTranslateOptions",
-    "CGenerateOptions", "PROGRESS_FN",
+    "CGenerateOptions", "CMinerOptions", "CMinedPatch", "CMinedCluster", "PROGRESS_FN",
 ]
 
 
@@ -186,6 +186,52 @@ class CBox(ctypes.Structure):
     ]
 
 
+class CMinerOptions(ctypes.Structure):
+    """``dm_miner_options``."""
+
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("prompt_template", ctypes.c_char_p),
+        ("null_prompt", ctypes.c_char_p),
+        ("samples", ctypes.c_uint32),
+        ("batch", ctypes.c_uint32),
+        ("seed", ctypes.c_uint64),
+        ("resize_short_side", ctypes.c_uint32),
+        ("patch_size", ctypes.c_uint32),
+        ("per_image", ctypes.c_uint32),
+        ("top", ctypes.c_uint32),
+        ("dift_ensemble", ctypes.c_uint32),
+        ("clusters", ctypes.c_uint32),
+        ("restarts", ctypes.c_uint32),
+        ("cache_dir", ctypes.c_char_p),
+    ]
+
+
+class CMinedPatch(ctypes.Structure):
+    """``dm_mined_patch``."""
+
+    _fields_ = [
+        ("image", ctypes.c_uint32),
+        ("x", ctypes.c_uint32),
+        ("y", ctypes.c_uint32),
+        ("size", ctypes.c_uint32),
+        ("typicality", ctypes.c_float),
+        ("cluster", ctypes.c_uint32),
+        ("rank_in_cluster", ctypes.c_uint32),
+        ("distance", ctypes.c_float),
+    ]
+
+
+class CMinedCluster(ctypes.Structure):
+    """``dm_mined_cluster``."""
+
+    _fields_ = [
+        ("first", ctypes.c_uint32),
+        ("members", ctypes.c_uint32),
+        ("median_typicality", ctypes.c_float),
+    ]
+
+
 class CFinetuneOptions(ctypes.Structure):
     """``dm_finetune_options``."""
 
@@ -315,6 +361,25 @@ _PROTOTYPES = {
         _c_status,
         [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
          _p(CCxr8Options), PROGRESS_FN, ctypes.c_void_p]),
+    "dm_miner_options_default": (_c_status, [_p(CMinerOptions)]),
+    "dm_miner_create": (_c_status, [ctypes.c_void_p, _p(CMinerOptions), _p(ctypes.c_void_p)]),
+    "dm_miner_add_file": (_c_status, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p]),
+    "dm_miner_add_image": (_c_status, [ctypes.c_void_p, _p(CImageView), ctypes.c_char_p, ctypes.c_char_p]),
+    "dm_miner_run": (_c_status, [ctypes.c_void_p, PROGRESS_FN, ctypes.c_void_p]),
+    "dm_miner_image_count": (_c_status, [ctypes.c_void_p, _p(ctypes.c_size_t)]),
+    "dm_miner_image_name": (
+        _c_status, [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_char_p, ctypes.c_size_t, _p(ctypes.c_size_t)]),
+    "dm_miner_label_count": (_c_status, [ctypes.c_void_p, _p(ctypes.c_size_t)]),
+    "dm_miner_label_name": (
+        _c_status, [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_char_p, ctypes.c_size_t, _p(ctypes.c_size_t)]),
+    "dm_miner_patch_count": (_c_status, [ctypes.c_void_p, ctypes.c_uint32, _p(ctypes.c_size_t)]),
+    "dm_miner_patches": (
+        _c_status, [ctypes.c_void_p, ctypes.c_uint32, _p(CMinedPatch), ctypes.c_size_t, _p(ctypes.c_size_t)]),
+    "dm_miner_cluster_count": (_c_status, [ctypes.c_void_p, ctypes.c_uint32, _p(ctypes.c_size_t)]),
+    "dm_miner_clusters": (
+        _c_status, [ctypes.c_void_p, ctypes.c_uint32, _p(CMinedCluster), ctypes.c_size_t, _p(ctypes.c_size_t)]),
+    "dm_miner_write_report": (_c_status, [ctypes.c_void_p, ctypes.c_char_p]),
+    "dm_miner_free": (_c_status, [ctypes.c_void_p]),
     "dm_finetune_options_default": (_c_status, [_p(CFinetuneOptions)]),
     "dm_finetune_run": (
         _c_status,

@@ -10,6 +10,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import _lib
+from ._handle import Handle
 from ._lib import Error, Status, check
 from ._progress import Progress
 
@@ -91,7 +92,7 @@ class ModelInfo:
     """The VAE's latent scaling factor (0.18215 for SD 1.5)."""
 
 
-class Model:
+class Model(Handle):
     """A Stable Diffusion pipeline loaded from a diffusers folder.
 
     ``device`` is "cpu", "cuda" or "cuda:N"; ``dtype`` the compute dtype ("float32", "float16" (CUDA
@@ -102,6 +103,9 @@ class Model:
 
     Every failure of the library raises :class:`diffmine.Error` with its ``status`` and message.
     """
+
+    _free = "dm_model_free"
+    _kind = "model"
 
     def __init__(
         self,
@@ -115,7 +119,7 @@ class Model:
         tokenizer: Optional[PathLike] = None,
         scheduler: Optional[PathLike] = None,
     ) -> None:
-        self._handle: Optional[int] = None
+        super().__init__()
         self.path = os.fspath(path)
         self.device = device
         if dtype not in _DTYPES:
@@ -151,39 +155,9 @@ class Model:
             scaling_factor=raw.scaling_factor,
         )
 
-    # --- lifetime -------------------------------------------------------------------------------
-
-    def close(self) -> None:
-        """Releases the model; later calls raise :class:`Error` (DM_ERR_INVALID_HANDLE). Idempotent."""
-        handle, self._handle = self._handle, None
-        if handle is not None:
-            check(_lib.lib().dm_model_free(handle))
-
-    @property
-    def closed(self) -> bool:
-        return self._handle is None
-
-    def __enter__(self) -> "Model":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown, or the library already gone
-            pass
-
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"device={self.device!r}"
         return f"Model({self.path!r}, {state})"
-
-    def _h(self) -> int:
-        # A closed model's address may already belong to a new model, so it is never passed on.
-        if self._handle is None:
-            raise Error(Status.ERR_INVALID_HANDLE, "the model is closed")
-        return self._handle
 
     # --- operations -----------------------------------------------------------------------------
 

@@ -1,0 +1,556 @@
+//! `dm_miner`: mining typical visual elements through the C ABI. A miner collects labelled images
+//! (files or caller buffers), mines them once, then hands out its results and writes the report.
+use std::collections::HashMap;
+use std::ffi::{c_char, c_void};
+use std::path::{Path, PathBuf};
+use std::ptr::null;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::args::{optional_str, read_options, required_str, write_output, write_value};
+use super::error::{guard, FfiError, FfiResult};
+use super::handle;
+use super::image::{borrow_view, dm_image_view};
+use super::model::{dm_model, model_ref};
+use super::status::dm_status;
+use super::typicality::{dm_progress_fn, progress_adapter};
+use crate::dataset::{LabelledImage, LabelledSet, Pixels};
+use crate::error::Error;
+use crate::mining::cluster::ClusterOptions;
+use crate::mining::dift::DiftOptions;
+use crate::mining::miner::{mine, LabelResult, MiningOptions};
+use crate::mining::report::{write_report, ReportOptions};
+use crate::model::StableDiffusion;
+use crate::typicality::TypicalityOptions;
+
+/// A mining job: its model, options, images and, once run, its results. Calls on one miner from
+/// several threads are serialised (a call waits while another, such as `dm_miner_run`, holds it).
+#[allow(non_camel_case_types)]
+pub struct dm_miner {
+    _opaque: [u8; 0],
+}
+
+/// How to mine. Fill with `dm_miner_options_default`, then set at least `prompt_template`.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct dm_miner_options {
+    /// `sizeof(dm_miner_options)` as the caller was compiled with.
+    pub struct_size: usize,
+    /// The label prompt with `{label}` (UTF-8), e.g. "A car from the {label}s."; required, as it must
+    /// be the caption the model was finetuned with.
+    pub prompt_template: *const c_char,
+    /// The null prompt (UTF-8); NULL means "".
+    pub null_prompt: *const c_char,
+    /// Typicality: (noise, t) samples per image (100), samples per UNet call (10), and the seed (42).
+    pub samples: u32,
+    pub batch: u32,
+    pub seed: u64,
+    /// Resize each image so its shorter side has this many pixels first (Lanczos); 0 keeps its size.
+    pub resize_short_side: u32,
+    /// Side of the square patches (64), boxes kept per image (5) and per label (1000).
+    pub patch_size: u32,
+    pub per_image: u32,
+    pub top: u32,
+    /// DIFT ensemble members averaged (8).
+    pub dift_ensemble: u32,
+    /// k-means: clusters k (32; a label with fewer boxes gets one per box) and restarts (10).
+    pub clusters: u32,
+    pub restarts: u32,
+    /// Folder caching typicality maps and DIFT features across runs (UTF-8); NULL caches nothing.
+    pub cache_dir: *const c_char,
+}
+
+impl Default for dm_miner_options {
+    fn default() -> Self {
+        let d = MiningOptions::default();
+        dm_miner_options {
+            struct_size: std::mem::size_of::<dm_miner_options>(),
+            prompt_template: null(),
+            null_prompt: null(),
+            samples: d.typicality.samples as u32,
+            batch: d.typicality.batch as u32,
+            seed: d.typicality.seed,
+            resize_short_side: 0,
+            patch_size: d.patch_size as u32,
+            per_image: d.per_image as u32,
+            top: d.top as u32,
+            dift_ensemble: d.dift.ensemble as u32,
+            clusters: d.cluster.clusters as u32,
+            restarts: d.cluster.restarts as u32,
+            cache_dir: null(),
+        }
+    }
+}
+
+/// A kept box of a label, in the label's result order (cluster rank, then rank in cluster).
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct dm_mined_patch {
+    /// The image, by the order images were first added (see `dm_miner_image_name`).
+    pub image: u32,
+    /// Columns `x .. x+size`, rows `y .. y+size` of the image as mined (after any resize).
+    pub x: u32,
+    pub y: u32,
+    pub size: u32,
+    /// Mean typicality of the box.
+    pub typicality: f32,
+    /// Rank of its cluster (0: highest median typicality) and its rank inside it (0: closest to the
+    /// centroid), and its distance to the centroid.
+    pub cluster: u32,
+    pub rank_in_cluster: u32,
+    pub distance: f32,
+}
+
+/// A cluster of a label, in rank order. Its members are the patches `first .. first+members` of the
+/// label's patch array.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct dm_mined_cluster {
+    pub first: u32,
+    pub members: u32,
+    pub median_typicality: f32,
+}
+
+/// The results of a run, with the C views of each label computed once.
+struct Mined {
+    labels: Vec<LabelResult>,
+    patches: Vec<Vec<dm_mined_patch>>,
+    clusters: Vec<Vec<dm_mined_cluster>>,
+}
+
+struct MinerState {
+    options: MiningOptions,
+    set: LabelledSet,
+    /// Position in `set.items` of each image by its path or name.
+    index: HashMap<PathBuf, usize>,
+    mined: Option<Mined>,
+}
+
+struct Miner {
+    model: Arc<StableDiffusion>,
+    state: Mutex<MinerState>,
+}
+
+impl Miner {
+    fn lock(&self) -> MutexGuard<'_, MinerState> {
+        // A panic during a run leaves the state as it was before the run (results are only stored
+        // at its end), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl MinerState {
+    /// Adds one image with one label. An image already added (same path or name, same pixels) gets
+    /// the label as another of its labels.
+    fn add(&mut self, image: LabelledImage) -> FfiResult<()> {
+        if self.mined.is_some() {
+            return Err(FfiError::Invalid("images cannot be added after a successful dm_miner_run; create a new miner".into()));
+        }
+        match self.index.get(&image.path) {
+            None => {
+                self.index.insert(image.path.clone(), self.set.items.len());
+                self.set.items.push(image);
+            }
+            Some(&i) if self.set.items[i].pixels == image.pixels => {
+                let labels = &mut self.set.items[i].labels;
+                let new: Vec<String> = image.labels.into_iter().filter(|l| !labels.contains(l)).collect();
+                labels.extend(new);
+            }
+            Some(_) => {
+                return Err(FfiError::Invalid(format!("an image named `{}` was already added with other pixels or as a file", image.path.display())));
+            }
+        }
+        Ok(())
+    }
+
+    fn mined(&self) -> FfiResult<&Mined> {
+        self.mined.as_ref().ok_or_else(|| FfiError::Invalid("the miner has no results yet: call dm_miner_run first".into()))
+    }
+}
+
+impl Mined {
+    fn new(labels: Vec<LabelResult>, index: &HashMap<PathBuf, usize>) -> Self {
+        let patches = labels
+            .iter()
+            .map(|r| {
+                r.patches
+                    .iter()
+                    .map(|p| dm_mined_patch {
+                        image: index[&p.path] as u32,
+                        x: p.patch.x as u32,
+                        y: p.patch.y as u32,
+                        size: p.patch.size as u32,
+                        typicality: p.patch.score,
+                        cluster: p.cluster_rank as u32,
+                        rank_in_cluster: p.rank_in_cluster as u32,
+                        distance: p.distance,
+                    })
+                    .collect()
+            })
+            .collect();
+        let clusters = labels
+            .iter()
+            .map(|r| {
+                // The patches are in cluster order, so each cluster's members follow the previous one's.
+                let mut first = 0;
+                r.clusters
+                    .iter()
+                    .map(|c| {
+                        let cluster = dm_mined_cluster { first, members: c.members.len() as u32, median_typicality: c.median_typicality };
+                        first += cluster.members;
+                        cluster
+                    })
+                    .collect()
+            })
+            .collect();
+        Mined { labels, patches, clusters }
+    }
+
+    /// Index `label` checked against the number of labels.
+    fn label(&self, label: u32) -> FfiResult<usize> {
+        let n = self.labels.len();
+        let i = label as usize;
+        if i >= n {
+            return Err(FfiError::Invalid(format!("label index {label} is out of range (the results have {n} labels)")));
+        }
+        Ok(i)
+    }
+}
+
+/// Fills `options` with the authors' defaults (no prompts, no cache).
+///
+/// # Safety
+/// `options` must be NULL or point to a writable `dm_miner_options`.
+#[no_mangle]
+pub unsafe extern "C" fn dm_miner_options_default(options: *mut dm_miner_options) -> dm_status {
+    // SAFETY: forwarded to the caller's contract.
+    guard(|| unsafe { write_value(dm_miner_options::default(), options, "options") })
+}
+
+/// Reads the C options into the safe API's options.
+///
+/// # Safety
+/// Every non-NULL string in `o` must be NUL-terminated.
+unsafe fn mining_options(o: &dm_miner_options) -> FfiResult<MiningOptions> {
+    let d = MiningOptions::default();
+    let positive = |value: u32, what: &str| match value {
+        0 => Err(FfiError::Invalid(format!("`options.{what}` must be at least 1"))),
+        v => Ok(v as usize),
+    };
+    // SAFETY: the caller guarantees every non-NULL string is NUL-terminated.
+    let (template, null_prompt, cache_dir) = unsafe {
+        (
+            required_str(o.prompt_template, "options.prompt_template")?,
+            optional_str(o.null_prompt, "options.null_prompt")?,
+            optional_str(o.cache_dir, "options.cache_dir")?,
+        )
+    };
+    Ok(MiningOptions {
+        prompt_template: template.to_string(),
+        null_prompt: null_prompt.unwrap_or_default().to_string(),
+        typicality: TypicalityOptions { samples: positive(o.samples, "samples")?, batch: positive(o.batch, "batch")?, seed: o.seed, ..d.typicality },
+        resize: (o.resize_short_side > 0).then_some(o.resize_short_side as usize),
+        patch_size: positive(o.patch_size, "patch_size")?,
+        per_image: positive(o.per_image, "per_image")?,
+        top: positive(o.top, "top")?,
+        dift: DiftOptions { ensemble: positive(o.dift_ensemble, "dift_ensemble")?, ..d.dift },
+        cluster: ClusterOptions { clusters: positive(o.clusters, "clusters")?, restarts: positive(o.restarts, "restarts")?, ..d.cluster },
+        cache_dir: cache_dir.map(PathBuf::from),
+    })
+}
+
+/// Creates a miner for `model` (which it keeps alive; the caller may free its own handle) with
+/// `options` (not NULL: `prompt_template` is required). On success `*out_miner` owns a new miner,
+/// released with `dm_miner_free`.
+///
+/// # Safety
+/// `options` NULL or a valid options struct whose strings are NUL-terminated; `out_miner` NULL or
+/// writable.
+#[no_mangle]
+pub unsafe extern "C" fn dm_miner_create(model: *const dm_model, options: *const dm_miner_options, out_miner: *mut *mut dm_miner) -> dm_status {
+    guard(|| {
+        let model = model_ref(model)?;
+        if options.is_null() {
+            return Err(FfiError::Null("options"));
+        }
+        if out_miner.is_null() {
+            return Err(FfiError::Null("out_miner"));
+        }
+        let min_size = std::mem::size_of::<dm_miner_options>();
+        // SAFETY: the caller's contract covers `options` and its strings.
+        let options = unsafe { mining_options(&read_options(options, dm_miner_options::default(), min_size, "options")?) }?;
+        let state = MinerState { options, set: LabelledSet::default(), index: HashMap::new(), mined: None };
+        let miner = Miner { model, state: Mutex::new(state) };
+        // SAFETY: checked non-NULL above; writable by the caller's contract.
+        unsafe { write_value(handle::register::<Miner, dm_miner>(miner), out_miner, "out_miner") }
+    })
+}
+
+fn miner_ref(miner: *const dm_miner) -> FfiResult<Arc<Miner>> {
+    handle::get::<Miner, dm_miner>(miner, "miner")
+}
+
+/// A label argument: required, not blank.
+///
+/// # Safety
+/// `label` NULL or NUL-terminated.
+unsafe fn label_arg(label: *const c_char) -> FfiResult<String> {
+    // SAFETY: forwarded to the caller's contract.
+    let label = unsafe { required_str(label, "label") }?.trim();
+    if label.is_empty() {
+        return Err(FfiError::Invalid("`label` is empty".into()));
+    }
+    Ok(label.to_string())
+}
+
+/// Adds the image file at `path` (UTF-8; PNG, JPEG or BMP) under `label` (UTF-8). Adding the same
+/// path again with another label gives the image both labels. The file must exist now; it is read
+/// during `dm_miner_run`.
+///
+/// # Safety
+/// `path` and `label` NULL or NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn dm_miner_add_file(miner: *mut dm_miner, path: *const c_char, label: *const c_char) -> dm_status {
+    guard(|| {
+        let m = miner_ref(miner)?;
+        // SAFETY: the caller's contract covers each pointer.
+        let (path, label) = unsafe { (required_str(path, "path")?, label_arg(label)?) };
+        std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        let image = LabelledImage::file(PathBuf::from(path), vec![label]);
+        let added = m.lock().add(image);
+        added
+    })
+}
+
+/// Adds an image held in memory under `label`; its pixels are copied, so the buffer may be reused at
+/// once. `name` (UTF-8) stands for the image in results and the report; NULL names it `image-<i>`,
+/// `i` its index. Adding the same name with the same pixels again gives the image another label;
+/// the same name with other pixels is an error.
+///
+/// # Safety
+/// `image` NULL or a valid view whose buffer holds `data_len` bytes; `name` and `label` NULL or
+/// NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn dm_miner_add_image(miner: *mut dm_miner, image: *const dm_image_view, name: *const c_char, label: *const c_char) -> dm_status {
+    guard(|| {
+        let m = miner_ref(miner)?;
+        // SAFETY: the caller's contract covers each pointer.
+        let (view, name, label) = unsafe { (borrow_view(image)?, optional_str(name, "name")?, label_arg(label)?) };
+        let pixels = Pixels::copy_of(&view)?;
+        let mut state = m.lock();
+        let name = name.map_or_else(|| format!("image-{}", state.set.items.len()), str::to_string);
+        state.add(LabelledImage { path: PathBuf::from(name), labels: vec![label], pixels: Some(pixels) })
+    })
+}
+
+/// Mines every label of the images added. `progress` (may be NULL) is called after each image's
+/// typicality and each image's DIFT with (units done, units in all, NaN); returning non-zero cancels
+/// with `DM_ERR_CANCELLED`. A failed or cancelled run may be run again (with a cache folder it
+/// resumes); after a successful run the results stay and a second run is an error.
+///
+/// # Safety
+/// `progress` safe to call with `user_data` from this thread.
+#[no_mangle]
+pub unsafe extern "C" fn dm_miner_run(miner: *mut dm_miner, progress: dm_progress_fn, user_data: *mut c_void) -> dm_status {
+    guard(|| {
+        let m = miner_ref(miner)?;
+        let mut state = m.lock();
+        if state.mined.is_some() {
+            return Err(FfiError::Invalid("dm_miner_run already succeeded on this miner; its results stay readable, and mining again needs a new miner".into()));
+        }
+        if state.set.items.is_empty() {
+            return Err(FfiError::Invalid("no images to mine: add some with dm_miner_add_file or dm_miner_add_image".into()));
+        }
+        let results = mine(&m.model, &state.set, &state.options, &mut progress_adapter(progress, user_data))?;
+        state.mined = Some(Mined::new(results, &state.index));
+        Ok(())
+    })
+}
+
+/// Copies `text` NUL-terminated into `out` (room for `out_len` bytes) and its size with the NUL into
+/// `*out_needed`; with `out` NULL only the size is written.
+///
+/// # Safety
+/// `out` NULL or `out_len` writable bytes; `out_needed` NULL or writable.
+unsafe fn write_text(text: &str, out: *mut c_char, out_len: usize, out_needed: *mut usize) -> FfiResult<()> {
+    let bytes: Vec<c_char> = text.bytes().chain([0]).map(|b| b as c_char).collect();
+    if out_needed.is_null() {
+        return Err(FfiError::Null("out_needed"));
+    }
+    // SAFETY: the caller's contract covers both outputs.
+    unsafe {
+        if !out.is_null() {
+            write_output(&bytes, out, out_len, "out")?;
+        }
+        write_value(bytes.len(), out_needed, "out_needed")
+    }
+}
+
+/// The number of images added (each counted once, whatever its labels).
+///
+/// # Safety
+/// `out_count` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn dm_miner_image_count(miner: *const dm_miner, out_count: *mut usize) -> dm_status {
+    guard(|| {
+        let count = miner_ref(miner)?.lock().set.items.len();
+        // SAFETY: forwarded to the caller's contract.
+        unsafe { write_value(count, out_count, "out_count") }
+    })
+}
+
+/// The path or name of image `image` (by the order images were first added), as `dm_mined_patch.image`
+/// refers to it. Writes it NUL-terminated into `out` (room for `out_len` bytes) and its size with the
+/// NUL into `*out_needed`; pass `out` NULL to ask the size only.
+///
+/// # Safety
+/// `out` NULL or `out_len` writable bytes; `out_needed` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn dm_miner_image_name(miner: *const dm_miner, image: u32, out: *mut c_char, out_len: usize, out_needed: *mut usize) -> dm_status {
+    guard(|| {
+        let m = miner_ref(miner)?;
+        let state = m.lock();
+        let n = state.set.items.len();
+        let item = state.set.items.get(image as usize).ok_or_else(|| FfiError::Invalid(format!("image index {image} is out of range ({n} images added)")))?;
+        // SAFETY: forwarded to the caller's contract.
+        unsafe { write_text(&item.path.to_string_lossy(), out, out_len, out_needed) }
+    })
+}
+
+/// The number of labels in the results (the distinct labels of the images, sorted; label indices of
+/// the other accessors are in this order). Fails before a successful `dm_miner_run`.
+///
+/// # Safety
+/// `out_count` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn dm_miner_label_count(miner: *const dm_miner, out_count: *mut usize) -> dm_status {
+    guard(|| {
+        let count = miner_ref(miner)?.lock().mined()?.labels.len();
+        // SAFETY: forwarded to the caller's contract.
+        unsafe { write_value(count, out_count, "out_count") }
+    })
+}
+
+/// The name of label `label`, as `dm_miner_image_name` writes a name.
+///
+/// # Safety
+/// `out` NULL or `out_len` writable bytes; `out_needed` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn dm_miner_label_name(miner: *const dm_miner, label: u32, out: *mut c_char, out_len: usize, out_needed: *mut usize) -> dm_status {
+    guard(|| {
+        let m = miner_ref(miner)?;
+        let state = m.lock();
+        let mined = state.mined()?;
+        let name = &mined.labels[mined.label(label)?].label;
+        // SAFETY: forwarded to the caller's contract.
+        unsafe { write_text(name, out, out_len, out_needed) }
+    })
+}
+
+/// The number of kept boxes of label `label`.
+///
+/// # Safety
+/// `out_count` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn dm_miner_patch_count(miner: *const dm_miner, label: u32, out_count: *mut usize) -> dm_status {
+    guard(|| {
+        let m = miner_ref(miner)?;
+        let state = m.lock();
+        let mined = state.mined()?;
+        let count = mined.patches[mined.label(label)?].len();
+        // SAFETY: forwarded to the caller's contract.
+        unsafe { write_value(count, out_count, "out_count") }
+    })
+}
+
+/// The kept boxes of label `label` in cluster rank order, then rank in cluster, into `out` (room for
+/// `out_len`; `dm_miner_patch_count` gives the number), their count into `*out_count`.
+///
+/// # Safety
+/// `out` NULL or `out_len` writable elements; `out_count` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn dm_miner_patches(miner: *const dm_miner, label: u32, out: *mut dm_mined_patch, out_len: usize, out_count: *mut usize) -> dm_status {
+    guard(|| {
+        let m = miner_ref(miner)?;
+        let state = m.lock();
+        let mined = state.mined()?;
+        let patches = &mined.patches[mined.label(label)?];
+        // SAFETY: forwarded to the caller's contract.
+        unsafe { write_array(patches, out, out_len, out_count) }
+    })
+}
+
+/// The number of clusters of label `label`.
+///
+/// # Safety
+/// `out_count` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn dm_miner_cluster_count(miner: *const dm_miner, label: u32, out_count: *mut usize) -> dm_status {
+    guard(|| {
+        let m = miner_ref(miner)?;
+        let state = m.lock();
+        let mined = state.mined()?;
+        let count = mined.clusters[mined.label(label)?].len();
+        // SAFETY: forwarded to the caller's contract.
+        unsafe { write_value(count, out_count, "out_count") }
+    })
+}
+
+/// The clusters of label `label` in rank order (highest median typicality first) into `out` (room
+/// for `out_len`; `dm_miner_cluster_count` gives the number), their count into `*out_count`.
+///
+/// # Safety
+/// `out` NULL or `out_len` writable elements; `out_count` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn dm_miner_clusters(miner: *const dm_miner, label: u32, out: *mut dm_mined_cluster, out_len: usize, out_count: *mut usize) -> dm_status {
+    guard(|| {
+        let m = miner_ref(miner)?;
+        let state = m.lock();
+        let mined = state.mined()?;
+        let clusters = &mined.clusters[mined.label(label)?];
+        // SAFETY: forwarded to the caller's contract.
+        unsafe { write_array(clusters, out, out_len, out_count) }
+    })
+}
+
+/// Copies `items` into the caller's array and their count into `*out_count`.
+///
+/// # Safety
+/// `out` NULL or `out_len` writable elements; `out_count` NULL or writable.
+unsafe fn write_array<T: Copy>(items: &[T], out: *mut T, out_len: usize, out_count: *mut usize) -> FfiResult<()> {
+    if out_count.is_null() {
+        return Err(FfiError::Null("out_count"));
+    }
+    // SAFETY: forwarded to the caller's contract.
+    unsafe {
+        write_output(items, out, out_len, "out")?;
+        write_value(items.len(), out_count, "out_count")
+    }
+}
+
+/// Writes the report of the results into the folder `out_dir` (UTF-8; created if missing):
+/// `patches.csv`, per label a cluster grid and strips of patch crops, and `index.html`.
+///
+/// # Safety
+/// `out_dir` NULL or NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn dm_miner_write_report(miner: *const dm_miner, out_dir: *const c_char) -> dm_status {
+    guard(|| {
+        let m = miner_ref(miner)?;
+        // SAFETY: forwarded to the caller's contract.
+        let out_dir = unsafe { required_str(out_dir, "out_dir") }?;
+        let state = m.lock();
+        let options = ReportOptions { resize: state.options.resize, ..ReportOptions::default() };
+        write_report(&state.mined()?.labels, &options, Path::new(out_dir))?;
+        Ok(())
+    })
+}
+
+/// Releases a miner. NULL is accepted; a handle that is not a live miner gives
+/// `DM_ERR_INVALID_HANDLE`. A call still running on another thread finishes first.
+#[no_mangle]
+pub extern "C" fn dm_miner_free(miner: *mut dm_miner) -> dm_status {
+    guard(|| handle::release::<Miner, dm_miner>(miner, "miner"))
+}

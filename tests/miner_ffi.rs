@@ -1,0 +1,375 @@
+//! Mining through the C ABI (`dm_miner_*`) on the tiny random-weight fixture: the results equal the safe
+//! API's `mine()` on the same set and options, pixels handed in memory give the same patches as their
+//! files, the report folder is written, bad input gets a status and a message that says what is wrong,
+//! and the progress callback counts and cancels.
+mod common;
+
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::path::Path;
+use std::ptr::{null, null_mut};
+
+use common::pipeline;
+use diffmine::dataset::LabelledSet;
+use diffmine::ffi::{self, dm_image_view, dm_mined_cluster, dm_mined_patch, dm_miner, dm_miner_options, dm_model, dm_status, DM_PIXEL_U8};
+use diffmine::mining::cluster::ClusterOptions;
+use diffmine::mining::dift::DiftOptions;
+use diffmine::mining::miner::{mine, LabelResult, MiningOptions};
+use diffmine::model::{ModelOptions, StableDiffusion};
+use diffmine::synthetic::{write_dataset, SyntheticOptions};
+use diffmine::typicality::TypicalityOptions;
+
+const TEMPLATE: &str = "Chest X-Ray with {label}.";
+const NULL_PROMPT: &str = "Chest X-Ray.";
+
+fn last_error() -> String {
+    // SAFETY: dm_last_error returns a valid NUL-terminated thread-local string.
+    unsafe { CStr::from_ptr(ffi::dm_last_error()) }.to_string_lossy().into_owned()
+}
+
+fn assert_fails(status: dm_status, expected: dm_status, message: &str) {
+    assert_eq!(status, expected, "{}", last_error());
+    let error = last_error();
+    assert!(error.contains(message), "message `{error}` should contain `{message}`");
+}
+
+/// Two labels of three synthetic images each.
+fn synthetic_set(dir: &Path) -> LabelledSet {
+    let options = SyntheticOptions { images_per_label: 3, labels: vec!["Nodule".into(), "Effusion".into()], ..SyntheticOptions::default() };
+    write_dataset(&options, dir).unwrap();
+    LabelledSet::open(dir).unwrap()
+}
+
+/// The settings of tests/mining.rs: small enough to run in seconds on the CPU.
+fn safe_options() -> MiningOptions {
+    MiningOptions {
+        prompt_template: TEMPLATE.into(),
+        null_prompt: NULL_PROMPT.into(),
+        typicality: TypicalityOptions { samples: 2, batch: 2, ..TypicalityOptions::default() },
+        patch_size: 16,
+        top: 12,
+        dift: DiftOptions { ensemble: 2, ..DiftOptions::default() },
+        cluster: ClusterOptions { clusters: 3, restarts: 2, ..ClusterOptions::default() },
+        ..MiningOptions::default()
+    }
+}
+
+/// The C options equal to `safe_options`; the strings they point to must outlive them.
+fn c_options(template: &CString, null_prompt: &CString) -> dm_miner_options {
+    let mut o = dm_miner_options { struct_size: 0, ..Default::default() };
+    // SAFETY: a writable options struct.
+    assert_eq!(unsafe { ffi::dm_miner_options_default(&mut o) }, dm_status::DM_OK);
+    dm_miner_options {
+        prompt_template: template.as_ptr(),
+        null_prompt: null_prompt.as_ptr(),
+        samples: 2,
+        batch: 2,
+        patch_size: 16,
+        top: 12,
+        dift_ensemble: 2,
+        clusters: 3,
+        restarts: 2,
+        ..o
+    }
+}
+
+/// A model handle, freed on drop.
+struct CModel(*mut dm_model);
+
+impl CModel {
+    fn open() -> Self {
+        let path = CString::new(pipeline("sd15_tiny").to_str().unwrap()).unwrap();
+        let mut model = null_mut();
+        // SAFETY: NUL-terminated path, NULL options (defaults), valid out pointer.
+        let status = unsafe { ffi::dm_model_open(path.as_ptr(), null(), &mut model) };
+        assert_eq!(status, dm_status::DM_OK, "{}", last_error());
+        CModel(model)
+    }
+}
+
+impl Drop for CModel {
+    fn drop(&mut self) {
+        ffi::dm_model_free(self.0);
+    }
+}
+
+/// A miner handle with the test options, freed on drop.
+struct CMiner(*mut dm_miner);
+
+impl CMiner {
+    fn create(model: &CModel) -> Self {
+        let (template, null_prompt) = (CString::new(TEMPLATE).unwrap(), CString::new(NULL_PROMPT).unwrap());
+        let options = c_options(&template, &null_prompt);
+        let mut miner = null_mut();
+        // SAFETY: a live model, valid options whose strings outlive the call, a valid out pointer.
+        let status = unsafe { ffi::dm_miner_create(model.0, &options, &mut miner) };
+        assert_eq!(status, dm_status::DM_OK, "{}", last_error());
+        CMiner(miner)
+    }
+
+    fn add_file(&self, path: &Path, label: &str) -> dm_status {
+        let (path, label) = (CString::new(path.to_str().unwrap()).unwrap(), CString::new(label).unwrap());
+        // SAFETY: NUL-terminated strings.
+        unsafe { ffi::dm_miner_add_file(self.0, path.as_ptr(), label.as_ptr()) }
+    }
+
+    fn add_rgb8(&self, pixels: &image::RgbImage, name: &str, label: &str) -> dm_status {
+        let view = dm_image_view {
+            data: pixels.as_raw().as_ptr() as *const c_void,
+            data_len: pixels.as_raw().len(),
+            width: pixels.width(),
+            height: pixels.height(),
+            channels: 3,
+            pixel_type: DM_PIXEL_U8,
+            stride: pixels.width() as usize * 3,
+        };
+        let (name, label) = (CString::new(name).unwrap(), CString::new(label).unwrap());
+        // SAFETY: a view of a live buffer of `data_len` bytes; NUL-terminated strings.
+        unsafe { ffi::dm_miner_add_image(self.0, &view, name.as_ptr(), label.as_ptr()) }
+    }
+
+    fn run(&self) -> dm_status {
+        // SAFETY: no callback.
+        unsafe { ffi::dm_miner_run(self.0, None, null_mut()) }
+    }
+
+    fn count(&self, query: unsafe extern "C" fn(*const dm_miner, u32, *mut usize) -> dm_status, label: u32) -> usize {
+        let mut n = 0;
+        // SAFETY: a valid out pointer.
+        let status = unsafe { query(self.0, label, &mut n) };
+        assert_eq!(status, dm_status::DM_OK, "{}", last_error());
+        n
+    }
+
+    fn label_name(&self, label: u32) -> String {
+        let mut needed = 0;
+        // SAFETY: NULL buffer asks the size; valid out pointer.
+        assert_eq!(unsafe { ffi::dm_miner_label_name(self.0, label, null_mut(), 0, &mut needed) }, dm_status::DM_OK, "{}", last_error());
+        let mut buffer = vec![0 as c_char; needed];
+        // SAFETY: a buffer of `needed` bytes.
+        assert_eq!(unsafe { ffi::dm_miner_label_name(self.0, label, buffer.as_mut_ptr(), needed, &mut needed) }, dm_status::DM_OK);
+        // SAFETY: NUL-terminated by the library.
+        unsafe { CStr::from_ptr(buffer.as_ptr()) }.to_string_lossy().into_owned()
+    }
+
+    fn patches(&self, label: u32) -> Vec<dm_mined_patch> {
+        let n = self.count(ffi::dm_miner_patch_count, label);
+        let mut out = vec![dm_mined_patch { image: 0, x: 0, y: 0, size: 0, typicality: 0.0, cluster: 0, rank_in_cluster: 0, distance: 0.0 }; n];
+        let mut count = 0;
+        // SAFETY: an array of n elements.
+        assert_eq!(unsafe { ffi::dm_miner_patches(self.0, label, out.as_mut_ptr(), n, &mut count) }, dm_status::DM_OK, "{}", last_error());
+        assert_eq!(count, n);
+        out
+    }
+
+    fn clusters(&self, label: u32) -> Vec<dm_mined_cluster> {
+        let n = self.count(ffi::dm_miner_cluster_count, label);
+        let mut out = vec![dm_mined_cluster { first: 0, members: 0, median_typicality: 0.0 }; n];
+        let mut count = 0;
+        // SAFETY: an array of n elements.
+        assert_eq!(unsafe { ffi::dm_miner_clusters(self.0, label, out.as_mut_ptr(), n, &mut count) }, dm_status::DM_OK, "{}", last_error());
+        out
+    }
+
+    fn label_count(&self) -> usize {
+        let mut n = 0;
+        // SAFETY: a valid out pointer.
+        assert_eq!(unsafe { ffi::dm_miner_label_count(self.0, &mut n) }, dm_status::DM_OK, "{}", last_error());
+        n
+    }
+
+    fn write_report(&self, out: &Path) -> dm_status {
+        let out = CString::new(out.to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        unsafe { ffi::dm_miner_write_report(self.0, out.as_ptr()) }
+    }
+}
+
+impl Drop for CMiner {
+    fn drop(&mut self) {
+        ffi::dm_miner_free(self.0);
+    }
+}
+
+/// Checks the C results against the safe API's, the images indexed in the set's order.
+fn assert_equal_results(miner: &CMiner, expected: &[LabelResult], set: &LabelledSet) {
+    assert_eq!(miner.label_count(), expected.len());
+    for (l, result) in expected.iter().enumerate() {
+        let l = l as u32;
+        assert_eq!(miner.label_name(l), result.label);
+        let patches: Vec<dm_mined_patch> = result
+            .patches
+            .iter()
+            .map(|p| dm_mined_patch {
+                image: set.items.iter().position(|i| i.path == p.path).unwrap() as u32,
+                x: p.patch.x as u32,
+                y: p.patch.y as u32,
+                size: p.patch.size as u32,
+                typicality: p.patch.score,
+                cluster: p.cluster_rank as u32,
+                rank_in_cluster: p.rank_in_cluster as u32,
+                distance: p.distance,
+            })
+            .collect();
+        assert_eq!(miner.patches(l), patches, "patches of {}", result.label);
+        let clusters = miner.clusters(l);
+        assert_eq!(clusters.len(), result.clusters.len());
+        for (c, r) in clusters.iter().zip(&result.clusters) {
+            assert_eq!((c.members as usize, c.median_typicality), (r.members.len(), r.median_typicality));
+            assert_eq!(c.first as usize, r.members[0], "members follow one another in the patch order");
+        }
+    }
+}
+
+#[test]
+fn results_through_the_c_api_equal_mine_and_the_report_is_written() {
+    let data = tempfile::tempdir().unwrap();
+    let set = synthetic_set(data.path());
+    let expected = {
+        let model = StableDiffusion::open(&pipeline("sd15_tiny"), &ModelOptions::default()).unwrap();
+        mine(&model, &set, &safe_options(), &mut |_, _| true).unwrap()
+    };
+    let model = CModel::open();
+    let miner = CMiner::create(&model);
+    for item in &set.items {
+        assert_eq!(miner.add_file(&item.path, &item.labels[0]), dm_status::DM_OK, "{}", last_error());
+    }
+    assert_eq!(miner.run(), dm_status::DM_OK, "{}", last_error());
+    assert_equal_results(&miner, &expected, &set);
+
+    let report = data.path().join("report");
+    assert_eq!(miner.write_report(&report), dm_status::DM_OK, "{}", last_error());
+    assert!(report.join("index.html").is_file() && report.join("grid_Nodule.png").is_file());
+    let csv = std::fs::read_to_string(report.join("patches.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 24);
+
+    // The results stay; running again or adding images after a run is refused.
+    assert_fails(miner.run(), dm_status::DM_ERR_INVALID_ARGUMENT, "already succeeded");
+    assert_fails(miner.add_file(&set.items[0].path, "Other"), dm_status::DM_ERR_INVALID_ARGUMENT, "after a successful dm_miner_run");
+    assert_eq!(miner.label_count(), 2);
+}
+
+#[test]
+fn pixels_in_memory_give_the_patches_of_their_files_and_crops_in_the_report() {
+    let data = tempfile::tempdir().unwrap();
+    let set = synthetic_set(data.path());
+    let model = CModel::open();
+    let (files, buffers) = (CMiner::create(&model), CMiner::create(&model));
+    for item in &set.items {
+        let pixels = image::open(&item.path).unwrap().to_rgb8();
+        assert_eq!(files.add_file(&item.path, &item.labels[0]), dm_status::DM_OK, "{}", last_error());
+        assert_eq!(buffers.add_rgb8(&pixels, item.path.to_str().unwrap(), &item.labels[0]), dm_status::DM_OK, "{}", last_error());
+    }
+    assert_eq!(files.run(), dm_status::DM_OK, "{}", last_error());
+    assert_eq!(buffers.run(), dm_status::DM_OK, "{}", last_error());
+    for l in 0..2 {
+        assert_eq!(files.patches(l), buffers.patches(l));
+        assert_eq!(files.clusters(l), buffers.clusters(l));
+    }
+    let (from_files, from_buffers) = (data.path().join("files"), data.path().join("buffers"));
+    assert_eq!(files.write_report(&from_files), dm_status::DM_OK, "{}", last_error());
+    assert_eq!(buffers.write_report(&from_buffers), dm_status::DM_OK, "{}", last_error());
+    for grid in ["grid_Nodule.png", "strip_Effusion_top.png"] {
+        let read = |dir: &Path| image::open(dir.join(grid)).unwrap().to_rgb8();
+        assert_eq!(read(&from_files), read(&from_buffers), "{grid}: crops from memory equal crops from files");
+    }
+}
+
+#[test]
+fn bad_input_gets_a_status_and_a_message_naming_the_problem() {
+    let model = CModel::open();
+    let (template, null_prompt) = (CString::new(TEMPLATE).unwrap(), CString::new(NULL_PROMPT).unwrap());
+    let mut out = null_mut();
+    // SAFETY (this block): every pointer is NULL or valid; the strings outlive the calls.
+    unsafe {
+        let options = c_options(&template, &null_prompt);
+        assert_fails(ffi::dm_miner_create(null(), &options, &mut out), dm_status::DM_ERR_NULL_ARGUMENT, "`model`");
+        assert_fails(ffi::dm_miner_create(model.0, null(), &mut out), dm_status::DM_ERR_NULL_ARGUMENT, "`options`");
+        assert_fails(ffi::dm_miner_create(model.0, &options, null_mut()), dm_status::DM_ERR_NULL_ARGUMENT, "`out_miner`");
+        let no_prompt = dm_miner_options { prompt_template: null(), ..options };
+        assert_fails(ffi::dm_miner_create(model.0, &no_prompt, &mut out), dm_status::DM_ERR_NULL_ARGUMENT, "options.prompt_template");
+        let no_clusters = dm_miner_options { clusters: 0, ..options };
+        assert_fails(ffi::dm_miner_create(model.0, &no_clusters, &mut out), dm_status::DM_ERR_INVALID_ARGUMENT, "options.clusters");
+        let old = dm_miner_options { struct_size: 8, ..options };
+        assert_fails(ffi::dm_miner_create(model.0, &old, &mut out), dm_status::DM_ERR_INVALID_ARGUMENT, "struct_size");
+    }
+    assert!(out.is_null(), "outputs are written only on success");
+
+    let miner = CMiner::create(&model);
+    let mut n = 0;
+    // SAFETY (this block): as above.
+    unsafe {
+        assert_fails(ffi::dm_miner_label_count(miner.0, &mut n), dm_status::DM_ERR_INVALID_ARGUMENT, "call dm_miner_run first");
+        assert_fails(ffi::dm_miner_write_report(miner.0, c"/tmp/x".as_ptr()), dm_status::DM_ERR_INVALID_ARGUMENT, "dm_miner_run first");
+    }
+    assert_fails(miner.run(), dm_status::DM_ERR_INVALID_ARGUMENT, "no images to mine");
+    assert_fails(miner.add_file(Path::new("/nonexistent/a.png"), "Mass"), dm_status::DM_ERR_IO, "/nonexistent/a.png");
+    let pixels = image::RgbImage::from_pixel(32, 32, image::Rgb([10, 20, 30]));
+    assert_fails(miner.add_rgb8(&pixels, "a", " "), dm_status::DM_ERR_INVALID_ARGUMENT, "`label` is empty");
+    assert_eq!(miner.add_rgb8(&pixels, "a", "Mass"), dm_status::DM_OK, "{}", last_error());
+    assert_eq!(miner.add_rgb8(&pixels, "a", "Effusion"), dm_status::DM_OK, "the same pixels may take another label");
+    let other = image::RgbImage::from_pixel(32, 32, image::Rgb([0, 0, 0]));
+    assert_fails(miner.add_rgb8(&other, "a", "Mass"), dm_status::DM_ERR_INVALID_ARGUMENT, "`a` was already added");
+    // SAFETY (this block): as above; the view's buffer is too short for its stated size.
+    unsafe {
+        let short = dm_image_view { data: pixels.as_ptr() as *const c_void, data_len: 10, width: 32, height: 32, channels: 3, pixel_type: DM_PIXEL_U8, stride: 96 };
+        assert_fails(ffi::dm_miner_add_image(miner.0, &short, null(), c"Mass".as_ptr()), dm_status::DM_ERR_INVALID_ARGUMENT, "buffer holds 10 bytes");
+        assert_fails(ffi::dm_miner_add_image(miner.0, null(), null(), c"Mass".as_ptr()), dm_status::DM_ERR_NULL_ARGUMENT, "`image`");
+        assert_fails(ffi::dm_miner_image_name(miner.0, 5, null_mut(), 0, &mut n), dm_status::DM_ERR_INVALID_ARGUMENT, "image index 5");
+    }
+
+    assert_eq!(miner.run(), dm_status::DM_OK, "{}", last_error());
+    // SAFETY (this block): as above.
+    unsafe {
+        assert_fails(ffi::dm_miner_patch_count(miner.0, 2, &mut n), dm_status::DM_ERR_INVALID_ARGUMENT, "label index 2 is out of range (the results have 2 labels)");
+        let mut one = [0 as c_char; 1];
+        assert_fails(ffi::dm_miner_label_name(miner.0, 0, one.as_mut_ptr(), 1, &mut n), dm_status::DM_ERR_BUFFER_TOO_SMALL, "`out` holds 1");
+        let mut patch = [dm_mined_patch { image: 0, x: 0, y: 0, size: 0, typicality: 0.0, cluster: 0, rank_in_cluster: 0, distance: 0.0 }; 1];
+        assert_fails(ffi::dm_miner_patches(miner.0, 0, patch.as_mut_ptr(), 0, &mut n), dm_status::DM_ERR_BUFFER_TOO_SMALL, "`out` holds 0");
+    }
+    assert_eq!(miner.label_name(0), "Effusion", "labels sorted");
+
+    let freed = CMiner::create(&model);
+    assert_eq!(ffi::dm_miner_free(freed.0), dm_status::DM_OK);
+    assert_fails(freed.run(), dm_status::DM_ERR_INVALID_HANDLE, "`miner`");
+    assert_fails(ffi::dm_miner_free(model.0 as *mut dm_miner), dm_status::DM_ERR_INVALID_HANDLE, "`miner`");
+    assert_eq!(ffi::dm_miner_free(null_mut()), dm_status::DM_OK);
+    std::mem::forget(freed);
+}
+
+/// Records each call and cancels at call `cancel_at` (0: never).
+struct Calls {
+    seen: Vec<(u64, u64)>,
+    cancel_at: usize,
+}
+
+unsafe extern "C" fn record(done: u64, total: u64, value: f64, user_data: *mut c_void) -> i32 {
+    // SAFETY: the test passes a live `Calls` as user_data.
+    let calls = unsafe { &mut *(user_data as *mut Calls) };
+    assert!(value.is_nan());
+    calls.seen.push((done, total));
+    (calls.seen.len() == calls.cancel_at) as i32
+}
+
+#[test]
+fn a_non_zero_progress_return_cancels_and_the_miner_can_run_again() {
+    let model = CModel::open();
+    let miner = CMiner::create(&model);
+    let pixels = image::RgbImage::from_fn(32, 32, |x, y| image::Rgb([(x * 8) as u8, (y * 8) as u8, 128]));
+    assert_eq!(miner.add_rgb8(&pixels, "a", "Mass"), dm_status::DM_OK, "{}", last_error());
+
+    let mut calls = Calls { seen: Vec::new(), cancel_at: 1 };
+    // SAFETY: the callback reads `calls`, which outlives the call.
+    let status = unsafe { ffi::dm_miner_run(miner.0, Some(record), &mut calls as *mut Calls as *mut c_void) };
+    assert_fails(status, dm_status::DM_ERR_CANCELLED, "cancel");
+    assert_eq!(calls.seen, vec![(1, 2)]);
+    let mut n = 0;
+    // SAFETY: a valid out pointer.
+    assert_eq!(unsafe { ffi::dm_miner_label_count(miner.0, &mut n) }, dm_status::DM_ERR_INVALID_ARGUMENT, "no results after a cancel");
+
+    let mut calls = Calls { seen: Vec::new(), cancel_at: 0 };
+    // SAFETY: as above.
+    let status = unsafe { ffi::dm_miner_run(miner.0, Some(record), &mut calls as *mut Calls as *mut c_void) };
+    assert_eq!(status, dm_status::DM_OK, "{}", last_error());
+    assert_eq!(calls.seen, vec![(1, 2), (2, 2)], "one image: its typicality, then its DIFT");
+    assert_eq!(miner.label_count(), 1);
+}
