@@ -5,11 +5,8 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
 
-use common::{assert_close, python, relative_error, repo_root};
+use common::{assert_close, relative_error};
 use diffmine::model::config::SchedulerConfig;
 use diffmine::model::ddim::{self, Ddim};
 use diffmine::model::scheduler::NoiseSchedule;
@@ -21,22 +18,6 @@ use tch::Tensor;
 const STEP_TOLERANCE: f64 = 1e-5;
 const TOLERANCE: f64 = 1e-3;
 
-/// The reference folder, built on first use from make_fixtures.py's sd15_tiny pipeline.
-fn fixture_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let tiny = common::pipeline("sd15_tiny");
-        let out = repo_root().join("target/translate_fixtures");
-        let status = Command::new(python())
-            .arg(repo_root().join("tests/reference/translate_reference.py"))
-            .arg(&tiny)
-            .arg(&out)
-            .status()
-            .expect("run tests/reference/translate_reference.py (run scripts/setup.sh first)");
-        assert!(status.success(), "translate_reference.py failed");
-        out.join("sd15_pnp")
-    })
-}
 
 struct Reference {
     tensors: HashMap<String, Tensor>,
@@ -66,14 +47,14 @@ impl Reference {
 }
 
 fn reference() -> Reference {
-    let dir = fixture_dir();
+    let dir = common::translate_fixture_dir();
     let tensors = Tensor::read_safetensors(dir.join("reference.safetensors")).expect("reference.safetensors").into_iter().collect();
     let json = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
     Reference { tensors, json }
 }
 
 fn open() -> StableDiffusion {
-    StableDiffusion::open(fixture_dir(), &ModelOptions::default()).expect("open sd15_pnp")
+    StableDiffusion::open(common::translate_fixture_dir(), &ModelOptions::default()).expect("open sd15_pnp")
 }
 
 fn no_progress() -> impl FnMut(u64, u64) -> bool {

@@ -5,12 +5,8 @@
 mod common;
 
 use std::ffi::{c_char, c_void, CStr, CString};
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::ptr::{null, null_mut};
-use std::sync::OnceLock;
 
-use common::{python, repo_root};
 use diffmine::ffi::{self, dm_generate_options, dm_image_view, dm_model, dm_status, dm_translate_options, DM_PIXEL_U8};
 use diffmine::image::{to_rgb8, ImageView, PixelType};
 use diffmine::model::{ModelOptions, StableDiffusion};
@@ -20,29 +16,13 @@ use tch::Tensor;
 const SOURCE: &str = "A car from the 1950s.";
 const TARGETS: [&str; 2] = ["A car from the 2020s.", "a photo of a cat"];
 
-/// The sd15_pnp pipeline, built on first use as tests/translate.rs builds it.
-fn fixture_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let tiny = common::pipeline("sd15_tiny");
-        let out = repo_root().join("target/translate_fixtures");
-        let status = Command::new(python())
-            .arg(repo_root().join("tests/reference/translate_reference.py"))
-            .arg(&tiny)
-            .arg(&out)
-            .status()
-            .expect("run tests/reference/translate_reference.py (run scripts/setup.sh first)");
-        assert!(status.success(), "translate_reference.py failed");
-        out.join("sd15_pnp")
-    })
-}
 
 /// A model handle, freed on drop.
 struct CModel(*mut dm_model);
 
 impl CModel {
     fn open() -> Self {
-        let path = CString::new(fixture_dir().to_str().unwrap()).unwrap();
+        let path = CString::new(common::translate_fixture_dir().to_str().unwrap()).unwrap();
         let mut model = null_mut();
         // SAFETY: NUL-terminated path, NULL options (defaults), valid out pointer.
         let status = unsafe { ffi::dm_model_open(path.as_ptr(), null(), &mut model) };
@@ -72,7 +52,7 @@ struct Image {
 impl Image {
     fn fixture() -> Self {
         let tensors: std::collections::HashMap<String, Tensor> =
-            Tensor::read_safetensors(fixture_dir().join("reference.safetensors")).unwrap().into_iter().collect();
+            Tensor::read_safetensors(common::translate_fixture_dir().join("reference.safetensors")).unwrap().into_iter().collect();
         let image = &tensors["pnp.image"];
         let (_, _, h, w) = image.size4().unwrap();
         Image { pixels: to_rgb8(image).unwrap(), height: h as usize, width: w as usize }
@@ -187,7 +167,7 @@ fn c_translation_equals_the_safe_api_byte_for_byte() {
     let (status, images, reconstruction) = TranslateCall::new(&model, &image, &targets).run();
     assert_eq!(status, dm_status::DM_OK, "{}", last_error());
 
-    let safe = StableDiffusion::open(fixture_dir(), &ModelOptions::default()).unwrap();
+    let safe = StableDiffusion::open(common::translate_fixture_dir(), &ModelOptions::default()).unwrap();
     let options = TranslateOptions { steps: 10, inversion_steps: 10, ..TranslateOptions::default() };
     let expected = translate::translate(&safe, &image.tensor(), SOURCE, &TARGETS, &options, &mut |_, _| true).unwrap();
     assert_eq!(images, packed_rgb(&expected.images), "translations");
@@ -314,7 +294,7 @@ fn c_generation_equals_the_safe_api_and_refuses_bad_input() {
     let len = 2 * (h * w * 3) as usize;
     let (status, images) = c_generate(&model, &prompts, &options, len);
     assert_eq!(status, dm_status::DM_OK, "{}", last_error());
-    let safe = StableDiffusion::open(fixture_dir(), &ModelOptions::default()).unwrap();
+    let safe = StableDiffusion::open(common::translate_fixture_dir(), &ModelOptions::default()).unwrap();
     let safe_options = GenerateOptions { steps: 3, height: h as i64, width: w as i64, ..GenerateOptions::default() };
     let expected = translate::generate(&safe, &TARGETS, &safe_options, &mut |_, _| true).unwrap();
     assert_eq!(images, packed_rgb(&expected.images));

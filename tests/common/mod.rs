@@ -40,6 +40,24 @@ pub fn pipeline(name: &str) -> PathBuf {
     fixtures().join(name)
 }
 
+/// The Plug-and-Play reference folder (tests/reference/translate_reference.py, built on first use
+/// from the sd15_tiny pipeline): the `sd15_pnp` pipeline and what diffusers computes with it.
+pub fn translate_fixture_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let tiny = pipeline("sd15_tiny");
+        let out = repo_root().join("target/translate_fixtures");
+        let status = Command::new(python())
+            .arg(repo_root().join("tests/reference/translate_reference.py"))
+            .arg(&tiny)
+            .arg(&out)
+            .status()
+            .expect("run tests/reference/translate_reference.py (run scripts/setup.sh first)");
+        assert!(status.success(), "translate_reference.py failed");
+        out.join("sd15_pnp")
+    })
+}
+
 pub struct Reference {
     pub tensors: HashMap<String, Tensor>,
     pub json: serde_json::Value,
