@@ -3,7 +3,7 @@
 //! study. PNG and JPEG files load into the same image type, so callers handle one kind of image.
 //!
 //! dicom-object parses the data set; the pixel pipeline is ours, over the codec crates (jpeg-decoder,
-//! jpeg2k/openjp2), because dicom-pixeldata 0.10 has gaps a PACS caller must not inherit silently:
+//! charls, jpeg2k/openjp2), because dicom-pixeldata 0.10 has gaps a PACS caller must not inherit silently:
 //! it never inverts MONOCHROME1, reads Rescale Slope/Intercept stored as UN as raw bytes, swaps the
 //! halves of big-endian 32-bit samples, skips sign extension when Bits Stored < Bits Allocated,
 //! ignores Modality LUT tables and decodes RGB JPEG without a JFIF/Adobe marker as YCbCr.
@@ -15,7 +15,7 @@
 //! through its palette.
 //!
 //! Transfer syntaxes: implicit/explicit VR little endian, explicit big endian, deflated, encapsulated
-//! uncompressed, RLE, JPEG baseline/extended (8-bit)/lossless, JPEG 2000. JPEG-LS, 12-bit lossy JPEG,
+//! uncompressed, RLE, JPEG baseline/extended (8-bit)/lossless, JPEG-LS, JPEG 2000. 12-bit lossy JPEG,
 //! HTJ2K and the video syntaxes give an "unsupported" error naming the transfer syntax.
 //!
 //! Robustness: every declared element length is checked against the bytes present before parsing

@@ -19,6 +19,7 @@ pub fn decode(bytes: &[u8], format: &PixelFormat, codec: Codec, source: &str) ->
         Codec::Native | Codec::EncapsulatedNative => decode_native(bytes, format, source),
         Codec::Rle => decode_rle(bytes, format, source),
         Codec::Jpeg => decode_jpeg(bytes, format, source),
+        Codec::JpegLs => decode_jpeg_ls(bytes, format, source),
         Codec::Jpeg2000 => decode_jpeg2000(bytes, format, source),
     }));
     let samples = decoded.map_err(|_| Error::InvalidData(format!("{source}: the {codec:?} decoder failed on corrupt pixel data")))??;
@@ -204,6 +205,41 @@ fn decode_jpeg2000(bytes: &[u8], format: &PixelFormat, source: &str) -> Result<S
         other => other,
     };
     Ok(Samples { values, photometric })
+}
+
+/// JPEG-LS (ISO 14495-1) through CharLS. Its header is read and checked against the data set before
+/// anything is decoded (CharLS allocates for the size the header declares). CharLS hands the samples
+/// back by plane for a stream without interleaving (ILV 0) and by pixel for line- and
+/// sample-interleaved ones (ILV 1, 2); 16-bit samples in native byte order. JPEG-LS codes unsigned values: signed data are re-read from their
+/// Bits Stored pattern, as pydicom does.
+fn decode_jpeg_ls(bytes: &[u8], format: &PixelFormat, source: &str) -> Result<Samples> {
+    let info = charls::CharLS::default().get_frame_info(bytes).map_err(|e| corrupt(source, format!("JPEG-LS header: {e}")))?;
+    check_size(info.width as usize, info.height as usize, format, source)?;
+    if info.component_count as usize != format.samples || !(2..=16).contains(&info.bits_per_sample) {
+        return Err(corrupt(source, format!("JPEG-LS frame has {} components of {} bits for {} samples per pixel", info.component_count, info.bits_per_sample, format.samples)));
+    }
+    let decoded = charls::CharLS::default().decode(bytes).map_err(|e| corrupt(source, format!("JPEG-LS decoding failed: {e}")))?;
+    let raw: Vec<i64> = if info.bits_per_sample <= 8 {
+        decoded.iter().map(|&b| b as i64).collect()
+    } else {
+        decoded.chunks_exact(2).map(|c| u16::from_ne_bytes([c[0], c[1]]) as i64).collect()
+    };
+    if raw.len() != format.frame_samples() {
+        return Err(corrupt(source, format!("JPEG-LS frame decodes to {} samples, the data set describes {}", raw.len(), format.frame_samples())));
+    }
+    let pixel_order = match jpeg_ls_interleave(bytes) {
+        Some(0) if format.samples > 1 => interleave_planes(&raw, format.samples),
+        _ => raw,
+    };
+    let values = pixel_order.into_iter().map(|v| format.stored_value(v as u64)).collect();
+    Ok(Samples { values, photometric: format.photometric })
+}
+
+/// The interleave mode (ILV) of a JPEG-LS stream's first scan: the byte after NEAR in its SOS segment.
+fn jpeg_ls_interleave(bytes: &[u8]) -> Option<u8> {
+    let sos = bytes.windows(2).position(|w| w == [0xFF, 0xDA])?;
+    let components = *bytes.get(sos + 4)? as usize;
+    bytes.get(sos + 5 + 2 * components + 1).copied()
 }
 
 /// What a JPEG 2000 codestream's SIZ marker segment (ISO 15444-1 A.5.1) says, checked before

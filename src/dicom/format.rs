@@ -64,6 +64,8 @@ pub enum Codec {
     Rle,
     /// JPEG baseline (8-bit), extended (8-bit; 12-bit is refused by the decoder) and lossless.
     Jpeg,
+    /// JPEG-LS lossless and near-lossless, through CharLS.
+    JpegLs,
     Jpeg2000,
 }
 
@@ -75,10 +77,10 @@ impl Codec {
             "1.2.840.10008.1.2.1.98" => Codec::EncapsulatedNative,
             "1.2.840.10008.1.2.5" => Codec::Rle,
             "1.2.840.10008.1.2.4.50" | "1.2.840.10008.1.2.4.51" | "1.2.840.10008.1.2.4.57" | "1.2.840.10008.1.2.4.70" => Codec::Jpeg,
+            "1.2.840.10008.1.2.4.80" | "1.2.840.10008.1.2.4.81" => Codec::JpegLs,
             "1.2.840.10008.1.2.4.90" | "1.2.840.10008.1.2.4.91" => Codec::Jpeg2000,
             other => {
                 let why = match other {
-                    "1.2.840.10008.1.2.4.80" | "1.2.840.10008.1.2.4.81" => " (JPEG-LS: CharLS needs CMake, which this build does not use)",
                     "1.2.840.10008.1.2.4.201" | "1.2.840.10008.1.2.4.202" | "1.2.840.10008.1.2.4.203" => " (High-Throughput JPEG 2000)",
                     _ => "",
                 };
