@@ -8,9 +8,9 @@ use std::ffi::{c_char, c_void, CStr, CString};
 use std::path::Path;
 use std::ptr::{null, null_mut};
 
-use common::pipeline;
+use common::{c_last_error, pipeline, CModel};
 use diffmine::dataset::LabelledSet;
-use diffmine::ffi::{self, dm_image_view, dm_mined_cluster, dm_mined_patch, dm_miner, dm_miner_options, dm_model, dm_status, DM_PIXEL_U8};
+use diffmine::ffi::{self, dm_image_view, dm_mined_cluster, dm_mined_patch, dm_miner, dm_miner_options, dm_status, DM_PIXEL_U8};
 use diffmine::mining::cluster::ClusterOptions;
 use diffmine::mining::dift::DiftOptions;
 use diffmine::mining::miner::{mine, LabelResult, MiningOptions};
@@ -21,14 +21,10 @@ use diffmine::typicality::TypicalityOptions;
 const TEMPLATE: &str = "Chest X-Ray with {label}.";
 const NULL_PROMPT: &str = "Chest X-Ray.";
 
-fn last_error() -> String {
-    // SAFETY: dm_last_error returns a valid NUL-terminated thread-local string.
-    unsafe { CStr::from_ptr(ffi::dm_last_error()) }.to_string_lossy().into_owned()
-}
 
 fn assert_fails(status: dm_status, expected: dm_status, message: &str) {
-    assert_eq!(status, expected, "{}", last_error());
-    let error = last_error();
+    assert_eq!(status, expected, "{}", c_last_error());
+    let error = c_last_error();
     assert!(error.contains(message), "message `{error}` should contain `{message}`");
 }
 
@@ -72,25 +68,6 @@ fn c_options(template: &CString, null_prompt: &CString) -> dm_miner_options {
     }
 }
 
-/// A model handle, freed on drop.
-struct CModel(*mut dm_model);
-
-impl CModel {
-    fn open() -> Self {
-        let path = CString::new(pipeline("sd15_tiny").to_str().unwrap()).unwrap();
-        let mut model = null_mut();
-        // SAFETY: NUL-terminated path, NULL options (defaults), valid out pointer.
-        let status = unsafe { ffi::dm_model_open(path.as_ptr(), null(), &mut model) };
-        assert_eq!(status, dm_status::DM_OK, "{}", last_error());
-        CModel(model)
-    }
-}
-
-impl Drop for CModel {
-    fn drop(&mut self) {
-        ffi::dm_model_free(self.0);
-    }
-}
 
 /// A miner handle with the test options, freed on drop.
 struct CMiner(*mut dm_miner);
@@ -102,7 +79,7 @@ impl CMiner {
         let mut miner = null_mut();
         // SAFETY: a live model, valid options whose strings outlive the call, a valid out pointer.
         let status = unsafe { ffi::dm_miner_create(model.0, &options, &mut miner) };
-        assert_eq!(status, dm_status::DM_OK, "{}", last_error());
+        assert_eq!(status, dm_status::DM_OK, "{}", c_last_error());
         CMiner(miner)
     }
 
@@ -136,14 +113,14 @@ impl CMiner {
         let mut n = 0;
         // SAFETY: a valid out pointer.
         let status = unsafe { query(self.0, label, &mut n) };
-        assert_eq!(status, dm_status::DM_OK, "{}", last_error());
+        assert_eq!(status, dm_status::DM_OK, "{}", c_last_error());
         n
     }
 
     fn label_name(&self, label: u32) -> String {
         let mut needed = 0;
         // SAFETY: NULL buffer asks the size; valid out pointer.
-        assert_eq!(unsafe { ffi::dm_miner_label_name(self.0, label, null_mut(), 0, &mut needed) }, dm_status::DM_OK, "{}", last_error());
+        assert_eq!(unsafe { ffi::dm_miner_label_name(self.0, label, null_mut(), 0, &mut needed) }, dm_status::DM_OK, "{}", c_last_error());
         let mut buffer = vec![0 as c_char; needed];
         // SAFETY: a buffer of `needed` bytes.
         assert_eq!(unsafe { ffi::dm_miner_label_name(self.0, label, buffer.as_mut_ptr(), needed, &mut needed) }, dm_status::DM_OK);
@@ -156,7 +133,7 @@ impl CMiner {
         let mut out = vec![dm_mined_patch { image: 0, x: 0, y: 0, size: 0, typicality: 0.0, cluster: 0, rank_in_cluster: 0, distance: 0.0 }; n];
         let mut count = 0;
         // SAFETY: an array of n elements.
-        assert_eq!(unsafe { ffi::dm_miner_patches(self.0, label, out.as_mut_ptr(), n, &mut count) }, dm_status::DM_OK, "{}", last_error());
+        assert_eq!(unsafe { ffi::dm_miner_patches(self.0, label, out.as_mut_ptr(), n, &mut count) }, dm_status::DM_OK, "{}", c_last_error());
         assert_eq!(count, n);
         out
     }
@@ -166,14 +143,14 @@ impl CMiner {
         let mut out = vec![dm_mined_cluster { first: 0, members: 0, median_typicality: 0.0 }; n];
         let mut count = 0;
         // SAFETY: an array of n elements.
-        assert_eq!(unsafe { ffi::dm_miner_clusters(self.0, label, out.as_mut_ptr(), n, &mut count) }, dm_status::DM_OK, "{}", last_error());
+        assert_eq!(unsafe { ffi::dm_miner_clusters(self.0, label, out.as_mut_ptr(), n, &mut count) }, dm_status::DM_OK, "{}", c_last_error());
         out
     }
 
     fn label_count(&self) -> usize {
         let mut n = 0;
         // SAFETY: a valid out pointer.
-        assert_eq!(unsafe { ffi::dm_miner_label_count(self.0, &mut n) }, dm_status::DM_OK, "{}", last_error());
+        assert_eq!(unsafe { ffi::dm_miner_label_count(self.0, &mut n) }, dm_status::DM_OK, "{}", c_last_error());
         n
     }
 
@@ -228,16 +205,16 @@ fn results_through_the_c_api_equal_mine_and_the_report_is_written() {
         let model = StableDiffusion::open(&pipeline("sd15_tiny"), &ModelOptions::default()).unwrap();
         mine(&model, &set, &safe_options(), &mut |_, _| true).unwrap()
     };
-    let model = CModel::open();
+    let model = CModel::open(&pipeline("sd15_tiny"));
     let miner = CMiner::create(&model);
     for item in &set.items {
-        assert_eq!(miner.add_file(&item.path, &item.labels[0]), dm_status::DM_OK, "{}", last_error());
+        assert_eq!(miner.add_file(&item.path, &item.labels[0]), dm_status::DM_OK, "{}", c_last_error());
     }
-    assert_eq!(miner.run(), dm_status::DM_OK, "{}", last_error());
+    assert_eq!(miner.run(), dm_status::DM_OK, "{}", c_last_error());
     assert_equal_results(&miner, &expected, &set);
 
     let report = data.path().join("report");
-    assert_eq!(miner.write_report(&report), dm_status::DM_OK, "{}", last_error());
+    assert_eq!(miner.write_report(&report), dm_status::DM_OK, "{}", c_last_error());
     assert!(report.join("index.html").is_file() && report.join("grid_Nodule.png").is_file());
     let csv = std::fs::read_to_string(report.join("patches.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + 24);
@@ -252,22 +229,22 @@ fn results_through_the_c_api_equal_mine_and_the_report_is_written() {
 fn pixels_in_memory_give_the_patches_of_their_files_and_crops_in_the_report() {
     let data = tempfile::tempdir().unwrap();
     let set = synthetic_set(data.path());
-    let model = CModel::open();
+    let model = CModel::open(&pipeline("sd15_tiny"));
     let (files, buffers) = (CMiner::create(&model), CMiner::create(&model));
     for item in &set.items {
         let pixels = image::open(&item.path).unwrap().to_rgb8();
-        assert_eq!(files.add_file(&item.path, &item.labels[0]), dm_status::DM_OK, "{}", last_error());
-        assert_eq!(buffers.add_rgb8(&pixels, item.path.to_str().unwrap(), &item.labels[0]), dm_status::DM_OK, "{}", last_error());
+        assert_eq!(files.add_file(&item.path, &item.labels[0]), dm_status::DM_OK, "{}", c_last_error());
+        assert_eq!(buffers.add_rgb8(&pixels, item.path.to_str().unwrap(), &item.labels[0]), dm_status::DM_OK, "{}", c_last_error());
     }
-    assert_eq!(files.run(), dm_status::DM_OK, "{}", last_error());
-    assert_eq!(buffers.run(), dm_status::DM_OK, "{}", last_error());
+    assert_eq!(files.run(), dm_status::DM_OK, "{}", c_last_error());
+    assert_eq!(buffers.run(), dm_status::DM_OK, "{}", c_last_error());
     for l in 0..2 {
         assert_eq!(files.patches(l), buffers.patches(l));
         assert_eq!(files.clusters(l), buffers.clusters(l));
     }
     let (from_files, from_buffers) = (data.path().join("files"), data.path().join("buffers"));
-    assert_eq!(files.write_report(&from_files), dm_status::DM_OK, "{}", last_error());
-    assert_eq!(buffers.write_report(&from_buffers), dm_status::DM_OK, "{}", last_error());
+    assert_eq!(files.write_report(&from_files), dm_status::DM_OK, "{}", c_last_error());
+    assert_eq!(buffers.write_report(&from_buffers), dm_status::DM_OK, "{}", c_last_error());
     for grid in ["grid_Nodule.png", "strip_Effusion_top.png"] {
         let read = |dir: &Path| image::open(dir.join(grid)).unwrap().to_rgb8();
         assert_eq!(read(&from_files), read(&from_buffers), "{grid}: crops from memory equal crops from files");
@@ -276,7 +253,7 @@ fn pixels_in_memory_give_the_patches_of_their_files_and_crops_in_the_report() {
 
 #[test]
 fn bad_input_gets_a_status_and_a_message_naming_the_problem() {
-    let model = CModel::open();
+    let model = CModel::open(&pipeline("sd15_tiny"));
     let (template, null_prompt) = (CString::new(TEMPLATE).unwrap(), CString::new(NULL_PROMPT).unwrap());
     let mut out = null_mut();
     // SAFETY (this block): every pointer is NULL or valid; the strings outlive the calls.
@@ -305,7 +282,7 @@ fn bad_input_gets_a_status_and_a_message_naming_the_problem() {
     assert_fails(miner.add_file(Path::new("/nonexistent/a.png"), "Mass"), dm_status::DM_ERR_IO, "/nonexistent/a.png");
     let pixels = image::RgbImage::from_pixel(32, 32, image::Rgb([10, 20, 30]));
     assert_fails(miner.add_rgb8(&pixels, "a", " "), dm_status::DM_ERR_INVALID_ARGUMENT, "`label` is empty");
-    assert_eq!(miner.add_rgb8(&pixels, "a", "Mass"), dm_status::DM_OK, "{}", last_error());
+    assert_eq!(miner.add_rgb8(&pixels, "a", "Mass"), dm_status::DM_OK, "{}", c_last_error());
     assert_eq!(miner.add_rgb8(&pixels, "a", "Effusion"), dm_status::DM_OK, "the same pixels may take another label");
     let other = image::RgbImage::from_pixel(32, 32, image::Rgb([0, 0, 0]));
     assert_fails(miner.add_rgb8(&other, "a", "Mass"), dm_status::DM_ERR_INVALID_ARGUMENT, "`a` was already added");
@@ -317,7 +294,7 @@ fn bad_input_gets_a_status_and_a_message_naming_the_problem() {
         assert_fails(ffi::dm_miner_image_name(miner.0, 5, null_mut(), 0, &mut n), dm_status::DM_ERR_INVALID_ARGUMENT, "image index 5");
     }
 
-    assert_eq!(miner.run(), dm_status::DM_OK, "{}", last_error());
+    assert_eq!(miner.run(), dm_status::DM_OK, "{}", c_last_error());
     // SAFETY (this block): as above.
     unsafe {
         assert_fails(ffi::dm_miner_patch_count(miner.0, 2, &mut n), dm_status::DM_ERR_INVALID_ARGUMENT, "label index 2 is out of range (the results have 2 labels)");
@@ -352,10 +329,10 @@ unsafe extern "C" fn record(done: u64, total: u64, value: f64, user_data: *mut c
 
 #[test]
 fn a_non_zero_progress_return_cancels_and_the_miner_can_run_again() {
-    let model = CModel::open();
+    let model = CModel::open(&pipeline("sd15_tiny"));
     let miner = CMiner::create(&model);
     let pixels = image::RgbImage::from_fn(32, 32, |x, y| image::Rgb([(x * 8) as u8, (y * 8) as u8, 128]));
-    assert_eq!(miner.add_rgb8(&pixels, "a", "Mass"), dm_status::DM_OK, "{}", last_error());
+    assert_eq!(miner.add_rgb8(&pixels, "a", "Mass"), dm_status::DM_OK, "{}", c_last_error());
 
     let mut calls = Calls { seen: Vec::new(), cancel_at: 1 };
     // SAFETY: the callback reads `calls`, which outlives the call.
@@ -369,7 +346,7 @@ fn a_non_zero_progress_return_cancels_and_the_miner_can_run_again() {
     let mut calls = Calls { seen: Vec::new(), cancel_at: 0 };
     // SAFETY: as above.
     let status = unsafe { ffi::dm_miner_run(miner.0, Some(record), &mut calls as *mut Calls as *mut c_void) };
-    assert_eq!(status, dm_status::DM_OK, "{}", last_error());
+    assert_eq!(status, dm_status::DM_OK, "{}", c_last_error());
     assert_eq!(calls.seen, vec![(1, 2), (2, 2)], "one image: its typicality, then its DIFT");
     assert_eq!(miner.label_count(), 1);
 }

@@ -4,10 +4,11 @@
 //! what is wrong, and the progress callback counts and cancels.
 mod common;
 
-use std::ffi::{c_char, c_void, CStr, CString};
+use std::ffi::{c_char, c_void, CString};
 use std::ptr::{null, null_mut};
 
-use diffmine::ffi::{self, dm_generate_options, dm_image_view, dm_model, dm_status, dm_translate_options, DM_PIXEL_U8};
+use common::{c_last_error, CModel};
+use diffmine::ffi::{self, dm_generate_options, dm_image_view, dm_status, dm_translate_options, DM_PIXEL_U8};
 use diffmine::image::{to_rgb8, ImageView, PixelType};
 use diffmine::model::{ModelOptions, StableDiffusion};
 use diffmine::translate::{self, GenerateOptions, TranslateOptions};
@@ -17,30 +18,7 @@ const SOURCE: &str = "A car from the 1950s.";
 const TARGETS: [&str; 2] = ["A car from the 2020s.", "a photo of a cat"];
 
 
-/// A model handle, freed on drop.
-struct CModel(*mut dm_model);
 
-impl CModel {
-    fn open() -> Self {
-        let path = CString::new(common::translate_fixture_dir().to_str().unwrap()).unwrap();
-        let mut model = null_mut();
-        // SAFETY: NUL-terminated path, NULL options (defaults), valid out pointer.
-        let status = unsafe { ffi::dm_model_open(path.as_ptr(), null(), &mut model) };
-        assert_eq!(status, dm_status::DM_OK, "{}", last_error());
-        CModel(model)
-    }
-}
-
-impl Drop for CModel {
-    fn drop(&mut self) {
-        ffi::dm_model_free(self.0);
-    }
-}
-
-fn last_error() -> String {
-    // SAFETY: dm_last_error returns a valid NUL-terminated thread-local string.
-    unsafe { CStr::from_ptr(ffi::dm_last_error()) }.to_string_lossy().into_owned()
-}
 
 /// The fixture's 16 × 24 source image as packed RGB8.
 struct Image {
@@ -162,10 +140,10 @@ fn packed_rgb(images: &Tensor) -> Vec<u8> {
 
 #[test]
 fn c_translation_equals_the_safe_api_byte_for_byte() {
-    let (model, image) = (CModel::open(), Image::fixture());
+    let (model, image) = (CModel::open(common::translate_fixture_dir()), Image::fixture());
     let (_strings, targets) = c_strings(&TARGETS);
     let (status, images, reconstruction) = TranslateCall::new(&model, &image, &targets).run();
-    assert_eq!(status, dm_status::DM_OK, "{}", last_error());
+    assert_eq!(status, dm_status::DM_OK, "{}", c_last_error());
 
     let safe = StableDiffusion::open(common::translate_fixture_dir(), &ModelOptions::default()).unwrap();
     let options = TranslateOptions { steps: 10, inversion_steps: 10, ..TranslateOptions::default() };
@@ -177,7 +155,7 @@ fn c_translation_equals_the_safe_api_byte_for_byte() {
 
 #[test]
 fn the_reconstruction_is_optional() {
-    let (model, image) = (CModel::open(), Image::fixture());
+    let (model, image) = (CModel::open(common::translate_fixture_dir()), Image::fixture());
     let (_strings, targets) = c_strings(&TARGETS[..1]);
     let source = CString::new(SOURCE).unwrap();
     let mut options = fast_options();
@@ -188,7 +166,7 @@ fn the_reconstruction_is_optional() {
     let status = unsafe {
         ffi::dm_model_translate(model.0, &image.view(), source.as_ptr(), targets.as_ptr(), 1, &options, None, null_mut(), images.as_mut_ptr(), images.len(), null_mut(), 0)
     };
-    assert_eq!(status, dm_status::DM_OK, "{}", last_error());
+    assert_eq!(status, dm_status::DM_OK, "{}", c_last_error());
 }
 
 /// Records each call's (done, total, value is NaN) in the `Vec` behind `user_data` and cancels at the
@@ -202,32 +180,32 @@ unsafe extern "C" fn cancel_at_third(done: u64, total: u64, value: f64, user_dat
 
 #[test]
 fn a_non_zero_progress_return_cancels_and_the_model_stays_usable() {
-    let (model, image) = (CModel::open(), Image::fixture());
+    let (model, image) = (CModel::open(common::translate_fixture_dir()), Image::fixture());
     let (_strings, targets) = c_strings(&TARGETS[..1]);
     let mut calls: Vec<(u64, u64, bool)> = Vec::new();
     let mut call = TranslateCall::new(&model, &image, &targets);
     call.progress = Some(cancel_at_third);
     call.user_data = &mut calls as *mut Vec<(u64, u64, bool)> as *mut c_void;
     let (status, images, reconstruction) = call.run();
-    assert_eq!(status, dm_status::DM_ERR_CANCELLED, "{}", last_error());
+    assert_eq!(status, dm_status::DM_ERR_CANCELLED, "{}", c_last_error());
     // 10 inversion + 10 sampling steps, one call after each; the value is NaN (there is no loss).
     assert_eq!(calls, (1..=3).map(|d| (d, 20, true)).collect::<Vec<_>>());
     assert!(images.iter().chain(&reconstruction).all(|&b| b == 7), "outputs written on failure");
 
     call.progress = None;
-    assert_eq!(call.run().0, dm_status::DM_OK, "{}", last_error());
+    assert_eq!(call.run().0, dm_status::DM_OK, "{}", c_last_error());
 }
 
 #[test]
 fn bad_translate_input_gets_a_status_and_a_message_that_says_what_is_wrong() {
-    let (model, image) = (CModel::open(), Image::fixture());
+    let (model, image) = (CModel::open(common::translate_fixture_dir()), Image::fixture());
     let (_strings, targets) = c_strings(&TARGETS);
     let with = |edit: Edit| {
         let mut call = TranslateCall::new(&model, &image, &targets);
         edit(&mut call);
         let (status, images, reconstruction) = call.run();
         assert!(images.iter().chain(&reconstruction).all(|&b| b == 7), "outputs written on failure");
-        (status, last_error())
+        (status, c_last_error())
     };
     use dm_status::*;
     let needed = image.rgb_len(2).to_string();
@@ -257,10 +235,10 @@ fn bad_translate_input_gets_a_status_and_a_message_that_says_what_is_wrong() {
         ffi::dm_model_translate(model.0, &image.view(), source.as_ptr(), targets.as_ptr(), 2, null(), None, null_mut(), null_mut(), 0, null_mut(), 0)
     };
     assert_eq!(status, dm_status::DM_ERR_NULL_ARGUMENT);
-    assert!(last_error().contains("out_images"), "{}", last_error());
+    assert!(c_last_error().contains("out_images"), "{}", c_last_error());
     // SAFETY: as above; a NULL model handle.
     let status = unsafe { ffi::dm_model_translate(null(), &image.view(), source.as_ptr(), targets.as_ptr(), 2, null(), None, null_mut(), null_mut(), 0, null_mut(), 0) };
-    assert_eq!(status, dm_status::DM_ERR_NULL_ARGUMENT, "{}", last_error());
+    assert_eq!(status, dm_status::DM_ERR_NULL_ARGUMENT, "{}", c_last_error());
 }
 
 fn generate_options(height: u32, width: u32, steps: u32) -> dm_generate_options {
@@ -287,13 +265,13 @@ type GenerateCase<'a> = (&'a str, Vec<*const c_char>, dm_generate_options, usize
 
 #[test]
 fn c_generation_equals_the_safe_api_and_refuses_bad_input() {
-    let model = CModel::open();
+    let model = CModel::open(common::translate_fixture_dir());
     let (_strings, prompts) = c_strings(&TARGETS);
     let (h, w) = (16, 24);
     let options = generate_options(h, w, 3);
     let len = 2 * (h * w * 3) as usize;
     let (status, images) = c_generate(&model, &prompts, &options, len);
-    assert_eq!(status, dm_status::DM_OK, "{}", last_error());
+    assert_eq!(status, dm_status::DM_OK, "{}", c_last_error());
     let safe = StableDiffusion::open(common::translate_fixture_dir(), &ModelOptions::default()).unwrap();
     let safe_options = GenerateOptions { steps: 3, height: h as i64, width: w as i64, ..GenerateOptions::default() };
     let expected = translate::generate(&safe, &TARGETS, &safe_options, &mut |_, _| true).unwrap();
@@ -309,7 +287,7 @@ fn c_generation_equals_the_safe_api_and_refuses_bad_input() {
     ];
     for (what, list, options, len, status, expected) in cases {
         let (got, out) = c_generate(&model, &list, &options, len);
-        let message = last_error();
+        let message = c_last_error();
         assert_eq!(got, status, "{what}: {message}");
         assert!(message.contains(expected), "{what}: message {message:?} lacks {expected:?}");
         assert!(out.iter().all(|&b| b == 7), "{what}: output written on failure");

@@ -122,3 +122,29 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// The thread's last error message from the C API.
+pub fn c_last_error() -> String {
+    // SAFETY: dm_last_error returns a valid NUL-terminated thread-local string.
+    unsafe { std::ffi::CStr::from_ptr(diffmine::ffi::dm_last_error()) }.to_string_lossy().into_owned()
+}
+
+/// A model handle opened through the C API with the default options, freed on drop.
+pub struct CModel(pub *mut diffmine::ffi::dm_model);
+
+impl CModel {
+    pub fn open(folder: &Path) -> Self {
+        let path = std::ffi::CString::new(folder.to_str().unwrap()).unwrap();
+        let mut model = std::ptr::null_mut();
+        // SAFETY: NUL-terminated path, NULL options (defaults), valid out pointer.
+        let status = unsafe { diffmine::ffi::dm_model_open(path.as_ptr(), std::ptr::null(), &mut model) };
+        assert_eq!(status, diffmine::ffi::dm_status::DM_OK, "{}", c_last_error());
+        CModel(model)
+    }
+}
+
+impl Drop for CModel {
+    fn drop(&mut self) {
+        diffmine::ffi::dm_model_free(self.0);
+    }
+}
