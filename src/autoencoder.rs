@@ -8,7 +8,7 @@ use tch::{Kind, Tensor};
 
 use crate::dataset::{center_crop, load_image, LabelledSet};
 use crate::error::{Error, Result};
-use crate::finetune::{copy_components, require_f32, save_component, Optimization, TrainOptions, TrainProgress};
+use crate::finetune::{require_f32, save_component, ComponentSources, Optimization, TrainOptions, TrainProgress};
 use crate::model::{ModelOptions, StableDiffusion};
 use crate::rng::SplitMix64;
 
@@ -42,7 +42,9 @@ pub fn train_autoencoder(model_dir: &Path, set: &LabelledSet, options: &Autoenco
     if options.batch_size == 0 || options.steps == 0 {
         return Err(Error::InvalidArgument("batch size and steps must be at least 1".into()));
     }
-    let model = StableDiffusion::open(model_dir, &ModelOptions::default())?;
+    let model_options = ModelOptions::default();
+    let sources = ComponentSources::resolve(model_dir, &model_options.overrides, &["unet", "text_encoder", "tokenizer", "scheduler"])?;
+    let model = StableDiffusion::open(model_dir, &model_options)?;
     require_f32(&model)?;
     let images = load_images(set, options.resolution)?;
     let mut optimization = Optimization::new(&model.vae_weights().parameters, options.train.clone())?;
@@ -61,7 +63,7 @@ pub fn train_autoencoder(model_dir: &Path, set: &LabelledSet, options: &Autoenco
     let vae = model.vae_weights();
     let mut config = vae.config.clone();
     config["scaling_factor"] = serde_json::json!(scaling_factor);
-    copy_components(model_dir, out, &["unet", "text_encoder", "tokenizer", "scheduler"])?;
+    sources.copy_to(out)?;
     save_component(&vae.parameters, &config, &out.join("vae"))?;
     Ok(scaling_factor)
 }

@@ -10,7 +10,7 @@ use tch::{Kind, Tensor};
 use crate::dataset::{center_crop, load_image, LabelledSet};
 use crate::error::{Error, Result};
 use crate::model::scheduler::PredictionType;
-use crate::model::{ModelOptions, StableDiffusion};
+use crate::model::{ComponentOverrides, ModelOptions, StableDiffusion};
 use crate::rng::SplitMix64;
 
 /// The optimiser and loss settings (defaults: the spec's recipe).
@@ -200,11 +200,11 @@ impl Trainer {
     }
 
     /// Writes the model as a diffusers folder: the trained UNet (`unet/config.json` and
-    /// `diffusion_pytorch_model.safetensors`) plus the other components copied from `source`, the
-    /// folder the model was loaded from, so the result loads on its own.
-    pub fn save(&self, source: &Path, out: &Path) -> Result<()> {
+    /// `diffusion_pytorch_model.safetensors`) plus the other components copied from where the model
+    /// was loaded (`sources`), so the result loads on its own.
+    pub fn save(&self, sources: &ComponentSources, out: &Path) -> Result<()> {
         save_unet(&self.model, &out.join("unet"))?;
-        copy_components(source, out, &["vae", "text_encoder", "tokenizer", "scheduler"])
+        sources.copy_to(out)
     }
 }
 
@@ -227,14 +227,36 @@ pub fn save_component(parameters: &[(String, Tensor)], config: &serde_json::Valu
     Tensor::write_safetensors(&tensors, &path).map_err(|e| Error::io(&path, e))
 }
 
-/// Copies `components` (subfolders) and `model_index.json` of a diffusers folder.
-pub(crate) fn copy_components(from: &Path, to: &Path, components: &[&str]) -> Result<()> {
-    for component in components {
-        copy_dir(&from.join(component), &to.join(component))?;
+/// The folders a saved pipeline copies its untrained components from: each component's folder as
+/// the model was loaded (overrides included), and the `model_index.json` of the pipeline folder or,
+/// where it has none (a folder holding only a finetuned UNet), of the base pipeline the overrides
+/// point into. Resolved before any training, so a missing source fails at once, not after the work.
+pub struct ComponentSources {
+    folders: Vec<(&'static str, PathBuf)>,
+    model_index: PathBuf,
+}
+
+impl ComponentSources {
+    pub fn resolve(root: &Path, overrides: &ComponentOverrides, components: &[&'static str]) -> Result<Self> {
+        let folders: Vec<(&'static str, PathBuf)> = components.iter().map(|&name| (name, overrides.component_dir(root, name))).collect();
+        if let Some((name, dir)) = folders.iter().find(|(_, dir)| !dir.is_dir()) {
+            return Err(Error::InvalidModel(format!("missing model component folder {} (the {name} to copy into the saved model)", dir.display())));
+        }
+        let model_index = std::iter::once(root)
+            .chain(overrides.base_folders())
+            .map(|dir| dir.join("model_index.json"))
+            .find(|path| path.is_file())
+            .ok_or_else(|| Error::InvalidModel(format!("no model_index.json in {} or the folders its components are taken from", root.display())))?;
+        Ok(ComponentSources { folders, model_index })
     }
-    let index = from.join("model_index.json");
-    std::fs::copy(&index, to.join("model_index.json")).map_err(|e| Error::io(&index, e))?;
-    Ok(())
+
+    pub fn copy_to(&self, out: &Path) -> Result<()> {
+        for (name, dir) in &self.folders {
+            copy_dir(dir, &out.join(name))?;
+        }
+        std::fs::copy(&self.model_index, out.join("model_index.json")).map_err(|e| Error::io(&self.model_index, e))?;
+        Ok(())
+    }
 }
 
 fn copy_dir(from: &Path, to: &Path) -> Result<()> {
@@ -312,6 +334,7 @@ pub fn finetune(model_dir: &Path, model_options: &ModelOptions, set: &LabelledSe
     if options.batch_size == 0 || options.steps == 0 {
         return Err(Error::InvalidArgument("batch size and steps must be at least 1".into()));
     }
+    let sources = ComponentSources::resolve(model_dir, &model_options.overrides, &["vae", "text_encoder", "tokenizer", "scheduler"])?;
     let start_dir = resume.unwrap_or(model_dir);
     let model = StableDiffusion::open(start_dir, model_options)?;
     let mut trainer = Trainer::new(model, options.train.clone())?;
@@ -330,7 +353,7 @@ pub fn finetune(model_dir: &Path, model_options: &ModelOptions, set: &LabelledSe
         if options.checkpoint_every > 0 && done % options.checkpoint_every == 0 {
             if let Some(dir) = &options.checkpoint_dir {
                 let checkpoint = dir.join(format!("checkpoint-{done}"));
-                trainer.save(model_dir, &checkpoint)?;
+                trainer.save(&sources, &checkpoint)?;
                 trainer.save_state(&checkpoint, &rng, done)?;
             }
         }
@@ -338,7 +361,7 @@ pub fn finetune(model_dir: &Path, model_options: &ModelOptions, set: &LabelledSe
             return Err(Error::Cancelled);
         }
     }
-    trainer.save(model_dir, out)?;
+    trainer.save(&sources, out)?;
     Ok(last)
 }
 

@@ -72,6 +72,28 @@ pub struct ComponentOverrides {
     pub scheduler: Option<PathBuf>,
 }
 
+impl ComponentOverrides {
+    /// The folder component `name` (`unet`, `vae`, `text_encoder`, `tokenizer` or `scheduler`) is read
+    /// from: its override, else the pipeline folder's own subfolder.
+    pub fn component_dir(&self, root: &Path, name: &str) -> PathBuf {
+        let own = match name {
+            "unet" => &self.unet,
+            "vae" => &self.vae,
+            "text_encoder" => &self.text_encoder,
+            "tokenizer" => &self.tokenizer,
+            "scheduler" => &self.scheduler,
+            _ => &None,
+        };
+        own.clone().unwrap_or_else(|| root.join(name))
+    }
+
+    /// Every overridden folder's parent: where a base pipeline's `model_index.json` lies when the
+    /// pipeline folder itself holds only some components.
+    pub fn base_folders(&self) -> impl Iterator<Item = &Path> {
+        [&self.unet, &self.vae, &self.text_encoder, &self.tokenizer, &self.scheduler].into_iter().flatten().filter_map(|dir| dir.parent())
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ModelOptions {
     pub device: Device,
@@ -138,12 +160,10 @@ impl StableDiffusion {
         let started = Instant::now();
         loading::check_pipeline_folder(root)?;
         check_dtype_on_device(options.device, options.dtype)?;
-        let dir = |own: &Option<PathBuf>, name: &str| own.clone().unwrap_or_else(|| root.join(name));
-        let o = &options.overrides;
-        let (unet_dir, vae_dir, text_dir) = (dir(&o.unet, "unet"), dir(&o.vae, "vae"), dir(&o.text_encoder, "text_encoder"));
-        let tokenizer = ClipTokenizer::from_dir(&dir(&o.tokenizer, "tokenizer"))?;
-        let scheduler_config: SchedulerConfig =
-            read_json(&loading::component_config(&dir(&o.scheduler, "scheduler"), "scheduler_config.json")?)?;
+        let dir = |name: &str| options.overrides.component_dir(root, name);
+        let (unet_dir, vae_dir, text_dir) = (dir("unet"), dir("vae"), dir("text_encoder"));
+        let tokenizer = ClipTokenizer::from_dir(&dir("tokenizer"))?;
+        let scheduler_config: SchedulerConfig = read_json(&loading::component_config(&dir("scheduler"), "scheduler_config.json")?)?;
         let schedule = NoiseSchedule::new(scheduler_config)?;
         let (unet_json, unet_config): (_, UNetConfig) = read_config(&unet_dir)?;
         let (vae_json, vae_config): (_, VaeConfig) = read_config(&vae_dir)?;
