@@ -397,6 +397,10 @@ typedef struct dm_typicality_options {
   size_t timesteps_len;
   const float *noise;
   size_t noise_len;
+  // Non-zero: samples in pairs (noise, t) and (−noise, t) (0: independent draws, the authors').
+  uint32_t antithetic;
+  // Non-zero: each drawn t uniform within its own stratum of the t range (0: over the whole range).
+  uint32_t stratified;
 } dm_typicality_options;
 
 // A square box of an image: columns `x .. x+size`, rows `y .. y+size`, with its mean typicality.

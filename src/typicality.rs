@@ -11,6 +11,11 @@
 //! the posterior sample's noise (C·h·w normals, when `latent` is `Sample`), then for each sample its ε
 //! (C·h·w normals, row-major) followed by its t (uniform integer in [floor(t_min·T), floor(t_max·T))).
 //! A map is thus the same on any device, batch size and thread count, up to float rounding.
+//!
+//! Two variance reductions are options (the authors drew i.i.d.): with `antithetic`, every odd sample
+//! reuses the previous sample's t with its noise negated (−ε), so the generator draws only the even
+//! samples, in the order above; with `stratified`, the k-th drawn t is uniform within the k-th of
+//! equal strata of the t range (one stratum per drawn sample) instead of over the whole range.
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
@@ -42,6 +47,10 @@ pub struct TypicalityOptions {
     /// generator's draws so another implementation's result can be reproduced.
     pub timesteps: Option<Vec<i64>>,
     pub noise: Option<Tensor>,
+    /// Pairs of samples (ε, t) and (−ε, t) instead of independent draws (default false).
+    pub antithetic: bool,
+    /// Each drawn t in its own stratum of the t range instead of over the whole range (default false).
+    pub stratified: bool,
 }
 
 impl Default for TypicalityOptions {
@@ -55,6 +64,8 @@ impl Default for TypicalityOptions {
             latent: LatentMode::Sample,
             timesteps: None,
             noise: None,
+            antithetic: false,
+            stratified: false,
         }
     }
 }
@@ -157,14 +168,32 @@ impl Draws {
 
     fn drawn(options: &TypicalityOptions, latent_shape: &[i64], train_steps: i64, rng: &mut SplitMix64) -> Result<Self> {
         let (lo, hi) = timestep_range(options.t_min, options.t_max, train_steps)?;
-        let mut noise = Vec::with_capacity(options.samples);
-        let mut timesteps = Vec::with_capacity(options.samples);
-        for _ in 0..options.samples {
+        let n = options.samples;
+        let distinct = if options.antithetic { n.div_ceil(2) } else { n };
+        let mut noise: Vec<Tensor> = Vec::with_capacity(n);
+        let mut timesteps = Vec::with_capacity(n);
+        for i in 0..n {
+            if options.antithetic && i % 2 == 1 {
+                noise.push(noise[i - 1].f_neg()?);
+                timesteps.push(timesteps[i - 1]);
+                continue;
+            }
             noise.push(rng.normal_tensor(latent_shape));
-            timesteps.push(lo + rng.below((hi - lo) as u64) as i64);
+            let draw = if options.antithetic { i / 2 } else { i };
+            let (start, end) = if options.stratified { stratum(lo, hi, draw, distinct) } else { (lo, hi) };
+            timesteps.push(start + rng.below((end - start) as u64) as i64);
         }
         Ok(Draws { noise: Tensor::f_stack(&noise, 0)?, timesteps })
     }
+}
+
+/// The k-th of `strata` near-equal integer strata of [lo, hi); never empty (a range shorter than the
+/// number of strata repeats timesteps rather than leaving a stratum without one).
+fn stratum(lo: i64, hi: i64, k: usize, strata: usize) -> (i64, i64) {
+    let width = (hi - lo) as u128;
+    let start = lo + (k as u128 * width / strata as u128) as i64;
+    let end = lo + ((k as u128 + 1) * width / strata as u128) as i64;
+    (start.min(hi - 1), end.max(start + 1).min(hi))
 }
 
 /// [floor(t_min·T), floor(t_max·T)): the integer timesteps a fraction range covers.
@@ -200,4 +229,53 @@ fn batch_losses(model: &StableDiffusion, latent: &Tensor, contexts: &Tensor, dra
     let loss = predicted.f_sub(&target)?.f_square()?.f_mean_dim(1, false, Kind::Float)?;
     let (_, h, w) = loss.size3()?;
     Ok(loss.f_reshape([2, b, h, w])?.f_transpose(0, 1)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn draws(samples: usize, antithetic: bool, stratified: bool) -> Draws {
+        let options = TypicalityOptions { samples, antithetic, stratified, ..TypicalityOptions::default() };
+        Draws::drawn(&options, &[4, 3, 3], 1000, &mut SplitMix64::new(42)).unwrap()
+    }
+
+    #[test]
+    fn antithetic_samples_come_in_pairs_of_negated_noise_at_one_timestep() {
+        let d = draws(7, true, false);
+        for pair in [0usize, 2, 4] {
+            let (a, b) = (d.noise.get(pair as i64), d.noise.get(pair as i64 + 1));
+            assert!(a.f_add(&b).unwrap().abs().max().double_value(&[]) == 0.0, "sample {} is −ε of sample {pair}", pair + 1);
+            assert_eq!(d.timesteps[pair], d.timesteps[pair + 1]);
+        }
+        // The generator draws only the even samples: they equal the first draws of an i.i.d. stream.
+        let iid = draws(4, false, false);
+        for (k, i) in [0usize, 2, 4, 6].into_iter().enumerate() {
+            assert!(d.noise.get(i as i64).equal(&iid.noise.get(k as i64)));
+            assert_eq!(d.timesteps[i], iid.timesteps[k]);
+        }
+    }
+
+    #[test]
+    fn stratified_timesteps_fall_one_in_each_stratum_of_the_range() {
+        let d = draws(6, false, true);
+        for (k, &t) in d.timesteps.iter().enumerate() {
+            let stratum_start = 100 + 100 * k as i64;
+            assert!((stratum_start..stratum_start + 100).contains(&t), "t {t} of sample {k}");
+        }
+        let paired = draws(6, true, true);
+        for (k, pair) in paired.timesteps.chunks(2).enumerate() {
+            let stratum_start = 100 + 200 * k as i64;
+            assert!(pair[0] == pair[1] && (stratum_start..stratum_start + 200).contains(&pair[0]), "pair {k}: {pair:?}");
+        }
+    }
+
+    #[test]
+    fn strata_cover_the_range_without_gaps_and_are_never_empty() {
+        let strata: Vec<(i64, i64)> = (0..7).map(|k| stratum(100, 700, k, 7)).collect();
+        assert_eq!(strata[0].0, 100);
+        assert_eq!(strata[6].1, 700);
+        assert!(strata.windows(2).all(|w| w[0].1 == w[1].0));
+        assert!((0..10).map(|k| stratum(5, 8, k, 10)).all(|(a, b)| 5 <= a && a < b && b <= 8));
+    }
 }

@@ -55,6 +55,7 @@ const USAGE: &str = "usage:
   diffmine typicality --model DIR --image FILE --prompt TEXT --null-prompt TEXT --out PREFIX
                      [--samples 100] [--seed 42] [--batch 10] [--t-min 0.1] [--t-max 0.7]
                      [--latent sample|mean] [--resize SHORT_SIDE] [--patch K] [--dicom-out overlay|raw]
+                     [--antithetic false|true] [--stratified false|true]
   diffmine finetune  --model DIR --data DIR_OR_CSV --out DIR [--steps 1000] [--batch 8] [--resolution 512]
                      [--caption \"Image of {label}.\"] [--null-prompt \"\"] [--dropout 0.05] [--lr 1e-4]
                      [--seed 0] [--checkpoint-every N] [--resume CHECKPOINT_DIR]
@@ -293,6 +294,8 @@ fn typicality_command(args: &Args) -> Result<()> {
         t_min: args.parsed("t-min", defaults.t_min)?,
         t_max: args.parsed("t-max", defaults.t_max)?,
         latent,
+        antithetic: args.parsed("antithetic", defaults.antithetic)?,
+        stratified: args.parsed("stratified", defaults.stratified)?,
         ..defaults
     };
     let started = Instant::now();

@@ -195,8 +195,7 @@ fn disease_map(model: &StableDiffusion, input: &tch::Tensor, disease: &str, opti
         seed: options.seed,
         batch: options.batch,
         latent: LatentMode::Sample,
-        timesteps: None,
-        noise: None,
+        ..TypicalityOptions::default()
     };
     let map = typicality(model, input, &prompt_for(disease), NULL_PROMPT, &typicality_options, &mut |_, _| true)?.map;
     Ok(Vec::<f32>::try_from(map.f_flatten(0, -1)?)?)

@@ -58,6 +58,11 @@ pub struct dm_typicality_options {
     pub timesteps_len: usize,
     pub noise: *const f32,
     pub noise_len: usize,
+    // Second version of the struct: variance reduction of the draws.
+    /// Non-zero: samples in pairs (noise, t) and (−noise, t) (0: independent draws, the authors').
+    pub antithetic: u32,
+    /// Non-zero: each drawn t uniform within its own stratum of the t range (0: over the whole range).
+    pub stratified: u32,
 }
 
 impl Default for dm_typicality_options {
@@ -76,6 +81,8 @@ impl Default for dm_typicality_options {
             timesteps_len: 0,
             noise: null(),
             noise_len: 0,
+            antithetic: d.antithetic as u32,
+            stratified: d.stratified as u32,
         }
     }
 }
@@ -93,7 +100,9 @@ pub unsafe extern "C" fn dm_typicality_options_default(options: *mut dm_typicali
 /// # Safety
 /// `ptr` NULL or a valid options struct.
 unsafe fn c_options(ptr: *const dm_typicality_options) -> FfiResult<dm_typicality_options> {
-    let min = std::mem::size_of::<dm_typicality_options>();
+    // A caller built against the first version, which ended before `antithetic`, gets the defaults
+    // of the later fields.
+    let min = std::mem::offset_of!(dm_typicality_options, antithetic);
     // SAFETY: forwarded to the caller's contract.
     unsafe { read_options(ptr, dm_typicality_options::default(), min, "options") }
 }
@@ -135,6 +144,8 @@ unsafe fn typicality_options(o: &dm_typicality_options, latent_shape: [i64; 3]) 
         latent,
         timesteps,
         noise,
+        antithetic: o.antithetic != 0,
+        stratified: o.stratified != 0,
     })
 }
 

@@ -13,6 +13,7 @@
  * the checks that only repeat a whole computation are skipped.
  */
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -103,6 +104,7 @@ static void check_options_default(void) {
     EXPECT(options.latent == DM_LATENT_SAMPLE && options.resize_short_side == 0);
     EXPECT(options.timesteps == NULL && options.timesteps_len == 0);
     EXPECT(options.noise == NULL && options.noise_len == 0);
+    EXPECT(options.antithetic == 0 && options.stratified == 0);
     EXPECT_STATUS(DM_ERR_NULL_ARGUMENT, dm_typicality_options_default(NULL));
 }
 
@@ -211,6 +213,23 @@ static void check_maps(const dm_model *model, const dm_model_info *info, const d
         EXPECT_STATUS(DM_OK,
                       dm_typicality_map(model, image, PROMPT, NULL_PROMPT, &options, NULL, NULL, second, n, NULL, 0));
         EXPECT(memcmp(first, second, n * sizeof *first) == 0);
+
+        /* A caller built against the struct's first version (which ended before `antithetic`) gets
+         * the defaults of the later fields: the same map. */
+        dm_typicality_options first_version = options;
+        first_version.struct_size = offsetof(dm_typicality_options, antithetic);
+        first_version.antithetic = 1; /* beyond its struct_size: never read */
+        fill(second, n, -SENTINEL);
+        EXPECT_STATUS(DM_OK, dm_typicality_map(model, image, PROMPT, NULL_PROMPT, &first_version, NULL, NULL, second,
+                                               n, NULL, 0));
+        EXPECT(memcmp(first, second, n * sizeof *first) == 0);
+
+        /* Antithetic pairs change the second sample's draw, so the map. */
+        dm_typicality_options paired = options;
+        paired.antithetic = 1;
+        EXPECT_STATUS(DM_OK,
+                      dm_typicality_map(model, image, PROMPT, NULL_PROMPT, &paired, NULL, NULL, second, n, NULL, 0));
+        EXPECT(all_finite(second, n) && memcmp(first, second, n * sizeof *first) != 0);
     }
 
     /* Invalid options: the output stays untouched. */

@@ -172,6 +172,8 @@ class CTypicalityOptions(ctypes.Structure):
         ("timesteps_len", ctypes.c_size_t),
         ("noise", ctypes.POINTER(ctypes.c_float)),
         ("noise_len", ctypes.c_size_t),
+        ("antithetic", ctypes.c_uint32),
+        ("stratified", ctypes.c_uint32),
     ]
 
 

@@ -255,6 +255,8 @@ class Model(Handle):
         resize: Optional[int] = None,
         progress: Optional[Callable[[int, int], Optional[bool]]] = None,
         return_losses: bool = False,
+        antithetic: bool = False,
+        stratified: bool = False,
     ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
         """The typicality map of ``image`` for ``prompt`` against ``null_prompt`` (the paper's Eq. 3):
         how much better the model predicts the noise with the label than without, per pixel. Returns an
@@ -267,7 +269,9 @@ class Model(Handle):
         posterior, the authors' choice) or "mean". ``timesteps`` (N integers) and ``noise``
         (N × latent_channels × h × w float32, h × w the latent size of the map) replace the random
         draws; give both or neither. ``resize`` resizes the image first so its shorter side has that
-        many pixels (Lanczos).
+        many pixels (Lanczos). ``antithetic`` draws the samples in pairs (ε, t) and (−ε, t);
+        ``stratified`` draws each t within its own stratum of ``t_range`` (both off: the authors'
+        i.i.d. draws).
 
         ``progress(done, total)`` is called after each UNet batch with the samples done; returning
         ``False`` cancels (:class:`diffmine.Error` with DM_ERR_CANCELLED; the model stays usable), and
@@ -290,6 +294,7 @@ class Model(Handle):
         options.seed = _uint(seed, "seed", 64)
         options.batch = _uint(batch, "batch")
         options.resize_short_side = 0 if resize is None else _uint(resize, "resize")
+        options.antithetic, options.stratified = bool(antithetic), bool(stratified)
         prompt_bytes = _c_string(prompt, "prompt")
         null_bytes = _c_string(null_prompt, "null_prompt")
 
