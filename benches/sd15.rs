@@ -15,7 +15,8 @@
 //!
 //! - `profile-load`: replays `StableDiffusion::open` step by step (tokenizer, configs, each component's
 //!   header parse and weight reads) and times each step; then reads every tensor of every file with
-//!   `WeightFiles::get` alone (no model built) to separate I/O + allocation from model construction.
+//!   `WeightFiles::get` alone (no model built) to separate I/O + conversion from model construction (at
+//!   f32 the tensors are views of the mapped files, so nothing is read until they are used).
 //!   With `RUST_LOG` set, the library's tracing spans are printed to stderr.
 //!
 //! Everything runs on the CPU with libtorch's intra-op threads set to 2; results are JSON lines on
@@ -183,35 +184,39 @@ fn main() {
             lap("configs + schedule", &mut steps);
             let files_of = |name: &str| loading::weight_files(&dir.join(name), None).expect("weight files");
             let (unet_files, vae_files, text_files) = (files_of("unet"), files_of("vae"), files_of("text_encoder"));
-            let models = tch::no_grad(|| {
-                let files = WeightFiles::open(&unet_files, Device::Cpu, dtype).expect("unet files");
+            // Each `WeightFiles` is kept until its tensors are dropped: f32 tensors view its mappings.
+            let (models, opened) = tch::no_grad(|| {
+                let unet_weights = WeightFiles::open(&unet_files, Device::Cpu, dtype).expect("unet files");
                 lap("unet header", &mut steps);
-                let u = unet::UNet2DConditionModel::load(&WeightPath::root(&files), unet_config).expect("unet");
+                let u = unet::UNet2DConditionModel::load(&WeightPath::root(&unet_weights), unet_config).expect("unet");
                 lap("unet weights", &mut steps);
-                let files = WeightFiles::open(&vae_files, Device::Cpu, dtype).expect("vae files");
-                let v = vae::AutoencoderKL::load(&WeightPath::root(&files), vae_config).expect("vae");
+                let vae_weights = WeightFiles::open(&vae_files, Device::Cpu, dtype).expect("vae files");
+                let v = vae::AutoencoderKL::load(&WeightPath::root(&vae_weights), vae_config).expect("vae");
                 lap("vae header + weights", &mut steps);
-                let files = WeightFiles::open(&text_files, Device::Cpu, dtype).expect("text files");
-                let t = clip::ClipTextModel::load(&WeightPath::root(&files), text_config).expect("text encoder");
+                let text_weights = WeightFiles::open(&text_files, Device::Cpu, dtype).expect("text files");
+                let t = clip::ClipTextModel::load(&WeightPath::root(&text_weights), text_config).expect("text encoder");
                 lap("text encoder header + weights", &mut steps);
-                (u, v, t)
+                ((u, v, t), [unet_weights, vae_weights, text_weights])
             });
             let hwm = status_bytes("VmHWM:");
             drop(models);
+            drop(opened);
             drop((tok, schedule));
             lap("drop model", &mut steps);
             // The reads alone: every tensor of every file through WeightFiles::get, kept alive as a model
             // would keep it, in file order.
-            let mut kept = Vec::new();
+            let (mut kept, mut opened) = (Vec::new(), Vec::new());
             for paths in [&unet_files, &vae_files, &text_files] {
                 let files = WeightFiles::open(paths, Device::Cpu, dtype).expect("files");
                 for (name, shape) in header_entries(&paths[0]) {
                     kept.push(files.get(&name, &shape).expect("tensor"));
                 }
+                opened.push(files);
             }
             lap("WeightFiles::get of every tensor (no model)", &mut steps);
             let hwm_reads = status_bytes("VmHWM:");
             drop(kept);
+            drop(opened);
             let total: f64 = steps.iter().take(6).map(|s| s.1).sum();
             for (name, seconds, rss) in &steps {
                 line(serde_json::json!({ "step": name, "seconds": seconds, "vmrss_bytes": rss }));

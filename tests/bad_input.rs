@@ -128,6 +128,54 @@ fn a_garbage_safetensors_file_is_reported_as_corrupt() {
     assert!(matches!(open_err(dir.path()), Error::CorruptWeights(_)));
 }
 
+/// Rewrites the UNet file's safetensors header with `edit` applied, padded with spaces (JSON allows them)
+/// so that the data bytes, unchanged, start `misalignment` bytes past a multiple of 8.
+fn edit_unet_header(dir: &Path, misalignment: usize, edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
+    let path = unet_weights(dir);
+    let bytes = std::fs::read(&path).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    edit(&mut header);
+    let mut text = serde_json::to_vec(&header).unwrap();
+    while text.len() % 8 != misalignment {
+        text.push(b' ');
+    }
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend(text);
+    out.extend(&bytes[8 + header_len..]);
+    std::fs::write(&path, out).unwrap();
+}
+
+#[test]
+fn tensors_sharing_bytes_are_reported_as_corrupt() {
+    let dir = scratch_copy("sd15_tiny");
+    edit_unet_header(dir.path(), 0, |header| {
+        let conv_in = header["conv_in.bias"].clone();
+        let conv_out = header.get_mut("conv_out.bias").unwrap();
+        conv_out["data_offsets"] = conv_in["data_offsets"].clone();
+        conv_out["shape"] = conv_in["shape"].clone();
+    });
+    // conv_out.bias now has conv_in.bias's shape, but the byte ranges are checked before any shape.
+    let err = open_err(dir.path());
+    assert!(matches!(err, Error::CorruptWeights(_)), "{err}");
+    let message = err.to_string();
+    assert!(message.contains("conv_in.bias") && message.contains("conv_out.bias") && message.contains("share bytes"), "{message}");
+}
+
+#[test]
+fn weights_not_aligned_for_their_dtype_load_through_a_copy_with_the_same_values() {
+    // Data starting one byte past 8-byte alignment: no f32 tensor can be a view.
+    let dir = scratch_copy("sd15_tiny");
+    edit_unet_header(dir.path(), 1, |_| {});
+    let shifted = open(dir.path()).unwrap();
+    let aligned = open(&pipeline("sd15_tiny")).unwrap();
+    let (ours, theirs) = (&shifted.unet_weights().parameters, &aligned.unet_weights().parameters);
+    assert_eq!(ours.len(), theirs.len());
+    for ((name, a), (_, b)) in ours.iter().zip(theirs) {
+        assert!(a.equal(b), "{name} differs when read from a shifted file");
+    }
+}
+
 #[test]
 fn pickle_checkpoints_are_refused_with_the_supported_format() {
     let dir = scratch_copy("sd15_tiny");

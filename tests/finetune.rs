@@ -68,6 +68,25 @@ fn three_adamw_steps_equal_pytorch_in_loss_clipped_gradients_and_weight_changes(
 }
 
 #[test]
+fn training_in_place_never_writes_the_weight_file_the_parameters_are_mapped_from() {
+    // f32 weights on the CPU are views of their file's private mapping (src/model/weights.rs): the
+    // optimiser's in-place updates must land in this process's copy-on-write pages, not in the file.
+    let reference = Reference::load("sd15_tiny");
+    let dir = common::scratch_copy("sd15_tiny");
+    let file = dir.path().join("unet/diffusion_pytorch_model.safetensors");
+    let bytes_before = std::fs::read(&file).unwrap();
+    let open = || StableDiffusion::open(dir.path(), &ModelOptions::default()).unwrap();
+    let first_parameter = |model: &StableDiffusion| model.unet_weights().parameters[0].1.detach().copy();
+    let mut trainer = Trainer::new(open(), TrainOptions::default()).unwrap();
+    let before = first_parameter(trainer.model());
+    run_step(&mut trainer, &reference, 0);
+    assert!(!first_parameter(trainer.model()).equal(&before), "the step changed the weights");
+    assert!(std::fs::read(&file).unwrap() == bytes_before, "training wrote the weight file");
+    drop(trainer);
+    assert!(first_parameter(&open()).equal(&before), "a new model reads the file's weights");
+}
+
+#[test]
 fn the_saved_folder_predicts_the_same_noise_in_diffusers_and_libdiffmine() {
     let reference = Reference::load("sd15_tiny");
     let mut trainer = trainer();

@@ -15,6 +15,7 @@ pub mod vae;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use tch::{Device, Kind, Tensor};
@@ -26,7 +27,7 @@ use scheduler::NoiseSchedule;
 use tokenizer::ClipTokenizer;
 use unet::{Injection, UNet2DConditionModel};
 use vae::{AutoencoderKL, LatentDistribution};
-use weights::{WeightFiles, WeightPath};
+use weights::{MappedFile, WeightFiles, WeightPath};
 
 /// Parses "cpu", "cuda" or "cuda:N", checking that the device exists here.
 pub fn parse_device(name: &str) -> Result<Device> {
@@ -138,11 +139,16 @@ pub struct StableDiffusion {
     schedule: NoiseSchedule,
     device: Device,
     dtype: Kind,
+    /// The weight files' mappings that the tensors above are views of (files already in the compute
+    /// dtype, on the CPU, see `weights`). Never read: a view holds no reference to its memory, so the
+    /// model keeps the mappings alive for as long as it lives, and no weight tensor may outlive it.
+    _mappings: Vec<Arc<MappedFile>>,
 }
 
 // SAFETY: while a model is shared its tensors are only read: every operation takes `&self` and feeds
 // them to libtorch operators that allocate new outputs and never write their inputs. The one writer,
-// finetuning's `Trainer`, owns the model, so no other thread can see it then. libtorch tensors'
+// finetuning's `Trainer`, owns the model, so no other thread can see it then (its writes to tensors
+// that view a weight file's private mapping land in copy-on-write pages of this process). libtorch tensors'
 // reference counts are atomic, so concurrent shallow copies are sound as well.
 unsafe impl Sync for StableDiffusion {}
 
@@ -170,19 +176,23 @@ impl StableDiffusion {
         let text_config = ClipTextConfig::read(&loading::component_config(&text_dir, "config.json")?)?;
         let (device, dtype, variant) = (options.device, options.dtype, options.variant.as_deref());
         let load_weights = |dir: &Path| -> Result<WeightFiles> { WeightFiles::open(&loading::weight_files(dir, variant)?, device, dtype) };
+        let mut mappings = Vec::new();
         let (unet, unet_weights, vae, vae_weights, text_encoder) = tch::no_grad(|| -> Result<_> {
             let files = load_weights(&unet_dir)?;
             let unet = UNet2DConditionModel::load(&WeightPath::root(&files), unet_config)?;
+            mappings.extend(files.mappings_in_use());
             let unet_weights = ComponentWeights { parameters: files.into_parameters(), config: unet_json };
             let files = load_weights(&vae_dir)?;
             let vae = AutoencoderKL::load(&WeightPath::root(&files), vae_config)?;
+            mappings.extend(files.mappings_in_use());
             let vae_weights = ComponentWeights { parameters: files.into_parameters(), config: vae_json };
             let files = load_weights(&text_dir)?;
             let text_encoder = ClipTextModel::load(&WeightPath::root(&files), text_config)?;
+            mappings.extend(files.mappings_in_use());
             Ok((unet, unet_weights, vae, vae_weights, text_encoder))
         })?;
         tracing::info!(path = %root.display(), ?device, ?dtype, seconds = started.elapsed().as_secs_f64(), "model loaded");
-        Ok(StableDiffusion { unet, unet_weights, vae_weights, vae, text_encoder, tokenizer, schedule, device, dtype })
+        Ok(StableDiffusion { unet, unet_weights, vae_weights, vae, text_encoder, tokenizer, schedule, device, dtype, _mappings: mappings })
     }
 
     pub fn device(&self) -> Device {
