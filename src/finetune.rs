@@ -223,8 +223,12 @@ pub fn save_component(parameters: &[(String, Tensor)], config: &serde_json::Valu
         .iter()
         .map(|(name, t)| Ok((name.clone(), t.f_detach()?.f_to_device(tch::Device::Cpu)?.f_contiguous()?)))
         .collect::<Result<_>>()?;
+    // Written beside and renamed over the old file: a model loaded from this folder maps the old file,
+    // and rewriting it in place would pull the pages from under that mapping (SIGBUS).
     let path = dir.join("diffusion_pytorch_model.safetensors");
-    Tensor::write_safetensors(&tensors, &path).map_err(|e| Error::io(&path, e))
+    let partial = dir.join("diffusion_pytorch_model.safetensors.partial");
+    Tensor::write_safetensors(&tensors, &partial).map_err(|e| Error::io(&partial, e))?;
+    std::fs::rename(&partial, &path).map_err(|e| Error::io(&path, e))
 }
 
 /// The folders a saved pipeline copies its untrained components from: each component's folder as
