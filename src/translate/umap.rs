@@ -489,9 +489,14 @@ mod tests {
     }
 
     #[test]
-    fn a_and_b_match_umap_learn_for_its_defaults() {
-        let (a, b) = find_ab_params(1.0, 0.1);
-        assert!((a - 1.577).abs() < 2e-3 && (b - 0.895).abs() < 2e-3, "a {a}, b {b}");
+    fn a_and_b_match_umap_learn() {
+        // umap-learn 0.5.12's find_ab_params (scipy's curve_fit) for (spread, min_dist).
+        for ((spread, min_dist), expected) in
+            [((1.0, 0.1), (1.5769434602697652, 0.8950608778515733)), ((2.0, 0.5), (0.2588787412869628, 1.0574996994409025))]
+        {
+            let (a, b) = find_ab_params(spread, min_dist);
+            assert!((a - expected.0).abs() < 1e-5 && (b - expected.1).abs() < 1e-5, "spread {spread}, min_dist {min_dist}: a {a}, b {b}");
+        }
     }
 
     #[test]
