@@ -40,7 +40,7 @@ use diffmine::mining::patches::select_patches;
 use diffmine::mining::report::{write_comparison, write_report, ReportOptions};
 use diffmine::model::{parse_device, parse_dtype, ComponentOverrides, ModelOptions, StableDiffusion};
 use diffmine::synthetic::{write_dataset, write_dicom_copies, SyntheticOptions};
-use diffmine::translate::parallel::{parallel_set, CotypicalMiner, CotypicalResult, ParallelMiningOptions};
+use diffmine::translate::parallel::{parallel_set, CotypicalMiner, CotypicalResult, ParallelMiningOptions, Projection};
 use diffmine::translate::{generate, translate, GenerateOptions, TranslateOptions};
 use diffmine::typicality::{typicality, LatentMode, TypicalityOptions};
 use diffmine::{Error, Result};
@@ -79,6 +79,7 @@ const USAGE: &str = "usage:
                      [--null-prompt \"\"] [--steps 50] [--inversion-steps 999] [--guidance 7.5]
                      [--resize SHORT_SIDE] [--samples 100] [--ensemble 8] [--patch 64] [--per-set 5]
                      [--top 10000] [--clusters 32] [--restarts 10] [--strips 32] [--per-strip 8]
+                     [--projection umap|pca] [--neighbors 15]   (UMAP as the authors, or PCA)
                      (images with one label each; writes elements.csv, versions/ and strip_<rank>.png)
   Images (--image, --images) may be PNG, JPEG or DICOM; typicality of a DICOM image can go back as
   DICOM with --dicom-out overlay|raw (a Secondary Capture in the source's study, at PREFIX.dcm).";
@@ -572,8 +573,18 @@ fn parallel_mining_options(args: &Args) -> Result<ParallelMiningOptions> {
         patch_size: args.parsed("patch", d.patch_size)?,
         per_set: args.parsed("per-set", d.per_set)?,
         top: args.parsed("top", d.top)?,
+        projection: projection(args)?,
         ..d
     })
+}
+
+/// `--projection umap|pca` and UMAP's `--neighbors`; UMAP is seeded like typicality (`--seed`).
+fn projection(args: &Args) -> Result<Projection> {
+    match args.optional("projection").unwrap_or("umap") {
+        "umap" => Ok(Projection::Umap { neighbors: args.parsed("neighbors", 15)?, seed: args.parsed("seed", 42)? }),
+        "pca" => Ok(Projection::Pca),
+        other => Err(Error::InvalidArgument(format!("--projection must be umap or pca, got `{other}`"))),
+    }
 }
 
 /// Where version `v` of parallel set `set` is saved: the sets are written as they are made, so memory

@@ -4,14 +4,48 @@
 //! Each element is then described by the sequence of its versions' DIFT features, each projected to a
 //! few dimensions and concatenated, and these sequences are clustered with the mining step's k-means.
 //!
-//! The projection is principal component analysis fitted once on the features of all versions
-//! together, so that every version lands in the same coordinates (the authors used UMAP with 15
-//! neighbours; PCA is the documented substitute until a checked UMAP exists).
+//! The projection is fitted once on the features of all versions together, so that every version
+//! lands in the same coordinates: UMAP with 15 neighbours as the authors used ([`super::umap`], checked
+//! against umap-learn's trustworthiness in tests/umap.rs), or principal component analysis.
 use ndarray::Array2;
 use tch::{Kind, Tensor};
 
+use super::umap::{self, UmapOptions};
 use crate::error::{Error, Result};
 use crate::mining::patches::{pooled_scores, select_from_scores, PatchBox};
+
+/// How each version's features are projected before they are concatenated.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Projection {
+    /// UMAP with umap-learn's defaults otherwise (the authors': 15 neighbours). With fewer points
+    /// than that, the neighbours are cut to the points less one, as umap-learn does.
+    Umap { neighbors: usize, seed: u64 },
+    /// Principal components, largest variance first.
+    Pca,
+}
+
+impl Default for Projection {
+    fn default() -> Self {
+        Projection::Umap { neighbors: 15, seed: 42 }
+    }
+}
+
+impl Projection {
+    /// Fits the projection on the rows of `features` (n, d) and returns their (n, dims) coordinates.
+    pub fn fit_project(&self, features: &Tensor, dims: usize) -> Result<Tensor> {
+        match *self {
+            Projection::Pca => Pca::fit(features, dims)?.project(features),
+            Projection::Umap { neighbors, seed } => {
+                let n = features.size().first().copied().unwrap_or(0) as usize;
+                if neighbors >= n {
+                    tracing::warn!(neighbors, n, "fewer points than UMAP neighbours: using {} neighbours", n.saturating_sub(1));
+                }
+                let options = UmapOptions { neighbors: neighbors.min(n.saturating_sub(1)), components: dims, seed, ..UmapOptions::default() };
+                umap::embed(features, &options)
+            }
+        }
+    }
+}
 
 /// The median over the versions of their k × k pooled scores: a (height−k+1) × (width−k+1)
 /// row-major grid. With an even number of versions the two middle values are averaged (numpy's median).
@@ -79,16 +113,16 @@ impl Pca {
 }
 
 /// The clustering input of co-typical elements: `versions[v]` holds the (n, d) features of the n
-/// elements in version v; one PCA of `dims` components is fitted on all of them, and element i's row
-/// is its V projections concatenated in version order, (n, V·dims).
-pub fn sequence_features(versions: &[Tensor], dims: usize) -> Result<Array2<f32>> {
+/// elements in version v; one projection to `dims` dimensions is fitted on all of them, and element
+/// i's row is its V projections concatenated in version order, (n, V·dims).
+pub fn sequence_features(versions: &[Tensor], dims: usize, projection: &Projection) -> Result<Array2<f32>> {
     let first = versions.first().ok_or_else(|| Error::InvalidArgument("no versions given".into()))?;
     if versions.iter().any(|v| v.size() != first.size()) {
         return Err(Error::InvalidArgument("every version must hold the features of the same elements".into()));
     }
-    let pca = Pca::fit(&Tensor::f_cat(versions, 0)?, dims)?;
-    let projected: Vec<Tensor> = versions.iter().map(|v| pca.project(v)).collect::<Result<_>>()?;
-    let joined = Tensor::f_cat(&projected, 1)?.f_to_kind(Kind::Float)?.f_contiguous()?;
+    let projected = projection.fit_project(&Tensor::f_cat(versions, 0)?, dims)?;
+    let per_version = projected.f_split(first.size()[0], 0)?;
+    let joined = Tensor::f_cat(&per_version, 1)?.f_to_kind(Kind::Float)?.f_contiguous()?;
     let (n, width) = joined.size2()?;
     let values = Vec::<f32>::try_from(&joined.f_reshape([-1])?)?;
     Array2::from_shape_vec((n as usize, width as usize), values).map_err(|e| Error::Torch(e.to_string()))
@@ -97,6 +131,7 @@ pub fn sequence_features(versions: &[Tensor], dims: usize) -> Result<Array2<f32>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rng::SplitMix64;
 
     #[test]
     fn the_median_over_versions_keeps_what_every_version_finds_typical() {
@@ -131,9 +166,17 @@ mod tests {
         let direction = Vec::<f64>::try_from(&pca.components.reshape([-1])).unwrap();
         let s = 0.5f64.sqrt();
         assert!((direction[0] - s).abs() < 1e-3 && (direction[1] - s).abs() < 1e-3 && direction[2].abs() < 1e-2, "{direction:?}");
-        let features = sequence_features(&[x.shallow_clone(), x.shallow_clone() * 2.0], 1).unwrap();
+        let features = sequence_features(&[x.shallow_clone(), x.shallow_clone() * 2.0], 1, &Projection::Pca).unwrap();
         assert_eq!(features.shape(), [5, 2]);
         assert!(features[[4, 1]] > features[[4, 0]], "the second version's points lie farther out");
+    }
+
+    #[test]
+    fn umap_projects_a_few_elements_with_fewer_neighbours() {
+        let x = SplitMix64::new(5).normal_tensor(&[6, 4]);
+        let features = sequence_features(&[x.shallow_clone(), x * 2.0], 2, &Projection::default()).unwrap();
+        assert_eq!(features.shape(), [6, 4], "12 points embedded with 11 neighbours instead of 15");
+        assert!(features.iter().all(|v| v.is_finite()));
     }
 
     #[test]
@@ -142,6 +185,6 @@ mod tests {
         assert!(matches!(Pca::fit(&Tensor::zeros([3, 2], (Kind::Float, tch::Device::Cpu)), 3), Err(Error::InvalidArgument(_))));
         let a = Tensor::zeros([3, 4], (Kind::Float, tch::Device::Cpu));
         let b = Tensor::zeros([2, 4], (Kind::Float, tch::Device::Cpu));
-        assert!(matches!(sequence_features(&[a, b], 1), Err(Error::InvalidArgument(_))));
+        assert!(matches!(sequence_features(&[a, b], 1, &Projection::Pca), Err(Error::InvalidArgument(_))));
     }
 }

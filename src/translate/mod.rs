@@ -16,6 +16,7 @@ pub mod cotypicality;
 mod generate;
 pub mod parallel;
 mod sampler;
+pub mod umap;
 
 use tch::{Kind, Tensor};
 

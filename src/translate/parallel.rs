@@ -2,7 +2,7 @@
 //! every other label ([`parallel_set`]); a [`CotypicalMiner`] takes the sets one at a time, scores each
 //! version's typicality for its own label, keeps the set's best boxes by co-typicality (the median over
 //! the versions) with every version's DIFT feature of each box, and at the end keeps the best boxes
-//! overall, projects their features ([`sequence_features`]), clusters them with k-means and ranks the
+//! overall, projects their features ([`sequence_features`], UMAP by default), clusters them with k-means and ranks the
 //! clusters by the median co-typicality of their members.
 //!
 //! Memory is bounded by the boxes kept (at most `top`, each with one feature per version), not by the
@@ -11,6 +11,7 @@ use std::collections::HashMap;
 
 use tch::Tensor;
 
+pub use super::cotypicality::Projection;
 use super::cotypicality::{cotypical_patches, sequence_features};
 use super::{translate, TranslateOptions};
 use crate::error::{Error, Result};
@@ -37,6 +38,8 @@ pub struct ParallelMiningOptions {
     pub top: usize,
     /// Dimensions each version's DIFT feature is projected to (32).
     pub projection_dims: usize,
+    /// How they are projected: UMAP with 15 neighbours (the authors'), or PCA.
+    pub projection: Projection,
 }
 
 impl Default for ParallelMiningOptions {
@@ -52,6 +55,7 @@ impl Default for ParallelMiningOptions {
             per_set: 5,
             top: 10_000,
             projection_dims: 32,
+            projection: Projection::default(),
         }
     }
 }
@@ -191,7 +195,7 @@ impl<'a> CotypicalMiner<'a> {
         let versions: Vec<Tensor> =
             (0..self.labels.len() as i64).map(|v| Tensor::f_stack(&kept.iter().map(|f| f.get(v)).collect::<Vec<_>>(), 0)).collect::<std::result::Result<_, _>>()?;
         let dims = self.options.projection_dims.min(kept.len()).min(versions[0].size()[1] as usize);
-        let sequences = sequence_features(&versions, dims)?;
+        let sequences = sequence_features(&versions, dims, &self.options.projection)?;
         let clustering = kmeans(&sequences, &self.options.cluster)?;
         let scores: Vec<f32> = ranked.iter().map(|p| p.patch.score).collect();
         let mut elements = Vec::with_capacity(ranked.len());
