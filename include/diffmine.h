@@ -74,6 +74,12 @@
 
 #define DM_PREDICTION_V 1
 
+// `dm_parallel_miner_options.projection`: UMAP, as the authors (the default).
+#define DM_PROJECTION_UMAP 0
+
+// `dm_parallel_miner_options.projection`: principal component analysis.
+#define DM_PROJECTION_PCA 1
+
 // Noise a sample of the VAE posterior (the authors' choice).
 #define DM_LATENT_SAMPLE 0
 
@@ -85,6 +91,10 @@
 #define DM_VERSION_MINOR 1
 
 #define DM_VERSION_PATCH 0
+
+// The largest graph laid out spectrally: a dense n × n eigendecomposition costs O(n³) (on 2 busy
+// cores libtorch's f64 `linalg_eigh` took 6 s at 2000 points and 117 s at 4000).
+#define SPECTRAL_MAX_POINTS 2000
 
 // The result of every call. `DM_OK` is 0; on anything else `dm_last_error()` says why.
 typedef enum dm_status {
@@ -135,6 +145,11 @@ typedef struct dm_miner dm_miner;
 // A loaded model. May be used from several threads at once: every operation only reads it, and
 // results do not depend on which thread runs them.
 typedef struct dm_model dm_model;
+
+// A co-typicality mining job: its model, labels, options, source images and, once run, its results.
+// Calls on one parallel miner from several threads are serialised (a call waits while another, such
+// as `dm_parallel_miner_run`, holds it).
+typedef struct dm_parallel_miner dm_parallel_miner;
 
 // How to run a ChestX-ray8 evaluation. Fill with `dm_cxr8_options_default`.
 typedef struct dm_cxr8_options {
@@ -310,7 +325,8 @@ typedef struct dm_mined_patch {
 } dm_mined_patch;
 
 // A cluster of a label, in rank order. Its members are the patches `first .. first+members` of the
-// label's patch array.
+// label's patch array. `dm_parallel_miner_clusters` hands out its clusters in the same struct: there
+// the members are elements and `median_typicality` is their median co-typicality.
 typedef struct dm_mined_cluster {
   uint32_t first;
   uint32_t members;
@@ -358,6 +374,65 @@ typedef struct dm_translate_options {
   // Prompt of the unconditional rows and of the source branch (NULL: "").
   const char *null_prompt;
 } dm_translate_options;
+
+// How to mine co-typical elements. Fill with `dm_parallel_miner_options_default`, then set at least
+// `prompt_template`.
+typedef struct dm_parallel_miner_options {
+  // `sizeof(dm_parallel_miner_options)` as the caller was compiled with.
+  size_t struct_size;
+  // The label prompt with `{label}` (UTF-8); required, as it must be the caption the model was
+  // finetuned with. The translations' prompts use it too.
+  const char *prompt_template;
+  // The null prompt of typicality (UTF-8); NULL means "".
+  const char *null_prompt;
+  // How each source is translated to the other labels; NULL means `dm_translate_options_default`'s
+  // settings. Where its `null_prompt` is NULL (or it is NULL) the translations use `null_prompt`
+  // above, as the CLI's `--null-prompt` sets both.
+  const struct dm_translate_options *translate;
+  // Typicality: (noise, t) samples per version (100), samples per UNet call (10), and the seed (42).
+  uint32_t samples;
+  uint32_t batch;
+  uint64_t seed;
+  // Resize each source so its shorter side has this many pixels first (Lanczos); 0 keeps its size.
+  uint32_t resize_short_side;
+  // Side of the square patches (64), boxes kept per parallel set (5) and overall (10 000).
+  uint32_t patch_size;
+  uint32_t per_set;
+  uint32_t top;
+  // DIFT ensemble members averaged (8).
+  uint32_t dift_ensemble;
+  // k-means: clusters k (32; fewer boxes get one cluster each) and restarts (10).
+  uint32_t clusters;
+  uint32_t restarts;
+  // Dimensions each version's DIFT feature is projected to before the versions are concatenated (32).
+  uint32_t projection_dims;
+  // `DM_PROJECTION_UMAP` (default; seeded with `seed`) or `DM_PROJECTION_PCA`, fitted once on the
+  // features of all versions together.
+  uint32_t projection;
+  // UMAP's neighbours (15, the authors'); unused by PCA.
+  uint32_t projection_neighbors;
+} dm_parallel_miner_options;
+
+// A kept box, in result order (cluster rank, then rank in cluster). The box is the same in every
+// version of its parallel set.
+typedef struct dm_cotypical_element {
+  // The source image, by the order sources were added (see `dm_parallel_miner_image_name`), which is
+  // also its parallel set's index.
+  uint32_t image;
+  // The source's label, as an index into the labels the miner was created with.
+  uint32_t source_label;
+  // Columns `x .. x+size`, rows `y .. y+size` of the image as mined (after any resize).
+  uint32_t x;
+  uint32_t y;
+  uint32_t size;
+  // Co-typicality: the median over the versions of the box's mean typicality for their own label.
+  float cotypicality;
+  // Rank of its cluster (0: highest median co-typicality), its rank inside it (0: closest to the
+  // centroid) and its distance to the centroid.
+  uint32_t cluster;
+  uint32_t rank_in_cluster;
+  float distance;
+} dm_cotypical_element;
 
 // How to sample images from prompts. Fill with `dm_generate_options_default`.
 typedef struct dm_generate_options {
@@ -819,6 +894,119 @@ enum dm_status dm_model_predict_noise(const struct dm_model *model,
                                       uint32_t text_tokens,
                                       float *out,
                                       size_t out_len);
+
+// Fills `options` with the authors' defaults (no prompts, the default translation).
+//
+// # Safety
+// `options` must be NULL or point to a writable `dm_parallel_miner_options`.
+enum dm_status dm_parallel_miner_options_default(struct dm_parallel_miner_options *options);
+
+// Creates a parallel miner for `model` (which it keeps alive; the caller may free its own handle)
+// over the `labels_len` labels in `labels` (UTF-8, at least 2, distinct; a parallel set holds one
+// version per label, in this order) with `options` (not NULL: `prompt_template` is required). The
+// settings are checked against the model now. On success `*out_miner` owns a new parallel miner,
+// released with `dm_parallel_miner_free`.
+//
+// # Safety
+// `labels` NULL or `labels_len` readable pointers to NUL-terminated strings; `options` NULL or a
+// valid options struct whose strings are NUL-terminated; `out_miner` NULL or writable.
+enum dm_status dm_parallel_miner_create(const struct dm_model *model,
+                                        const char *const *labels,
+                                        size_t labels_len,
+                                        const struct dm_parallel_miner_options *options,
+                                        struct dm_parallel_miner **out_miner);
+
+// Adds the image file at `path` (UTF-8; PNG, JPEG or BMP) as a source of label `label` (UTF-8, one of
+// the miner's labels). The file must exist now; it is read during `dm_parallel_miner_run`.
+//
+// # Safety
+// `path` and `label` NULL or NUL-terminated.
+enum dm_status dm_parallel_miner_add_file(struct dm_parallel_miner *miner,
+                                          const char *path,
+                                          const char *label);
+
+// Adds an image held in memory as a source of label `label` (UTF-8, one of the miner's labels); its
+// pixels are copied, so the buffer may be reused at once. `name` (UTF-8) stands for the image in the
+// results; NULL names it `image-<i>`, `i` its index.
+//
+// # Safety
+// `image` NULL or a valid view whose buffer holds `data_len` bytes; `name` and `label` NULL or
+// NUL-terminated.
+enum dm_status dm_parallel_miner_add_image(struct dm_parallel_miner *miner,
+                                           const struct dm_image_view *image,
+                                           const char *name,
+                                           const char *label);
+
+// Translates each source to every other label, scores and describes every version, keeps the best
+// boxes by co-typicality and clusters them. `progress` (may be NULL) is called after each UNet call
+// of a translation and after each version's typicality and DIFT, with (units done, sources ×
+// (inversion steps + sampling steps + 2 × labels), NaN); returning non-zero cancels with
+// `DM_ERR_CANCELLED`. A failed or cancelled run may be run again; after a successful run the results
+// stay and a second run is an error.
+//
+// # Safety
+// `progress` safe to call with `user_data` from this thread.
+enum dm_status dm_parallel_miner_run(struct dm_parallel_miner *miner,
+                                     dm_progress_fn progress,
+                                     void *user_data);
+
+// The number of source images added.
+//
+// # Safety
+// `out_count` NULL or writable.
+enum dm_status dm_parallel_miner_image_count(const struct dm_parallel_miner *miner,
+                                             size_t *out_count);
+
+// The path or name of source image `image` (by the order sources were added), as
+// `dm_cotypical_element.image` refers to it. Writes it NUL-terminated into `out` (room for `out_len`
+// bytes) and its size with the NUL into `*out_needed`; pass `out` NULL to ask the size only.
+//
+// # Safety
+// `out` NULL or `out_len` writable bytes; `out_needed` NULL or writable.
+enum dm_status dm_parallel_miner_image_name(const struct dm_parallel_miner *miner,
+                                            uint32_t image,
+                                            char *out,
+                                            size_t out_len,
+                                            size_t *out_needed);
+
+// The number of kept elements. Fails before a successful `dm_parallel_miner_run`.
+//
+// # Safety
+// `out_count` NULL or writable.
+enum dm_status dm_parallel_miner_element_count(const struct dm_parallel_miner *miner,
+                                               size_t *out_count);
+
+// The kept elements in cluster rank order, then rank in cluster, into `out` (room for `out_len`;
+// `dm_parallel_miner_element_count` gives the number), their count into `*out_count`.
+//
+// # Safety
+// `out` NULL or `out_len` writable elements; `out_count` NULL or writable.
+enum dm_status dm_parallel_miner_elements(const struct dm_parallel_miner *miner,
+                                          struct dm_cotypical_element *out,
+                                          size_t out_len,
+                                          size_t *out_count);
+
+// The number of clusters. Fails before a successful `dm_parallel_miner_run`.
+//
+// # Safety
+// `out_count` NULL or writable.
+enum dm_status dm_parallel_miner_cluster_count(const struct dm_parallel_miner *miner,
+                                               size_t *out_count);
+
+// The clusters in rank order (highest median co-typicality first; `median_typicality` holds that
+// median) into `out` (room for `out_len`; `dm_parallel_miner_cluster_count` gives the number), their
+// count into `*out_count`. A cluster's members are the elements `first .. first+members`.
+//
+// # Safety
+// `out` NULL or `out_len` writable elements; `out_count` NULL or writable.
+enum dm_status dm_parallel_miner_clusters(const struct dm_parallel_miner *miner,
+                                          struct dm_mined_cluster *out,
+                                          size_t out_len,
+                                          size_t *out_count);
+
+// Releases a parallel miner. NULL is accepted; a handle that is not a live parallel miner gives
+// `DM_ERR_INVALID_HANDLE`. A call still running on another thread finishes first.
+enum dm_status dm_parallel_miner_free(struct dm_parallel_miner *miner);
 
 // Fills `options` with the defaults.
 //

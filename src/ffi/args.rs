@@ -114,3 +114,45 @@ pub(crate) unsafe fn read_options<T: Copy>(ptr: *const T, defaults: T, min_size:
     unsafe { std::ptr::copy_nonoverlapping(ptr as *const u8, &mut value as *mut T as *mut u8, n) };
     Ok(value)
 }
+
+/// Copies `text` NUL-terminated into `out` (room for `out_len` bytes) and its size with the NUL into
+/// `*out_needed`; with `out` NULL only the size is written.
+///
+/// # Safety
+/// `out` NULL or `out_len` writable bytes; `out_needed` NULL or writable.
+pub(crate) unsafe fn write_text(text: &str, out: *mut c_char, out_len: usize, out_needed: *mut usize) -> FfiResult<()> {
+    let bytes: Vec<c_char> = text.bytes().chain([0]).map(|b| b as c_char).collect();
+    if out_needed.is_null() {
+        return Err(FfiError::Null("out_needed"));
+    }
+    // SAFETY: the caller's contract covers both outputs.
+    unsafe {
+        if !out.is_null() {
+            write_output(&bytes, out, out_len, "out")?;
+        }
+        write_value(bytes.len(), out_needed, "out_needed")
+    }
+}
+
+/// Copies `items` into the caller's array and their count into `*out_count`.
+///
+/// # Safety
+/// `out` NULL or `out_len` writable elements; `out_count` NULL or writable.
+pub(crate) unsafe fn write_array<T: Copy>(items: &[T], out: *mut T, out_len: usize, out_count: *mut usize) -> FfiResult<()> {
+    if out_count.is_null() {
+        return Err(FfiError::Null("out_count"));
+    }
+    // SAFETY: forwarded to the caller's contract.
+    unsafe {
+        write_output(items, out, out_len, "out")?;
+        write_value(items.len(), out_count, "out_count")
+    }
+}
+
+/// A count option that must be at least 1, named `options.<what>` in the error.
+pub(crate) fn at_least_one(value: u32, what: &str) -> FfiResult<usize> {
+    match value {
+        0 => Err(FfiError::Invalid(format!("`options.{what}` must be at least 1"))),
+        v => Ok(v as usize),
+    }
+}

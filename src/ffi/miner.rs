@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::ptr::null;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::args::{optional_str, read_options, required_str, write_output, write_value};
+use super::args::{at_least_one, optional_str, read_options, required_str, write_array, write_text, write_value};
 use super::error::{guard, FfiError, FfiResult};
 use super::handle;
 use super::image::{borrow_view, dm_image_view};
@@ -15,7 +15,7 @@ use super::status::dm_status;
 use super::typicality::{dm_progress_fn, progress_adapter};
 use crate::dataset::{LabelledImage, LabelledSet, Pixels};
 use crate::error::Error;
-use crate::mining::cluster::ClusterOptions;
+use crate::mining::cluster::{ClusterOptions, RankedCluster};
 use crate::mining::dift::DiftOptions;
 use crate::mining::miner::{mine, LabelResult, MiningOptions};
 use crate::mining::report::{write_report, ReportOptions};
@@ -103,7 +103,8 @@ pub struct dm_mined_patch {
 }
 
 /// A cluster of a label, in rank order. Its members are the patches `first .. first+members` of the
-/// label's patch array.
+/// label's patch array. `dm_parallel_miner_clusters` hands out its clusters in the same struct: there
+/// the members are elements and `median_typicality` is their median co-typicality.
 #[allow(non_camel_case_types)]
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -190,21 +191,7 @@ impl Mined {
                     .collect()
             })
             .collect();
-        let clusters = labels
-            .iter()
-            .map(|r| {
-                // The patches are in cluster order, so each cluster's members follow the previous one's.
-                let mut first = 0;
-                r.clusters
-                    .iter()
-                    .map(|c| {
-                        let cluster = dm_mined_cluster { first, members: c.members.len() as u32, median_typicality: c.median_typicality };
-                        first += cluster.members;
-                        cluster
-                    })
-                    .collect()
-            })
-            .collect();
+        let clusters = labels.iter().map(|r| c_clusters(&r.clusters)).collect();
         Mined { labels, patches, clusters }
     }
 
@@ -217,6 +204,20 @@ impl Mined {
         }
         Ok(i)
     }
+}
+
+/// Ranked clusters as C structs. The results list each cluster's members together, in rank order, so
+/// each cluster's members follow the previous one's.
+pub(crate) fn c_clusters(clusters: &[RankedCluster]) -> Vec<dm_mined_cluster> {
+    let mut first = 0;
+    clusters
+        .iter()
+        .map(|c| {
+            let cluster = dm_mined_cluster { first, members: c.members.len() as u32, median_typicality: c.median_typicality };
+            first += cluster.members;
+            cluster
+        })
+        .collect()
 }
 
 /// Fills `options` with the authors' defaults (no prompts, no cache).
@@ -235,10 +236,6 @@ pub unsafe extern "C" fn dm_miner_options_default(options: *mut dm_miner_options
 /// Every non-NULL string in `o` must be NUL-terminated.
 unsafe fn mining_options(o: &dm_miner_options) -> FfiResult<MiningOptions> {
     let d = MiningOptions::default();
-    let positive = |value: u32, what: &str| match value {
-        0 => Err(FfiError::Invalid(format!("`options.{what}` must be at least 1"))),
-        v => Ok(v as usize),
-    };
     // SAFETY: the caller guarantees every non-NULL string is NUL-terminated.
     let (template, null_prompt, cache_dir) = unsafe {
         (
@@ -250,13 +247,13 @@ unsafe fn mining_options(o: &dm_miner_options) -> FfiResult<MiningOptions> {
     Ok(MiningOptions {
         prompt_template: template.to_string(),
         null_prompt: null_prompt.unwrap_or_default().to_string(),
-        typicality: TypicalityOptions { samples: positive(o.samples, "samples")?, batch: positive(o.batch, "batch")?, seed: o.seed, ..d.typicality },
+        typicality: TypicalityOptions { samples: at_least_one(o.samples, "samples")?, batch: at_least_one(o.batch, "batch")?, seed: o.seed, ..d.typicality },
         resize: (o.resize_short_side > 0).then_some(o.resize_short_side as usize),
-        patch_size: positive(o.patch_size, "patch_size")?,
-        per_image: positive(o.per_image, "per_image")?,
-        top: positive(o.top, "top")?,
-        dift: DiftOptions { ensemble: positive(o.dift_ensemble, "dift_ensemble")?, ..d.dift },
-        cluster: ClusterOptions { clusters: positive(o.clusters, "clusters")?, restarts: positive(o.restarts, "restarts")?, ..d.cluster },
+        patch_size: at_least_one(o.patch_size, "patch_size")?,
+        per_image: at_least_one(o.per_image, "per_image")?,
+        top: at_least_one(o.top, "top")?,
+        dift: DiftOptions { ensemble: at_least_one(o.dift_ensemble, "dift_ensemble")?, ..d.dift },
+        cluster: ClusterOptions { clusters: at_least_one(o.clusters, "clusters")?, restarts: at_least_one(o.restarts, "restarts")?, ..d.cluster },
         cache_dir: cache_dir.map(PathBuf::from),
     })
 }
@@ -296,7 +293,7 @@ fn miner_ref(miner: *const dm_miner) -> FfiResult<Arc<Miner>> {
 ///
 /// # Safety
 /// `label` NULL or NUL-terminated.
-unsafe fn label_arg(label: *const c_char) -> FfiResult<String> {
+pub(crate) unsafe fn label_arg(label: *const c_char) -> FfiResult<String> {
     // SAFETY: forwarded to the caller's contract.
     let label = unsafe { required_str(label, "label") }?.trim();
     if label.is_empty() {
@@ -367,25 +364,6 @@ pub unsafe extern "C" fn dm_miner_run(miner: *mut dm_miner, progress: dm_progres
         state.mined = Some(Mined::new(results, &state.index));
         Ok(())
     })
-}
-
-/// Copies `text` NUL-terminated into `out` (room for `out_len` bytes) and its size with the NUL into
-/// `*out_needed`; with `out` NULL only the size is written.
-///
-/// # Safety
-/// `out` NULL or `out_len` writable bytes; `out_needed` NULL or writable.
-unsafe fn write_text(text: &str, out: *mut c_char, out_len: usize, out_needed: *mut usize) -> FfiResult<()> {
-    let bytes: Vec<c_char> = text.bytes().chain([0]).map(|b| b as c_char).collect();
-    if out_needed.is_null() {
-        return Err(FfiError::Null("out_needed"));
-    }
-    // SAFETY: the caller's contract covers both outputs.
-    unsafe {
-        if !out.is_null() {
-            write_output(&bytes, out, out_len, "out")?;
-        }
-        write_value(bytes.len(), out_needed, "out_needed")
-    }
 }
 
 /// The number of images added (each counted once, whatever its labels).
@@ -513,21 +491,6 @@ pub unsafe extern "C" fn dm_miner_clusters(miner: *const dm_miner, label: u32, o
         // SAFETY: forwarded to the caller's contract.
         unsafe { write_array(clusters, out, out_len, out_count) }
     })
-}
-
-/// Copies `items` into the caller's array and their count into `*out_count`.
-///
-/// # Safety
-/// `out` NULL or `out_len` writable elements; `out_count` NULL or writable.
-unsafe fn write_array<T: Copy>(items: &[T], out: *mut T, out_len: usize, out_count: *mut usize) -> FfiResult<()> {
-    if out_count.is_null() {
-        return Err(FfiError::Null("out_count"));
-    }
-    // SAFETY: forwarded to the caller's contract.
-    unsafe {
-        write_output(items, out, out_len, "out")?;
-        write_value(items.len(), out_count, "out_count")
-    }
 }
 
 /// Writes the report of the results into the folder `out_dir` (UTF-8; created if missing):

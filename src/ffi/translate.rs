@@ -71,7 +71,7 @@ pub unsafe extern "C" fn dm_translate_options_default(options: *mut dm_translate
 
 /// # Safety
 /// `o.null_prompt` NULL or NUL-terminated.
-unsafe fn translate_options(o: &dm_translate_options) -> FfiResult<TranslateOptions> {
+pub(crate) unsafe fn translate_options(o: &dm_translate_options) -> FfiResult<TranslateOptions> {
     let latent = match o.latent {
         DM_LATENT_SAMPLE => LatentMode::Sample,
         DM_LATENT_MEAN => LatentMode::Mean,
@@ -156,7 +156,7 @@ unsafe fn generate_options(o: &dm_generate_options) -> FfiResult<GenerateOptions
 ///
 /// # Safety
 /// `ptr` NULL or `len` readable pointers, each NULL or NUL-terminated.
-unsafe fn prompt_list<'a>(ptr: *const *const c_char, len: usize, what: &'static str) -> FfiResult<Vec<&'a str>> {
+pub(crate) unsafe fn prompt_list<'a>(ptr: *const *const c_char, len: usize, what: &'static str) -> FfiResult<Vec<&'a str>> {
     if len == 0 {
         return Ok(Vec::new());
     }

@@ -3,7 +3,8 @@ primitives (tokenize, text embeddings, VAE encode/decode, UNet noise prediction)
 (:meth:`Model.typicality`), typical patches (:func:`select_patches`), finetuning (:func:`finetune`) and
 the medical side: DICOM/PNG/JPEG ingestion (:func:`read_image`), maps back as DICOM
 (:func:`write_map_dicom`), ChestX-ray8's AUC-PR and evaluation (:func:`auc_pr`, :func:`cxr8_evaluate`),
-mining typical visual elements of a labelled set (:class:`Miner`), and Plug-and-Play translation between labels and text-to-image sampling (:meth:`Model.translate`,
+mining typical visual elements of a labelled set (:class:`Miner`) and co-typical elements across labels
+(:class:`ParallelMiner`), and Plug-and-Play translation between labels and text-to-image sampling (:meth:`Model.translate`,
 :meth:`Model.generate`).
 
 The shared library is found through ``$DIFFMINE_LIB``, else the repository's
@@ -22,9 +23,10 @@ from .medical import Image, auc_pr, cxr8_evaluate, new_uid, read_image, write_ma
 from .miner import Miner
 from .mining import Box, select_patches
 from .model import Model, ModelInfo, version
+from .parallel_miner import ParallelMiner
 
 __all__ = [
-    "Box", "Error", "Image", "Miner", "Model", "ModelInfo", "Status", "auc_pr", "cxr8_evaluate", "finetune", "library_path", "new_uid",
+    "Box", "Error", "Image", "Miner", "Model", "ModelInfo", "ParallelMiner", "Status", "auc_pr", "cxr8_evaluate", "finetune", "library_path", "new_uid",
     "read_image", "select_patches", "version", "write_map_dicom",
 ]
 __version__ = "0.1.0"

@@ -16,7 +16,8 @@ from typing import Optional
 __all__ = [
     "Error", "Status", "lib", "check", "library_path", "CModelOptions", "CModelInfo", "CImageView",
     "CTypicalityOptions", "CBox", "CFinetuneOptions", "CImageOptions", "CImageInfo", "CTranslateOptions",
-    "CGenerateOptions", "CMinerOptions", "CMinedPatch", "CMinedCluster", "PROGRESS_FN",
+    "CGenerateOptions", "CMinerOptions", "CMinedPatch", "CMinedCluster", "CParallelMinerOptions", "CCotypicalElement",
+    "PROGRESS_FN",
 ]
 
 
@@ -274,6 +275,46 @@ class CTranslateOptions(ctypes.Structure):
     ]
 
 
+class CParallelMinerOptions(ctypes.Structure):
+    """``dm_parallel_miner_options``."""
+
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("prompt_template", ctypes.c_char_p),
+        ("null_prompt", ctypes.c_char_p),
+        ("translate", ctypes.POINTER(CTranslateOptions)),
+        ("samples", ctypes.c_uint32),
+        ("batch", ctypes.c_uint32),
+        ("seed", ctypes.c_uint64),
+        ("resize_short_side", ctypes.c_uint32),
+        ("patch_size", ctypes.c_uint32),
+        ("per_set", ctypes.c_uint32),
+        ("top", ctypes.c_uint32),
+        ("dift_ensemble", ctypes.c_uint32),
+        ("clusters", ctypes.c_uint32),
+        ("restarts", ctypes.c_uint32),
+        ("projection_dims", ctypes.c_uint32),
+        ("projection", ctypes.c_uint32),
+        ("projection_neighbors", ctypes.c_uint32),
+    ]
+
+
+class CCotypicalElement(ctypes.Structure):
+    """``dm_cotypical_element``."""
+
+    _fields_ = [
+        ("image", ctypes.c_uint32),
+        ("source_label", ctypes.c_uint32),
+        ("x", ctypes.c_uint32),
+        ("y", ctypes.c_uint32),
+        ("size", ctypes.c_uint32),
+        ("cotypicality", ctypes.c_float),
+        ("cluster", ctypes.c_uint32),
+        ("rank_in_cluster", ctypes.c_uint32),
+        ("distance", ctypes.c_float),
+    ]
+
+
 class CGenerateOptions(ctypes.Structure):
     """``dm_generate_options``."""
 
@@ -382,6 +423,22 @@ _PROTOTYPES = {
         _c_status, [ctypes.c_void_p, ctypes.c_uint32, _p(CMinedCluster), ctypes.c_size_t, _p(ctypes.c_size_t)]),
     "dm_miner_write_report": (_c_status, [ctypes.c_void_p, ctypes.c_char_p]),
     "dm_miner_free": (_c_status, [ctypes.c_void_p]),
+    "dm_parallel_miner_options_default": (_c_status, [_p(CParallelMinerOptions)]),
+    "dm_parallel_miner_create": (
+        _c_status, [ctypes.c_void_p, _p(ctypes.c_char_p), ctypes.c_size_t, _p(CParallelMinerOptions), _p(ctypes.c_void_p)]),
+    "dm_parallel_miner_add_file": (_c_status, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p]),
+    "dm_parallel_miner_add_image": (_c_status, [ctypes.c_void_p, _p(CImageView), ctypes.c_char_p, ctypes.c_char_p]),
+    "dm_parallel_miner_run": (_c_status, [ctypes.c_void_p, PROGRESS_FN, ctypes.c_void_p]),
+    "dm_parallel_miner_image_count": (_c_status, [ctypes.c_void_p, _p(ctypes.c_size_t)]),
+    "dm_parallel_miner_image_name": (
+        _c_status, [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_char_p, ctypes.c_size_t, _p(ctypes.c_size_t)]),
+    "dm_parallel_miner_element_count": (_c_status, [ctypes.c_void_p, _p(ctypes.c_size_t)]),
+    "dm_parallel_miner_elements": (
+        _c_status, [ctypes.c_void_p, _p(CCotypicalElement), ctypes.c_size_t, _p(ctypes.c_size_t)]),
+    "dm_parallel_miner_cluster_count": (_c_status, [ctypes.c_void_p, _p(ctypes.c_size_t)]),
+    "dm_parallel_miner_clusters": (
+        _c_status, [ctypes.c_void_p, _p(CMinedCluster), ctypes.c_size_t, _p(ctypes.c_size_t)]),
+    "dm_parallel_miner_free": (_c_status, [ctypes.c_void_p]),
     "dm_finetune_options_default": (_c_status, [_p(CFinetuneOptions)]),
     "dm_finetune_run": (
         _c_status,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from typing import Any, Callable, List, NamedTuple, Optional, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Union
 
 import numpy as np
 
@@ -80,10 +80,7 @@ class Miner(Handle):
         c_options.prompt_template = _c_string(prompt_template, "prompt_template")
         c_options.null_prompt = _c_string(null_prompt, "null_prompt")
         c_options.cache_dir = _path_bytes(cache_dir, "cache_dir")
-        for name, value in options.items():
-            if name == "resize" and value is None:
-                value = 0  # the C API's "keep the size"
-            setattr(c_options, _OPTIONS[name], _uint(value, name, 64 if name == "seed" else 32))
+        _set_counts(c_options, options, _OPTIONS)
         handle = ctypes.c_void_p()
         check(lib.dm_miner_create(model._h(), ctypes.byref(c_options), ctypes.byref(handle)))
         self._handle = handle.value
@@ -96,17 +93,7 @@ class Miner(Handle):
         in the results and the report (default ``image-<index>``). Adding the same image again with
         another label gives it both labels."""
         lib = _lib.lib()
-        c_label = _c_string(label, "label")
-        if isinstance(image, np.ndarray):
-            view, _pixels = _image_view(image)  # `_pixels` owns the memory the view points into
-            c_name = None if name is None else _c_string(name, "name")
-            check(lib.dm_miner_add_image(self._h(), ctypes.byref(view), c_name, c_label))
-        elif isinstance(image, (str, bytes, os.PathLike)):
-            if name is not None:
-                raise _invalid("`name` is for arrays; a file goes by its path")
-            check(lib.dm_miner_add_file(self._h(), _path_bytes(image, "image"), c_label))
-        else:
-            raise _invalid(f"image must be a path or a numpy array, got {type(image).__name__}")
+        _add(lib.dm_miner_add_image, lib.dm_miner_add_file, self._h(), image, label, name)
 
     def run(self, progress: Optional[Callable[[int, int], Any]] = None) -> None:
         """Mines every label. ``progress(done, total)`` is called after each image's typicality and each
@@ -137,6 +124,31 @@ class Miner(Handle):
         """Writes the report into the folder ``out``: ``patches.csv``, per label a cluster grid and strips
         of patch crops, and ``index.html``."""
         check(_lib.lib().dm_miner_write_report(self._h(), _path_bytes(out, "out")))
+
+
+def _set_counts(c_options: ctypes.Structure, options: Dict[str, Any], fields: Dict[str, str]) -> None:
+    """Sets each keyword option's field (``fields`` maps the keyword to it) as an unsigned integer, 64
+    bits for ``seed``; ``resize=None`` is the C API's 0, "keep the size"."""
+    for name, value in options.items():
+        if name == "resize" and value is None:
+            value = 0
+        setattr(c_options, fields[name], _uint(value, name, 64 if name == "seed" else 32))
+
+
+def _add(add_image: Any, add_file: Any, handle: int, image: Union[PathLike, np.ndarray], label: str,
+         name: Optional[str]) -> None:
+    """Hands an image to a miner's ``add_image`` (an array, copied by the library) or ``add_file`` (a path)."""
+    c_label = _c_string(label, "label")
+    if isinstance(image, np.ndarray):
+        view, _pixels = _image_view(image)  # `_pixels` owns the memory the view points into
+        c_name = None if name is None else _c_string(name, "name")
+        check(add_image(handle, ctypes.byref(view), c_name, c_label))
+    elif isinstance(image, (str, bytes, os.PathLike)):
+        if name is not None:
+            raise _invalid("`name` is for arrays; a file goes by its path")
+        check(add_file(handle, _path_bytes(image, "image"), c_label))
+    else:
+        raise _invalid(f"image must be a path or a numpy array, got {type(image).__name__}")
 
 
 def _text(query: Any, handle: int, index: int) -> str:
