@@ -53,7 +53,11 @@ fn run_delay() -> f64 {
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = values.len();
-    if n % 2 == 1 { values[n / 2] } else { (values[n / 2 - 1] + values[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
 }
 
 /// Names and shapes of a safetensors file's tensors, in file order.
@@ -153,9 +157,7 @@ fn main() {
         "parity" => {
             let file = args.get(4).expect("parity needs PARITY_FILE");
             let tensors = Tensor::read_safetensors(file).expect("reading the parity file");
-            let get = |name: &str| {
-                tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t.shallow_clone()).unwrap_or_else(|| panic!("{file} has no `{name}`"))
-            };
+            let get = |name: &str| tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t.shallow_clone()).unwrap_or_else(|| panic!("{file} has no `{name}`"));
             let model = open(&dir, dtype);
             let ours = model.predict_noise(&get("latents"), &get("timesteps"), &get("context")).expect("UNet pass");
             let theirs = get("noise_pred").to_kind(Kind::Float);

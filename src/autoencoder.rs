@@ -69,8 +69,7 @@ pub fn train_autoencoder(model_dir: &Path, set: &LabelledSet, options: &Autoenco
 }
 
 fn load_images(set: &LabelledSet, resolution: usize) -> Result<Tensor> {
-    let images: Vec<Tensor> =
-        set.items.iter().map(|item| center_crop(&load_image(&item.path, Some(resolution))?, resolution as i64)).collect::<Result<_>>()?;
+    let images: Vec<Tensor> = set.items.iter().map(|item| center_crop(&load_image(&item.path, Some(resolution))?, resolution as i64)).collect::<Result<_>>()?;
     Ok(Tensor::f_cat(&images, 0)?)
 }
 

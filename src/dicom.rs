@@ -36,12 +36,12 @@ use std::path::Path;
 use dicom_dictionary_std::tags;
 use dicom_object::{FileDicomObject, InMemDicomObject, OpenFileOptions};
 
-pub use self::format::Photometric;
-pub use self::lut::VoiFunction;
-pub use self::write::{new_uid, write_grey_image, GreyImageAttributes, MapKind, WrittenInstance};
 use self::attributes::Attributes;
+pub use self::format::Photometric;
 use self::format::{Codec, PixelFormat};
+pub use self::lut::VoiFunction;
 use self::lut::{ModalityLut, Palette, Voi};
+pub use self::write::{new_uid, write_grey_image, GreyImageAttributes, MapKind, WrittenInstance};
 use crate::error::{Error, Result};
 use crate::image::{ImageView, PixelType};
 
@@ -168,9 +168,8 @@ impl DicomFile {
     /// errors.
     pub fn from_bytes(bytes: &[u8], source: &str) -> Result<Self> {
         scan::check_lengths(bytes, source)?;
-        let object = OpenFileOptions::new()
-            .from_reader(bytes)
-            .map_err(|e| Error::InvalidData(format!("{source}: not a readable DICOM file ({})", error_chain(&e))))?;
+        let object =
+            OpenFileOptions::new().from_reader(bytes).map_err(|e| Error::InvalidData(format!("{source}: not a readable DICOM file ({})", error_chain(&e))))?;
         Ok(DicomFile { object, source: source.to_string() })
     }
 

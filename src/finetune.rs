@@ -219,10 +219,8 @@ pub fn save_component(parameters: &[(String, Tensor)], config: &serde_json::Valu
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let text = serde_json::to_string_pretty(config).expect("a JSON value serialises");
     std::fs::write(dir.join("config.json"), text).map_err(|e| Error::io(dir, e))?;
-    let tensors: Vec<(String, Tensor)> = parameters
-        .iter()
-        .map(|(name, t)| Ok((name.clone(), t.f_detach()?.f_to_device(tch::Device::Cpu)?.f_contiguous()?)))
-        .collect::<Result<_>>()?;
+    let tensors: Vec<(String, Tensor)> =
+        parameters.iter().map(|(name, t)| Ok((name.clone(), t.f_detach()?.f_to_device(tch::Device::Cpu)?.f_contiguous()?))).collect::<Result<_>>()?;
     // Written beside and renamed over the old file: a model loaded from this folder maps the old file,
     // and rewriting it in place would pull the pages from under that mapping (SIGBUS).
     let path = dir.join("diffusion_pytorch_model.safetensors");
@@ -334,7 +332,15 @@ pub type TrainProgress<'a> = &'a mut dyn FnMut(u64, u64, f64) -> bool;
 /// folder written by an earlier run) when given, and saves the result as a diffusers folder at `out`.
 /// Every draw (batch members, posterior noise, ε, t, caption dropout) comes from one generator seeded
 /// with `options.seed`, whose state checkpoints keep, so a resumed run continues the same stream.
-pub fn finetune(model_dir: &Path, model_options: &ModelOptions, set: &LabelledSet, options: &FinetuneOptions, resume: Option<&Path>, out: &Path, progress: TrainProgress) -> Result<StepReport> {
+pub fn finetune(
+    model_dir: &Path,
+    model_options: &ModelOptions,
+    set: &LabelledSet,
+    options: &FinetuneOptions,
+    resume: Option<&Path>,
+    out: &Path,
+    progress: TrainProgress,
+) -> Result<StepReport> {
     if options.batch_size == 0 || options.steps == 0 {
         return Err(Error::InvalidArgument("batch size and steps must be at least 1".into()));
     }
@@ -384,7 +390,13 @@ fn encode_set(model: &StableDiffusion, set: &LabelledSet, options: &FinetuneOpti
 
 /// One batch [clean latents, noise, timesteps, text embeddings], drawn in a fixed order per member:
 /// image index, posterior noise, ε, t, dropout coin.
-fn draw_batch(trainer: &Trainer, images: &[EncodedImage], options: &FinetuneOptions, rng: &mut SplitMix64, embeddings: &mut HashMap<String, Tensor>) -> Result<[Tensor; 4]> {
+fn draw_batch(
+    trainer: &Trainer,
+    images: &[EncodedImage],
+    options: &FinetuneOptions,
+    rng: &mut SplitMix64,
+    embeddings: &mut HashMap<String, Tensor>,
+) -> Result<[Tensor; 4]> {
     let model = trainer.model();
     let scaling = model.vae().config().scaling_factor;
     let steps = model.schedule().train_steps() as u64;

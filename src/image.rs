@@ -43,7 +43,9 @@ impl<'a> ImageView<'a> {
         if ![1, 3, 4].contains(&self.channels) {
             return Err(Error::InvalidArgument(format!("image has {} channels (1, 3 or 4 supported)", self.channels)));
         }
-        let too_large = || Error::InvalidArgument(format!("image size {}×{}×{} (stride {}) overflows the address space", self.width, self.height, self.channels, self.stride));
+        let too_large = || {
+            Error::InvalidArgument(format!("image size {}×{}×{} (stride {}) overflows the address space", self.width, self.height, self.channels, self.stride))
+        };
         let row = self.width.checked_mul(self.channels * self.pixel.bytes()).ok_or_else(too_large)?;
         if self.stride < row {
             return Err(Error::InvalidArgument(format!("image row stride {} is smaller than a row ({row} bytes)", self.stride)));

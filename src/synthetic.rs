@@ -26,7 +26,8 @@ pub const DEFAULT_LABELS: [&str; 4] = ["Nodule", "Effusion", "Cardiomegaly", "Pn
 pub const BBOX_LIST_HEADER: &str = "Image Index,Finding Label,Bbox [x,y,w,h],,,";
 
 /// The header of ChestX-ray8's `Data_Entry_2017.csv`, its trailing empty column included.
-pub const DATA_ENTRY_HEADER: &str = "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],";
+pub const DATA_ENTRY_HEADER: &str =
+    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SyntheticOptions {
@@ -199,7 +200,12 @@ pub fn write_dataset(options: &SyntheticOptions, out_dir: &Path) -> Result<Datas
     }
     let entries: Vec<DatasetEntry> = images
         .iter()
-        .map(|image| DatasetEntry { path: Path::new(&image.label).join(&image.name), name: image.name.clone(), label: image.label.clone(), planted: image.planted })
+        .map(|image| DatasetEntry {
+            path: Path::new(&image.label).join(&image.name),
+            name: image.name.clone(),
+            label: image.label.clone(),
+            planted: image.planted,
+        })
         .collect();
     write_text(&out_dir.join("labels.csv"), &labels_csv(&entries))?;
     write_text(&out_dir.join("BBox_List_2017.csv"), &bbox_list_csv(&entries))?;
@@ -594,7 +600,10 @@ impl Motif {
         let bright = |parts: Vec<Part>| Layer { strength: 1.0, parts };
         match self {
             Motif::Ring => vec![bright(vec![Part::Annulus { radius: 0.7, half_width: 0.22 }])],
-            Motif::Stripes => vec![Layer { strength: 0.35, parts: vec![rectangle(-0.72, -0.72, 0.72, 0.72)] }, bright([-0.72, -0.14, 0.44].map(|x| rectangle(x, -0.72, x + 0.28, 0.72)).into())],
+            Motif::Stripes => vec![
+                Layer { strength: 0.35, parts: vec![rectangle(-0.72, -0.72, 0.72, 0.72)] },
+                bright([-0.72, -0.14, 0.44].map(|x| rectangle(x, -0.72, x + 0.28, 0.72)).into()),
+            ],
             Motif::Cross => vec![bright(vec![rectangle(-0.95, -0.22, 0.95, 0.22), rectangle(-0.22, -0.95, 0.22, 0.95)])],
             Motif::Triangle => {
                 let corner = |k: f64| rotate([0.0, -0.95], k * TAU / 3.0);
@@ -614,7 +623,12 @@ fn bar(a: Point, b: Point, half_width: f64) -> Part {
     let direction = [b[0] - a[0], b[1] - a[1]];
     let n = length(direction);
     let normal = [-direction[1] / n * half_width, direction[0] / n * half_width];
-    Part::Polygon(vec![[a[0] + normal[0], a[1] + normal[1]], [b[0] + normal[0], b[1] + normal[1]], [b[0] - normal[0], b[1] - normal[1]], [a[0] - normal[0], a[1] - normal[1]]])
+    Part::Polygon(vec![
+        [a[0] + normal[0], a[1] + normal[1]],
+        [b[0] + normal[0], b[1] + normal[1]],
+        [b[0] - normal[0], b[1] - normal[1]],
+        [a[0] - normal[0], a[1] - normal[1]],
+    ])
 }
 
 impl Part {
@@ -740,15 +754,7 @@ struct Distractors {
 }
 
 /// Glyph rows, three bits each (4 = left column): L, R, P, A, 1, 2, 7.
-const GLYPHS: [[u8; 5]; 7] = [
-    [4, 4, 4, 4, 7],
-    [6, 5, 6, 5, 5],
-    [6, 5, 6, 4, 4],
-    [2, 5, 7, 5, 5],
-    [2, 6, 2, 2, 7],
-    [6, 1, 2, 4, 7],
-    [7, 1, 2, 2, 2],
-];
+const GLYPHS: [[u8; 5]; 7] = [[4, 4, 4, 4, 7], [6, 5, 6, 5, 5], [6, 5, 6, 4, 4], [2, 5, 7, 5, 5], [2, 6, 2, 2, 7], [6, 1, 2, 4, 7], [7, 1, 2, 2, 2]];
 
 /// Placement attempts before a distractor is left out; with the planted box under a tenth of the image
 /// this almost never happens, and then under every label alike.
@@ -762,7 +768,9 @@ impl Distractors {
         for _ in 0..2 {
             if chance(rng, options.electrode_rate) {
                 let reach = 4.0 * pixel_scale;
-                let centre = (0..PLACEMENT_ATTEMPTS).map(|_| electrode_site(rng, anatomy, size)).find(|c| !overlaps(planted, [c[0] - reach, c[1] - reach, c[0] + reach, c[1] + reach]));
+                let centre = (0..PLACEMENT_ATTEMPTS)
+                    .map(|_| electrode_site(rng, anatomy, size))
+                    .find(|c| !overlaps(planted, [c[0] - reach, c[1] - reach, c[0] + reach, c[1] + reach]));
                 if let Some(centre) = centre {
                     electrodes.push(Electrode { centre, wire: lead_wire(rng, centre, size) });
                 }

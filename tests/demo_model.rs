@@ -85,7 +85,13 @@ fn mining_puts_the_top_cluster_of_each_learnt_label_on_its_planted_element() {
                 on_element(p.patch.x, p.patch.y, p.patch.size, &planted[&p.path])
             });
             let fraction = hits.count() as f64 / cluster.members.len() as f64;
-            println!("{} cluster {rank}: {} patches, median {:.2e}, {:.0} % on the planted element", label.label, cluster.members.len(), cluster.median_typicality, 100.0 * fraction);
+            println!(
+                "{} cluster {rank}: {} patches, median {:.2e}, {:.0} % on the planted element",
+                label.label,
+                cluster.members.len(),
+                cluster.median_typicality,
+                100.0 * fraction
+            );
             on_element_by_rank.entry(label.label.clone()).or_insert_with(Vec::new).push(fraction);
         }
     }

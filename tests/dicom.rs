@@ -13,7 +13,11 @@ use diffmine::Error;
 fn test_file(name: &str) -> PathBuf {
     let venv = std::env::var_os("DIFFMINE_VENV").map(PathBuf::from).unwrap_or_else(|| common::repo_root().join(".deps/venv"));
     let lib = venv.join("lib");
-    let python = std::fs::read_dir(&lib).expect("venv lib").map(|e| e.unwrap().path()).find(|p| p.file_name().unwrap().to_str().unwrap().starts_with("python3")).expect("python3.x");
+    let python = std::fs::read_dir(&lib)
+        .expect("venv lib")
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_str().unwrap().starts_with("python3"))
+        .expect("python3.x");
     let site = python.join("site-packages");
     [site.join("pydicom/data/test_files").join(name), site.join("data_store/data").join(name)]
         .into_iter()
@@ -62,9 +66,12 @@ fn the_file_window_applies_by_default_and_the_callers_on_request() {
     // RG1 carries window 15000/30000; the caller's window here shows only its brightest values.
     let file = open("RG1_UNCR.dcm");
     let default = file.image(&DicomOptions::default()).unwrap();
-    let explicit = file.image(&DicomOptions { window: Window::Explicit { center: 15000.0, width: 30000.0, function: VoiFunction::Linear }, ..Default::default() }).unwrap();
+    let explicit = file
+        .image(&DicomOptions { window: Window::Explicit { center: 15000.0, width: 30000.0, function: VoiFunction::Linear }, ..Default::default() })
+        .unwrap();
     assert_eq!(default.pixels, explicit.pixels, "the file's window is 15000/30000");
-    let narrow = file.image(&DicomOptions { window: Window::Explicit { center: 1000.0, width: 10.0, function: VoiFunction::Linear }, ..Default::default() }).unwrap();
+    let narrow =
+        file.image(&DicomOptions { window: Window::Explicit { center: 1000.0, width: 10.0, function: VoiFunction::Linear }, ..Default::default() }).unwrap();
     assert!(narrow.pixels.iter().filter(|&&v| v > 0.0 && v < 1.0).count() < default.pixels.len() / 10);
     let bad = file.image(&DicomOptions { window: Window::Explicit { center: 0.0, width: 0.0, function: VoiFunction::Linear }, ..Default::default() });
     assert!(matches!(bad, Err(Error::InvalidArgument(_))), "{bad:?}");
@@ -206,7 +213,16 @@ fn fuzz_findings_are_refused_quickly() {
 /// error, never a panic (a small, deterministic cousin of the fuzz target).
 #[test]
 fn truncated_and_corrupted_files_never_panic() {
-    for name in ["MR_small.dcm", "MR_small_RLE.dcm", "SC_rgb_jpeg_dcmtk.dcm", "MR_small_jp2klossless.dcm", "JPEG-LL.dcm", "SC_rgb_rle_32bit_2frame.dcm", "MR_small_jpeg_ls_lossless.dcm", "SC_rgb_jls_lossy_line.dcm"] {
+    for name in [
+        "MR_small.dcm",
+        "MR_small_RLE.dcm",
+        "SC_rgb_jpeg_dcmtk.dcm",
+        "MR_small_jp2klossless.dcm",
+        "JPEG-LL.dcm",
+        "SC_rgb_rle_32bit_2frame.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+        "SC_rgb_jls_lossy_line.dcm",
+    ] {
         let bytes = std::fs::read(test_file(name)).unwrap();
         let decode = |data: &[u8]| {
             if let Ok(file) = DicomFile::from_bytes(data, name) {
@@ -340,7 +356,8 @@ mod c_api {
     fn maps_written_through_the_c_api_share_a_series() {
         let source = CString::new(super::test_file("CT_small.dcm").to_str().unwrap()).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let (overlay, raw) = (CString::new(dir.path().join("o.dcm").to_str().unwrap()).unwrap(), CString::new(dir.path().join("r.dcm").to_str().unwrap()).unwrap());
+        let (overlay, raw) =
+            (CString::new(dir.path().join("o.dcm").to_str().unwrap()).unwrap(), CString::new(dir.path().join("r.dcm").to_str().unwrap()).unwrap());
         let map: Vec<f32> = (0..64 * 64).map(|i| i as f32 * 1e-4).collect();
         let mut series = [0 as std::ffi::c_char; DM_UID_BUFFER_SIZE];
         let mut sop = [0 as std::ffi::c_char; DM_UID_BUFFER_SIZE];

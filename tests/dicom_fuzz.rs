@@ -19,6 +19,10 @@ fn dicom_fuzz_target_runs_without_a_crash() {
     let log = String::from_utf8_lossy(&output.stderr);
     let stats: Vec<&str> = log.lines().filter(|l| l.starts_with("stat::") || l.starts_with("Done ")).collect();
     println!("{}", stats.join("\n"));
-    assert!(output.status.success(), "the fuzz target crashed or failed to build:\n{}", log.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"));
+    assert!(
+        output.status.success(),
+        "the fuzz target crashed or failed to build:\n{}",
+        log.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+    );
     assert!(stats.iter().any(|l| l.starts_with("stat::number_of_executed_units")), "no libFuzzer statistics in:\n{log}");
 }

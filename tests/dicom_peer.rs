@@ -101,7 +101,8 @@ fn compare(file: &DicomFile, entry: &Value, dir: &std::path::Path) -> std::resul
     let transfer_syntax = entry["transfer_syntax"].as_str().unwrap();
     let photometric = entry["photometric"].as_str().unwrap();
     let tol = tolerance(transfer_syntax, photometric);
-    let (rows, columns, samples) = (entry["rows"].as_u64().unwrap() as usize, entry["columns"].as_u64().unwrap() as usize, entry["samples"].as_u64().unwrap() as usize);
+    let (rows, columns, samples) =
+        (entry["rows"].as_u64().unwrap() as usize, entry["columns"].as_u64().unwrap() as usize, entry["samples"].as_u64().unwrap() as usize);
     let frame_len = rows * columns * samples;
     let full_scale = 2f64.powi(entry["bits_stored"].as_u64().unwrap() as i32) - 1.0;
     let theirs = read_array(dir.join(format!("{id}.modality")), entry["dtype"].as_str().unwrap());

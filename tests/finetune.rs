@@ -26,10 +26,13 @@ fn run_step(trainer: &mut Trainer, reference: &Reference, step: usize) -> diffmi
 
 /// The worst per-tensor relative error over a set of named tensors.
 fn worst_error(actual: &[(String, Tensor)], reference: &Reference, prefix: &str) -> (f64, String) {
-    actual
-        .iter()
-        .map(|(name, t)| (relative_error(t, reference.get(&format!("{prefix}{name}"))), name.clone()))
-        .fold((0.0, String::new()), |worst, e| if e.0 > worst.0 { e } else { worst })
+    actual.iter().map(|(name, t)| (relative_error(t, reference.get(&format!("{prefix}{name}"))), name.clone())).fold((0.0, String::new()), |worst, e| {
+        if e.0 > worst.0 {
+            e
+        } else {
+            worst
+        }
+    })
 }
 
 #[test]
@@ -53,8 +56,7 @@ fn three_adamw_steps_equal_pytorch_in_loss_clipped_gradients_and_weight_changes(
         }
     }
     let after: Vec<(String, Tensor)> = trainer.model().unet_weights().parameters.iter().map(|(n, t)| (n.clone(), t.detach())).collect();
-    let expected_after: Vec<(String, Tensor)> =
-        before.iter().map(|(n, b)| (n.clone(), b + reference.get(&format!("train.delta.{n}")))).collect();
+    let expected_after: Vec<(String, Tensor)> = before.iter().map(|(n, b)| (n.clone(), b + reference.get(&format!("train.delta.{n}")))).collect();
     for ((name, ours), (_, theirs)) in after.iter().zip(&expected_after) {
         common::assert_close(ours, theirs, TOLERANCE, &format!("weights of {name} after 3 steps"));
     }
@@ -93,7 +95,8 @@ fn the_saved_folder_predicts_the_same_noise_in_diffusers_and_libdiffmine() {
     run_step(&mut trainer, &reference, 0);
     let out = tempfile::tempdir().unwrap();
     let saved = out.path().join("finetuned");
-    let sources = ComponentSources::resolve(&pipeline("sd15_tiny"), &ComponentOverrides::default(), &["vae", "text_encoder", "tokenizer", "scheduler"]).unwrap();
+    let sources =
+        ComponentSources::resolve(&pipeline("sd15_tiny"), &ComponentOverrides::default(), &["vae", "text_encoder", "tokenizer", "scheduler"]).unwrap();
     trainer.save(&sources, &saved).unwrap();
 
     let reloaded = StableDiffusion::open(&saved, &ModelOptions::default()).unwrap();

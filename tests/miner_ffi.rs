@@ -21,7 +21,6 @@ use diffmine::typicality::TypicalityOptions;
 const TEMPLATE: &str = "Chest X-Ray with {label}.";
 const NULL_PROMPT: &str = "Chest X-Ray.";
 
-
 fn assert_fails(status: dm_status, expected: dm_status, message: &str) {
     assert_eq!(status, expected, "{}", c_last_error());
     let error = c_last_error();
@@ -67,7 +66,6 @@ fn c_options(template: &CString, null_prompt: &CString) -> dm_miner_options {
         ..o
     }
 }
-
 
 /// A miner handle with the test options, freed on drop.
 struct CMiner(*mut dm_miner);
@@ -288,7 +286,8 @@ fn bad_input_gets_a_status_and_a_message_naming_the_problem() {
     assert_fails(miner.add_rgb8(&other, "a", "Mass"), dm_status::DM_ERR_INVALID_ARGUMENT, "`a` was already added");
     // SAFETY (this block): as above; the view's buffer is too short for its stated size.
     unsafe {
-        let short = dm_image_view { data: pixels.as_ptr() as *const c_void, data_len: 10, width: 32, height: 32, channels: 3, pixel_type: DM_PIXEL_U8, stride: 96 };
+        let short =
+            dm_image_view { data: pixels.as_ptr() as *const c_void, data_len: 10, width: 32, height: 32, channels: 3, pixel_type: DM_PIXEL_U8, stride: 96 };
         assert_fails(ffi::dm_miner_add_image(miner.0, &short, null(), c"Mass".as_ptr()), dm_status::DM_ERR_INVALID_ARGUMENT, "buffer holds 10 bytes");
         assert_fails(ffi::dm_miner_add_image(miner.0, null(), null(), c"Mass".as_ptr()), dm_status::DM_ERR_NULL_ARGUMENT, "`image`");
         assert_fails(ffi::dm_miner_image_name(miner.0, 5, null_mut(), 0, &mut n), dm_status::DM_ERR_INVALID_ARGUMENT, "image index 5");
@@ -297,7 +296,11 @@ fn bad_input_gets_a_status_and_a_message_naming_the_problem() {
     assert_eq!(miner.run(), dm_status::DM_OK, "{}", c_last_error());
     // SAFETY (this block): as above.
     unsafe {
-        assert_fails(ffi::dm_miner_patch_count(miner.0, 2, &mut n), dm_status::DM_ERR_INVALID_ARGUMENT, "label index 2 is out of range (the results have 2 labels)");
+        assert_fails(
+            ffi::dm_miner_patch_count(miner.0, 2, &mut n),
+            dm_status::DM_ERR_INVALID_ARGUMENT,
+            "label index 2 is out of range (the results have 2 labels)",
+        );
         let mut one = [0 as c_char; 1];
         assert_fails(ffi::dm_miner_label_name(miner.0, 0, one.as_mut_ptr(), 1, &mut n), dm_status::DM_ERR_BUFFER_TOO_SMALL, "`out` holds 1");
         let mut patch = [dm_mined_patch { image: 0, x: 0, y: 0, size: 0, typicality: 0.0, cluster: 0, rank_in_cluster: 0, distance: 0.0 }; 1];

@@ -97,11 +97,8 @@ fn fp16_variant_files_load_into_f32_compute_and_equal_diffusers() {
 fn components_can_come_from_another_folder() {
     // The sd2 pipeline with sd15's tokenizer and text encoder: embeddings are sd15's.
     let sd15 = pipeline("sd15_tiny");
-    let overrides = ComponentOverrides {
-        text_encoder: Some(sd15.join("text_encoder")),
-        tokenizer: Some(sd15.join("tokenizer")),
-        ..ComponentOverrides::default()
-    };
+    let overrides =
+        ComponentOverrides { text_encoder: Some(sd15.join("text_encoder")), tokenizer: Some(sd15.join("tokenizer")), ..ComponentOverrides::default() };
     let model = StableDiffusion::open(&pipeline("sd2_tiny"), &ModelOptions { overrides, ..ModelOptions::default() }).unwrap();
     let reference = Reference::load("sd15_tiny");
     let texts = reference.texts();
@@ -125,14 +122,12 @@ fn bf16_on_cpu_stays_close_to_f32() {
 fn one_model_used_from_several_threads_gives_the_serial_results() {
     let model = open("sd15_tiny");
     let reference = Reference::load("sd15_tiny");
-    let inputs: Vec<[Tensor; 3]> = (0..4)
-        .map(|k| ["latents", "timesteps", "encoder_hidden_states"].map(|w| reference.get(&format!("unet.{k}.{w}")).copy()))
-        .collect();
+    let inputs: Vec<[Tensor; 3]> =
+        (0..4).map(|k| ["latents", "timesteps", "encoder_hidden_states"].map(|w| reference.get(&format!("unet.{k}.{w}")).copy())).collect();
     let serial: Vec<Tensor> = inputs.iter().map(|[x, t, c]| model.predict_noise(x, t, c).unwrap()).collect();
     std::thread::scope(|scope| {
         let model = &model;
-        let handles: Vec<_> =
-            inputs.into_iter().map(|[x, t, c]| scope.spawn(move || model.predict_noise(&x, &t, &c).unwrap())).collect();
+        let handles: Vec<_> = inputs.into_iter().map(|[x, t, c]| scope.spawn(move || model.predict_noise(&x, &t, &c).unwrap())).collect();
         for (k, handle) in handles.into_iter().enumerate() {
             let parallel = handle.join().expect("thread");
             assert!(parallel.equal(&serial[k]), "case {k} differs between threads and serial");

@@ -18,7 +18,6 @@ use tch::Tensor;
 const STEP_TOLERANCE: f64 = 1e-5;
 const TOLERANCE: f64 = 1e-3;
 
-
 struct Reference {
     tensors: HashMap<String, Tensor>,
     json: serde_json::Value,
@@ -123,8 +122,7 @@ fn ddim_and_inversion_steps_equal_diffusers_schedulers_per_step() {
 fn inversion_and_plug_and_play_equal_the_diffusers_reference() {
     let (r, model) = (&reference(), open());
     let options = reference_options(r);
-    let inversion =
-        translate::invert(&model, r.get("pnp.latent"), r.source_prompt(), options.inversion_steps, &mut no_progress()).unwrap();
+    let inversion = translate::invert(&model, r.get("pnp.latent"), r.source_prompt(), options.inversion_steps, &mut no_progress()).unwrap();
     assert_eq!(inversion.timesteps, Vec::<i64>::try_from(r.get("pnp.inversion.timesteps")).unwrap());
     let inverted = Tensor::cat(&inversion.latents, 0);
     let err = relative_error(&inverted, r.get("pnp.inversion.latents"));
@@ -206,14 +204,8 @@ fn inversion_then_unguided_sampling_error_on_the_random_fixture_is_stated() {
     let (r, model) = (&reference(), open());
     let latent = diffmine::rng::SplitMix64::new(5).normal_tensor(&r.get("pnp.latent").size());
     let steps = 10;
-    let options = TranslateOptions {
-        steps,
-        inversion_steps: steps,
-        guidance: 1.0,
-        resnet_injection: 0.0,
-        attention_injection: 0.0,
-        ..TranslateOptions::default()
-    };
+    let options =
+        TranslateOptions { steps, inversion_steps: steps, guidance: 1.0, resnet_injection: 0.0, attention_injection: 0.0, ..TranslateOptions::default() };
     let inversion = translate::invert(&model, &latent, r.source_prompt(), steps, &mut no_progress()).unwrap();
     let back = translate::plug_and_play(&model, &inversion, &[r.source_prompt()], &options, &mut no_progress()).unwrap();
     let err = relative_error(&back, &latent);
@@ -251,7 +243,12 @@ fn bad_input_is_an_invalid_argument_that_says_what_is_wrong() {
         ("zero steps", TranslateOptions { steps: 0, ..ok.clone() }, vec!["b"], "steps"),
         ("zero inversion steps", TranslateOptions { inversion_steps: 0, ..ok.clone() }, vec!["b"], "steps"),
         ("inversion missing sampling timesteps", TranslateOptions { steps: 10, inversion_steps: 7, ..ok.clone() }, vec!["b"], "inversion steps"),
-        ("missing site", TranslateOptions { sites: diffmine::model::unet::Injection { resnets: vec![(9, 0)], attentions: vec![] }, ..ok.clone() }, vec!["b"], "up_blocks[9]"),
+        (
+            "missing site",
+            TranslateOptions { sites: diffmine::model::unet::Injection { resnets: vec![(9, 0)], attentions: vec![] }, ..ok.clone() },
+            vec!["b"],
+            "up_blocks[9]",
+        ),
     ];
     for (what, options, targets, expected) in cases {
         match translate::translate(&model, image, "a", &targets, &options, &mut no_progress()) {
@@ -294,11 +291,12 @@ fn parallel_sets_mine_co_typical_elements_end_to_end() {
         let set = parallel_set(&model, image, source, &labels, &options, &mut no_progress()).unwrap();
         assert_eq!(set.versions.size(), [2, 3, 16, 24]);
         let mut calls = 0;
-        miner.add_set(&set, &mut |_, total| {
-            calls += 1;
-            total == 4
-        })
-        .unwrap();
+        miner
+            .add_set(&set, &mut |_, total| {
+                calls += 1;
+                total == 4
+            })
+            .unwrap();
         assert_eq!(calls, 4, "typicality and DIFT of each version");
     }
     let result = miner.finish().unwrap();

@@ -17,9 +17,6 @@ use tch::Tensor;
 const SOURCE: &str = "A car from the 1950s.";
 const TARGETS: [&str; 2] = ["A car from the 2020s.", "a photo of a cat"];
 
-
-
-
 /// The fixture's 16 × 24 source image as packed RGB8.
 struct Image {
     pixels: Vec<u8>,
@@ -164,7 +161,20 @@ fn the_reconstruction_is_optional() {
     let mut images = vec![0u8; image.rgb_len(1)];
     // SAFETY: valid pointers for their lengths; NULL reconstruction with length 0.
     let status = unsafe {
-        ffi::dm_model_translate(model.0, &image.view(), source.as_ptr(), targets.as_ptr(), 1, &options, None, null_mut(), images.as_mut_ptr(), images.len(), null_mut(), 0)
+        ffi::dm_model_translate(
+            model.0,
+            &image.view(),
+            source.as_ptr(),
+            targets.as_ptr(),
+            1,
+            &options,
+            None,
+            null_mut(),
+            images.as_mut_ptr(),
+            images.len(),
+            null_mut(),
+            0,
+        )
     };
     assert_eq!(status, dm_status::DM_OK, "{}", c_last_error());
 }
@@ -237,7 +247,8 @@ fn bad_translate_input_gets_a_status_and_a_message_that_says_what_is_wrong() {
     assert_eq!(status, dm_status::DM_ERR_NULL_ARGUMENT);
     assert!(c_last_error().contains("out_images"), "{}", c_last_error());
     // SAFETY: as above; a NULL model handle.
-    let status = unsafe { ffi::dm_model_translate(null(), &image.view(), source.as_ptr(), targets.as_ptr(), 2, null(), None, null_mut(), null_mut(), 0, null_mut(), 0) };
+    let status =
+        unsafe { ffi::dm_model_translate(null(), &image.view(), source.as_ptr(), targets.as_ptr(), 2, null(), None, null_mut(), null_mut(), 0, null_mut(), 0) };
     assert_eq!(status, dm_status::DM_ERR_NULL_ARGUMENT, "{}", c_last_error());
 }
 

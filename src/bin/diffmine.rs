@@ -28,10 +28,10 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use diffmine::autoencoder::{train_autoencoder, AutoencoderOptions};
-use diffmine::dataset::LabelledSet;
-use diffmine::finetune::{finetune, FinetuneOptions, TrainOptions};
 use diffmine::cxr8::{evaluate_files, EvaluationFiles, EvaluationOptions};
+use diffmine::dataset::LabelledSet;
 use diffmine::dicom::{open_image, DicomFile, DicomOptions, MapKind};
+use diffmine::finetune::{finetune, FinetuneOptions, TrainOptions};
 use diffmine::image::to_rgb8;
 use diffmine::mining::cluster::ClusterOptions;
 use diffmine::mining::dift::DiftOptions;
@@ -384,7 +384,13 @@ fn cxr8_eval_command(args: &Args) -> Result<()> {
     if run.unconfirmed_boxes > 0 {
         println!("{} boxes left out: the data entry does not list their image with that finding", run.unconfirmed_boxes);
     }
-    println!("{} image–disease pairs in {:.0} s; wrote {} (report.md, .csv, .json) and {} overlays", run.results.len(), started.elapsed().as_secs_f64(), out.display(), run.overlays.len());
+    println!(
+        "{} image–disease pairs in {:.0} s; wrote {} (report.md, .csv, .json) and {} overlays",
+        run.results.len(),
+        started.elapsed().as_secs_f64(),
+        out.display(),
+        run.overlays.len()
+    );
     Ok(())
 }
 
@@ -433,7 +439,15 @@ fn synth_command(args: &Args) -> Result<()> {
     let out = PathBuf::from(args.required("out")?);
     let started = Instant::now();
     let summary = write_dataset(&options, &out)?;
-    println!("wrote {} images of {} px ({} labels: {}) with their boxes to {} in {:.2} s", summary.entries.len(), summary.size, options.labels.len(), options.labels.join(", "), out.display(), started.elapsed().as_secs_f64());
+    println!(
+        "wrote {} images of {} px ({} labels: {}) with their boxes to {} in {:.2} s",
+        summary.entries.len(),
+        summary.size,
+        options.labels.len(),
+        options.labels.join(", "),
+        out.display(),
+        started.elapsed().as_secs_f64()
+    );
     if let Some(dicom) = args.optional("dicom") {
         let count = write_dicom_copies(&options, Path::new(dicom))?;
         println!("wrote the same {count} images as DICOM to {dicom}");

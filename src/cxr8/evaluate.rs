@@ -110,7 +110,13 @@ pub fn evaluate_files(
     if let Some(path) = files.data_entry {
         let (confirmed, unconfirmed) = boxes_confirmed_by(boxes, &read_data_entry(path)?);
         if let Some(first) = unconfirmed.first() {
-            tracing::warn!("{} boxes left out: {} does not list their image with that finding (first: {} {})", unconfirmed.len(), path.display(), first.image, first.finding);
+            tracing::warn!(
+                "{} boxes left out: {} does not list their image with that finding (first: {} {})",
+                unconfirmed.len(),
+                path.display(),
+                first.image,
+                first.finding
+            );
         }
         (boxes, unconfirmed_boxes) = (confirmed, unconfirmed.len());
     }
@@ -144,7 +150,9 @@ pub fn evaluate(
     let total = (cases.len() * models.len()) as u64;
     let mut evaluation = Evaluation { results: Vec::new(), extremes: BTreeMap::new() };
     for (i, case) in cases.iter().enumerate() {
-        let path = files.get(case.image).ok_or_else(|| Error::InvalidData(format!("{}: no image named {} under it (named in the box list)", images_dir.display(), case.image)))?;
+        let path = files
+            .get(case.image)
+            .ok_or_else(|| Error::InvalidData(format!("{}: no image named {} under it (named in the box list)", images_dir.display(), case.image)))?;
         let image = open_image(path, &DicomOptions::default())?;
         let input = image.view().to_model_input_resized(Some(options.working_size))?;
         let (_, _, height, width) = input.size4()?;
@@ -156,7 +164,8 @@ pub fn evaluate(
             figures.push(auc_pr(&map, size[0], size[1], &scaled, &path.display().to_string())?);
             if m == 0 {
                 if let Some(f) = figures[0] {
-                    let shown = Shown { ap: f.average_precision, image: case.image.to_string(), rgb: crate::image::to_rgb8(&input)?, map, size, boxes: scaled.clone() };
+                    let shown =
+                        Shown { ap: f.average_precision, image: case.image.to_string(), rgb: crate::image::to_rgb8(&input)?, map, size, boxes: scaled.clone() };
                     evaluation.keep_extreme(case.disease, shown);
                 }
             }
@@ -164,7 +173,12 @@ pub fn evaluate(
                 return Err(Error::Cancelled);
             }
         }
-        evaluation.results.push(ImageResult { image: case.image.to_string(), disease: case.disease.to_string(), finetuned: figures[0], baseline: figures.get(1).copied().flatten() });
+        evaluation.results.push(ImageResult {
+            image: case.image.to_string(),
+            disease: case.disease.to_string(),
+            finetuned: figures[0],
+            baseline: figures.get(1).copied().flatten(),
+        });
     }
     Ok(evaluation)
 }

@@ -10,5 +10,6 @@ pub use evaluate::{evaluate, evaluate_files, prompt_for, Evaluation, EvaluationF
 pub use metrics::{auc_pr, authors_curve, authors_thresholds, average_precision, positive_mask, AucPr, AuthorsCurve, Summary};
 pub use report::{DiseaseRow, ImageResult, ModelFigures, Report};
 pub use tables::{
-    boxes_by_image, boxes_confirmed_by, canonical_finding, parse_bbox_list, parse_data_entry, read_bbox_list, read_data_entry, BoundingBox, BoxEntry, DataEntry, BOXED_DISEASES,
+    boxes_by_image, boxes_confirmed_by, canonical_finding, parse_bbox_list, parse_data_entry, read_bbox_list, read_data_entry, BoundingBox, BoxEntry,
+    DataEntry, BOXED_DISEASES,
 };

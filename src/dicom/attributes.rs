@@ -47,10 +47,7 @@ impl<'a> Attributes<'a> {
         let Some(element) = self.element(tag) else { return Ok(Vec::new()) };
         if element.vr() == VR::UN {
             let text = self.text(tag).unwrap_or_default();
-            return text
-                .split('\\')
-                .map(|part| part.trim().parse::<f64>().map_err(|_| self.invalid(what, format!("holds {part:?}, not a number"))))
-                .collect();
+            return text.split('\\').map(|part| part.trim().parse::<f64>().map_err(|_| self.invalid(what, format!("holds {part:?}, not a number")))).collect();
         }
         element.to_multi_float64().map_err(|e| self.invalid(what, format!("is not numeric ({e})")))
     }

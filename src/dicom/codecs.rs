@@ -41,10 +41,7 @@ fn decode_native(bytes: &[u8], format: &PixelFormat, source: &str) -> Result<Sam
     }
     let bytes = &bytes[..format.native_frame_len()];
     let width = format.bytes_per_sample();
-    let raw: Vec<i64> = bytes
-        .chunks_exact(width)
-        .map(|chunk| format.stored_value(chunk.iter().rev().fold(0u64, |acc, &b| (acc << 8) | b as u64)))
-        .collect();
+    let raw: Vec<i64> = bytes.chunks_exact(width).map(|chunk| format.stored_value(chunk.iter().rev().fold(0u64, |acc, &b| (acc << 8) | b as u64))).collect();
     if format.photometric == Photometric::YbrFull422 {
         return Ok(Samples { values: expand_422(&raw, format, source)?, photometric: Photometric::YbrFull });
     }
@@ -181,7 +178,10 @@ fn decode_jpeg2000(bytes: &[u8], format: &PixelFormat, source: &str) -> Result<S
     let header = jpeg2000_header(bytes).ok_or_else(|| corrupt(source, "JPEG 2000 frame has no readable image and tile size (SIZ) marker"))?;
     check_size(header.width, header.height, format, source)?;
     if header.components != format.samples || header.tiles == 0 || header.tiles > MAX_JPEG2000_TILES {
-        return Err(corrupt(source, format!("JPEG 2000 header gives {} components in {} tiles for {} samples per pixel", header.components, header.tiles, format.samples)));
+        return Err(corrupt(
+            source,
+            format!("JPEG 2000 header gives {} components in {} tiles for {} samples per pixel", header.components, header.tiles, format.samples),
+        ));
     }
     let image = jpeg2k::Image::from_bytes(bytes).map_err(|e| corrupt(source, format!("JPEG 2000 decoding failed: {e}")))?;
     let components = image.components();
@@ -216,7 +216,10 @@ fn decode_jpeg_ls(bytes: &[u8], format: &PixelFormat, source: &str) -> Result<Sa
     let info = charls::CharLS::default().get_frame_info(bytes).map_err(|e| corrupt(source, format!("JPEG-LS header: {e}")))?;
     check_size(info.width as usize, info.height as usize, format, source)?;
     if info.component_count as usize != format.samples || !(2..=16).contains(&info.bits_per_sample) {
-        return Err(corrupt(source, format!("JPEG-LS frame has {} components of {} bits for {} samples per pixel", info.component_count, info.bits_per_sample, format.samples)));
+        return Err(corrupt(
+            source,
+            format!("JPEG-LS frame has {} components of {} bits for {} samples per pixel", info.component_count, info.bits_per_sample, format.samples),
+        ));
     }
     let decoded = charls::CharLS::default().decode(bytes).map_err(|e| corrupt(source, format!("JPEG-LS decoding failed: {e}")))?;
     let raw: Vec<i64> = if info.bits_per_sample <= 8 {

@@ -142,7 +142,10 @@ impl PixelFormat {
             return Err(attrs.invalid("Bits Stored", format!("= {} does not fit Bits Allocated {}", self.bits_stored, self.bits_allocated)));
         }
         if self.frame_samples() > MAX_FRAME_SAMPLES {
-            return Err(Error::Unsupported(format!("{}: a {}×{}×{} frame is larger than the supported maximum", attrs.source, self.rows, self.columns, self.samples)));
+            return Err(Error::Unsupported(format!(
+                "{}: a {}×{}×{} frame is larger than the supported maximum",
+                attrs.source, self.rows, self.columns, self.samples
+            )));
         }
         Ok(())
     }

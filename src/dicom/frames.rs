@@ -32,10 +32,9 @@ fn native_frame<'a>(attrs: &Attributes, format: &PixelFormat, value: &'a Primiti
     let frame_len = format.native_frame_len();
     let start = frame * frame_len;
     if all.len() < start + frame_len {
-        return Err(attrs.invalid(
-            "Pixel Data",
-            format!("holds {} bytes; frame {frame} needs bytes {start}..{} (truncated file?)", all.len(), start + frame_len),
-        ));
+        return Err(
+            attrs.invalid("Pixel Data", format!("holds {} bytes; frame {frame} needs bytes {start}..{} (truncated file?)", all.len(), start + frame_len))
+        );
     }
     let mut bytes = match all {
         Cow::Borrowed(b) => Cow::Borrowed(&b[start..start + frame_len]),
@@ -57,7 +56,9 @@ fn bit_frame(attrs: &Attributes, format: &PixelFormat, value: &PrimitiveValue, f
     let all = little_endian_bytes(attrs, value)?;
     let (first_bit, bits) = (frame * format.frame_samples(), format.frame_samples());
     if all.len() * 8 < first_bit + bits {
-        return Err(attrs.invalid("Pixel Data", format!("holds {} bits; frame {frame} needs bits {first_bit}..{} (truncated file?)", all.len() * 8, first_bit + bits)));
+        return Err(
+            attrs.invalid("Pixel Data", format!("holds {} bits; frame {frame} needs bits {first_bit}..{} (truncated file?)", all.len() * 8, first_bit + bits))
+        );
     }
     Ok(Cow::Owned((first_bit..first_bit + bits).map(|i| (all[i / 8] >> (i % 8)) & 1).collect()))
 }
@@ -103,7 +104,13 @@ fn encapsulated_frame<'a, F: AsRef<[u8]>>(
 
 /// Fragments of a frame by the Basic Offset Table: offsets count the bytes of the items (an 8-byte
 /// item header plus the fragment) from the first fragment.
-fn range_from_offset_table<F: AsRef<[u8]>>(attrs: &Attributes, fragments: &[F], offsets: &[u32], frames: usize, frame: usize) -> Result<std::ops::Range<usize>> {
+fn range_from_offset_table<F: AsRef<[u8]>>(
+    attrs: &Attributes,
+    fragments: &[F],
+    offsets: &[u32],
+    frames: usize,
+    frame: usize,
+) -> Result<std::ops::Range<usize>> {
     if offsets.len() != frames {
         return Err(attrs.invalid("Basic Offset Table", format!("has {} entries for {frames} frames", offsets.len())));
     }
@@ -132,10 +139,9 @@ fn range_from_markers<F: AsRef<[u8]>>(attrs: &Attributes, codec: Codec, fragment
     };
     let starts: Vec<usize> = fragments.iter().enumerate().filter(|(_, f)| f.as_ref().starts_with(marker)).map(|(i, _)| i).collect();
     if starts.len() != frames || starts.first() != Some(&0) {
-        return Err(attrs.invalid(
-            "Pixel Data",
-            format!("has {} fragments starting a codestream for {frames} frames; the frame boundaries are unknown", starts.len()),
-        ));
+        return Err(
+            attrs.invalid("Pixel Data", format!("has {} fragments starting a codestream for {frames} frames; the frame boundaries are unknown", starts.len()))
+        );
     }
     let end = starts.get(frame + 1).copied().unwrap_or(fragments.len());
     Ok(starts[frame]..end)

@@ -124,7 +124,11 @@ pub enum VoiFunction {
 /// A value-of-interest transform: how modality values map to display grey levels in [0, 1].
 #[derive(Debug, Clone)]
 pub enum Voi {
-    Window { center: f64, width: f64, function: VoiFunction },
+    Window {
+        center: f64,
+        width: f64,
+        function: VoiFunction,
+    },
     Table(Table),
     /// The frame's own range, stretched to [0, 1].
     MinMax,
@@ -229,8 +233,16 @@ impl Palette {
     pub fn read(attrs: &Attributes) -> Result<Self> {
         let channels = [
             (tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR, tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DATA, tags::SEGMENTED_RED_PALETTE_COLOR_LOOKUP_TABLE_DATA),
-            (tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR, tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DATA, tags::SEGMENTED_GREEN_PALETTE_COLOR_LOOKUP_TABLE_DATA),
-            (tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR, tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DATA, tags::SEGMENTED_BLUE_PALETTE_COLOR_LOOKUP_TABLE_DATA),
+            (
+                tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR,
+                tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DATA,
+                tags::SEGMENTED_GREEN_PALETTE_COLOR_LOOKUP_TABLE_DATA,
+            ),
+            (
+                tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR,
+                tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DATA,
+                tags::SEGMENTED_BLUE_PALETTE_COLOR_LOOKUP_TABLE_DATA,
+            ),
         ];
         let what = "Palette Color Lookup Table";
         let read = |(descriptor_tag, data_tag, segmented_tag)| -> Result<Table> {

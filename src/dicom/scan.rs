@@ -105,7 +105,27 @@ impl Walker<'_> {
         let vr = VR::from_binary([*self.bytes.get(self.pos + 4)?, *self.bytes.get(self.pos + 5)?]).unwrap_or(VR::UN);
         let short = matches!(
             vr,
-            VR::AE | VR::AS | VR::AT | VR::CS | VR::DA | VR::DS | VR::DT | VR::FL | VR::FD | VR::IS | VR::LO | VR::LT | VR::PN | VR::SH | VR::SL | VR::SS | VR::ST | VR::TM | VR::UI | VR::UL | VR::US
+            VR::AE
+                | VR::AS
+                | VR::AT
+                | VR::CS
+                | VR::DA
+                | VR::DS
+                | VR::DT
+                | VR::FL
+                | VR::FD
+                | VR::IS
+                | VR::LO
+                | VR::LT
+                | VR::PN
+                | VR::SH
+                | VR::SL
+                | VR::SS
+                | VR::ST
+                | VR::TM
+                | VR::UI
+                | VR::UL
+                | VR::US
         );
         let (length, size) = if short { (self.u16_at(self.pos + 6)? as u32, 8) } else { (self.u32_at(self.pos + 8)?, 12) };
         self.pos += size;
@@ -179,7 +199,10 @@ impl Walker<'_> {
     /// dicom-parser 0.10 reads its first item tag as a length and allocates ~3.7 GB before failing.
     fn undefined_length(&mut self, header: &Header, end: usize, depth: usize) -> Result<()> {
         if header.vr == Some(VR::UN) {
-            return Err(Error::Unsupported(format!("{}: element {} is an undefined-length UN sequence, which the DICOM parser cannot read", self.source, header.tag)));
+            return Err(Error::Unsupported(format!(
+                "{}: element {} is an undefined-length UN sequence, which the DICOM parser cannot read",
+                self.source, header.tag
+            )));
         }
         self.items(end, depth + 1, true, header.tag == Tag(0x7FE0, 0x0010))
     }

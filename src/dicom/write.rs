@@ -102,7 +102,15 @@ pub fn write_grey_image(pixels: &[u8], [width, height]: [usize; 2], attributes: 
         object.put(DataElement::new(tag, vr, PrimitiveValue::from(value)));
     }
     object.put(DataElement::new(tags::IMAGE_TYPE, VR::CS, PrimitiveValue::Strs(["ORIGINAL", "PRIMARY"].iter().map(|s| s.to_string()).collect())));
-    for tag in [tags::PATIENT_NAME, tags::PATIENT_BIRTH_DATE, tags::STUDY_DATE, tags::STUDY_TIME, tags::REFERRING_PHYSICIAN_NAME, tags::STUDY_ID, tags::ACCESSION_NUMBER] {
+    for tag in [
+        tags::PATIENT_NAME,
+        tags::PATIENT_BIRTH_DATE,
+        tags::STUDY_DATE,
+        tags::STUDY_TIME,
+        tags::REFERRING_PHYSICIAN_NAME,
+        tags::STUDY_ID,
+        tags::ACCESSION_NUMBER,
+    ] {
         object.put(DataElement::new(tag, type2_vr(tag), PrimitiveValue::Empty));
     }
     let [row, column] = a.pixel_spacing;
@@ -242,7 +250,13 @@ fn put_raw(object: &mut InMemDicomObject, map: &[f32]) {
 }
 
 fn put_image_pixel_module(object: &mut InMemDicomObject, photometric: &str, samples: u16, bits: u16) {
-    for (tag, value) in [(tags::SAMPLES_PER_PIXEL, samples), (tags::BITS_ALLOCATED, bits), (tags::BITS_STORED, bits), (tags::HIGH_BIT, bits - 1), (tags::PIXEL_REPRESENTATION, 0)] {
+    for (tag, value) in [
+        (tags::SAMPLES_PER_PIXEL, samples),
+        (tags::BITS_ALLOCATED, bits),
+        (tags::BITS_STORED, bits),
+        (tags::HIGH_BIT, bits - 1),
+        (tags::PIXEL_REPRESENTATION, 0),
+    ] {
         object.put(DataElement::new(tag, VR::US, PrimitiveValue::from(value)));
     }
     object.put(DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, PrimitiveValue::from(photometric)));

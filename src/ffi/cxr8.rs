@@ -151,7 +151,8 @@ pub unsafe extern "C" fn dm_cxr8_evaluate(
         let finetuned = model_ref(model)?;
         let baseline = if baseline.is_null() { None } else { Some(model_ref(baseline)?) };
         // SAFETY: the caller's contract covers each pointer.
-        let (images, bbox_list, out) = unsafe { (required_str(images_dir, "images_dir")?, required_str(bbox_csv, "bbox_csv")?, required_str(out_dir, "out_dir")?) };
+        let (images, bbox_list, out) =
+            unsafe { (required_str(images_dir, "images_dir")?, required_str(bbox_csv, "bbox_csv")?, required_str(out_dir, "out_dir")?) };
         // SAFETY: as above.
         let data_entry = unsafe { optional_str(data_entry_csv, "data_entry_csv") }?;
         let min = std::mem::size_of::<dm_cxr8_options>();

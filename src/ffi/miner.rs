@@ -355,7 +355,9 @@ pub unsafe extern "C" fn dm_miner_run(miner: *mut dm_miner, progress: dm_progres
         let m = miner_ref(miner)?;
         let mut state = m.lock();
         if state.mined.is_some() {
-            return Err(FfiError::Invalid("dm_miner_run already succeeded on this miner; its results stay readable, and mining again needs a new miner".into()));
+            return Err(FfiError::Invalid(
+                "dm_miner_run already succeeded on this miner; its results stay readable, and mining again needs a new miner".into(),
+            ));
         }
         if state.set.items.is_empty() {
             return Err(FfiError::Invalid("no images to mine: add some with dm_miner_add_file or dm_miner_add_image".into()));

@@ -21,9 +21,9 @@ mod version;
 
 pub use cxr8::*;
 pub use dicom::*;
-pub use image::*;
-pub use finetune::*;
 pub use error::{dm_last_error, dm_last_error_copy};
+pub use finetune::*;
+pub use image::*;
 pub use log::{dm_log_fn, dm_log_set_callback, DM_LOG_DEBUG, DM_LOG_ERROR, DM_LOG_INFO, DM_LOG_TRACE, DM_LOG_WARN};
 pub use miner::*;
 pub use model::*;

@@ -196,13 +196,7 @@ pub unsafe extern "C" fn dm_model_get_info(model: *const dm_model, out_info: *mu
 /// # Safety
 /// `out_height` and `out_width` must be NULL or writable.
 #[no_mangle]
-pub unsafe extern "C" fn dm_model_latent_size(
-    model: *const dm_model,
-    height: u32,
-    width: u32,
-    out_height: *mut u32,
-    out_width: *mut u32,
-) -> dm_status {
+pub unsafe extern "C" fn dm_model_latent_size(model: *const dm_model, height: u32, width: u32, out_height: *mut u32, out_width: *mut u32) -> dm_status {
     guard(|| {
         let m = model_ref(model)?;
         if height == 0 || width == 0 {
@@ -226,13 +220,7 @@ pub unsafe extern "C" fn dm_model_latent_size(
 /// # Safety
 /// `text` NUL-terminated; `out_ids` NULL or `out_len` writable elements; `out_count` NULL or writable.
 #[no_mangle]
-pub unsafe extern "C" fn dm_model_tokenize(
-    model: *const dm_model,
-    text: *const c_char,
-    out_ids: *mut i64,
-    out_len: usize,
-    out_count: *mut usize,
-) -> dm_status {
+pub unsafe extern "C" fn dm_model_tokenize(model: *const dm_model, text: *const c_char, out_ids: *mut i64, out_len: usize, out_count: *mut usize) -> dm_status {
     guard(|| {
         let m = model_ref(model)?;
         // SAFETY: the caller's contract covers each pointer.

@@ -271,8 +271,7 @@ pub unsafe extern "C" fn dm_patches_select(
         // SAFETY: the caller's contract covers `map`.
         let values = unsafe { input_slice(map, map_len, "map") }?;
         let boxes = select_patches(values, height as usize, width as usize, patch_size as usize, max_boxes as usize)?;
-        let c_boxes: Vec<dm_box> =
-            boxes.iter().map(|b| dm_box { x: b.x as u32, y: b.y as u32, size: b.size as u32, score: b.score }).collect();
+        let c_boxes: Vec<dm_box> = boxes.iter().map(|b| dm_box { x: b.x as u32, y: b.y as u32, size: b.size as u32, score: b.score }).collect();
         if out_count.is_null() {
             return Err(FfiError::Null("out_count"));
         }

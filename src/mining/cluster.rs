@@ -61,11 +61,8 @@ pub fn kmeans(features: &Array2<f32>, options: &ClusterOptions) -> Result<Cluste
         .map_err(|e| Error::InvalidArgument(format!("k-means failed: {e}")))?;
     let assignment: Array1<usize> = model.predict(&data);
     let centroids = model.centroids();
-    let distances: Vec<f32> = data
-        .axis_iter(Axis(0))
-        .zip(assignment.iter())
-        .map(|(row, &c)| (&row - &centroids.row(c)).mapv(|d| d * d).sum().sqrt() as f32)
-        .collect();
+    let distances: Vec<f32> =
+        data.axis_iter(Axis(0)).zip(assignment.iter()).map(|(row, &c)| (&row - &centroids.row(c)).mapv(|d| d * d).sum().sqrt() as f32).collect();
     let inertia = distances.iter().map(|&d| (d as f64) * (d as f64)).sum();
     Ok(Clustering { assignment: assignment.to_vec(), distances, centroids: centroids.mapv(|v| v as f32), inertia })
 }

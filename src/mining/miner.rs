@@ -114,7 +114,13 @@ pub fn mine(model: &StableDiffusion, set: &LabelledSet, options: &MiningOptions,
     Ok(results)
 }
 
-fn mine_label(model: &StableDiffusion, label: &str, images: &[&LabelledImage], options: &MiningOptions, step: &mut dyn FnMut(&str) -> Result<()>) -> Result<LabelResult> {
+fn mine_label(
+    model: &StableDiffusion,
+    label: &str,
+    images: &[&LabelledImage],
+    options: &MiningOptions,
+    step: &mut dyn FnMut(&str) -> Result<()>,
+) -> Result<LabelResult> {
     let _span = tracing::info_span!("mine_label", label, images = images.len()).entered();
     let prompt = options.prompt(label);
     let mut kept: Vec<ImagePatch> = Vec::new();
@@ -140,7 +146,13 @@ fn mine_label(model: &StableDiffusion, label: &str, images: &[&LabelledImage], o
         let first = patches.len();
         for (rank_in_cluster, &member) in cluster.members.iter().enumerate() {
             let p = &kept[member];
-            patches.push(MinedPatch { path: images[p.image].path.clone(), patch: p.patch, cluster_rank, rank_in_cluster, distance: clustering.distances[member] });
+            patches.push(MinedPatch {
+                path: images[p.image].path.clone(),
+                patch: p.patch,
+                cluster_rank,
+                rank_in_cluster,
+                distance: clustering.distances[member],
+            });
         }
         let members = (first..patches.len()).collect();
         ranked_clusters.push(RankedCluster { members, ..cluster });
@@ -150,7 +162,14 @@ fn mine_label(model: &StableDiffusion, label: &str, images: &[&LabelledImage], o
 }
 
 /// DIFT features of the kept boxes (n × C), one DIFT pass per image that has a kept box.
-fn box_features(model: &StableDiffusion, images: &[&LabelledImage], kept: &[ImagePatch], prompt: &str, options: &MiningOptions, step: &mut dyn FnMut(&str) -> Result<()>) -> Result<Array2<f32>> {
+fn box_features(
+    model: &StableDiffusion,
+    images: &[&LabelledImage],
+    kept: &[ImagePatch],
+    prompt: &str,
+    options: &MiningOptions,
+    step: &mut dyn FnMut(&str) -> Result<()>,
+) -> Result<Array2<f32>> {
     let mut by_image: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for (i, p) in kept.iter().enumerate() {
         by_image.entry(p.image).or_default().push(i);

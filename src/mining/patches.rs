@@ -99,14 +99,7 @@ pub struct ImagePatch {
 
 /// The `top` best boxes over all images, best first; ties by image index, then row, then column.
 pub fn top_patches(mut patches: Vec<ImagePatch>, top: usize) -> Vec<ImagePatch> {
-    patches.sort_by(|a, b| {
-        b.patch
-            .score
-            .total_cmp(&a.patch.score)
-            .then(a.image.cmp(&b.image))
-            .then(a.patch.y.cmp(&b.patch.y))
-            .then(a.patch.x.cmp(&b.patch.x))
-    });
+    patches.sort_by(|a, b| b.patch.score.total_cmp(&a.patch.score).then(a.image.cmp(&b.image)).then(a.patch.y.cmp(&b.patch.y)).then(a.patch.x.cmp(&b.patch.x)));
     patches.truncate(top);
     patches
 }

@@ -120,12 +120,7 @@ fn write_section(html: &mut String, result: &LabelResult, slug: &str, shown: usi
 
 /// Members (indices into `patches`) of the shown clusters, one row each.
 fn grid_rows(result: &LabelResult, options: &ReportOptions) -> Vec<Vec<usize>> {
-    result
-        .clusters
-        .iter()
-        .filter(|c| c.members.len() >= options.min_members)
-        .map(|c| c.members.iter().copied().take(options.per_row).collect())
-        .collect()
+    result.clusters.iter().filter(|c| c.members.len() >= options.min_members).map(|c| c.members.iter().copied().take(options.per_row).collect()).collect()
 }
 
 /// The most typical, a random selection, and the least typical of the kept patches.
@@ -138,11 +133,7 @@ fn strips(result: &LabelResult, options: &ReportOptions) -> Vec<(&'static str, V
     for i in (1..shuffled.len()).rev() {
         shuffled.swap(i, rng.below(i as u64 + 1) as usize);
     }
-    vec![
-        ("top", by_score[..n].to_vec()),
-        ("random", shuffled[..n].to_vec()),
-        ("least", by_score[by_score.len() - n..].iter().rev().copied().collect()),
-    ]
+    vec![("top", by_score[..n].to_vec()), ("random", shuffled[..n].to_vec()), ("least", by_score[by_score.len() - n..].iter().rev().copied().collect())]
 }
 
 /// The crops of a label's patches, scaled to the display size.

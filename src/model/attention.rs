@@ -87,10 +87,7 @@ struct FeedForward {
 impl FeedForward {
     fn load(p: &WeightPath, dim: i64) -> Result<Self> {
         let inner = dim * 4;
-        Ok(FeedForward {
-            proj: Linear::load(&p.sub("net.0.proj"), dim, inner * 2, true)?,
-            out: Linear::load(&p.sub("net.2"), inner, dim, true)?,
-        })
+        Ok(FeedForward { proj: Linear::load(&p.sub("net.0.proj"), dim, inner * 2, true)?, out: Linear::load(&p.sub("net.2"), inner, dim, true)? })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -143,11 +140,7 @@ enum Projection {
 
 impl Projection {
     fn load(p: &WeightPath, c_in: i64, c_out: i64, linear: bool) -> Result<Self> {
-        Ok(if linear {
-            Projection::Linear(Linear::load(p, c_in, c_out, true)?)
-        } else {
-            Projection::Conv(Conv2d::load(p, c_in, c_out, 1, 1, 0)?)
-        })
+        Ok(if linear { Projection::Linear(Linear::load(p, c_in, c_out, true)?) } else { Projection::Conv(Conv2d::load(p, c_in, c_out, 1, 1, 0)?) })
     }
 }
 
@@ -173,9 +166,8 @@ pub struct Transformer2D {
 impl Transformer2D {
     pub fn load(p: &WeightPath, s: &Transformer2DShape) -> Result<Self> {
         let c = s.channels;
-        let blocks = (0..s.layers)
-            .map(|i| TransformerBlock::load(&p.sub("transformer_blocks").sub(i), c, s.heads, s.context_dim, s.upcast))
-            .collect::<Result<_>>()?;
+        let blocks =
+            (0..s.layers).map(|i| TransformerBlock::load(&p.sub("transformer_blocks").sub(i), c, s.heads, s.context_dim, s.upcast)).collect::<Result<_>>()?;
         Ok(Transformer2D {
             norm: GroupNorm::load(&p.sub("norm"), s.groups, c, 1e-6)?,
             proj_in: Projection::load(&p.sub("proj_in"), c, c, s.linear_projection)?,

@@ -87,9 +87,7 @@ impl ClipTextModel {
         let prefixed = p.sub("text_model");
         let t = if prefixed.contains("final_layer_norm.weight") { prefixed } else { p.clone() };
         let e = t.sub("embeddings");
-        let layers = (0..config.num_hidden_layers)
-            .map(|i| EncoderLayer::load(&t.sub("encoder").sub("layers").sub(i), &config))
-            .collect::<Result<_>>()?;
+        let layers = (0..config.num_hidden_layers).map(|i| EncoderLayer::load(&t.sub("encoder").sub("layers").sub(i), &config)).collect::<Result<_>>()?;
         Ok(ClipTextModel {
             token_embedding: Embedding::load(&e.sub("token_embedding"), config.vocab_size, config.hidden_size)?,
             position_embedding: Embedding::load(&e.sub("position_embedding"), config.max_position_embeddings, config.hidden_size)?,
@@ -109,10 +107,7 @@ impl ClipTextModel {
         let _span = tracing::debug_span!("text_encoder").entered();
         let (_, len) = ids.size2()?;
         if len > self.config.max_position_embeddings {
-            return Err(Error::InvalidArgument(format!(
-                "{len} tokens exceed the text encoder's {} positions",
-                self.config.max_position_embeddings
-            )));
+            return Err(Error::InvalidArgument(format!("{len} tokens exceed the text encoder's {} positions", self.config.max_position_embeddings)));
         }
         let device: Device = ids.device();
         let positions = Tensor::f_arange(len, (Kind::Int64, device))?.f_unsqueeze(0)?;

@@ -30,10 +30,7 @@ impl PerBlock {
         match self {
             PerBlock::One(v) => Ok(vec![*v; blocks]),
             PerBlock::Each(v) if v.len() == blocks => Ok(v.clone()),
-            PerBlock::Each(v) => Err(Error::InvalidModel(format!(
-                "`{key}` lists {} values but the model has {blocks} blocks",
-                v.len()
-            ))),
+            PerBlock::Each(v) => Err(Error::InvalidModel(format!("`{key}` lists {} values but the model has {blocks} blocks", v.len()))),
         }
     }
 }
@@ -168,10 +165,7 @@ impl UNetConfig {
                 return Err(Error::Unsupported(format!("UNet config `{key}` is not supported (only null)")));
             }
         }
-        let must_equal = [
-            ("resnet_time_scale_shift", "default"),
-            ("time_embedding_type", "positional"),
-        ];
+        let must_equal = [("resnet_time_scale_shift", "default"), ("time_embedding_type", "positional")];
         for (key, value) in must_equal {
             if let Some(v) = self.rest.get(key) {
                 if v.as_str() != Some(value) {
@@ -187,9 +181,7 @@ impl UNetConfig {
         if self.act_fn != "silu" {
             return Err(Error::Unsupported(format!("UNet config `act_fn` = \"{}\" is not supported (only \"silu\")", self.act_fn)));
         }
-        if self.down_block_types.len() != self.block_out_channels.len()
-            || self.up_block_types.len() != self.block_out_channels.len()
-        {
+        if self.down_block_types.len() != self.block_out_channels.len() || self.up_block_types.len() != self.block_out_channels.len() {
             return Err(Error::InvalidModel(format!(
                 "UNet config lists {} down blocks, {} up blocks and {} block_out_channels",
                 self.down_block_types.len(),

@@ -51,9 +51,10 @@ impl<'a> Ddim<'a> {
         if t < 0 {
             return Ok(self.final_alpha_cumprod);
         }
-        self.alphas_cumprod.get(t as usize).copied().ok_or_else(|| {
-            Error::InvalidArgument(format!("timestep {t} is outside the schedule's [0, {}]", self.alphas_cumprod.len() - 1))
-        })
+        self.alphas_cumprod
+            .get(t as usize)
+            .copied()
+            .ok_or_else(|| Error::InvalidArgument(format!("timestep {t} is outside the schedule's [0, {}]", self.alphas_cumprod.len() - 1)))
     }
 
     /// One sampling step from timestep `t` (diffusers' `DDIMScheduler.step`, eta = 0): the sample at
@@ -109,11 +110,7 @@ pub fn timesteps(spacing: &str, steps: usize, train_steps: i64, steps_offset: i6
             (0..len).map(|i| (train_steps as f64 - i as f64 * ratio).round_ties_even() as i64 - 1).collect()
         }
         "linspace" => linspace(0.0, (train_steps - 1) as f64, n).into_iter().rev().map(|v| v.round_ties_even() as i64).collect(),
-        other => {
-            return Err(Error::Unsupported(format!(
-                "scheduler `timestep_spacing` = \"{other}\" is not supported (leading, trailing, linspace)"
-            )))
-        }
+        other => return Err(Error::Unsupported(format!("scheduler `timestep_spacing` = \"{other}\" is not supported (leading, trailing, linspace)"))),
     };
     if let Some(&t) = list.iter().find(|&&t| !(0..train_steps).contains(&t)) {
         return Err(Error::InvalidArgument(format!(

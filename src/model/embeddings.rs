@@ -12,9 +12,7 @@ use crate::error::Result;
 pub fn timestep_features(timesteps: &Tensor, dim: i64, flip_sin_to_cos: bool, freq_shift: f64) -> Result<Tensor> {
     let half = dim / 2;
     let device = timesteps.device();
-    let exponent = Tensor::f_arange(half, (Kind::Float, device))?
-        .f_mul_scalar(-(10000f64).ln())?
-        .f_div_scalar(half as f64 - freq_shift)?;
+    let exponent = Tensor::f_arange(half, (Kind::Float, device))?.f_mul_scalar(-(10000f64).ln())?.f_div_scalar(half as f64 - freq_shift)?;
     let freqs = exponent.f_exp()?;
     let args = timesteps.f_to_kind(Kind::Float)?.f_unsqueeze(1)?.f_mul(&freqs.f_unsqueeze(0)?)?;
     let (sin, cos) = (args.f_sin()?, args.f_cos()?);

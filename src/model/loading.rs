@@ -10,16 +10,12 @@ const WEIGHT_STEMS: [&str; 2] = ["diffusion_pytorch_model", "model"];
 /// Formats we recognise but do not read: pickles execute code on load and cannot be mapped.
 const PICKLE_EXTENSIONS: [&str; 4] = [".bin", ".ckpt", ".pt", ".pth"];
 
-pub const SUPPORTED_FORMATS: &str =
-    "libdiffmine reads diffusers folders with *.safetensors weights (optionally the *.<variant>.safetensors files)";
+pub const SUPPORTED_FORMATS: &str = "libdiffmine reads diffusers folders with *.safetensors weights (optionally the *.<variant>.safetensors files)";
 
 /// Checks that `root` is a diffusers pipeline folder (not a single-file checkpoint).
 pub fn check_pipeline_folder(root: &Path) -> Result<()> {
     if root.is_file() {
-        return Err(Error::Unsupported(format!(
-            "{} is a single file; single-file checkpoints are not supported: {SUPPORTED_FORMATS}",
-            root.display()
-        )));
+        return Err(Error::Unsupported(format!("{} is a single file; single-file checkpoints are not supported: {SUPPORTED_FORMATS}", root.display())));
     }
     if !root.is_dir() {
         return Err(Error::io(root, "no such model folder"));
@@ -43,11 +39,7 @@ pub fn component_config(dir: &Path, file_name: &str) -> Result<PathBuf> {
 /// with `.<variant>` before the extension (or shard suffix) when a variant is asked for.
 pub fn weight_files(dir: &Path, variant: Option<&str>) -> Result<Vec<PathBuf>> {
     let names = list_file_names(dir)?;
-    let mut found: Vec<PathBuf> = names
-        .iter()
-        .filter(|name| is_weight_file(name, variant))
-        .map(|name| dir.join(name))
-        .collect();
+    let mut found: Vec<PathBuf> = names.iter().filter(|name| is_weight_file(name, variant)).map(|name| dir.join(name)).collect();
     found.sort();
     if !found.is_empty() {
         return Ok(found);
@@ -57,10 +49,7 @@ pub fn weight_files(dir: &Path, variant: Option<&str>) -> Result<Vec<PathBuf>> {
         None => "diffusion_pytorch_model.safetensors or model.safetensors".to_string(),
     };
     if let Some(pickle) = names.iter().find(|n| PICKLE_EXTENSIONS.iter().any(|ext| n.ends_with(ext))) {
-        return Err(Error::Unsupported(format!(
-            "{} holds `{pickle}`, a PyTorch pickle checkpoint, and no {wanted}: {SUPPORTED_FORMATS}",
-            dir.display()
-        )));
+        return Err(Error::Unsupported(format!("{} holds `{pickle}`, a PyTorch pickle checkpoint, and no {wanted}: {SUPPORTED_FORMATS}", dir.display())));
     }
     Err(Error::InvalidModel(format!("missing weight file in {}: expected {wanted}", dir.display())))
 }
@@ -90,11 +79,7 @@ fn is_shard_suffix(rest: &str) -> bool {
 
 fn list_file_names(dir: &Path) -> Result<Vec<String>> {
     let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
-    Ok(entries
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().is_file())
-        .filter_map(|e| e.file_name().into_string().ok())
-        .collect())
+    Ok(entries.filter_map(|e| e.ok()).filter(|e| e.path().is_file()).filter_map(|e| e.file_name().into_string().ok()).collect())
 }
 
 #[cfg(test)]

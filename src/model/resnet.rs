@@ -29,11 +29,7 @@ pub struct ResnetBlock2D {
 impl ResnetBlock2D {
     pub fn load(p: &WeightPath, s: &ResnetShape) -> Result<Self> {
         let time_emb_proj = s.temb.map(|t| Linear::load(&p.sub("time_emb_proj"), t, s.c_out, true)).transpose()?;
-        let conv_shortcut = if s.c_in != s.c_out {
-            Some(Conv2d::load(&p.sub("conv_shortcut"), s.c_in, s.c_out, 1, 1, 0)?)
-        } else {
-            None
-        };
+        let conv_shortcut = if s.c_in != s.c_out { Some(Conv2d::load(&p.sub("conv_shortcut"), s.c_in, s.c_out, 1, 1, 0)?) } else { None };
         Ok(ResnetBlock2D {
             norm1: GroupNorm::load(&p.sub("norm1"), s.groups, s.c_in, s.eps)?,
             conv1: Conv2d::load(&p.sub("conv1"), s.c_in, s.c_out, 3, 1, 1)?,

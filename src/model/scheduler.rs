@@ -95,9 +95,7 @@ fn betas(config: &SchedulerConfig) -> Result<Tensor> {
         "scaled_linear" => Tensor::f_linspace(config.beta_start.sqrt(), config.beta_end.sqrt(), steps, options)?.f_square()?,
         "squaredcos_cap_v2" => squared_cosine_betas(steps),
         other => {
-            return Err(Error::Unsupported(format!(
-                "scheduler `beta_schedule` = \"{other}\" is not supported (linear, scaled_linear, squaredcos_cap_v2)"
-            )))
+            return Err(Error::Unsupported(format!("scheduler `beta_schedule` = \"{other}\" is not supported (linear, scaled_linear, squaredcos_cap_v2)")))
         }
     })
 }

@@ -29,23 +29,14 @@ const DEFAULT_MAX_LENGTH: usize = 77;
 /// transformers stores "no limit" as 1e30; anything this large cannot be a real context length.
 const UNSET_MAX_LENGTH_ABOVE: u64 = 10_000;
 /// CLIP's pre-tokenizer regex, verbatim from transformers' `CLIPTokenizer`.
-const CLIP_PATTERN: &str =
-    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
+const CLIP_PATTERN: &str = r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
 /// The GPT-2 regex that `tokenizers`' ByteLevel pre-tokenizer applies after CLIP's. Its whitespace
 /// alternatives (` ?` prefixes, `\s+(?!\S)`, `\s+`) are left out: CLIP's split never leaves whitespace,
 /// and the `regex` crate has no look-ahead. It still matters: it cuts `<|startoftext|>` typed in a case
 /// that no added token matches into `<|`, `startoftext`, `|>`.
 const BYTE_LEVEL_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}+|[^\s\p{L}\p{N}]+";
 /// Keys of the named special tokens, in the order transformers adds them (`SPECIAL_TOKENS_ATTRIBUTES`).
-const SPECIAL_KEYS: [&str; 7] = [
-    "bos_token",
-    "eos_token",
-    "unk_token",
-    "sep_token",
-    "pad_token",
-    "cls_token",
-    "mask_token",
-];
+const SPECIAL_KEYS: [&str; 7] = ["bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"];
 
 /// Token -> id.
 type Vocab = HashMap<String, i64>;
@@ -54,12 +45,8 @@ type MergeList = Vec<(String, String)>;
 type JsonObject = serde_json::Map<String, Value>;
 
 /// `CLIPTokenizer`'s defaults for the special tokens a folder does not name.
-const DEFAULT_SPECIALS: [(&str, &str); 4] = [
-    ("bos_token", "<|startoftext|>"),
-    ("eos_token", "<|endoftext|>"),
-    ("unk_token", "<|endoftext|>"),
-    ("pad_token", "<|endoftext|>"),
-];
+const DEFAULT_SPECIALS: [(&str, &str); 4] =
+    [("bos_token", "<|startoftext|>"), ("eos_token", "<|endoftext|>"), ("unk_token", "<|endoftext|>"), ("pad_token", "<|endoftext|>")];
 
 /// A token matched as a whole before BPE (`<|endoftext|>`, a pad token, ...).
 #[derive(Debug, Clone)]
@@ -150,15 +137,9 @@ impl ClipTokenizer {
                 .iter()
                 .find(|token| &token.content == content)
                 .map(|token| token.id)
-                .ok_or_else(|| {
-                    Error::InvalidModel(format!("{}: {key} `{content}` has no id", dir.display()))
-                })
+                .ok_or_else(|| Error::InvalidModel(format!("{}: {key} `{content}` has no id", dir.display())))
         };
-        let (bos_id, eos_id, pad_id) = (
-            special_id("bos_token")?,
-            special_id("eos_token")?,
-            special_id("pad_token")?,
-        );
+        let (bos_id, eos_id, pad_id) = (special_id("bos_token")?, special_id("eos_token")?, special_id("pad_token")?);
         // BPE looks the unknown token up in its own vocabulary only, not among added tokens.
         let unk_id = vocab.get(&specials["unk_token"].content).copied();
         let max_length = max_length(config_map, dir)?;
@@ -166,15 +147,8 @@ impl ClipTokenizer {
         let whitespace = Regex::new(r"\s+").expect("valid regex");
         // Tokens flagged `normalized` are looked for in the normalised text, so their pattern is their
         // content normalised the same way.
-        let (normalized_added, raw_added): (Vec<_>, Vec<_>) =
-            added.into_iter().partition(|token| token.normalized);
-        let normalized_added = normalized_added
-            .into_iter()
-            .map(|token| AddedToken {
-                content: normalize(&token.content, &whitespace),
-                ..token
-            })
-            .collect();
+        let (normalized_added, raw_added): (Vec<_>, Vec<_>) = added.into_iter().partition(|token| token.normalized);
+        let normalized_added = normalized_added.into_iter().map(|token| AddedToken { content: normalize(&token.content, &whitespace), ..token }).collect();
 
         Ok(ClipTokenizer {
             vocab,
@@ -241,11 +215,7 @@ impl ClipTokenizer {
     fn tokenize_normalized(&self, text: &str, ids: &mut Vec<i64>) {
         for clip_word in self.clip_split.find_iter(text) {
             for word in self.byte_level_split.find_iter(clip_word.as_str()) {
-                let spelled: String = word
-                    .as_str()
-                    .bytes()
-                    .map(|b| self.byte_to_char[b as usize])
-                    .collect();
+                let spelled: String = word.as_str().bytes().map(|b| self.byte_to_char[b as usize]).collect();
                 ids.extend(self.bpe(&spelled));
             }
         }
@@ -266,11 +236,7 @@ impl ClipTokenizer {
             let Some(right_pos) = left.next else { continue };
             // Entries go stale when a neighbour has changed since they were queued; `tokenizers` detects
             // that by checking that the pair still merges into the queued token.
-            let still_valid = !left.merged_away
-                && self
-                    .merges
-                    .get(&(left.id, symbols[right_pos].id))
-                    .is_some_and(|&(_, id)| id == merge.new_id);
+            let still_valid = !left.merged_away && self.merges.get(&(left.id, symbols[right_pos].id)).is_some_and(|&(_, id)| id == merge.new_id);
             if !still_valid {
                 continue;
             }
@@ -286,11 +252,7 @@ impl ClipTokenizer {
             }
             self.queue_merge(&mut queue, &symbols, merge.pos);
         }
-        symbols
-            .iter()
-            .filter(|s| !s.merged_away)
-            .map(|s| s.id)
-            .collect()
+        symbols.iter().filter(|s| !s.merged_away).map(|s| s.id).collect()
     }
 
     /// The word's characters as vocabulary ids; characters missing from the vocabulary become the
@@ -309,24 +271,11 @@ impl ClipTokenizer {
             })
             .collect();
         let last = ids.len().saturating_sub(1);
-        ids.iter()
-            .enumerate()
-            .map(|(i, &id)| Symbol {
-                id,
-                prev: i.checked_sub(1),
-                next: (i < last).then_some(i + 1),
-                merged_away: false,
-            })
-            .collect()
+        ids.iter().enumerate().map(|(i, &id)| Symbol { id, prev: i.checked_sub(1), next: (i < last).then_some(i + 1), merged_away: false }).collect()
     }
 
     /// Queues the merge of the symbol at `pos` with its right neighbour, if the pair has one.
-    fn queue_merge(
-        &self,
-        queue: &mut BinaryHeap<Reverse<QueuedMerge>>,
-        symbols: &[Symbol],
-        pos: usize,
-    ) {
+    fn queue_merge(&self, queue: &mut BinaryHeap<Reverse<QueuedMerge>>, symbols: &[Symbol], pos: usize) {
         let Some(next) = symbols[pos].next else {
             return;
         };
@@ -352,10 +301,7 @@ fn split_added<'a>(text: &'a str, added: &[AddedToken]) -> Vec<Segment<'a>> {
     let mut pos = 0;
     while pos < text.len() {
         let rest = &text[pos..];
-        let longest = added
-            .iter()
-            .filter(|token| !token.content.is_empty() && rest.starts_with(&token.content))
-            .max_by_key(|token| token.content.len());
+        let longest = added.iter().filter(|token| !token.content.is_empty() && rest.starts_with(&token.content)).max_by_key(|token| token.content.len());
         match longest {
             Some(token) => {
                 if start < pos {
@@ -396,26 +342,17 @@ fn read_json_if_present(path: &Path) -> Result<Option<Value>> {
         return Ok(None);
     }
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let value = serde_json::from_str(&text)
-        .map_err(|e| Error::InvalidModel(format!("{}: not valid JSON: {e}", path.display())))?;
+    let value = serde_json::from_str(&text).map_err(|e| Error::InvalidModel(format!("{}: not valid JSON: {e}", path.display())))?;
     Ok(Some(value))
 }
 
 fn vocab_from_json(value: &Value, path: &Path) -> Result<Vocab> {
-    let object = value.as_object().ok_or_else(|| {
-        Error::InvalidModel(format!(
-            "{}: the vocabulary is not a JSON object",
-            path.display()
-        ))
-    })?;
+    let object = value.as_object().ok_or_else(|| Error::InvalidModel(format!("{}: the vocabulary is not a JSON object", path.display())))?;
     object
         .iter()
         .map(|(token, id)| match id.as_i64() {
             Some(id) if id >= 0 => Ok((token.clone(), id)),
-            _ => Err(Error::InvalidModel(format!(
-                "{}: token `{token}` has id {id}",
-                path.display()
-            ))),
+            _ => Err(Error::InvalidModel(format!("{}: token `{token}` has id {id}", path.display()))),
         })
         .collect()
 }
@@ -425,25 +362,16 @@ fn vocab_and_merges_from_files(dir: &Path) -> Result<(Vocab, MergeList)> {
     let vocab_path = dir.join("vocab.json");
     let merges_path = dir.join("merges.txt");
     if !vocab_path.exists() || !merges_path.exists() {
-        return Err(Error::InvalidModel(format!(
-            "{}: no tokenizer.json, nor vocab.json with merges.txt",
-            dir.display()
-        )));
+        return Err(Error::InvalidModel(format!("{}: no tokenizer.json, nor vocab.json with merges.txt", dir.display())));
     }
-    let vocab = vocab_from_json(
-        &read_json_if_present(&vocab_path)?.unwrap_or(Value::Null),
-        &vocab_path,
-    )?;
+    let vocab = vocab_from_json(&read_json_if_present(&vocab_path)?.unwrap_or(Value::Null), &vocab_path)?;
     let text = std::fs::read_to_string(&merges_path).map_err(|e| Error::io(&merges_path, e))?;
     let merges = text
         .lines()
         .filter(|line| !line.starts_with("#version") && !line.is_empty())
         .map(|line| match line.split(' ').collect::<Vec<_>>()[..] {
             [left, right] => Ok((left.to_string(), right.to_string())),
-            _ => Err(Error::InvalidModel(format!(
-                "{}: bad merge line `{line}`",
-                merges_path.display()
-            ))),
+            _ => Err(Error::InvalidModel(format!("{}: bad merge line `{line}`", merges_path.display()))),
         })
         .collect::<Result<_>>()?;
     Ok((vocab, merges))
@@ -483,27 +411,10 @@ fn vocab_and_merges_from_tokenizer_json(json: &Value, path: &Path) -> Result<(Vo
 
 /// Ranks merges by their order; as in `tokenizers`, both halves and their concatenation must be in
 /// the vocabulary, and a repeated pair keeps its last rank.
-fn rank_merges(
-    vocab: &Vocab,
-    merges: &[(String, String)],
-) -> Result<HashMap<(i64, i64), (usize, i64)>> {
-    let id = |token: &str| {
-        vocab.get(token).copied().ok_or_else(|| {
-            Error::InvalidModel(format!(
-                "tokenizer merge uses `{token}`, which is not in the vocabulary"
-            ))
-        })
-    };
-    merges
-        .iter()
-        .enumerate()
-        .map(|(rank, (left, right))| {
-            Ok((
-                (id(left)?, id(right)?),
-                (rank, id(&format!("{left}{right}"))?),
-            ))
-        })
-        .collect()
+fn rank_merges(vocab: &Vocab, merges: &[(String, String)]) -> Result<HashMap<(i64, i64), (usize, i64)>> {
+    let id =
+        |token: &str| vocab.get(token).copied().ok_or_else(|| Error::InvalidModel(format!("tokenizer merge uses `{token}`, which is not in the vocabulary")));
+    merges.iter().enumerate().map(|(rank, (left, right))| Ok(((id(left)?, id(right)?), (rank, id(&format!("{left}{right}"))?)))).collect()
 }
 
 /// Reads one special-token value. `special` is what transformers assumes when a dict does not say, and
@@ -511,33 +422,14 @@ fn rank_merges(
 fn token_spec(value: &Value, special: bool, what: &str) -> Result<Option<TokenSpec>> {
     match value {
         Value::Null => Ok(None),
-        Value::String(content) => Ok(Some(TokenSpec {
-            content: content.clone(),
-            normalized: false,
-            from_string: true,
-        })),
+        Value::String(content) => Ok(Some(TokenSpec { content: content.clone(), normalized: false, from_string: true })),
         Value::Object(fields) => {
-            let content = fields
-                .get("content")
-                .and_then(Value::as_str)
-                .ok_or_else(|| Error::InvalidModel(format!("{what} has no `content`")))?;
-            let special = fields
-                .get("special")
-                .and_then(Value::as_bool)
-                .unwrap_or(special);
-            let normalized = fields
-                .get("normalized")
-                .and_then(Value::as_bool)
-                .unwrap_or(!special);
-            Ok(Some(TokenSpec {
-                content: content.to_string(),
-                normalized,
-                from_string: false,
-            }))
+            let content = fields.get("content").and_then(Value::as_str).ok_or_else(|| Error::InvalidModel(format!("{what} has no `content`")))?;
+            let special = fields.get("special").and_then(Value::as_bool).unwrap_or(special);
+            let normalized = fields.get("normalized").and_then(Value::as_bool).unwrap_or(!special);
+            Ok(Some(TokenSpec { content: content.to_string(), normalized, from_string: false }))
         }
-        other => Err(Error::InvalidModel(format!(
-            "{what} is {other}, not a string or a token dict"
-        ))),
+        other => Err(Error::InvalidModel(format!("{what} is {other}, not a string or a token dict"))),
     }
 }
 
@@ -548,8 +440,7 @@ fn special_tokens(dir: &Path, config: Option<&JsonObject>) -> Result<HashMap<Str
     let mut specials = HashMap::new();
     for key in SPECIAL_KEYS {
         if let Some(value) = config.and_then(|c| c.get(key)) {
-            if let Some(spec) = token_spec(value, false, &format!("tokenizer_config.json `{key}`"))?
-            {
+            if let Some(spec) = token_spec(value, false, &format!("tokenizer_config.json `{key}`"))? {
                 specials.insert(key.to_string(), spec);
             }
         }
@@ -571,9 +462,7 @@ fn special_tokens(dir: &Path, config: Option<&JsonObject>) -> Result<HashMap<Str
                     }
                     other => other.clone(),
                 };
-                if let Some(spec) =
-                    token_spec(&value, true, &format!("special_tokens_map.json `{key}`"))?
-                {
+                if let Some(spec) = token_spec(&value, true, &format!("special_tokens_map.json `{key}`"))? {
                     specials.insert(key.to_string(), spec);
                 }
             }
@@ -581,46 +470,26 @@ fn special_tokens(dir: &Path, config: Option<&JsonObject>) -> Result<HashMap<Str
     }
     // `CLIPTokenizer`'s own defaults, passed as plain strings.
     for (key, content) in DEFAULT_SPECIALS {
-        specials
-            .entry(key.to_string())
-            .or_insert_with(|| TokenSpec {
-                content: content.to_string(),
-                normalized: false,
-                from_string: true,
-            });
+        specials.entry(key.to_string()).or_insert_with(|| TokenSpec { content: content.to_string(), normalized: false, from_string: true });
     }
     Ok(specials)
 }
 
 /// Added tokens the folder declares explicitly, by id: `added_tokens_decoder` in the config, or else
 /// tokenizer.json's `added_tokens`.
-fn declared_added_tokens(
-    config: Option<&JsonObject>,
-    tokenizer_json: Option<&Value>,
-) -> Result<Vec<(i64, TokenSpec)>> {
+fn declared_added_tokens(config: Option<&JsonObject>, tokenizer_json: Option<&Value>) -> Result<Vec<(i64, TokenSpec)>> {
     let mut declared = Vec::new();
     if let Some(decoder) = config.and_then(|c| c.get("added_tokens_decoder")) {
-        let decoder = decoder.as_object().ok_or_else(|| {
-            Error::InvalidModel(
-                "tokenizer_config.json `added_tokens_decoder` is not an object".into(),
-            )
-        })?;
+        let decoder = decoder.as_object().ok_or_else(|| Error::InvalidModel("tokenizer_config.json `added_tokens_decoder` is not an object".into()))?;
         for (id, value) in decoder {
-            let id = id.parse().map_err(|_| {
-                Error::InvalidModel(format!("tokenizer_config.json: added token id `{id}`"))
-            })?;
+            let id = id.parse().map_err(|_| Error::InvalidModel(format!("tokenizer_config.json: added token id `{id}`")))?;
             if let Some(spec) = token_spec(value, false, &format!("added token {id}"))? {
                 declared.push((id, spec));
             }
         }
-    } else if let Some(added) = tokenizer_json
-        .and_then(|json| json.get("added_tokens"))
-        .and_then(Value::as_array)
-    {
+    } else if let Some(added) = tokenizer_json.and_then(|json| json.get("added_tokens")).and_then(Value::as_array) {
         for value in added {
-            let id = value.get("id").and_then(Value::as_i64).ok_or_else(|| {
-                Error::InvalidModel(format!("tokenizer.json: added token without id: {value}"))
-            })?;
+            let id = value.get("id").and_then(Value::as_i64).ok_or_else(|| Error::InvalidModel(format!("tokenizer.json: added token without id: {value}")))?;
             if let Some(spec) = token_spec(value, false, &format!("added token {id}"))? {
                 declared.push((id, spec));
             }
@@ -637,15 +506,8 @@ fn declared_added_tokens(
 /// means "match in the raw text"), all added in one call where the last entry for a content sets its
 /// flag. That is why SD 1.5's `<|endoftext|>` ends up matched in the raw text (its string pad token
 /// comes after the eos dict) while `<|startoftext|>` also matches case-insensitively.
-fn resolve_added_tokens(
-    vocab: &Vocab,
-    declared: &[(i64, TokenSpec)],
-    specials: &HashMap<String, TokenSpec>,
-) -> Vec<AddedToken> {
-    let mut queued: Vec<(Option<i64>, TokenSpec)> = declared
-        .iter()
-        .map(|(id, spec)| (Some(*id), spec.clone()))
-        .collect();
+fn resolve_added_tokens(vocab: &Vocab, declared: &[(i64, TokenSpec)], specials: &HashMap<String, TokenSpec>) -> Vec<AddedToken> {
+    let mut queued: Vec<(Option<i64>, TokenSpec)> = declared.iter().map(|(id, spec)| (Some(*id), spec.clone())).collect();
     for key in SPECIAL_KEYS {
         let Some(spec) = specials.get(key) else {
             continue;
@@ -655,11 +517,7 @@ fn resolve_added_tokens(
             queued.push((None, spec.clone()));
         }
     }
-    let mut next_free_id = vocab
-        .values()
-        .chain(declared.iter().map(|(id, _)| id))
-        .max()
-        .map_or(0, |max| max + 1);
+    let mut next_free_id = vocab.values().chain(declared.iter().map(|(id, _)| id)).max().map_or(0, |max| max + 1);
     let mut added: Vec<AddedToken> = Vec::new();
     for (declared_id, spec) in queued {
         if let Some(existing) = added.iter_mut().find(|token| token.content == spec.content) {
@@ -674,37 +532,22 @@ fn resolve_added_tokens(
                 next_free_id - 1
             }),
         };
-        added.push(AddedToken {
-            content: spec.content,
-            id,
-            normalized: spec.normalized,
-        });
+        added.push(AddedToken { content: spec.content, id, normalized: spec.normalized });
     }
     added
 }
 
 /// `model_max_length` from the config; absent, null or transformers' "unlimited" (1e30) mean 77.
 fn max_length(config: Option<&JsonObject>, dir: &Path) -> Result<usize> {
-    let Some(value) = config
-        .and_then(|c| c.get("model_max_length"))
-        .filter(|v| !v.is_null())
-    else {
+    let Some(value) = config.and_then(|c| c.get("model_max_length")).filter(|v| !v.is_null()) else {
         return Ok(DEFAULT_MAX_LENGTH);
     };
     // 1e30 is stored as a float (or an integer too large for u64).
-    let length = value.as_u64().or_else(|| {
-        value
-            .as_f64()
-            .filter(|f| *f >= 0.0)
-            .map(|f| f.min(u64::MAX as f64) as u64)
-    });
+    let length = value.as_u64().or_else(|| value.as_f64().filter(|f| *f >= 0.0).map(|f| f.min(u64::MAX as f64) as u64));
     match length {
         Some(length) if length > UNSET_MAX_LENGTH_ABOVE => Ok(DEFAULT_MAX_LENGTH),
         Some(length) if length >= 2 => Ok(length as usize),
-        _ => Err(Error::InvalidModel(format!(
-            "{}: model_max_length {value} leaves no room for the start and end tokens",
-            dir.display()
-        ))),
+        _ => Err(Error::InvalidModel(format!("{}: model_max_length {value} leaves no room for the start and end tokens", dir.display()))),
     }
 }
 
@@ -719,8 +562,7 @@ mod tests {
 
     impl TempDir {
         fn new(name: &str) -> Self {
-            let path = std::env::temp_dir()
-                .join(format!("diffmine-tokenizer-{}-{name}", std::process::id()));
+            let path = std::env::temp_dir().join(format!("diffmine-tokenizer-{}-{name}", std::process::id()));
             let _ = std::fs::remove_dir_all(&path);
             std::fs::create_dir_all(&path).unwrap();
             TempDir(path)
@@ -737,14 +579,7 @@ mod tests {
         }
     }
 
-    const MERGES: [(&str, &str); 6] = [
-        ("ab", "a"),
-        ("a", "b"),
-        ("h", "e"),
-        ("l", "o</w>"),
-        ("he", "l"),
-        ("hel", "lo</w>"),
-    ];
+    const MERGES: [(&str, &str); 6] = [("ab", "a"), ("a", "b"), ("h", "e"), ("l", "o</w>"), ("he", "l"), ("hel", "lo</w>")];
 
     /// A CLIP-shaped vocabulary: the 256 byte symbols, the same with `</w>`, the merge results, then
     /// the two special tokens, in CLIP's order.
@@ -753,32 +588,16 @@ mod tests {
         let with_suffix = bytes.iter().map(|b| format!("{b}{END_OF_WORD}"));
         let merged = MERGES.iter().map(|(left, right)| format!("{left}{right}"));
         let specials = ["<|startoftext|>", "<|endoftext|>"].map(String::from);
-        let tokens: Vec<String> = bytes
-            .clone()
-            .into_iter()
-            .chain(with_suffix)
-            .chain(merged)
-            .chain(specials)
-            .collect();
-        tokens
-            .into_iter()
-            .enumerate()
-            .map(|(id, token)| (token, id as i64))
-            .collect()
+        let tokens: Vec<String> = bytes.clone().into_iter().chain(with_suffix).chain(merged).chain(specials).collect();
+        tokens.into_iter().enumerate().map(|(id, token)| (token, id as i64)).collect()
     }
 
     /// SD 1.5's layout: vocab.json, merges.txt and nothing else.
     fn vocab_and_merges_dir(name: &str) -> TempDir {
         let dir = TempDir::new(name);
         dir.write("vocab.json", &serde_json::to_string(&vocab()).unwrap());
-        let lines: Vec<String> = MERGES
-            .iter()
-            .map(|(left, right)| format!("{left} {right}"))
-            .collect();
-        dir.write(
-            "merges.txt",
-            &format!("#version: 0.2\n{}\n", lines.join("\n")),
-        );
+        let lines: Vec<String> = MERGES.iter().map(|(left, right)| format!("{left} {right}")).collect();
+        dir.write("merges.txt", &format!("#version: 0.2\n{}\n", lines.join("\n")));
         dir
     }
 
@@ -793,26 +612,17 @@ mod tests {
         let ids = tokenizer.encode("hello");
         assert_eq!(tokenizer.max_length(), 77);
         assert_eq!(ids.len(), 77);
-        assert_eq!(
-            &ids[..3],
-            &[id("<|startoftext|>"), id("hello</w>"), id("<|endoftext|>")]
-        );
+        assert_eq!(&ids[..3], &[id("<|startoftext|>"), id("hello</w>"), id("<|endoftext|>")]);
         assert!(ids[3..].iter().all(|&pad| pad == id("<|endoftext|>")));
         assert_eq!(tokenizer.pad_id(), id("<|endoftext|>"));
-        assert_eq!(
-            &tokenizer.encode("")[..2],
-            &[id("<|startoftext|>"), id("<|endoftext|>")]
-        );
+        assert_eq!(&tokenizer.encode("")[..2], &[id("<|startoftext|>"), id("<|endoftext|>")]);
     }
 
     #[test]
     fn ignores_case_and_whitespace_runs() {
         let dir = vocab_and_merges_dir("case");
         let tokenizer = ClipTokenizer::from_dir(&dir.0).unwrap();
-        assert_eq!(
-            tokenizer.encode("  HeLLo \t\n\u{3000} HELLO  "),
-            tokenizer.encode("hello hello")
-        );
+        assert_eq!(tokenizer.encode("  HeLLo \t\n\u{3000} HELLO  "), tokenizer.encode("hello hello"));
         assert_eq!(tokenizer.tokenize("HELLO HELLO"), vec![id("hello</w>"); 2]);
     }
 
@@ -821,9 +631,7 @@ mod tests {
         let dir = vocab_and_merges_dir("split");
         let tokenizer = ClipTokenizer::from_dir(&dir.0).unwrap();
         // "!?" is one word, so only its last symbol carries `</w>`; digits are words on their own.
-        let expected = [
-            "d", "o", "n</w>", "'", "t</w>", "!", "?</w>", "4</w>", "2</w>",
-        ];
+        let expected = ["d", "o", "n</w>", "'", "t</w>", "!", "?</w>", "4</w>", "2</w>"];
         assert_eq!(tokenizer.tokenize("DON'T!? 42"), expected.map(id));
     }
 
@@ -860,15 +668,9 @@ mod tests {
     fn matches_special_tokens_typed_in_the_text() {
         let dir = vocab_and_merges_dir("specials");
         let tokenizer = ClipTokenizer::from_dir(&dir.0).unwrap();
-        assert_eq!(
-            tokenizer.tokenize("hello<|startoftext|>hello"),
-            vec![id("hello</w>"), id("<|startoftext|>"), id("hello</w>")]
-        );
+        assert_eq!(tokenizer.tokenize("hello<|startoftext|>hello"), vec![id("hello</w>"), id("<|startoftext|>"), id("hello</w>")]);
         // Plain-string special tokens match the raw text only, so the upper-case spelling is just text.
-        assert_eq!(
-            tokenizer.tokenize("<|STARTOFTEXT|>")[..3],
-            [id("<"), id("|</w>"), id("s")][..]
-        );
+        assert_eq!(tokenizer.tokenize("<|STARTOFTEXT|>")[..3], [id("<"), id("|</w>"), id("s")][..]);
     }
 
     #[test]
@@ -879,31 +681,17 @@ mod tests {
             "eos_token": eos, "unk_token": eos, "pad_token": "<|endoftext|>", "model_max_length": 16});
         dir.write("tokenizer_config.json", &config.to_string());
         // SD 2.x: the legacy map overrides the config's pad token.
-        dir.write(
-            "special_tokens_map.json",
-            &json!({"pad_token": "!"}).to_string(),
-        );
+        dir.write("special_tokens_map.json", &json!({"pad_token": "!"}).to_string());
         let tokenizer = ClipTokenizer::from_dir(&dir.0).unwrap();
         assert_eq!(tokenizer.max_length(), 16);
         assert_eq!(tokenizer.pad_id(), id("!"));
         let ids = tokenizer.encode("hello");
         assert_eq!(ids.len(), 16);
-        assert_eq!(
-            &ids[..4],
-            &[
-                id("<|startoftext|>"),
-                id("hello</w>"),
-                id("<|endoftext|>"),
-                id("!")
-            ]
-        );
+        assert_eq!(&ids[..4], &[id("<|startoftext|>"), id("hello</w>"), id("<|endoftext|>"), id("!")]);
         // As in transformers 5, the pad token becomes an added token: "!" in a prompt is the pad id.
         assert_eq!(tokenizer.tokenize("hello!"), vec![id("hello</w>"), id("!")]);
         // The `normalized` eos dict matches after lower-casing.
-        assert_eq!(
-            tokenizer.tokenize("<|EndOfText|>"),
-            vec![id("<|endoftext|>")]
-        );
+        assert_eq!(tokenizer.tokenize("<|EndOfText|>"), vec![id("<|endoftext|>")]);
     }
 
     #[test]
@@ -912,10 +700,7 @@ mod tests {
         let eos = json!({"content": "<|endoftext|>", "normalized": false, "special": true});
         let config = json!({"added_tokens_decoder": {id("<|endoftext|>").to_string(): eos}, "model_max_length": 1e30});
         dir.write("tokenizer_config.json", &config.to_string());
-        dir.write(
-            "special_tokens_map.json",
-            &json!({"pad_token": "!"}).to_string(),
-        );
+        dir.write("special_tokens_map.json", &json!({"pad_token": "!"}).to_string());
         let tokenizer = ClipTokenizer::from_dir(&dir.0).unwrap();
         assert_eq!(tokenizer.pad_id(), id("<|endoftext|>"));
         assert_eq!(tokenizer.max_length(), 77);
@@ -945,23 +730,14 @@ mod tests {
     #[test]
     fn rejects_missing_or_inconsistent_files() {
         let empty = TempDir::new("empty");
-        assert!(matches!(
-            ClipTokenizer::from_dir(&empty.0),
-            Err(Error::InvalidModel(_))
-        ));
+        assert!(matches!(ClipTokenizer::from_dir(&empty.0), Err(Error::InvalidModel(_))));
 
         let bad_merge = vocab_and_merges_dir("bad-merge");
         bad_merge.write("merges.txt", "#version: 0.2\nq z\n");
-        assert!(matches!(
-            ClipTokenizer::from_dir(&bad_merge.0),
-            Err(Error::InvalidModel(_))
-        ));
+        assert!(matches!(ClipTokenizer::from_dir(&bad_merge.0), Err(Error::InvalidModel(_))));
 
         let bad_json = vocab_and_merges_dir("bad-json");
         bad_json.write("tokenizer_config.json", "{not json");
-        assert!(matches!(
-            ClipTokenizer::from_dir(&bad_json.0),
-            Err(Error::InvalidModel(_))
-        ));
+        assert!(matches!(ClipTokenizer::from_dir(&bad_json.0), Err(Error::InvalidModel(_))));
     }
 }

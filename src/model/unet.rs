@@ -25,15 +25,8 @@ impl BlockContext {
     }
 
     fn transformer(&self, p: &WeightPath, channels: i64, heads: i64, layers: i64, context_dim: i64) -> Result<Transformer2D> {
-        let shape = Transformer2DShape {
-            channels,
-            heads,
-            layers,
-            context_dim,
-            groups: self.groups,
-            linear_projection: self.linear_projection,
-            upcast: self.upcast,
-        };
+        let shape =
+            Transformer2DShape { channels, heads, layers, context_dim, groups: self.groups, linear_projection: self.linear_projection, upcast: self.upcast };
         Transformer2D::load(p, &shape)
     }
 }
@@ -98,9 +91,7 @@ fn has_cross_attention(block_type: &str, plain: &str, cross: &str, which: &str) 
     match block_type {
         t if t == cross => Ok(true),
         t if t == plain => Ok(false),
-        other => Err(Error::Unsupported(format!(
-            "unknown UNet {which} block type `{other}` (supported: {cross}, {plain})"
-        ))),
+        other => Err(Error::Unsupported(format!("unknown UNet {which} block type `{other}` (supported: {cross}, {plain})"))),
     }
 }
 
@@ -181,11 +172,7 @@ impl UNet2DConditionModel {
                 }
             }
             let is_final = i == specs.len() - 1;
-            let downsampler = if is_final {
-                None
-            } else {
-                Some(Downsample2D::load(&bp.sub("downsamplers").sub(0), spec.channels, config.downsample_padding)?)
-            };
+            let downsampler = if is_final { None } else { Some(Downsample2D::load(&bp.sub("downsamplers").sub(0), spec.channels, config.downsample_padding)?) };
             blocks.push(DownBlock { resnets, attentions, downsampler });
             c_prev = spec.channels;
         }
@@ -196,11 +183,7 @@ impl UNet2DConditionModel {
         match config.mid_block_type.as_deref() {
             None => return Ok(None),
             Some("UNetMidBlock2DCrossAttn") => {}
-            Some(other) => {
-                return Err(Error::Unsupported(format!(
-                    "unknown UNet mid block type `{other}` (supported: UNetMidBlock2DCrossAttn, null)"
-                )))
-            }
+            Some(other) => return Err(Error::Unsupported(format!("unknown UNet mid block type `{other}` (supported: UNetMidBlock2DCrossAttn, null)"))),
         }
         let last = specs.last().expect("check_supported guarantees at least one block");
         let mp = p.sub("mid_block");
@@ -266,9 +249,7 @@ impl UNet2DConditionModel {
         }
         for &(block, attention) in &injection.attentions {
             if self.up_blocks.get(block).is_none_or(|b| attention >= b.attentions.len()) {
-                return Err(Error::InvalidArgument(format!(
-                    "injection site up_blocks[{block}].attentions[{attention}] does not exist in this UNet"
-                )));
+                return Err(Error::InvalidArgument(format!("injection site up_blocks[{block}].attentions[{attention}] does not exist in this UNet")));
             }
         }
         Ok(())
@@ -283,14 +264,7 @@ impl UNet2DConditionModel {
         self.run(sample, timesteps, context, Some(index), None)
     }
 
-    fn run(
-        &self,
-        sample: &Tensor,
-        timesteps: &Tensor,
-        context: &Tensor,
-        stop_after_up_block: Option<usize>,
-        injection: Option<&Injection>,
-    ) -> Result<Tensor> {
+    fn run(&self, sample: &Tensor, timesteps: &Tensor, context: &Tensor, stop_after_up_block: Option<usize>, injection: Option<&Injection>) -> Result<Tensor> {
         let _span = tracing::debug_span!("unet").entered();
         let temb = self.time_embedding(timesteps, sample)?;
         let sample = if self.config.center_input_sample { sample.f_mul_scalar(2.0)?.f_sub_scalar(1.0)? } else { sample.shallow_clone() };

@@ -25,10 +25,7 @@ struct SpatialAttention {
 impl SpatialAttention {
     fn load(p: &WeightPath, channels: i64, groups: i64) -> Result<Self> {
         let shape = AttentionShape { query_dim: channels, context_dim: channels, heads: 1, head_dim: channels, qkv_bias: true, upcast: true };
-        Ok(SpatialAttention {
-            group_norm: GroupNorm::load(&p.sub("group_norm"), groups, channels, VAE_EPS)?,
-            attention: Attention::load(p, &shape)?,
-        })
+        Ok(SpatialAttention { group_norm: GroupNorm::load(&p.sub("group_norm"), groups, channels, VAE_EPS)?, attention: Attention::load(p, &shape)? })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -188,8 +185,7 @@ impl AutoencoderKL {
         config.check_supported()?;
         let latent = config.latent_channels;
         let quant_conv = if config.use_quant_conv { Some(Conv2d::load(&p.sub("quant_conv"), 2 * latent, 2 * latent, 1, 1, 0)?) } else { None };
-        let post_quant_conv =
-            if config.use_post_quant_conv { Some(Conv2d::load(&p.sub("post_quant_conv"), latent, latent, 1, 1, 0)?) } else { None };
+        let post_quant_conv = if config.use_post_quant_conv { Some(Conv2d::load(&p.sub("post_quant_conv"), latent, latent, 1, 1, 0)?) } else { None };
         Ok(AutoencoderKL {
             encoder: Encoder::load(&p.sub("encoder"), &config)?,
             decoder: Decoder::load(&p.sub("decoder"), &config)?,

@@ -78,9 +78,7 @@ impl MappedFile {
         let len = usize::try_from(len).map_err(|_| Error::io(path, "file too large to map"))?;
         // SAFETY: a new mapping chosen by the kernel (null address hint), overlapping nothing of ours;
         // `file` is an open descriptor, which the mapping does not need once made.
-        let base = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE, file.as_raw_fd(), 0)
-        };
+        let base = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE, file.as_raw_fd(), 0) };
         if base == libc::MAP_FAILED {
             return Err(Error::io(path, std::io::Error::last_os_error()));
         }
@@ -190,16 +188,9 @@ impl WeightFiles {
     /// Tensor `name`, after checking that its shape is `expected`, in the compute dtype on the compute
     /// device: a view of the file's mapping where no conversion is needed (see the module doc).
     pub fn get(&self, name: &str, expected: &[i64]) -> Result<Tensor> {
-        let entry = self.entries.get(name).ok_or_else(|| Error::MissingTensor {
-            name: name.to_string(),
-            file: self.describe(),
-        })?;
+        let entry = self.entries.get(name).ok_or_else(|| Error::MissingTensor { name: name.to_string(), file: self.describe() })?;
         if entry.shape != expected {
-            return Err(Error::ShapeMismatch {
-                name: name.to_string(),
-                expected: expected.to_vec(),
-                found: entry.shape.clone(),
-            });
+            return Err(Error::ShapeMismatch { name: name.to_string(), expected: expected.to_vec(), found: entry.shape.clone() });
         }
         let tensor = self.load(entry)?;
         self.loaded.borrow_mut().push((name.to_string(), tensor.shallow_clone()));
@@ -278,9 +269,7 @@ impl WeightFiles {
             // SAFETY: the source is the entry's `len` bytes inside the mapping (`read_header`); the
             // target is a fresh contiguous tensor of the entry's shape and dtype, so of exactly `len`
             // bytes; the two do not overlap.
-            unsafe {
-                std::ptr::copy_nonoverlapping(self.files[entry.file].map.at(entry.offset), tensor.data_ptr() as *mut u8, entry.len as usize)
-            };
+            unsafe { std::ptr::copy_nonoverlapping(self.files[entry.file].map.at(entry.offset), tensor.data_ptr() as *mut u8, entry.len as usize) };
         }
         Ok(tensor)
     }
@@ -307,16 +296,14 @@ fn read_header(path: &Path, file: &File, file_len: u64) -> Result<Vec<(String, T
     }
     let mut header = vec![0u8; header_len as usize];
     file.read_exact_at(&mut header, 8).map_err(|e| corrupt(e.to_string()))?;
-    let parsed: HashMap<String, serde_json::Value> =
-        serde_json::from_slice(&header).map_err(|e| corrupt(format!("header is not JSON: {e}")))?;
+    let parsed: HashMap<String, serde_json::Value> = serde_json::from_slice(&header).map_err(|e| corrupt(format!("header is not JSON: {e}")))?;
     let data_start = 8 + header_len;
     let mut entries = Vec::with_capacity(parsed.len());
     for (name, value) in parsed {
         if name == "__metadata__" {
             continue;
         }
-        let h: HeaderEntry =
-            serde_json::from_value(value).map_err(|e| corrupt(format!("entry `{name}`: {e}")))?;
+        let h: HeaderEntry = serde_json::from_value(value).map_err(|e| corrupt(format!("entry `{name}`: {e}")))?;
         let kind = kind_of(&h.dtype).ok_or_else(|| corrupt(format!("`{name}` has unsupported dtype {}", h.dtype)))?;
         let [begin, end] = h.data_offsets;
         // Checked arithmetic: the offsets address memory of the mapping, so a header whose sizes
@@ -382,7 +369,11 @@ impl<'a> WeightPath<'a> {
     }
 
     pub fn name(&self, leaf: &str) -> String {
-        if self.prefix.is_empty() { leaf.to_string() } else { format!("{}.{leaf}", self.prefix) }
+        if self.prefix.is_empty() {
+            leaf.to_string()
+        } else {
+            format!("{}.{leaf}", self.prefix)
+        }
     }
 
     pub fn get(&self, leaf: &str, shape: &[i64]) -> Result<Tensor> {

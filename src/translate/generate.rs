@@ -67,8 +67,5 @@ pub fn generate(model: &StableDiffusion, prompts: &[&str], options: &GenerateOpt
             return Err(Error::Cancelled);
         }
     }
-    Ok(Generation {
-        images: super::decode_to_size(model, &x, options.height, options.width)?,
-        latents: x.f_to_device(tch::Device::Cpu)?,
-    })
+    Ok(Generation { images: super::decode_to_size(model, &x, options.height, options.width)?, latents: x.f_to_device(tch::Device::Cpu)? })
 }

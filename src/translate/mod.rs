@@ -32,10 +32,7 @@ use sampler::{GuidedSampler, SourceBranch};
 
 /// The injection sites of the Plug-and-Play authors for Stable Diffusion's UNet.
 pub fn default_injection_sites() -> Injection {
-    Injection {
-        resnets: vec![(1, 1)],
-        attentions: vec![(1, 1), (1, 2), (2, 0), (2, 1), (2, 2), (3, 0), (3, 1), (3, 2)],
-    }
+    Injection { resnets: vec![(1, 1)], attentions: vec![(1, 1), (1, 2), (2, 0), (2, 1), (2, 2), (3, 0), (3, 1), (3, 2)] }
 }
 
 #[derive(Debug, Clone)]
@@ -167,13 +164,7 @@ pub fn invert(model: &StableDiffusion, latent: &Tensor, prompt: &str, steps: usi
 
 /// Plug-and-Play sampling from an inversion towards each target prompt: the final latents (N, C, h, w),
 /// f32 on the model's device. Progress after each step: (steps done, steps).
-pub fn plug_and_play(
-    model: &StableDiffusion,
-    inversion: &Inversion,
-    targets: &[&str],
-    options: &TranslateOptions,
-    progress: Progress,
-) -> Result<Tensor> {
+pub fn plug_and_play(model: &StableDiffusion, inversion: &Inversion, targets: &[&str], options: &TranslateOptions, progress: Progress) -> Result<Tensor> {
     let _span = tracing::info_span!("plug_and_play", targets = targets.len(), steps = options.steps).entered();
     check_targets(targets)?;
     let timesteps = options.check_sampling(model)?;
@@ -225,8 +216,7 @@ pub fn translate(
     let started = std::time::Instant::now();
     check_targets(targets)?;
     options.check(model)?;
-    let (_, _, height, width) =
-        image.size4().map_err(|_| Error::InvalidArgument(format!("image must be (1, 3, H, W), got {:?}", image.size())))?;
+    let (_, _, height, width) = image.size4().map_err(|_| Error::InvalidArgument(format!("image must be (1, 3, H, W), got {:?}", image.size())))?;
     if image.size()[0] != 1 {
         return Err(Error::InvalidArgument(format!("translate takes one image (1, 3, H, W), got {:?}", image.size())));
     }

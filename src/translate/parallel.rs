@@ -192,8 +192,9 @@ impl<'a> CotypicalMiner<'a> {
         let ranked: Vec<ImagePatch> = self.candidates.iter().map(|c| c.patch).collect();
         let kept: Vec<&Tensor> = self.candidates.iter().map(|c| &c.features).collect();
         // versions[v]: the kept boxes' features in version v.
-        let versions: Vec<Tensor> =
-            (0..self.labels.len() as i64).map(|v| Tensor::f_stack(&kept.iter().map(|f| f.get(v)).collect::<Vec<_>>(), 0)).collect::<std::result::Result<_, _>>()?;
+        let versions: Vec<Tensor> = (0..self.labels.len() as i64)
+            .map(|v| Tensor::f_stack(&kept.iter().map(|f| f.get(v)).collect::<Vec<_>>(), 0))
+            .collect::<std::result::Result<_, _>>()?;
         let dims = self.options.projection_dims.min(kept.len()).min(versions[0].size()[1] as usize);
         let sequences = sequence_features(&versions, dims, &self.options.projection)?;
         let clustering = kmeans(&sequences, &self.options.cluster)?;

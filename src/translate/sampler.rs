@@ -28,14 +28,7 @@ pub struct GuidedSampler<'a> {
 impl<'a> GuidedSampler<'a> {
     /// `source_prompt`: the prompt of a Plug-and-Play source branch, None for plain sampling.
     /// Guidance 1 needs no unconditional rows (the guided output is the conditional one), so none run.
-    pub fn new(
-        model: &'a StableDiffusion,
-        ddim: Ddim<'a>,
-        prompts: &[&str],
-        null_prompt: &str,
-        guidance: f64,
-        source_prompt: Option<&str>,
-    ) -> Result<Self> {
+    pub fn new(model: &'a StableDiffusion, ddim: Ddim<'a>, prompts: &[&str], null_prompt: &str, guidance: f64, source_prompt: Option<&str>) -> Result<Self> {
         let n = prompts.len();
         let mut texts: Vec<&str> = source_prompt.into_iter().collect();
         if guidance != 1.0 {

@@ -483,17 +483,14 @@ mod tests {
     fn blobs(seed: u64) -> Tensor {
         let mut rng = SplitMix64::new(seed);
         let noise = rng.normal_tensor(&[80, 8]).to_kind(Kind::Double);
-        let offsets =
-            Tensor::cat(&[Tensor::zeros([40, 8], (Kind::Double, Device::Cpu)), Tensor::full([40, 8], 10.0, (Kind::Double, Device::Cpu))], 0);
+        let offsets = Tensor::cat(&[Tensor::zeros([40, 8], (Kind::Double, Device::Cpu)), Tensor::full([40, 8], 10.0, (Kind::Double, Device::Cpu))], 0);
         noise + offsets
     }
 
     #[test]
     fn a_and_b_match_umap_learn() {
         // umap-learn 0.5.12's find_ab_params (scipy's curve_fit) for (spread, min_dist).
-        for ((spread, min_dist), expected) in
-            [((1.0, 0.1), (1.5769434602697652, 0.8950608778515733)), ((2.0, 0.5), (0.2588787412869628, 1.0574996994409025))]
-        {
+        for ((spread, min_dist), expected) in [((1.0, 0.1), (1.5769434602697652, 0.8950608778515733)), ((2.0, 0.5), (0.2588787412869628, 1.0574996994409025))] {
             let (a, b) = find_ab_params(spread, min_dist);
             assert!((a - expected.0).abs() < 1e-5 && (b - expected.1).abs() < 1e-5, "spread {spread}, min_dist {min_dist}: a {a}, b {b}");
         }

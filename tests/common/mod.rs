@@ -15,10 +15,7 @@ pub fn repo_root() -> PathBuf {
 }
 
 pub fn python() -> PathBuf {
-    std::env::var_os("DIFFMINE_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join(".deps/venv"))
-        .join("bin/python")
+    std::env::var_os("DIFFMINE_VENV").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".deps/venv")).join("bin/python")
 }
 
 /// The fixtures folder, built on first use (the script is idempotent and serialises concurrent runs).
