@@ -1,6 +1,17 @@
-# Sourced by the benchmark scripts (benches/translate.sh, benches/typicality.sh): runs a measured
-# command once the machine is idle, at high priority, and records how much CPU time the rest of the
-# machine used meanwhile. Expects $work (a folder), $NICE and a log function.
+# Sourced by the benchmark scripts (benches/translate.sh, benches/typicality.sh) with the benchmark's
+# name as its argument, once they have set root, SIZE and NICE: builds the release CLI
+# (unless SKIP_BUILD is set), makes the random-weight SD 1.5 folder and a SIZE x SIZE test image, and
+# defines `timed`, which runs a measured command once the machine is idle, at high priority, and
+# records how much CPU time the rest of the machine used meanwhile.
+model="$root/target/bench/sd15"
+work="$root/target/bench/$1-$(date -u +%Y%m%dT%H%M%SZ)"
+mkdir -p "$work"
+results="$work/results.jsonl"
+log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
+export OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
+if [ -z "${SKIP_BUILD:-}" ]; then log "building the CLI (release)"; cargo build --release --bin diffmine >&2; fi
+cli="$root/target/release/diffmine"
+
 hz=$(getconf CLK_TCK)
 # CPU time (clock ticks) the whole machine has spent busy since boot.
 busy_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
@@ -55,3 +66,7 @@ rgb = [0.5 + 0.4 * np.sin(2 * np.pi * (fy * y + fx * x) + p) for fy, fx, p in ((
 Image.fromarray((np.stack(rgb, -1) * 255).round().astype(np.uint8)).save(sys.argv[1])
 PY
 }
+
+prepare_sd15 "$model"
+image="$work/car_${SIZE}.png"
+make_test_image "$image" "$SIZE"

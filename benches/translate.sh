@@ -31,19 +31,7 @@ GUIDANCE=${GUIDANCE:-7.5}
 NICE=${NICE:--20}
 SOURCE="Image of a car."
 TARGETS="Image of a truck.,Image of a bicycle.,Image of a horse."
-model="$root/target/bench/sd15"
-work="$root/target/bench/translate-$(date -u +%Y%m%dT%H%M%SZ)"
-mkdir -p "$work"
-results="$work/results.jsonl"
-log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
-export OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
-
-if [ -z "${SKIP_BUILD:-}" ]; then log "building the CLI (release)"; cargo build --release --bin diffmine >&2; fi
-cli="$root/target/release/diffmine"
-source benches/timing.sh
-prepare_sd15 "$model"
-image="$work/car_${SIZE}.png"
-make_test_image "$image" "$SIZE"
+source benches/timing.sh translate
 
 run_rust() {
   RUST_LOG=diffmine=info timed "$cli" translate --model "$model" --image "$image" --source-prompt "$SOURCE" --target "$TARGETS" \

@@ -25,19 +25,7 @@ BATCH=${BATCH:-10}
 NICE=${NICE:--20}
 PROMPT="Image of a car."
 NULL_PROMPT="Image."
-model="$root/target/bench/sd15"
-work="$root/target/bench/typicality-$(date -u +%Y%m%dT%H%M%SZ)"
-mkdir -p "$work"
-results="$work/results.jsonl"
-log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
-export OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
-
-if [ -z "${SKIP_BUILD:-}" ]; then log "building the CLI (release)"; cargo build --release --bin diffmine >&2; fi
-cli="$root/target/release/diffmine"
-source benches/timing.sh
-prepare_sd15 "$model"
-image="$work/car_${SIZE}.png"
-make_test_image "$image" "$SIZE"
+source benches/timing.sh typicality
 
 record() { # IMPL MODE ROUND SECONDS
   echo "{\"impl\": \"$1\", \"mode\": \"$2\", \"round\": $3, \"seconds\": $4, \"process_seconds\": $run_wall, \"cpu_seconds\": $run_cpu, \"others_cpu_seconds\": $run_others}" | tee -a "$results"
