@@ -58,7 +58,7 @@ def main() -> int:
 
     torch.set_num_threads(THREADS)
     started = time.perf_counter()
-    pipe = StableDiffusionPipeline.from_pretrained(model_dir, torch_dtype=torch.float32, safety_checker=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline.from_pretrained(model_dir, dtype=torch.float32, safety_checker=None, requires_safety_checker=False)
     load_seconds = time.perf_counter() - started
     pixels = np.asarray(Image.open(image_path).convert("RGB"), dtype=np.float32) / 127.5 - 1.0
     image = torch.from_numpy(pixels).permute(2, 0, 1)[None]
