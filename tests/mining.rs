@@ -82,6 +82,8 @@ mod pipeline {
         assert_eq!(results.iter().map(|r| r.label.as_str()).collect::<Vec<_>>(), vec!["Effusion", "Nodule"]);
         for r in &results {
             assert_eq!(r.patches.len(), 12, "top 12 of 3 images × 5 boxes");
+            let t = r.times;
+            assert!([t.typicality, t.patches, t.dift, t.clustering].iter().all(|d| !d.is_zero()), "every stage timed: {t:?}");
             let medians: Vec<f32> = r.clusters.iter().map(|c| c.median_typicality).collect();
             assert!(medians.windows(2).all(|w| w[0] >= w[1]), "clusters by median typicality: {medians:?}");
             for c in &r.clusters {

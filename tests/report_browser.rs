@@ -205,7 +205,7 @@ fn label_result(label: &str, images: &[PathBuf], clusters: usize, per_cluster: u
         ranked.push(RankedCluster { id: clusters - 1 - c, members, median_typicality: 1.0 - c as f32 * 0.1 });
     }
     let image_sizes = images.iter().map(|p| (p.clone(), (80, 96))).collect();
-    LabelResult { label: label.into(), patches, clusters: ranked, image_sizes, in_memory: Default::default() }
+    LabelResult { label: label.into(), patches, clusters: ranked, image_sizes, in_memory: Default::default(), times: Default::default() }
 }
 
 const LABELS: [&str; 3] = ["Effusion", "Mass", "Pleural thickening"];

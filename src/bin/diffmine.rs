@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use diffmine::autoencoder::{train_autoencoder, AutoencoderOptions};
 use diffmine::cxr8::{evaluate_files, EvaluationFiles, EvaluationOptions};
@@ -35,7 +35,7 @@ use diffmine::finetune::{finetune, FinetuneOptions, TrainOptions};
 use diffmine::image::to_rgb8;
 use diffmine::mining::cluster::ClusterOptions;
 use diffmine::mining::dift::DiftOptions;
-use diffmine::mining::miner::{mine, MiningOptions};
+use diffmine::mining::miner::{mine, MiningOptions, StageTimes};
 use diffmine::mining::patches::select_patches;
 use diffmine::mining::report::{write_comparison, write_report, ReportOptions};
 use diffmine::model::{parse_device, parse_dtype, ComponentOverrides, ModelOptions, StableDiffusion};
@@ -62,7 +62,7 @@ const USAGE: &str = "usage:
   diffmine synth     --out DIR [--seed 0] [--per-label 200] [--size 64] [--split train|held-out]
                      [--dicom DIR]   (the same images also as DICOM files, DIR/<label>/<name>.dcm)
   diffmine mine      --model DIR --data DIR_OR_CSV --prompt \"Image of {label}.\" --null-prompt TEXT --out DIR
-                     [--samples 100] [--seed 42] [--resize SHORT_SIDE] [--patch 64] [--per-image 5]
+                     [--samples 100] [--seed 42] [--batch 10] [--resize SHORT_SIDE] [--patch 64] [--per-image 5]
                      [--top 1000] [--ensemble 8] [--clusters 32] [--restarts 10] [--cache DIR]
                      [--baseline DIR [--baseline-base DIR]]   (both models side by side in one report)
   diffmine dicom-info --image FILE [--frame 0]
@@ -465,7 +465,12 @@ fn mine_command(args: &Args) -> Result<()> {
     let options = MiningOptions {
         prompt_template: args.required("prompt")?.to_string(),
         null_prompt: args.required("null-prompt")?.to_string(),
-        typicality: TypicalityOptions { samples: args.parsed("samples", t.samples)?, seed: args.parsed("seed", t.seed)?, ..t },
+        typicality: TypicalityOptions {
+            samples: args.parsed("samples", t.samples)?,
+            seed: args.parsed("seed", t.seed)?,
+            batch: args.parsed("batch", t.batch)?,
+            ..t
+        },
         resize,
         patch_size: args.parsed("patch", 64)?,
         per_image: args.parsed("per-image", 5)?,
@@ -477,20 +482,38 @@ fn mine_command(args: &Args) -> Result<()> {
     let started = Instant::now();
     let mut bar = progress_bar();
     let results = mine(&model, &set, &options, &mut |done, total| bar(done, total, f64::NAN))?;
+    let baseline_results = match args.optional("baseline") {
+        None => None,
+        // The caches are keyed by model, so both models can share the cache folder.
+        Some(_) => Some(mine(&open_baseline(args)?, &set, &options, &mut |done, total| bar(done, total, f64::NAN))?),
+    };
+    let report_started = Instant::now();
     let report_options = ReportOptions { resize, ..ReportOptions::default() };
-    match args.optional("baseline") {
+    match &baseline_results {
         None => write_report(&results, &report_options, &out)?,
-        Some(_) => {
-            // The caches are keyed by model, so both models can share the cache folder.
-            let baseline_results = mine(&open_baseline(args)?, &set, &options, &mut |done, total| bar(done, total, f64::NAN))?;
-            write_comparison(&[("model", &results), ("baseline", &baseline_results)], &report_options, &out)?;
-        }
+        Some(baseline) => write_comparison(&[("model", &results), ("baseline", baseline)], &report_options, &out)?,
     }
+    let report_time = report_started.elapsed();
     for r in &results {
         println!("{}: {} patches, {} clusters", r.label, r.patches.len(), r.clusters.len());
     }
+    let times = results.iter().chain(baseline_results.iter().flatten()).map(|r| r.times).sum();
+    print_stage_times(&times, report_time);
     println!("mined {} images in {:.0} s; report: {}", set.items.len(), started.elapsed().as_secs_f64(), out.join("index.html").display());
     Ok(())
+}
+
+/// One line of where the mining's time went (both models' together with `--baseline`); benches/mining.sh
+/// reads it.
+fn print_stage_times(times: &StageTimes, report: Duration) {
+    println!(
+        "stage times: typicality {:.4} s, patches {:.4} s, DIFT {:.4} s, clustering {:.4} s, report {:.4} s",
+        times.typicality.as_secs_f64(),
+        times.patches.as_secs_f64(),
+        times.dift.as_secs_f64(),
+        times.clustering.as_secs_f64(),
+        report.as_secs_f64()
+    );
 }
 
 /// Trains a model's VAE as an autoencoder (for models built from scratch) and measures its scaling factor.

@@ -11,6 +11,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use ndarray::Array2;
 use tch::Tensor;
@@ -87,6 +88,52 @@ pub struct LabelResult {
     pub image_sizes: BTreeMap<PathBuf, (usize, usize)>,
     /// The pixels of the images held in memory rather than in files, by their name, for crops.
     pub in_memory: BTreeMap<PathBuf, Pixels>,
+    /// Where mining this label spent its time.
+    pub times: StageTimes,
+}
+
+/// Wall time spent in each stage of mining, so a user (or a benchmark) can see where it goes.
+/// Typicality and DIFT include reading each image and the on-disk cache (or writing it after
+/// computing); clustering includes ranking the clusters.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StageTimes {
+    pub typicality: Duration,
+    /// Pooling each map and choosing its boxes.
+    pub patches: Duration,
+    pub dift: Duration,
+    pub clustering: Duration,
+}
+
+impl StageTimes {
+    pub fn total(&self) -> Duration {
+        self.typicality + self.patches + self.dift + self.clustering
+    }
+}
+
+impl std::ops::Add for StageTimes {
+    type Output = StageTimes;
+    fn add(self, other: StageTimes) -> StageTimes {
+        StageTimes {
+            typicality: self.typicality + other.typicality,
+            patches: self.patches + other.patches,
+            dift: self.dift + other.dift,
+            clustering: self.clustering + other.clustering,
+        }
+    }
+}
+
+impl std::iter::Sum for StageTimes {
+    fn sum<I: Iterator<Item = StageTimes>>(iter: I) -> StageTimes {
+        iter.fold(StageTimes::default(), std::ops::Add::add)
+    }
+}
+
+/// Runs `f`, adding the time it took to `total`.
+fn timed<T>(total: &mut Duration, f: impl FnOnce() -> T) -> T {
+    let started = Instant::now();
+    let value = f();
+    *total += started.elapsed();
+    value
 }
 
 /// Progress of mining: (units done, units in all), a unit being one image's typicality or DIFT.
@@ -123,23 +170,30 @@ fn mine_label(
 ) -> Result<LabelResult> {
     let _span = tracing::info_span!("mine_label", label, images = images.len()).entered();
     let prompt = options.prompt(label);
+    let mut times = StageTimes::default();
     let mut kept: Vec<ImagePatch> = Vec::new();
     let mut image_sizes = BTreeMap::new();
     for (index, image) in images.iter().enumerate() {
-        let map = cached_typicality(model, image, &prompt, options)?;
+        let map = timed(&mut times.typicality, || cached_typicality(model, image, &prompt, options))?;
         let (h, w) = (map.size()[0] as usize, map.size()[1] as usize);
         image_sizes.insert(image.path.clone(), (h, w));
-        let values = Vec::<f32>::try_from(map.f_flatten(0, -1)?)?;
-        let boxes = select_patches(&values, h, w, options.patch_size.min(h).min(w), options.per_image)?;
-        kept.extend(boxes.into_iter().map(|patch| ImagePatch { image: index, patch }));
-        // Keep only what can still make the label's top: memory bounded by the boxes kept.
-        kept = top_patches(kept, options.top);
+        timed(&mut times.patches, || -> Result<()> {
+            let values = Vec::<f32>::try_from(map.f_flatten(0, -1)?)?;
+            let boxes = select_patches(&values, h, w, options.patch_size.min(h).min(w), options.per_image)?;
+            kept.extend(boxes.into_iter().map(|patch| ImagePatch { image: index, patch }));
+            // Keep only what can still make the label's top: memory bounded by the boxes kept.
+            kept = top_patches(std::mem::take(&mut kept), options.top);
+            Ok(())
+        })?;
         step("typicality")?;
     }
-    let features = box_features(model, images, &kept, &prompt, options, step)?;
-    let clustering = kmeans(&features, &options.cluster)?;
-    let scores: Vec<f32> = kept.iter().map(|p| p.patch.score).collect();
-    let clusters = rank_clusters(&clustering, &scores);
+    let features = timed(&mut times.dift, || box_features(model, images, &kept, &prompt, options, step))?;
+    let (clustering, clusters) = timed(&mut times.clustering, || -> Result<_> {
+        let clustering = kmeans(&features, &options.cluster)?;
+        let scores: Vec<f32> = kept.iter().map(|p| p.patch.score).collect();
+        let clusters = rank_clusters(&clustering, &scores);
+        Ok((clustering, clusters))
+    })?;
     let mut patches = Vec::with_capacity(kept.len());
     let mut ranked_clusters = Vec::with_capacity(clusters.len());
     for (cluster_rank, cluster) in clusters.into_iter().enumerate() {
@@ -158,7 +212,7 @@ fn mine_label(
         ranked_clusters.push(RankedCluster { members, ..cluster });
     }
     let in_memory = images.iter().filter_map(|i| Some((i.path.clone(), i.pixels.clone()?))).collect();
-    Ok(LabelResult { label: label.to_string(), patches, clusters: ranked_clusters, image_sizes, in_memory })
+    Ok(LabelResult { label: label.to_string(), patches, clusters: ranked_clusters, image_sizes, in_memory, times })
 }
 
 /// DIFT features of the kept boxes (n × C), one DIFT pass per image that has a kept box.
