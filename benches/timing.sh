@@ -1,5 +1,5 @@
-# Sourced by the benchmark scripts (benches/translate.sh, benches/typicality.sh) with the benchmark's
-# name as its argument, once they have set root, SIZE and NICE: builds the release CLI
+# Sourced by the benchmark scripts (benches/mining.sh, benches/translate.sh, benches/typicality.sh) with
+# the benchmark's name as its argument, once they have set root, SIZE and NICE: builds the release CLI
 # (unless SKIP_BUILD is set), makes the random-weight SD 1.5 folder and a SIZE x SIZE test image, and
 # defines `timed`, which runs a measured command once the machine is idle, at high priority, and
 # records how much CPU time the rest of the machine used meanwhile.
