@@ -220,7 +220,7 @@ impl WeightFiles {
     /// no conversion, else a converted copy, after which the entry's file pages are released.
     fn load(&self, entry: &TensorEntry) -> Result<Tensor> {
         let file = &self.files[entry.file];
-        let aligned = entry.offset % entry.kind.elt_size_in_bytes() as u64 == 0;
+        let aligned = entry.offset.is_multiple_of(entry.kind.elt_size_in_bytes() as u64);
         if aligned && entry.kind == self.dtype && self.device == Device::Cpu {
             file.viewed.set(true);
             return self.view(entry);
