@@ -411,6 +411,14 @@ typedef struct dm_parallel_miner_options {
   uint32_t projection;
   // UMAP's neighbours (15, the authors'); unused by PCA.
   uint32_t projection_neighbors;
+  // Folder (UTF-8; created if missing) where `dm_parallel_miner_run` saves every version of every
+  // parallel set as `<set>_<label>.png` (set: 5 digits, the source's index; label: its index), which
+  // `dm_parallel_miner_write_report` cuts its strips from. The caller owns the folder and its files:
+  // the library never deletes them. NULL (the default) uses a private folder in the system's
+  // temporary folder (TMPDIR, else /tmp), made by `dm_parallel_miner_create` and removed with its
+  // contents by `dm_parallel_miner_free`. Either way it holds sources × labels PNGs of the mined
+  // size.
+  const char *versions_dir;
 } dm_parallel_miner_options;
 
 // A kept box, in result order (cluster rank, then rank in cluster). The box is the same in every
@@ -433,6 +441,17 @@ typedef struct dm_cotypical_element {
   uint32_t rank_in_cluster;
   float distance;
 } dm_cotypical_element;
+
+// How `dm_parallel_miner_write_report` draws the report. Fill with
+// `dm_parallel_report_options_default`.
+typedef struct dm_parallel_report_options {
+  // `sizeof(dm_parallel_report_options)` as the caller was compiled with.
+  size_t struct_size;
+  // Strip figures written, one per cluster from the best (32); 0 writes only the CSV and the page.
+  uint32_t strips;
+  // Rows of a strip: the cluster's members closest to its centroid (8; at least 1).
+  uint32_t per_strip;
+} dm_parallel_report_options;
 
 // How to sample images from prompts. Fill with `dm_generate_options_default`.
 typedef struct dm_generate_options {
@@ -904,8 +923,9 @@ enum dm_status dm_parallel_miner_options_default(struct dm_parallel_miner_option
 // Creates a parallel miner for `model` (which it keeps alive; the caller may free its own handle)
 // over the `labels_len` labels in `labels` (UTF-8, at least 2, distinct; a parallel set holds one
 // version per label, in this order) with `options` (not NULL: `prompt_template` is required). The
-// settings are checked against the model now. On success `*out_miner` owns a new parallel miner,
-// released with `dm_parallel_miner_free`.
+// settings are checked against the model now, and the versions folder is made (see
+// `options.versions_dir`). On success `*out_miner` owns a new parallel miner, released with
+// `dm_parallel_miner_free`.
 //
 // # Safety
 // `labels` NULL or `labels_len` readable pointers to NUL-terminated strings; `options` NULL or a
@@ -1004,7 +1024,28 @@ enum dm_status dm_parallel_miner_clusters(const struct dm_parallel_miner *miner,
                                           size_t out_len,
                                           size_t *out_count);
 
-// Releases a parallel miner. NULL is accepted; a handle that is not a live parallel miner gives
+// Fills `options` with the defaults (32 strips of 8 rows).
+//
+// # Safety
+// `options` must be NULL or point to a writable `dm_parallel_report_options`.
+enum dm_status dm_parallel_report_options_default(struct dm_parallel_report_options *options);
+
+// Writes the report of the results into the folder `out_dir` (UTF-8; created if missing; files of
+// the same names are overwritten): `elements.csv` (every element: set, image, source label, box,
+// co-typicality, cluster rank, rank in cluster, distance), `strip_NN.png` per shown cluster (NN its
+// rank; a row per member, each row the element's box in every version side by side in label order,
+// the source's own framed in red; cells of the largest box + 2 pixels) and `index.html`. The strips
+// are cut from the versions folder the run saved. `options` NULL means
+// `dm_parallel_report_options_default`'s. Fails before a successful `dm_parallel_miner_run`.
+//
+// # Safety
+// `out_dir` NULL or NUL-terminated; `options` NULL or a valid options struct.
+enum dm_status dm_parallel_miner_write_report(const struct dm_parallel_miner *miner,
+                                              const char *out_dir,
+                                              const struct dm_parallel_report_options *options);
+
+// Releases a parallel miner and, unless `options.versions_dir` named one, its temporary versions
+// folder. NULL is accepted; a handle that is not a live parallel miner gives
 // `DM_ERR_INVALID_HANDLE`. A call still running on another thread finishes first.
 enum dm_status dm_parallel_miner_free(struct dm_parallel_miner *miner);
 

@@ -142,3 +142,10 @@ pub fn to_rgb8(images: &Tensor) -> Result<Vec<u8>> {
         .f_to_kind(Kind::Uint8)?;
     Ok(Vec::<u8>::try_from(scaled.f_flatten(0, -1)?)?)
 }
+
+/// The first image of a batch (B, 3, H, W) about [-1, 1] as an 8-bit RGB image, rounded as [`to_rgb8`].
+pub fn to_rgb_image(images: &Tensor) -> Result<image::RgbImage> {
+    let (_, _, h, w) = images.size4()?;
+    image::RgbImage::from_raw(w as u32, h as u32, to_rgb8(images)?)
+        .ok_or_else(|| Error::InvalidArgument(format!("images {:?} are not (B, 3, H, W)", images.size())))
+}

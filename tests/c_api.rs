@@ -1,6 +1,7 @@
 //! The C API from C: compiles examples/open_model.c and tests/c/*.c against include/diffmine.h and the
-//! libdiffmine.so of this build (strict C11, warnings are errors), runs them on the sd15_tiny fixture,
-//! and, when valgrind is installed, runs the tests/c programs again under memcheck (invalid reads and
+//! libdiffmine.so of this build (strict C11, warnings are errors), runs them on the sd15_tiny fixture
+//! (tests/c/parallel_miner.c on the Plug-and-Play one, whose UNet has the injection sites), and, when
+//! valgrind is installed, runs the tests/c programs again under memcheck (invalid reads and
 //! writes, uses of uninitialised values and definite leaks fail; libtorch's "possibly lost" blocks do
 //! not; see tests/c/valgrind.supp).
 mod common;
@@ -9,21 +10,34 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Instant;
 
-use common::{pipeline, repo_root};
+use common::{pipeline, repo_root, translate_fixture_dir};
 
 /// A C program, by source path relative to the repository root.
 struct Program {
     source: &'static str,
+    /// The model folder it runs on, its first argument.
+    model: fn() -> PathBuf,
+    /// Files it reads, relative to the repository root: its further arguments.
+    inputs: &'static [&'static str],
     /// Also run under valgrind. Memcheck spends about 70 s of CPU reading libtorch before `main` and
     /// runs the library about 90 times slower, so the valgrind run takes the programs that cover the
     /// API between them: examples/open_model.c only repeats calls that bad_input.c makes.
     under_valgrind: bool,
 }
 
-const PROGRAMS: [Program; 3] = [
-    Program { source: "examples/open_model.c", under_valgrind: false },
-    Program { source: "tests/c/bad_input.c", under_valgrind: true },
-    Program { source: "tests/c/typicality.c", under_valgrind: true },
+fn tiny_pipeline() -> PathBuf {
+    pipeline("sd15_tiny")
+}
+
+fn plug_and_play_pipeline() -> PathBuf {
+    translate_fixture_dir().to_path_buf()
+}
+
+const PROGRAMS: [Program; 4] = [
+    Program { source: "examples/open_model.c", model: tiny_pipeline, inputs: &[], under_valgrind: false },
+    Program { source: "tests/c/bad_input.c", model: tiny_pipeline, inputs: &[], under_valgrind: true },
+    Program { source: "tests/c/typicality.c", model: tiny_pipeline, inputs: &[], under_valgrind: true },
+    Program { source: "tests/c/parallel_miner.c", model: plug_and_play_pipeline, inputs: &["examples/data/chest_like.png"], under_valgrind: true },
 ];
 
 /// `target/<profile>`, where cargo put the libdiffmine.so built with this test (the test executable
@@ -35,8 +49,15 @@ fn library_dir() -> PathBuf {
     dir
 }
 
-/// Compiles the programs (those for valgrind only, if so) into `out`, returning (name, binary) pairs.
-fn build_all(out: &Path, for_valgrind: bool) -> Vec<(String, PathBuf)> {
+/// A compiled program and the arguments it runs with.
+struct Built {
+    name: String,
+    binary: PathBuf,
+    args: Vec<PathBuf>,
+}
+
+/// Compiles the programs (those for valgrind only, if so) into `out`.
+fn build_all(out: &Path, for_valgrind: bool) -> Vec<Built> {
     let lib_dir = library_dir();
     PROGRAMS
         .iter()
@@ -45,7 +66,8 @@ fn build_all(out: &Path, for_valgrind: bool) -> Vec<(String, PathBuf)> {
             let name = Path::new(p.source).file_stem().unwrap().to_string_lossy().into_owned();
             let binary = out.join(&name);
             compile(&repo_root().join(p.source), &binary, &lib_dir);
-            (name, binary)
+            let args = std::iter::once((p.model)()).chain(p.inputs.iter().map(|input| repo_root().join(input))).collect();
+            Built { name, binary, args }
         })
         .collect()
 }
@@ -78,11 +100,10 @@ fn show(output: &Output) -> String {
     )
 }
 
-/// Runs `program MODEL_DIR` (optionally under a wrapper command such as valgrind): its stdout and
-/// timing on exit 0, else a report with both streams. Under a wrapper the programs get
+/// Runs `program MODEL_DIR [INPUT...]` (optionally under a wrapper command such as valgrind): its
+/// stdout and timing on exit 0, else a report with both streams. Under a wrapper the programs get
 /// DIFFMINE_TEST_QUICK=1, which skips the checks that only repeat a whole computation.
-fn run(name: &str, binary: &Path, wrapper: &[String]) -> Result<String, String> {
-    let model = pipeline("sd15_tiny");
+fn run(Built { name, binary, args }: &Built, wrapper: &[String]) -> Result<String, String> {
     let started = Instant::now();
     let mut command = match wrapper.split_first() {
         Some((tool, args)) => {
@@ -93,7 +114,7 @@ fn run(name: &str, binary: &Path, wrapper: &[String]) -> Result<String, String> 
         None => Command::new(binary),
     };
     // RUST_BACKTRACE would make a caught panic print a backtrace; the programs' output stays short.
-    command.arg(&model).env_remove("RUST_BACKTRACE");
+    command.args(args).env_remove("RUST_BACKTRACE");
     if !wrapper.is_empty() {
         command.env("DIFFMINE_TEST_QUICK", "1");
     }
@@ -114,7 +135,7 @@ fn run_all(wrapper: &[String]) {
     let out = tempfile::tempdir().expect("temp dir");
     let binaries = build_all(out.path(), !wrapper.is_empty());
     let results: Vec<Result<String, String>> = std::thread::scope(|scope| {
-        let runs: Vec<_> = binaries.iter().map(|(name, binary)| scope.spawn(move || run(name, binary, wrapper))).collect();
+        let runs: Vec<_> = binaries.iter().map(|built| scope.spawn(move || run(built, wrapper))).collect();
         runs.into_iter().map(|r| r.join().expect("runner thread")).collect()
     });
     let mut failures = Vec::new();
@@ -156,7 +177,8 @@ fn c_programs_pass_under_valgrind() {
     .map(|s| s.to_string())
     .chain([format!("--suppressions={}", repo_root().join("tests/c/valgrind.supp").display())])
     .collect();
-    // bad_input takes about 70 s of CPU, nearly all of it memcheck reading libtorch at start-up, and
-    // typicality about 100 s (three typicality maps on top); they run side by side.
+    // bad_input takes about 70 s of CPU, nearly all of it memcheck reading libtorch at start-up,
+    // typicality about 100 s (three typicality maps on top) and parallel_miner about 95 s (one source
+    // translated and mined); they run side by side.
     run_all(&wrapper);
 }

@@ -2,7 +2,8 @@
 //! (tests/reference/translate_reference.py) at toy settings: the results equal the safe API's
 //! `parallel_set` + `CotypicalMiner` on the same images and options, field for field; bad input gets a
 //! status and a message that says what is wrong; the progress callback counts and cancels, and a
-//! cancelled miner runs again.
+//! cancelled miner runs again; the report lists the safe API's elements and cuts its strips from the
+//! versions the run saved.
 mod common;
 
 use std::ffi::{c_char, c_void, CStr, CString};
@@ -11,7 +12,8 @@ use std::ptr::{null, null_mut};
 
 use common::{c_last_error, translate_fixture_dir, CModel};
 use diffmine::ffi::{
-    self, dm_cotypical_element, dm_image_view, dm_mined_cluster, dm_parallel_miner, dm_parallel_miner_options, dm_status, dm_translate_options, DM_PIXEL_U8,
+    self, dm_cotypical_element, dm_image_view, dm_mined_cluster, dm_parallel_miner, dm_parallel_miner_options, dm_parallel_report_options, dm_status,
+    dm_translate_options, DM_PIXEL_U8,
 };
 use diffmine::image::{to_rgb8, ImageView, PixelType};
 use diffmine::mining::cluster::ClusterOptions;
@@ -122,8 +124,15 @@ struct CMiner(*mut dm_parallel_miner);
 
 impl CMiner {
     fn create(model: &CModel) -> Self {
+        Self::create_saving_versions_in(model, None)
+    }
+
+    /// With `options.versions_dir` set to `versions_dir` (None: NULL, a temporary folder).
+    fn create_saving_versions_in(model: &CModel, versions_dir: Option<&Path>) -> Self {
         let (template, null_prompt, translate) = (CString::new(TEMPLATE).unwrap(), CString::new(NULL_PROMPT).unwrap(), translate_options());
-        let options = c_options(&template, &null_prompt, &translate);
+        let versions_dir = versions_dir.map(|d| CString::new(d.to_str().unwrap()).unwrap());
+        let options =
+            dm_parallel_miner_options { versions_dir: versions_dir.as_ref().map_or(null(), |d| d.as_ptr()), ..c_options(&template, &null_prompt, &translate) };
         let (_owned, labels) = c_labels(&LABELS);
         let mut miner = null_mut();
         // SAFETY: a live model, two label strings, valid options whose pointers outlive the call, a
@@ -398,4 +407,94 @@ fn a_non_zero_progress_return_cancels_and_the_miner_runs_again_once() {
     }
     assert_eq!(one[0], empty_element(), "outputs are written only on success");
     assert_eq!(miner.image_name(0), "image-0");
+}
+
+impl CMiner {
+    fn write_report(&self, out_dir: &Path, options: Option<&dm_parallel_report_options>) -> dm_status {
+        let out_dir = CString::new(out_dir.to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated path; NULL or a valid options struct.
+        unsafe { ffi::dm_parallel_miner_write_report(self.0, out_dir.as_ptr(), options.map_or(null(), |o| o as *const _)) }
+    }
+}
+
+/// `elements.csv`'s lines as the safe API's result and the sources' names give them.
+fn expected_csv(result: &CotypicalResult, names: &[&str], sources: &[Source]) -> Vec<String> {
+    let header = "set,image,source_label,x,y,size,cotypicality,cluster_rank,rank_in_cluster,distance".to_string();
+    let rows = result.elements.iter().map(|e| {
+        let p = &e.patch;
+        let label = LABELS[sources[e.set].label];
+        format!("{},{},{label},{},{},{},{},{},{},{}", e.set, names[e.set], p.x, p.y, p.size, p.score, e.cluster_rank, e.rank_in_cluster, e.distance)
+    });
+    std::iter::once(header).chain(rows).collect()
+}
+
+/// The `size` × `size` square of `image` at (x, y).
+fn square(image: &image::RgbImage, x: u32, y: u32, size: u32) -> image::RgbImage {
+    image::imageops::crop_imm(image, x, y, size, size).to_image()
+}
+
+/// `crop` with its 1-pixel border painted red, as the strips frame the source's own version.
+fn framed(mut crop: image::RgbImage) -> image::RgbImage {
+    let (w, h) = crop.dimensions();
+    for (x, y) in (0..w).flat_map(|x| (0..h).map(move |y| (x, y))).filter(|&(x, y)| x == 0 || y == 0 || x == w - 1 || y == h - 1) {
+        crop.put_pixel(x, y, image::Rgb([220, 30, 30]));
+    }
+    crop
+}
+
+#[test]
+fn the_report_lists_the_safe_api_elements_and_cuts_its_strips_from_the_saved_versions() {
+    let sources = sources();
+    let expected = safe_result(&sources);
+    let dir = tempfile::tempdir().unwrap();
+    let (versions, report) = (dir.path().join("versions"), dir.path().join("report"));
+    let model = CModel::open(translate_fixture_dir());
+    let miner = CMiner::create_saving_versions_in(&model, Some(&versions));
+    for (i, source) in sources.iter().enumerate() {
+        assert_eq!(miner.add_rgb8(&source.pixels, Some(&format!("source {i}")), LABELS[source.label]), dm_status::DM_OK, "{}", c_last_error());
+    }
+    assert_fails(miner.write_report(&report, None), dm_status::DM_ERR_INVALID_ARGUMENT, "call dm_parallel_miner_run first");
+    assert!(!report.exists(), "nothing written before a run");
+    assert_eq!(miner.run(), dm_status::DM_OK, "{}", c_last_error());
+    // SAFETY: a NULL folder, which the call must refuse; NULL options.
+    assert_fails(unsafe { ffi::dm_parallel_miner_write_report(miner.0, null(), null()) }, dm_status::DM_ERR_NULL_ARGUMENT, "`out_dir`");
+    let no_rows = dm_parallel_report_options { per_strip: 0, ..Default::default() };
+    assert_fails(miner.write_report(&report, Some(&no_rows)), dm_status::DM_ERR_INVALID_ARGUMENT, "options.per_strip");
+    let old = dm_parallel_report_options { struct_size: 4, ..Default::default() };
+    assert_fails(miner.write_report(&report, Some(&old)), dm_status::DM_ERR_INVALID_ARGUMENT, "struct_size");
+    assert!(!report.exists(), "nothing written for refused calls");
+    assert_eq!(miner.write_report(&report, None), dm_status::DM_OK, "{}", c_last_error());
+
+    let csv = std::fs::read_to_string(report.join("elements.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 5, "a header and the 5 elements");
+    assert_eq!(csv.lines().collect::<Vec<_>>(), expected_csv(&expected, &["source 0", "source 1", "source 2"], &sources));
+
+    // One strip per cluster (fewer than the default 32): a row per member (at most the default 8), a
+    // column per label, cells of the 4-pixel boxes + 2; each cell the box of that version, the
+    // source's framed.
+    let html = std::fs::read_to_string(report.join("index.html")).unwrap();
+    assert!(html.contains("href=\"elements.csv\""));
+    for (rank, cluster) in expected.clusters.iter().enumerate() {
+        let strip = image::open(report.join(format!("strip_{rank:02}.png"))).unwrap().to_rgb8();
+        assert_eq!(strip.dimensions(), (6 * 2, 6 * cluster.members.len().min(8) as u32), "strip {rank}");
+        assert!(html.contains(&format!("src=\"strip_{rank:02}.png\"")));
+        for (row, &member) in cluster.members.iter().enumerate() {
+            let e = &expected.elements[member];
+            let (x, y) = (e.patch.x as u32, e.patch.y as u32);
+            for v in 0..LABELS.len() {
+                let version = image::open(versions.join(format!("{:05}_{v}.png", e.set))).unwrap().to_rgb8();
+                let box_crop = square(&version, x, y, 4);
+                let expected_cell = if v == sources[e.set].label { framed(box_crop) } else { box_crop };
+                assert_eq!(square(&strip, 6 * v as u32 + 1, 6 * row as u32 + 1, 4), expected_cell, "strip {rank}, row {row}, version {v}");
+            }
+        }
+    }
+    assert!(!report.join(format!("strip_{:02}.png", expected.clusters.len())).exists());
+
+    // The source's own version is its pixels; the versions stay in the caller's folder after the free.
+    for (i, source) in sources.iter().enumerate() {
+        assert_eq!(image::open(versions.join(format!("{i:05}_{}.png", source.label))).unwrap().to_rgb8(), source.pixels);
+    }
+    drop(miner);
+    assert_eq!(std::fs::read_dir(&versions).unwrap().count(), sources.len() * LABELS.len());
 }

@@ -1,7 +1,8 @@
 //! The mining report as a person sees it: each `index.html` opened in headless Chromium loads, shows
 //! every label's cluster grid, every image on it loads, and no link is dead (a link with a `#section`
-//! must reach that section). The report is built from hand-made `LabelResult`s over PNGs written here,
-//! so no model is needed. Chromium must be on PATH as `chromium` (scripts/install_chromium.sh).
+//! must reach that section); the co-typicality report's page shows a strip per cluster. The reports are
+//! built from hand-made `LabelResult`s and `CotypicalResult`s over PNGs written here, so no model is
+//! needed. Chromium must be on PATH as `chromium` (scripts/install_chromium.sh).
 //!
 //! How the page is checked from inside the browser: Chromium opens a small checker page (written into
 //! the report's temp folder) that loads the report page in an iframe, waits for its load event (which
@@ -18,6 +19,8 @@ use diffmine::mining::cluster::RankedCluster;
 use diffmine::mining::miner::{LabelResult, MinedPatch};
 use diffmine::mining::patches::PatchBox;
 use diffmine::mining::report::{write_comparison, write_report, ReportOptions};
+use diffmine::translate::parallel::{CotypicalElement, CotypicalResult};
+use diffmine::translate::report::{write_parallel_report, ParallelReportOptions, ReportSource, VersionStore};
 use serde_json::Value;
 
 const CHECKER: &str = r#"<!DOCTYPE html>
@@ -333,4 +336,52 @@ fn browser_check_reports_a_missing_link_target_and_a_missing_section_as_dead_lin
     let verdict = check_in_browser(&out.join("index.html"));
     assert_eq!(verdict.dead_links(), vec![("finetuned/index.html#Mass".to_string(), "no element #Mass".to_string())]);
     assert_eq!(verdict.broken_images(), Vec::<String>::new());
+}
+
+/// A co-typicality report over 3 parallel sets of 2 versions: 3 clusters of 2, 3 and 4 members with
+/// 16-pixel boxes, the last cluster not shown (2 strips).
+fn parallel_report(dir: &Path) -> PathBuf {
+    let versions = VersionStore::create(dir.join("versions")).unwrap();
+    for set in 0..3 {
+        for v in 0..2 {
+            write_image(&versions.version_path(set, v), (set * 2 + v) as u8 * 40);
+        }
+    }
+    let mut result = CotypicalResult { elements: Vec::new(), clusters: Vec::new() };
+    for (rank, members) in [2, 3, 4].into_iter().enumerate() {
+        let first = result.elements.len();
+        for r in 0..members {
+            let i = result.elements.len();
+            let patch = PatchBox { x: (i * 20) % 80, y: (i * 12) % 64, size: 16, score: 1.0 - i as f32 * 0.01 };
+            result.elements.push(CotypicalElement { set: i % 3, patch, cluster_rank: rank, rank_in_cluster: r, distance: r as f32 });
+        }
+        result.clusters.push(RankedCluster { id: rank, members: (first..first + members).collect(), median_typicality: 1.0 - rank as f32 * 0.1 });
+    }
+    let sources: Vec<ReportSource> = (0..3).map(|s| ReportSource { name: format!("source {s}.png"), label: s % 2 }).collect();
+    let labels = vec!["Effusion".to_string(), "Pleural thickening".to_string()];
+    let out = dir.join("parallel");
+    let options = ParallelReportOptions { strips: 2, per_strip: 3 };
+    assert_eq!(write_parallel_report(&result, &sources, &labels, &versions, &options, &out).unwrap(), 2);
+    out
+}
+
+#[test]
+fn co_typicality_page_loads_in_chromium_with_a_strip_per_shown_cluster_and_no_dead_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = parallel_report(dir.path());
+    let verdict = check_in_browser(&out.join("index.html"));
+    assert_eq!(verdict.0["readyState"], "complete");
+    assert_eq!(verdict.0["title"], "libdiffmine co-typicality report");
+    let sections: Vec<&str> = verdict.list("sections").iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert_eq!(sections, ["cluster_00", "cluster_01"]);
+    let strips: Vec<(&str, u64, u64, bool)> = verdict
+        .list("images")
+        .iter()
+        .map(|i| (i["src"].as_str().unwrap(), i["naturalWidth"].as_u64().unwrap(), i["naturalHeight"].as_u64().unwrap(), i["shown"] == true))
+        .collect();
+    // Two versions of 16 + 2 pixels side by side; rows: 2 members, then 3 of 3 (per_strip).
+    assert_eq!(strips, [("strip_00.png", 36, 36, true), ("strip_01.png", 36, 54, true)]);
+    assert_eq!(verdict.broken_images(), Vec::<String>::new());
+    assert_eq!(verdict.links(), vec!["elements.csv".to_string()]);
+    assert_eq!(verdict.dead_links(), vec![]);
 }

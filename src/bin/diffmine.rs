@@ -16,7 +16,7 @@
 //! diffmine generate  --model DIR --prompt TEXT --out FILE.png   (text-to-image DDIM sampling)
 //! diffmine parallel-mine --model DIR --data DIR_OR_CSV --out DIR
 //!                    (co-typical elements: every image translated to every other label; a CSV of the
-//!                    elements and one strip figure per cluster)
+//!                    elements, one strip figure per cluster and index.html)
 //!
 //! Images may be PNG, JPEG or DICOM wherever a command reads one.
 //!
@@ -32,7 +32,7 @@ use diffmine::cxr8::{evaluate_files, EvaluationFiles, EvaluationOptions};
 use diffmine::dataset::LabelledSet;
 use diffmine::dicom::{open_image, DicomFile, DicomOptions, MapKind};
 use diffmine::finetune::{finetune, FinetuneOptions, TrainOptions};
-use diffmine::image::to_rgb8;
+use diffmine::image::{to_rgb8, to_rgb_image};
 use diffmine::mining::cluster::ClusterOptions;
 use diffmine::mining::dift::DiftOptions;
 use diffmine::mining::miner::{mine, MiningOptions, StageTimes};
@@ -40,7 +40,8 @@ use diffmine::mining::patches::select_patches;
 use diffmine::mining::report::{write_comparison, write_report, ReportOptions};
 use diffmine::model::{parse_device, parse_dtype, ComponentOverrides, ModelOptions, StableDiffusion};
 use diffmine::synthetic::{write_dataset, write_dicom_copies, SyntheticOptions};
-use diffmine::translate::parallel::{parallel_set, CotypicalMiner, CotypicalResult, ParallelMiningOptions, Projection};
+use diffmine::translate::parallel::{parallel_set, CotypicalMiner, ParallelMiningOptions, Projection};
+use diffmine::translate::report::{write_parallel_report, ParallelReportOptions, ReportSource, VersionStore};
 use diffmine::translate::{generate, translate, GenerateOptions, TranslateOptions};
 use diffmine::typicality::{typicality, LatentMode, TypicalityOptions};
 use diffmine::{Error, Result};
@@ -80,7 +81,7 @@ const USAGE: &str = "usage:
                      [--resize SHORT_SIDE] [--samples 100] [--ensemble 8] [--patch 64] [--per-set 5]
                      [--top 10000] [--clusters 32] [--restarts 10] [--strips 32] [--per-strip 8]
                      [--projection umap|pca] [--neighbors 15]   (UMAP as the authors, or PCA)
-                     (images with one label each; writes elements.csv, versions/ and strip_<rank>.png)
+                     (images with one label each; writes elements.csv, versions/, strip_<rank>.png, index.html)
   Images (--image, --images) may be PNG, JPEG or DICOM; typicality of a DICOM image can go back as
   DICOM with --dicom-out overlay|raw (a Secondary Capture in the source's study, at PREFIX.dcm).";
 
@@ -157,18 +158,8 @@ fn image_tensor(path: &Path, short_side: Option<usize>) -> Result<Tensor> {
     open_image(path, &DicomOptions::default())?.view().to_model_input_resized(short_side)
 }
 
-/// The first image of a batch (N, 3, H, W) in [-1, 1] as 8-bit RGB.
-fn rgb_image(images: &Tensor) -> Result<image::RgbImage> {
-    let (_, _, h, w) = images.size4()?;
-    image::RgbImage::from_raw(w as u32, h as u32, to_rgb8(images)?).ok_or_else(|| Error::InvalidArgument("image buffer size".into()))
-}
-
-fn save_png(image: &image::RgbImage, path: &Path) -> Result<()> {
-    image.save(path).map_err(|e| Error::io(path, e))
-}
-
 fn write_png(images: &Tensor, path: &Path) -> Result<()> {
-    save_png(&rgb_image(images)?, path)?;
+    to_rgb_image(images)?.save(path).map_err(|e| Error::io(path, e))?;
     println!("wrote {}", path.display());
     Ok(())
 }
@@ -624,22 +615,17 @@ fn projection(args: &Args) -> Result<Projection> {
     }
 }
 
-/// Where version `v` of parallel set `set` is saved: the sets are written as they are made, so memory
-/// stays bounded by the miner's kept boxes however many images there are.
-fn version_path(dir: &Path, set: usize, version: usize) -> PathBuf {
-    dir.join(format!("{set:05}_{version}.png"))
-}
-
 /// Mines co-typical elements over the parallel sets of every image that has exactly one label.
 fn parallel_mine_command(args: &Args) -> Result<()> {
     let model = open_model(args)?;
     let data = LabelledSet::open(Path::new(args.required("data")?))?;
     let labels = data.labels();
     let out = PathBuf::from(args.required("out")?);
-    let versions_dir = out.join("versions");
-    std::fs::create_dir_all(&versions_dir).map_err(|e| Error::io(&versions_dir, e))?;
+    let versions = VersionStore::create(out.join("versions"))?;
     let resize = args.optional("resize").map(|_| args.parsed("resize", 0usize)).transpose()?;
     let options = parallel_mining_options(args)?;
+    let d = ParallelReportOptions::default();
+    let report_options = ParallelReportOptions { strips: args.parsed("strips", d.strips)?, per_strip: args.parsed("per-strip", d.per_strip)? };
     // A parallel set translates from one source label; an image with several has no single source.
     let items: Vec<_> = data.items.iter().filter(|item| item.labels.len() == 1).collect();
     if items.len() < data.items.len() {
@@ -652,95 +638,23 @@ fn parallel_mine_command(args: &Args) -> Result<()> {
     for (n, item) in items.iter().enumerate() {
         let source = labels.iter().position(|l| *l == item.labels[0]).expect("labels() lists every item's label");
         let set = parallel_set(&model, &image_tensor(&item.path, resize)?, source, &labels, &options, &mut |_, _| true)?;
-        for v in 0..labels.len() {
-            save_png(&rgb_image(&set.versions.f_narrow(0, v as i64, 1)?)?, &version_path(&versions_dir, n, v))?;
-        }
+        // Saved as it is made, so memory stays bounded by the miner's kept boxes.
+        versions.save(n, &set)?;
         miner.add_set(&set, &mut |_, _| true)?;
-        sources.push((item.path.clone(), source));
+        sources.push(ReportSource { name: item.path.display().to_string(), label: source });
         bar(n as u64 + 1, items.len() as u64, f64::NAN);
     }
     let result = miner.finish()?;
-    write_elements_csv(&result, &sources, &labels, &out.join("elements.csv"))?;
-    let strips = write_cluster_strips(&result, &sources, &versions_dir, labels.len(), args.parsed("strips", 32)?, args.parsed("per-strip", 8)?, &out)?;
+    let strips = write_parallel_report(&result, &sources, &labels, &versions, &report_options, &out)?;
     println!(
-        "{} parallel sets in {:.0} s: {} elements in {} clusters; wrote {} and {strips} strip figures",
+        "{} parallel sets in {:.0} s: {} elements in {} clusters; wrote {strips} strip figures; report: {}",
         items.len(),
         started.elapsed().as_secs_f64(),
         result.elements.len(),
         result.clusters.len(),
-        out.join("elements.csv").display()
+        out.join("index.html").display()
     );
     Ok(())
-}
-
-/// One row per kept element, in cluster rank order then rank in the cluster.
-fn write_elements_csv(result: &CotypicalResult, sources: &[(PathBuf, usize)], labels: &[String], path: &Path) -> Result<()> {
-    let mut text = String::from("set,image,source_label,x,y,size,cotypicality,cluster_rank,rank_in_cluster,distance\n");
-    for e in &result.elements {
-        let (image, source) = &sources[e.set];
-        let p = &e.patch;
-        text += &format!(
-            "{},\"{}\",\"{}\",{},{},{},{},{},{},{}\n",
-            e.set,
-            image.display().to_string().replace('"', "\"\""),
-            labels[*source].replace('"', "\"\""),
-            p.x,
-            p.y,
-            p.size,
-            p.score,
-            e.cluster_rank,
-            e.rank_in_cluster,
-            e.distance
-        );
-    }
-    std::fs::write(path, text).map_err(|e| Error::io(path, e))
-}
-
-/// One figure per cluster (the best `clusters`): a row per member (its first `per_strip`), each row
-/// the element's box in each of the `versions` versions side by side in label order, the source
-/// framed in red.
-/// Returns the number of figures written.
-fn write_cluster_strips(
-    result: &CotypicalResult,
-    sources: &[(PathBuf, usize)],
-    versions_dir: &Path,
-    versions: usize,
-    clusters: usize,
-    per_strip: usize,
-    out: &Path,
-) -> Result<usize> {
-    let open = |path: &Path| image::open(path).map(|i| i.to_rgb8()).map_err(|e| Error::io(path, std::io::Error::other(e)));
-    for (rank, cluster) in result.clusters.iter().take(clusters).enumerate() {
-        let members: Vec<_> = cluster.members.iter().take(per_strip).map(|&m| &result.elements[m]).collect();
-        let cell = members.iter().map(|e| e.patch.size).max().unwrap_or(1) as u32 + 2;
-        let mut figure = image::RgbImage::from_pixel(cell * versions as u32, cell * members.len() as u32, image::Rgb([255, 255, 255]));
-        for (row, element) in members.iter().enumerate() {
-            let b = &element.patch;
-            for v in 0..versions {
-                let version = open(&version_path(versions_dir, element.set, v))?;
-                let mut crop = image::imageops::crop_imm(&version, b.x as u32, b.y as u32, b.size as u32, b.size as u32).to_image();
-                if v == sources[element.set].1 {
-                    frame(&mut crop, image::Rgb([220, 30, 30]));
-                }
-                image::imageops::replace(&mut figure, &crop, (v as u32 * cell + 1) as i64, (row as u32 * cell + 1) as i64);
-            }
-        }
-        save_png(&figure, &out.join(format!("strip_{rank:02}.png")))?;
-    }
-    Ok(result.clusters.len().min(clusters))
-}
-
-/// A 1-pixel frame along the image's edges.
-fn frame(image: &mut image::RgbImage, colour: image::Rgb<u8>) {
-    let (w, h) = image.dimensions();
-    for x in 0..w {
-        image.put_pixel(x, 0, colour);
-        image.put_pixel(x, h - 1, colour);
-    }
-    for y in 0..h {
-        image.put_pixel(0, y, colour);
-        image.put_pixel(w - 1, y, colour);
-    }
 }
 
 fn run(argv: &[String]) -> Result<()> {

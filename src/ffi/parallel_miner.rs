@@ -1,9 +1,11 @@
 //! `dm_parallel_miner`: mining co-typical elements (the paper's Section 5.1) through the C ABI. A
 //! parallel miner is created with its labels, collects source images each with one of them (files or
 //! caller buffers), and on `dm_parallel_miner_run` translates each source to every other label and
-//! mines the parallel sets as `diffmine parallel-mine` does; then it hands out its results.
+//! mines the parallel sets as `diffmine parallel-mine` does; then it hands out its results and writes
+//! the report. The translations are saved as the run makes them (memory stays bounded however many
+//! sources there are) into a versions folder the report's strips are cut from.
 use std::ffi::{c_char, c_void};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::ptr::null;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -22,6 +24,7 @@ use crate::mining::cluster::ClusterOptions;
 use crate::mining::dift::DiftOptions;
 use crate::model::StableDiffusion;
 use crate::translate::parallel::{parallel_set, CotypicalMiner, CotypicalResult, ParallelMiningOptions, Projection};
+use crate::translate::report::{write_parallel_report, ParallelReportOptions, ReportSource, VersionStore};
 use crate::typicality::{Progress, TypicalityOptions};
 
 /// A co-typicality mining job: its model, labels, options, source images and, once run, its results.
@@ -76,6 +79,14 @@ pub struct dm_parallel_miner_options {
     pub projection: u32,
     /// UMAP's neighbours (15, the authors'); unused by PCA.
     pub projection_neighbors: u32,
+    /// Folder (UTF-8; created if missing) where `dm_parallel_miner_run` saves every version of every
+    /// parallel set as `<set>_<label>.png` (set: 5 digits, the source's index; label: its index), which
+    /// `dm_parallel_miner_write_report` cuts its strips from. The caller owns the folder and its files:
+    /// the library never deletes them. NULL (the default) uses a private folder in the system's
+    /// temporary folder (TMPDIR, else /tmp), made by `dm_parallel_miner_create` and removed with its
+    /// contents by `dm_parallel_miner_free`. Either way it holds sources × labels PNGs of the mined
+    /// size.
+    pub versions_dir: *const c_char,
 }
 
 impl Default for dm_parallel_miner_options {
@@ -102,6 +113,7 @@ impl Default for dm_parallel_miner_options {
                 Projection::Umap { neighbors, .. } => neighbors as u32,
                 Projection::Pca => 15,
             },
+            versions_dir: null(),
         }
     }
 }
@@ -137,14 +149,54 @@ struct Source {
     label: usize,
 }
 
-/// The results of a run as C structs.
+/// How `dm_parallel_miner_write_report` draws the report. Fill with
+/// `dm_parallel_report_options_default`.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct dm_parallel_report_options {
+    /// `sizeof(dm_parallel_report_options)` as the caller was compiled with.
+    pub struct_size: usize,
+    /// Strip figures written, one per cluster from the best (32); 0 writes only the CSV and the page.
+    pub strips: u32,
+    /// Rows of a strip: the cluster's members closest to its centroid (8; at least 1).
+    pub per_strip: u32,
+}
+
+impl Default for dm_parallel_report_options {
+    fn default() -> Self {
+        let d = ParallelReportOptions::default();
+        dm_parallel_report_options { struct_size: std::mem::size_of::<dm_parallel_report_options>(), strips: d.strips as u32, per_strip: d.per_strip as u32 }
+    }
+}
+
+/// The versions folder of a miner: the caller's, or a temporary one removed when the miner is dropped.
+struct Versions {
+    store: VersionStore,
+    _temporary: Option<tempfile::TempDir>,
+}
+
+impl Versions {
+    fn new(dir: Option<&str>) -> FfiResult<Self> {
+        match dir {
+            Some(dir) => Ok(Versions { store: VersionStore::create(dir)?, _temporary: None }),
+            None => {
+                let temporary = tempfile::Builder::new().prefix("diffmine-versions-").tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+                Ok(Versions { store: VersionStore::create(temporary.path())?, _temporary: Some(temporary) })
+            }
+        }
+    }
+}
+
+/// The results of a run: the safe API's, kept for the report, and as C structs.
 struct Mined {
+    result: CotypicalResult,
     elements: Vec<dm_cotypical_element>,
     clusters: Vec<dm_mined_cluster>,
 }
 
 impl Mined {
-    fn new(result: &CotypicalResult, sources: &[Source]) -> Self {
+    fn new(result: CotypicalResult, sources: &[Source]) -> Self {
         let elements = result
             .elements
             .iter()
@@ -160,7 +212,8 @@ impl Mined {
                 distance: e.distance,
             })
             .collect();
-        Mined { elements, clusters: c_clusters(&result.clusters) }
+        let clusters = c_clusters(&result.clusters);
+        Mined { result, elements, clusters }
     }
 }
 
@@ -170,6 +223,7 @@ struct State {
     options: ParallelMiningOptions,
     resize: Option<usize>,
     sources: Vec<Source>,
+    versions: Versions,
     mined: Option<Mined>,
 }
 
@@ -186,9 +240,9 @@ impl State {
         self.mined.as_ref().ok_or_else(|| FfiError::Invalid("the parallel miner has no results yet: call dm_parallel_miner_run first".into()))
     }
 
-    /// Translates each source to every other label and mines the parallel sets. Progress: (units
-    /// done, sources × (inversion steps + sampling steps + 2 × labels)): each UNet call of a
-    /// translation, then each version's typicality and DIFT.
+    /// Translates each source to every other label, saves the versions and mines the parallel sets.
+    /// Progress: (units done, sources × (inversion steps + sampling steps + 2 × labels)): each UNet
+    /// call of a translation, then each version's typicality and DIFT.
     fn mine(&self, model: &StableDiffusion, labels: &[String], progress: Progress) -> Result<CotypicalResult> {
         let options = &self.options;
         let translation = (options.translate.inversion_steps + options.translate.steps) as u64;
@@ -199,9 +253,15 @@ impl State {
             let offset = i as u64 * per_set;
             let image = load_image_or_pixels(&source.name, source.pixels.as_ref(), self.resize)?;
             let set = parallel_set(model, &image, source.label, labels, options, &mut |done, _| progress(offset + done, total))?;
+            self.versions.store.save(i, &set)?;
             miner.add_set(&set, &mut |done, _| progress(offset + translation + done, total))?;
         }
         miner.finish()
+    }
+
+    /// The sources as the report names them: as `dm_parallel_miner_image_name` does.
+    fn report_sources(&self) -> Vec<ReportSource> {
+        self.sources.iter().map(|s| ReportSource { name: s.name.to_string_lossy().into_owned(), label: s.label }).collect()
     }
 }
 
@@ -306,8 +366,9 @@ unsafe fn label_list(labels: *const *const c_char, labels_len: usize) -> FfiResu
 /// Creates a parallel miner for `model` (which it keeps alive; the caller may free its own handle)
 /// over the `labels_len` labels in `labels` (UTF-8, at least 2, distinct; a parallel set holds one
 /// version per label, in this order) with `options` (not NULL: `prompt_template` is required). The
-/// settings are checked against the model now. On success `*out_miner` owns a new parallel miner,
-/// released with `dm_parallel_miner_free`.
+/// settings are checked against the model now, and the versions folder is made (see
+/// `options.versions_dir`). On success `*out_miner` owns a new parallel miner, released with
+/// `dm_parallel_miner_free`.
 ///
 /// # Safety
 /// `labels` NULL or `labels_len` readable pointers to NUL-terminated strings; `options` NULL or a
@@ -339,7 +400,9 @@ pub unsafe extern "C" fn dm_parallel_miner_create(
         CotypicalMiner::new(&model, labels.clone(), &options)?;
         options.translate.check(&model)?;
         let resize = (c_options.resize_short_side > 0).then_some(c_options.resize_short_side as usize);
-        let state = State { options, resize, sources: Vec::new(), mined: None };
+        // SAFETY: as above.
+        let versions = Versions::new(unsafe { optional_str(c_options.versions_dir, "options.versions_dir") }?)?;
+        let state = State { options, resize, sources: Vec::new(), versions, mined: None };
         let miner = ParallelMiner { model, labels, state: Mutex::new(state) };
         // SAFETY: checked non-NULL above; writable by the caller's contract.
         unsafe { write_value(handle::register::<ParallelMiner, dm_parallel_miner>(miner), out_miner, "out_miner") }
@@ -415,7 +478,7 @@ pub unsafe extern "C" fn dm_parallel_miner_run(miner: *mut dm_parallel_miner, pr
             return Err(FfiError::Invalid("no images to mine: add some with dm_parallel_miner_add_file or dm_parallel_miner_add_image".into()));
         }
         let result = state.mine(&m.model, &m.labels, &mut progress_adapter(progress, user_data))?;
-        state.mined = Some(Mined::new(&result, &state.sources));
+        state.mined = Some(Mined::new(result, &state.sources));
         Ok(())
     })
 }
@@ -524,7 +587,52 @@ pub unsafe extern "C" fn dm_parallel_miner_clusters(
     })
 }
 
-/// Releases a parallel miner. NULL is accepted; a handle that is not a live parallel miner gives
+/// Fills `options` with the defaults (32 strips of 8 rows).
+///
+/// # Safety
+/// `options` must be NULL or point to a writable `dm_parallel_report_options`.
+#[no_mangle]
+pub unsafe extern "C" fn dm_parallel_report_options_default(options: *mut dm_parallel_report_options) -> dm_status {
+    // SAFETY: forwarded to the caller's contract.
+    guard(|| unsafe { write_value(dm_parallel_report_options::default(), options, "options") })
+}
+
+fn report_options(o: &dm_parallel_report_options) -> FfiResult<ParallelReportOptions> {
+    Ok(ParallelReportOptions { strips: o.strips as usize, per_strip: at_least_one(o.per_strip, "per_strip")? })
+}
+
+/// Writes the report of the results into the folder `out_dir` (UTF-8; created if missing; files of
+/// the same names are overwritten): `elements.csv` (every element: set, image, source label, box,
+/// co-typicality, cluster rank, rank in cluster, distance), `strip_NN.png` per shown cluster (NN its
+/// rank; a row per member, each row the element's box in every version side by side in label order,
+/// the source's own framed in red; cells of the largest box + 2 pixels) and `index.html`. The strips
+/// are cut from the versions folder the run saved. `options` NULL means
+/// `dm_parallel_report_options_default`'s. Fails before a successful `dm_parallel_miner_run`.
+///
+/// # Safety
+/// `out_dir` NULL or NUL-terminated; `options` NULL or a valid options struct.
+#[no_mangle]
+pub unsafe extern "C" fn dm_parallel_miner_write_report(
+    miner: *const dm_parallel_miner,
+    out_dir: *const c_char,
+    options: *const dm_parallel_report_options,
+) -> dm_status {
+    guard(|| {
+        let m = parallel_miner_ref(miner)?;
+        let min_size = std::mem::size_of::<dm_parallel_report_options>();
+        // SAFETY: forwarded to the caller's contract.
+        let (out_dir, options) =
+            unsafe { (required_str(out_dir, "out_dir")?, read_options(options, dm_parallel_report_options::default(), min_size, "options")?) };
+        let options = report_options(&options)?;
+        let state = m.lock();
+        let mined = state.mined()?;
+        write_parallel_report(&mined.result, &state.report_sources(), &m.labels, &state.versions.store, &options, Path::new(out_dir))?;
+        Ok(())
+    })
+}
+
+/// Releases a parallel miner and, unless `options.versions_dir` named one, its temporary versions
+/// folder. NULL is accepted; a handle that is not a live parallel miner gives
 /// `DM_ERR_INVALID_HANDLE`. A call still running on another thread finishes first.
 #[no_mangle]
 pub extern "C" fn dm_parallel_miner_free(miner: *mut dm_parallel_miner) -> dm_status {

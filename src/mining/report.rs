@@ -11,7 +11,7 @@ use image::{imageops, RgbImage};
 use super::miner::{LabelResult, MinedPatch};
 use crate::dataset::{load_image_or_pixels, Pixels};
 use crate::error::{Error, Result};
-use crate::image::to_rgb8;
+use crate::image::to_rgb_image;
 use crate::rng::SplitMix64;
 
 #[derive(Debug, Clone)]
@@ -50,13 +50,8 @@ pub fn write_report(results: &[LabelResult], options: &ReportOptions, out: &Path
         }
         write_section(&mut sections, result, &slug, grid.len(), &strips);
     }
-    let html = format!(
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>libdiffmine mining report</title>\n\
-         <style>body{{font-family:sans-serif;margin:2em}} img{{image-rendering:pixelated;max-width:100%}}</style></head>\n\
-         <body><h1>Typical visual elements</h1>\n<p>Every kept box: <a href=\"patches.csv\">patches.csv</a>.</p>\n{sections}</body></html>\n"
-    );
-    let index = out.join("index.html");
-    std::fs::write(&index, html).map_err(|e| Error::io(&index, e))
+    let body = format!("<h1>Typical visual elements</h1>\n<p>Every kept box: <a href=\"patches.csv\">patches.csv</a>.</p>\n{sections}");
+    write_page(&out.join("index.html"), "libdiffmine mining report", "", &body)
 }
 
 /// Writes the reports of several models mined on the same images side by side, as the paper's Fig. 3b
@@ -93,14 +88,23 @@ pub fn write_comparison(models: &[(&str, &[LabelResult])], options: &ReportOptio
         }
         rows.push_str("</tr>\n");
     }
-    let html = format!(
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>libdiffmine mining comparison</title>\n\
-         <style>body{{font-family:sans-serif;margin:2em}} td,th{{vertical-align:top;padding:.5em}} img{{image-rendering:pixelated;max-width:100%}}</style></head>\n\
-         <body><h1>Typical visual elements, side by side</h1>\n<p>Each cell: a model's clusters of the label, ranked by median typicality (one row per cluster).</p>\n\
-         <table><tr><th>label</th>{header}</tr>\n{rows}</table></body></html>\n"
+    let body = format!(
+        "<h1>Typical visual elements, side by side</h1>\n<p>Each cell: a model's clusters of the label, ranked by median typicality (one row per cluster).</p>\n\
+         <table><tr><th>label</th>{header}</tr>\n{rows}</table>"
     );
-    let index = out.join("index.html");
-    std::fs::write(&index, html).map_err(|e| Error::io(&index, e))
+    write_page(&out.join("index.html"), "libdiffmine mining comparison", " td,th{vertical-align:top;padding:.5em}", &body)
+}
+
+/// Writes an HTML page of the reports' look: `body` under `title`, with `extra_style` (CSS rules)
+/// after the common ones.
+pub(crate) fn write_page(path: &Path, title: &str, extra_style: &str, body: &str) -> Result<()> {
+    let html = format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{}</title>\n\
+         <style>body{{font-family:sans-serif;margin:2em}} img{{image-rendering:pixelated;max-width:100%}}{extra_style}</style></head>\n\
+         <body>{body}</body></html>\n",
+        escape(title)
+    );
+    std::fs::write(path, html).map_err(|e| Error::io(path, e))
 }
 
 fn write_section(html: &mut String, result: &LabelResult, slug: &str, shown: usize, strips: &[(&str, Vec<usize>)]) {
@@ -167,9 +171,7 @@ impl Crops {
 }
 
 fn rgb_image(path: &Path, pixels: Option<&Pixels>, resize: Option<usize>) -> Result<RgbImage> {
-    let image = load_image_or_pixels(path, pixels, resize)?;
-    let (_, _, h, w) = image.size4()?;
-    RgbImage::from_raw(w as u32, h as u32, to_rgb8(&image)?).ok_or_else(|| Error::InvalidArgument("image buffer".into()))
+    to_rgb_image(&load_image_or_pixels(path, pixels, resize)?)
 }
 
 fn crop(image: &RgbImage, p: &MinedPatch, px: u32) -> RgbImage {
@@ -178,7 +180,7 @@ fn crop(image: &RgbImage, p: &MinedPatch, px: u32) -> RgbImage {
     imageops::resize(&view, px, px, imageops::FilterType::Nearest)
 }
 
-fn save(image: &RgbImage, path: &Path) -> Result<()> {
+pub(crate) fn save(image: &RgbImage, path: &Path) -> Result<()> {
     image.save(path).map_err(|e| Error::io(path, e))
 }
 
@@ -204,7 +206,7 @@ fn write_csv(results: &[LabelResult], path: &Path) -> Result<()> {
     std::fs::write(path, csv).map_err(|e| Error::io(path, e))
 }
 
-fn csv_field(text: &str) -> String {
+pub(crate) fn csv_field(text: &str) -> String {
     if text.contains([',', '"', '\n']) {
         format!("\"{}\"", text.replace('"', "\"\""))
     } else {
@@ -217,6 +219,6 @@ fn slug(label: &str) -> String {
     label.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect()
 }
 
-fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }

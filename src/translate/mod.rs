@@ -15,6 +15,7 @@
 pub mod cotypicality;
 mod generate;
 pub mod parallel;
+pub mod report;
 mod sampler;
 pub mod umap;
 

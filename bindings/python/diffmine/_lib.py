@@ -17,7 +17,7 @@ __all__ = [
     "Error", "Status", "lib", "check", "library_path", "CModelOptions", "CModelInfo", "CImageView",
     "CTypicalityOptions", "CBox", "CFinetuneOptions", "CImageOptions", "CImageInfo", "CTranslateOptions",
     "CGenerateOptions", "CMinerOptions", "CMinedPatch", "CMinedCluster", "CParallelMinerOptions", "CCotypicalElement",
-    "PROGRESS_FN",
+    "CParallelReportOptions", "PROGRESS_FN",
 ]
 
 
@@ -296,6 +296,7 @@ class CParallelMinerOptions(ctypes.Structure):
         ("projection_dims", ctypes.c_uint32),
         ("projection", ctypes.c_uint32),
         ("projection_neighbors", ctypes.c_uint32),
+        ("versions_dir", ctypes.c_char_p),
     ]
 
 
@@ -312,6 +313,16 @@ class CCotypicalElement(ctypes.Structure):
         ("cluster", ctypes.c_uint32),
         ("rank_in_cluster", ctypes.c_uint32),
         ("distance", ctypes.c_float),
+    ]
+
+
+class CParallelReportOptions(ctypes.Structure):
+    """``dm_parallel_report_options``."""
+
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("strips", ctypes.c_uint32),
+        ("per_strip", ctypes.c_uint32),
     ]
 
 
@@ -438,6 +449,8 @@ _PROTOTYPES = {
     "dm_parallel_miner_cluster_count": (_c_status, [ctypes.c_void_p, _p(ctypes.c_size_t)]),
     "dm_parallel_miner_clusters": (
         _c_status, [ctypes.c_void_p, _p(CMinedCluster), ctypes.c_size_t, _p(ctypes.c_size_t)]),
+    "dm_parallel_report_options_default": (_c_status, [_p(CParallelReportOptions)]),
+    "dm_parallel_miner_write_report": (_c_status, [ctypes.c_void_p, ctypes.c_char_p, _p(CParallelReportOptions)]),
     "dm_parallel_miner_free": (_c_status, [ctypes.c_void_p]),
     "dm_finetune_options_default": (_c_status, [_p(CFinetuneOptions)]),
     "dm_finetune_run": (

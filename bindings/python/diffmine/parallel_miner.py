@@ -1,6 +1,7 @@
 """Mining co-typical elements (``dm_parallel_miner``, the paper's Section 5.1): each source image is
 translated to every other label, boxes are kept where every version is typical of its own label (the
-median over the versions), and the kept boxes are clustered by their versions' DIFT features."""
+median over the versions), the kept boxes are clustered by their versions' DIFT features, and the report
+shows each cluster's members in every version."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from ._handle import Handle
 from ._lib import check
 from ._progress import Progress
 from .miner import Cluster, _add, _set_counts, _text
-from .model import _LATENTS, Model, PathLike, _c_string, _invalid, _real, _uint
+from .model import _LATENTS, Model, PathLike, _c_string, _invalid, _path_bytes, _real, _uint
 
 __all__ = ["ELEMENT_DTYPE", "ParallelMiner"]
 
@@ -37,6 +38,8 @@ _OPTIONS = {
 }
 # dm_parallel_miner_options.projection by name.
 _PROJECTIONS = {"umap": 0, "pca": 1}
+# Keyword options of ParallelMiner.write_report and the dm_parallel_report_options field each sets.
+_REPORT_OPTIONS = {"strips": "strips", "per_strip": "per_strip"}
 # Keyword options of the translation (dm_translate_options).
 _TRANSLATE = {"steps", "inversion_steps", "guidance", "resnet_injection", "attention_injection", "latent", "translate_seed"}
 
@@ -79,15 +82,20 @@ class ParallelMiner(Handle):
     (50), ``inversion_steps`` (999), ``guidance`` (7.5), ``resnet_injection`` (0.8),
     ``attention_injection`` (0.5), ``latent`` ("mean") and ``translate_seed`` (42).
 
+    :meth:`run` saves every version of every parallel set as ``<set>_<label>.png`` (set: 5 digits) in
+    ``versions_dir``, which stays the caller's; None (the default) uses a private temporary folder that
+    :meth:`close` removes.
+
     Add source images with :meth:`add`, mine with :meth:`run` (once), then read :attr:`elements` and
-    :attr:`clusters`. Release with :meth:`close` or a ``with`` block.
+    :attr:`clusters` and write the report with :meth:`write_report`. Release with :meth:`close` or a
+    ``with`` block.
     """
 
     _free = "dm_parallel_miner_free"
     _kind = "parallel miner"
 
-    def __init__(self, model: Model, labels: Sequence[str], prompt_template: str, null_prompt: str = "",
-                 **options: Any) -> None:
+    def __init__(self, model: Model, labels: Sequence[str], prompt_template: str, null_prompt: str = "", *,
+                 versions_dir: Optional[PathLike] = None, **options: Any) -> None:
         super().__init__()
         self._elements: Optional[np.ndarray] = None
         self._clusters: Optional[List[Cluster]] = None
@@ -96,7 +104,8 @@ class ParallelMiner(Handle):
             raise _invalid(f"unknown projection {projection!r} (use \"umap\" or \"pca\")")
         unknown = sorted(set(options) - set(_OPTIONS) - _TRANSLATE)
         if unknown:
-            raise _invalid(f"unknown option(s) {', '.join(unknown)} (known: projection, {', '.join(sorted(set(_OPTIONS) | _TRANSLATE))})")
+            raise _invalid(f"unknown option(s) {', '.join(unknown)} "
+                           f"(known: projection, versions_dir, {', '.join(sorted(set(_OPTIONS) | _TRANSLATE))})")
         c_labels = _c_labels(labels)
         lib = _lib.lib()
         c_options = _lib.CParallelMinerOptions()
@@ -108,6 +117,7 @@ class ParallelMiner(Handle):
         c_options.translate = ctypes.pointer(_translate_options({k: v for k, v in options.items() if k in _TRANSLATE}))
         _set_counts(c_options, {k: v for k, v in options.items() if k in _OPTIONS}, _OPTIONS)
         c_options.projection = _PROJECTIONS[projection]
+        c_options.versions_dir = _path_bytes(versions_dir, "versions_dir")
         handle = ctypes.c_void_p()
         check(lib.dm_parallel_miner_create(model._h(), c_labels, len(c_labels), ctypes.byref(c_options), ctypes.byref(handle)))
         self._handle = handle.value
@@ -166,3 +176,18 @@ class ParallelMiner(Handle):
             check(lib.dm_parallel_miner_clusters(handle, clusters, count.value, ctypes.byref(count)))
             self._clusters = [Cluster(c.first, c.members, float(c.median_typicality)) for c in clusters]
         return self._clusters
+
+    def write_report(self, out: PathLike, **options: Any) -> None:
+        """Writes the report into the folder ``out``: ``elements.csv`` (every element with its source image
+        and label), a strip figure per cluster (``strip_NN.png``, NN its rank: a row per member, each row
+        the element's box in every version side by side in label order, the source's own framed in red)
+        and ``index.html``. Options (the library's defaults when left out): ``strips`` (32 clusters
+        shown, the best) and ``per_strip`` (8 rows each). Needs a successful :meth:`run`."""
+        unknown = sorted(set(options) - set(_REPORT_OPTIONS))
+        if unknown:
+            raise _invalid(f"unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(_REPORT_OPTIONS))})")
+        lib = _lib.lib()
+        c_options = _lib.CParallelReportOptions()
+        check(lib.dm_parallel_report_options_default(ctypes.byref(c_options)))
+        _set_counts(c_options, options, _REPORT_OPTIONS)
+        check(lib.dm_parallel_miner_write_report(self._h(), _path_bytes(out, "out"), ctypes.byref(c_options)))

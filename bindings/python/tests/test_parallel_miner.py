@@ -1,7 +1,8 @@
 """The binding's co-typicality miner (``diffmine.ParallelMiner``) on the Plug-and-Play fixture at toy
 settings: an array gives the elements of its file, the results are a numpy structured array and a list
 that agree with themselves (clusters ranked, members contiguous, each element's source label that of
-its image), progress counts and cancels, and bad input raises :class:`diffmine.Error` with a message.
+its image), progress counts and cancels, bad input raises :class:`diffmine.Error` with a message, and
+the report folder holds a CSV row per element, a strip per cluster and the page.
 
 Run: python -m unittest test_parallel_miner -v
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from test_translate import pnp_folder, to_uint8  # first: it sets up sys.path for the package
 
+import csv
 import tempfile
 import unittest
 from pathlib import Path
@@ -103,6 +105,45 @@ class ParallelMinerTest(unittest.TestCase):
             miner.run()
             self.assertEqual(len(miner.elements), 2, "one set's 2 boxes")
             self.assertTrue((miner.elements["source_label"] == 1).all())
+
+    def test_the_report_holds_a_row_per_element_a_strip_per_cluster_and_the_page(self) -> None:
+        report, versions = self.folder / "report", self.folder / "versions"
+        with diffmine.ParallelMiner(self.model, LABELS, TEMPLATE, NULL_PROMPT, versions_dir=versions, **SMALL) as miner:
+            for pixels, label in self.sources:
+                miner.add(pixels, label)
+            self.assertFails(Status.ERR_INVALID_ARGUMENT, lambda: miner.write_report(report), "dm_parallel_miner_run first")
+            miner.run()
+            miner.write_report(report)
+            elements, clusters = miner.elements, miner.clusters
+            self.assertFails(Status.ERR_INVALID_ARGUMENT, lambda: miner.write_report(report, strip=1), "unknown option(s) strip")
+            self.assertFails(Status.ERR_INVALID_ARGUMENT, lambda: miner.write_report(report, per_strip=0), "per_strip")
+            miner.write_report(self.folder / "one", strips=1, per_strip=1)
+
+        with open(report / "elements.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        self.assertEqual(len(rows), len(elements))
+        self.assertEqual(len(rows), 3, "the 3 best of 2 × 2 boxes")
+        for row, e in zip(rows, elements):
+            self.assertEqual((int(row["set"]), row["image"], row["source_label"]), (e["image"], f"image-{e['image']}", LABELS[e["source_label"]]))
+            self.assertEqual([int(row[k]) for k in ("x", "y", "size", "cluster_rank", "rank_in_cluster")],
+                             [int(e[k]) for k in ("x", "y", "size", "cluster", "rank_in_cluster")])
+            self.assertAlmostEqual(float(row["cotypicality"]), float(e["cotypicality"]), places=6)
+        # A strip per cluster: 2 versions side by side, a row per member, cells of the 4-pixel box + 2.
+        strips = sorted(p.name for p in report.glob("strip_*.png"))
+        self.assertEqual(strips, [f"strip_{rank:02}.png" for rank in range(len(clusters))])
+        for rank, cluster in enumerate(clusters):
+            with PILImage.open(report / strips[rank]) as strip:
+                self.assertEqual(strip.size, (2 * 6, cluster.members * 6))
+        page = (report / "index.html").read_text()
+        self.assertTrue(all(f'src="{name}"' in page for name in strips))
+        self.assertEqual(sorted(p.name for p in (self.folder / "one").iterdir()), ["elements.csv", "index.html", "strip_00.png"])
+        with PILImage.open(self.folder / "one" / "strip_00.png") as strip:
+            self.assertEqual(strip.size, (12, 6))
+        # The versions stay in the caller's folder: each source's own version is its pixels.
+        self.assertEqual(len(list(versions.iterdir())), 2 * len(LABELS))
+        for i, (pixels, label) in enumerate(self.sources):
+            with PILImage.open(versions / f"{i:05}_{LABELS.index(label)}.png") as version:
+                np.testing.assert_array_equal(np.asarray(version), pixels)
 
     def test_bad_input_raises_an_error_naming_the_problem(self) -> None:
         model = self.model
