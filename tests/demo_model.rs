@@ -92,7 +92,7 @@ fn mining_puts_the_top_cluster_of_each_learnt_label_on_its_planted_element() {
                 cluster.median_typicality,
                 100.0 * fraction
             );
-            on_element_by_rank.entry(label.label.clone()).or_insert_with(Vec::new).push(fraction);
+            on_element_by_rank.entry(label.label.clone()).or_default().push(fraction);
         }
     }
     let nodule = &on_element_by_rank["Nodule"];

@@ -213,27 +213,31 @@ fn denoise(args: &Args) -> Result<()> {
 }
 
 /// A one-line progress bar with the time left (and the loss, where there is one), redrawn in place
-/// when stderr is a terminal.
+/// when stderr is a terminal; elsewhere a line every 30 s.
 fn progress_bar() -> impl FnMut(u64, u64, f64) -> bool {
     let started = Instant::now();
     let terminal = std::io::stderr().is_terminal();
+    // A log file gets a line every half minute instead of a redrawn bar, so long jobs show progress there.
+    let mut last_line = started;
     move |done, total, value| {
+        let fraction = done as f64 / total.max(1) as f64;
+        let left = started.elapsed().as_secs_f64() * (1.0 - fraction) / fraction.max(1e-9);
+        let loss = if value.is_nan() { String::new() } else { format!(", loss {value:.4}") };
         if terminal {
-            let fraction = done as f64 / total.max(1) as f64;
-            let left = started.elapsed().as_secs_f64() * (1.0 - fraction) / fraction.max(1e-9);
             let filled = (fraction * 30.0).round() as usize;
-            let loss = if value.is_nan() { String::new() } else { format!(", loss {value:.4}") };
             eprint!("\r[{}{}] {done}/{total}{loss}, {left:.0} s left ", "#".repeat(filled), " ".repeat(30 - filled));
             if done == total {
                 eprintln!();
             }
             let _ = std::io::stderr().flush();
+        } else if done == total || last_line.elapsed().as_secs() >= 30 {
+            last_line = Instant::now();
+            eprintln!("{done}/{total}{loss}, {left:.0} s left");
         }
         true
     }
 }
 
-/// Writes a float32 array in NumPy's .npy format (version 1.0, little-endian, C order).
 fn write_npy(path: &Path, values: &[f32], shape: &[usize]) -> Result<()> {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     let shape_text = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
