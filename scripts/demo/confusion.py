@@ -1,0 +1,53 @@
+#!/usr/bin/env python3
+"""Does a finetuned demo model know which label an image has? For each image, its typicality map is
+computed under every label's prompt (same noise and timesteps for all: N samples, seed 42), and the
+label whose map is highest on average inside the planted box is the model's guess. Prints the
+confusion matrix (rows: true label, columns: guess). A model whose label branch reads its label gets
+a diagonal; one that ignores the caption guesses whichever prompt happens to differ most from the null
+prompt, for every image alike.
+
+Usage: confusion.py BASE_DIR FINETUNED_DIR IMAGE_SET_DIR [--per-label N] [--samples N]
+(IMAGE_SET_DIR: a `diffmine synth` folder, training or held-out.)
+"""
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+import diffmine
+from evaluate import LABEL_PROMPT, NULL_PROMPT, box_mask, planted_boxes
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("base")
+    parser.add_argument("finetuned")
+    parser.add_argument("images", type=Path)
+    parser.add_argument("--per-label", type=int, default=4)
+    parser.add_argument("--samples", type=int, default=20)
+    args = parser.parse_args()
+    base = args.base
+    model = diffmine.Model(
+        args.finetuned, vae=f"{base}/vae", text_encoder=f"{base}/text_encoder", tokenizer=f"{base}/tokenizer", scheduler=f"{base}/scheduler"
+    )
+    boxes = planted_boxes(args.images)
+    labels = sorted(p.name for p in args.images.iterdir() if p.is_dir())
+    confusion = np.zeros((len(labels), len(labels)), dtype=int)
+    for row, true_label in enumerate(labels):
+        for path in sorted((args.images / true_label).glob("*.png"))[: args.per_label]:
+            image = np.asarray(Image.open(path).convert("RGB"))
+            inside = box_mask(image.shape[:2], boxes[path.name][1])
+            means = [model.typicality(image, LABEL_PROMPT.format(label=l), NULL_PROMPT, samples=args.samples)[inside].mean() for l in labels]
+            confusion[row, int(np.argmax(means))] += 1
+    width = max(map(len, labels))
+    print(" " * width + " | " + " ".join(f"{l[:6]:>6}" for l in labels))
+    for label, counts in zip(labels, confusion):
+        print(f"{label:>{width}} | " + " ".join(f"{c:>6}" for c in counts))
+    print(f"accuracy {np.trace(confusion) / confusion.sum():.2f} (chance {1 / len(labels):.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
