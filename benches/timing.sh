@@ -1,7 +1,8 @@
-# Sourced by the benchmark scripts (benches/mining.sh, benches/translate.sh, benches/typicality.sh) with
-# the benchmark's name as its argument, once they have set root, SIZE and NICE: builds the release CLI
-# (unless SKIP_BUILD is set), makes the random-weight SD 1.5 folder and a SIZE x SIZE test image, and
-# defines `timed`, which runs a measured command once the machine is idle, at high priority, and
+# Sourced by the benchmark scripts (benches/mining.sh, benches/translate.sh, benches/typicality.sh,
+# benches/umap.sh) with the benchmark's name as its argument, once they have set root, SIZE and NICE:
+# builds the release CLI (unless SKIP_BUILD is set), makes the random-weight SD 1.5 folder and a
+# SIZE x SIZE test image (neither with a second argument --no-model, for benchmarks that need no model),
+# and defines `timed`, which runs a measured command once the machine is idle, at high priority, and
 # records how much CPU time the rest of the machine used meanwhile.
 model="$root/target/bench/sd15"
 work="$root/target/bench/$1-$(date -u +%Y%m%dT%H%M%SZ)"
@@ -9,7 +10,8 @@ mkdir -p "$work"
 results="$work/results.jsonl"
 log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
 export OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
-if [ -z "${SKIP_BUILD:-}" ]; then log "building the CLI (release)"; cargo build --release --bin diffmine >&2; fi
+needs_model=$([ "${2:-}" = --no-model ] && echo 0 || echo 1)
+if [ "$needs_model" = 1 ] && [ -z "${SKIP_BUILD:-}" ]; then log "building the CLI (release)"; cargo build --release --bin diffmine >&2; fi
 cli="$root/target/release/diffmine"
 
 hz=$(getconf CLK_TCK)
@@ -67,6 +69,8 @@ Image.fromarray((np.stack(rgb, -1) * 255).round().astype(np.uint8)).save(sys.arg
 PY
 }
 
-prepare_sd15 "$model"
-image="$work/car_${SIZE}.png"
-make_test_image "$image" "$SIZE"
+if [ "$needs_model" = 1 ]; then
+  prepare_sd15 "$model"
+  image="$work/car_${SIZE}.png"
+  make_test_image "$image" "$SIZE"
+fi

@@ -114,17 +114,23 @@ pub fn embed(features: &Tensor, options: &UmapOptions) -> Result<Tensor> {
     let n = x.size()[0] as usize;
     options.check(n)?;
     let _span = tracing::info_span!("umap", n, neighbors = options.neighbors, components = options.components).entered();
-    let knn = nearest_neighbours(&x, options.neighbors)?;
-    let (sigmas, rhos) = smooth_knn_dist(&knn.distances, options.neighbors);
+    // One span per stage, so that RUST_LOG or a subscriber (benches/umap.rs) can say where the time goes.
+    let knn = tracing::info_span!("knn").in_scope(|| nearest_neighbours(&x, options.neighbors))?;
     let epochs = options.epochs_for(n);
-    // umap-learn prunes with the default epochs when asked for 10 or fewer.
-    let prune_epochs = if epochs > 10 { epochs } else { default_epochs(n) };
-    let graph = prune_weak_edges(fuzzy_union(&memberships(&knn, &sigmas, &rhos), n), prune_epochs);
+    let graph = tracing::info_span!("fuzzy_graph").in_scope(|| fuzzy_graph(&knn, n, epochs));
     let (a, b) = find_ab_params(options.spread, options.min_dist);
     let mut rng = SplitMix64::new(options.seed);
-    let mut layout = initial_layout(&graph, n, options.components, &mut rng)?;
-    optimize_layout(&mut layout, &graph, epochs, (a as f32, b as f32), options, &mut rng);
+    let mut layout = tracing::info_span!("init").in_scope(|| initial_layout(&graph, n, options.components, &mut rng))?;
+    tracing::info_span!("sgd").in_scope(|| optimize_layout(&mut layout, &graph, epochs, (a as f32, b as f32), options, &mut rng));
     Ok(Tensor::from_slice(&layout.values).reshape([n as i64, options.components as i64]))
+}
+
+/// The symmetric fuzzy graph of the neighbours, pruned of the edges too weak to be sampled in `epochs`.
+fn fuzzy_graph(knn: &Neighbours, n: usize, epochs: usize) -> Vec<Edge> {
+    let (sigmas, rhos) = smooth_knn_dist(&knn.distances, knn.k);
+    // umap-learn prunes with the default epochs when asked for 10 or fewer.
+    let prune_epochs = if epochs > 10 { epochs } else { default_epochs(n) };
+    prune_weak_edges(fuzzy_union(&memberships(knn, &sigmas, &rhos), n), prune_epochs)
 }
 
 /// The features as f64 on the CPU, refusing shapes and values UMAP cannot embed.
