@@ -13,7 +13,7 @@ from . import _lib
 from ._handle import Handle
 from ._lib import check
 from ._progress import Progress
-from .model import Model, PathLike, _c_string, _image_view, _invalid, _path_bytes, _uint
+from .model import Model, PathLike, _c_string, _image_view, _invalid, _path_bytes, _reject_unknown, _uint
 
 __all__ = ["Cluster", "LabelResult", "Miner", "PATCH_DTYPE"]
 
@@ -70,9 +70,7 @@ class Miner(Handle):
                  **options: Any) -> None:
         super().__init__()
         self._results: Optional[List[LabelResult]] = None
-        unknown = sorted(set(options) - set(_OPTIONS))
-        if unknown:
-            raise _invalid(f"unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(_OPTIONS))}, cache_dir)")
+        _reject_unknown(options, _OPTIONS, also=["cache_dir"])
         lib = _lib.lib()
         c_options = _lib.CMinerOptions()
         check(lib.dm_miner_options_default(ctypes.byref(c_options)))

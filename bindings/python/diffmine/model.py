@@ -5,7 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -34,6 +34,15 @@ def version() -> str:
 
 def _invalid(message: str) -> Error:
     return Error(Status.ERR_INVALID_ARGUMENT, message)
+
+
+def _reject_unknown(options: Dict[str, Any], known: Iterable[str], also: Iterable[str] = ()) -> None:
+    """Refuses keyword options outside ``known``, naming every accepted one (``also``: those taken
+    apart from ``known``), so a misspelt option is an error rather than silently ignored."""
+    known = set(known)
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise _invalid(f"unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(known | set(also)))})")
 
 
 def _c_string(value: Union[str, bytes], what: str) -> bytes:

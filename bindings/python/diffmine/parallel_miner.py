@@ -15,7 +15,7 @@ from ._handle import Handle
 from ._lib import check
 from ._progress import Progress
 from .miner import Cluster, _add, _set_counts, _text
-from .model import _LATENTS, Model, PathLike, _c_string, _invalid, _path_bytes, _real, _uint
+from .model import _LATENTS, Model, PathLike, _c_string, _invalid, _path_bytes, _real, _reject_unknown, _uint
 
 __all__ = ["ELEMENT_DTYPE", "ParallelMiner"]
 
@@ -102,10 +102,7 @@ class ParallelMiner(Handle):
         projection = options.pop("projection", "umap")
         if projection not in _PROJECTIONS:
             raise _invalid(f"unknown projection {projection!r} (use \"umap\" or \"pca\")")
-        unknown = sorted(set(options) - set(_OPTIONS) - _TRANSLATE)
-        if unknown:
-            raise _invalid(f"unknown option(s) {', '.join(unknown)} "
-                           f"(known: projection, versions_dir, {', '.join(sorted(set(_OPTIONS) | _TRANSLATE))})")
+        _reject_unknown(options, set(_OPTIONS) | _TRANSLATE, also=["projection", "versions_dir"])
         c_labels = _c_labels(labels)
         lib = _lib.lib()
         c_options = _lib.CParallelMinerOptions()
@@ -183,9 +180,7 @@ class ParallelMiner(Handle):
         the element's box in every version side by side in label order, the source's own framed in red)
         and ``index.html``. Options (the library's defaults when left out): ``strips`` (32 clusters
         shown, the best) and ``per_strip`` (8 rows each). Needs a successful :meth:`run`."""
-        unknown = sorted(set(options) - set(_REPORT_OPTIONS))
-        if unknown:
-            raise _invalid(f"unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(_REPORT_OPTIONS))})")
+        _reject_unknown(options, _REPORT_OPTIONS)
         lib = _lib.lib()
         c_options = _lib.CParallelReportOptions()
         check(lib.dm_parallel_report_options_default(ctypes.byref(c_options)))
