@@ -238,6 +238,7 @@ fn progress_bar() -> impl FnMut(u64, u64, f64) -> bool {
     }
 }
 
+/// Writes a float32 array in NumPy's .npy format (version 1.0, little-endian, C order).
 fn write_npy(path: &Path, values: &[f32], shape: &[usize]) -> Result<()> {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     let shape_text = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };

@@ -104,12 +104,6 @@ pub struct StageTimes {
     pub clustering: Duration,
 }
 
-impl StageTimes {
-    pub fn total(&self) -> Duration {
-        self.typicality + self.patches + self.dift + self.clustering
-    }
-}
-
 impl std::ops::Add for StageTimes {
     type Output = StageTimes;
     fn add(self, other: StageTimes) -> StageTimes {
