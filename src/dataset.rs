@@ -183,4 +183,22 @@ mod tests {
         let err = LabelledSet::from_csv(&csv).unwrap_err().to_string();
         assert!(err.contains("line 2"), "{err}");
     }
+
+    /// Every extension a label folder lists must be one the `image` crate was built to decode.
+    #[test]
+    fn every_listed_image_format_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let pixels = image::RgbImage::from_fn(8, 8, |x, y| image::Rgb([(x * 32) as u8, (y * 32) as u8, 255]));
+        for extension in IMAGE_EXTENSIONS {
+            let path = dir.path().join(format!("image.{extension}"));
+            pixels.save(&path).unwrap();
+            let loaded = load_image(&path, None).unwrap();
+            assert_eq!(loaded.size(), [1, 3, 8, 8], "{extension}");
+            // Pixel (7, 0) is red 224, blue 255: [-1, 1] values 224 / 127.5 - 1 and 1 (lossless formats).
+            if extension != "jpg" && extension != "jpeg" {
+                let red = loaded.double_value(&[0, 0, 0, 7]);
+                assert!((red - (224.0 / 127.5 - 1.0)).abs() < 1e-6, "{extension}: {red}");
+            }
+        }
+    }
 }
