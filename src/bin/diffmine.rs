@@ -6,6 +6,7 @@
 //! diffmine denoise   --model DIR --image FILE --prompt TEXT --t STEP --out FILE.png
 //! diffmine typicality --model DIR --image FILE --prompt TEXT --null-prompt TEXT --out PREFIX
 //!                    [--samples N] [--seed S] [--batch B] [--resize SHORT_SIDE] [--patch K]
+//! diffmine train-vae --model DIR --data DIR_OR_CSV --out DIR   (the VAE as an autoencoder, for new models)
 //! diffmine synth     --out DIR [--seed S] [--per-label N] [--size PX] [--split train|held-out]
 //!                    (a labelled radiograph-like set with planted, boxed elements)
 //! diffmine dicom-info --image FILE   (a DICOM file's metadata and decoded size)
@@ -60,6 +61,8 @@ const USAGE: &str = "usage:
   diffmine finetune  --model DIR --data DIR_OR_CSV --out DIR [--steps 1000] [--batch 8] [--resolution 512]
                      [--caption \"Image of {label}.\"] [--null-prompt \"\"] [--dropout 0.05] [--lr 1e-4]
                      [--seed 0] [--checkpoint-every N] [--resume CHECKPOINT_DIR]
+  diffmine train-vae --model DIR --data DIR_OR_CSV --out DIR [--steps 1000] [--batch 8] [--resolution 64]
+                     [--lr 1e-3] [--kl-weight 1e-4] [--seed 0]   (the VAE as an autoencoder, for new models)
   diffmine synth     --out DIR [--seed 0] [--per-label 200] [--size 64] [--split train|held-out]
                      [--dicom DIR]   (the same images also as DICOM files, DIR/<label>/<name>.dcm)
   diffmine mine      --model DIR --data DIR_OR_CSV --prompt \"Image of {label}.\" --null-prompt TEXT --out DIR
@@ -80,20 +83,59 @@ const USAGE: &str = "usage:
                      [--null-prompt \"\"] [--steps 50] [--inversion-steps 999] [--guidance 7.5]
                      [--resize SHORT_SIDE] [--samples 100] [--ensemble 8] [--patch 64] [--per-set 5]
                      [--top 10000] [--clusters 32] [--restarts 10] [--strips 32] [--per-strip 8]
+                     [--resnet-injection 0.8] [--attention-injection 0.5] [--latent mean|sample] [--seed 42]
                      [--projection umap|pca] [--neighbors 15]   (UMAP as the authors, or PCA)
                      (images with one label each; writes elements.csv, versions/, strip_<rank>.png, index.html)
   Images (--image, --images) may be PNG, JPEG or DICOM; typicality of a DICOM image can go back as
   DICOM with --dicom-out overlay|raw (a Secondary Capture in the source's study, at PREFIX.dcm).";
 
+/// The options every command that opens a model takes besides the ones its usage block lists.
+const MODEL_OPTIONS: [&str; 4] = ["device", "dtype", "variant", "base"];
+
+/// The options `command` takes, read from its block in [`USAGE`] (the line that starts with
+/// `diffmine <command>` and the indented lines under it), so the help text is the one list of them.
+fn accepted_options(command: &str) -> Vec<&'static str> {
+    let mut accepted = Vec::new();
+    let mut in_block = false;
+    for line in USAGE.lines().skip(1) {
+        if let Some(rest) = line.strip_prefix("  diffmine ") {
+            in_block = rest.split_whitespace().next() == Some(command);
+        } else if !line.starts_with("   ") {
+            in_block = false;
+        }
+        if in_block {
+            accepted.extend(line.split_whitespace().filter_map(option_name));
+        }
+    }
+    if accepted.contains(&"model") {
+        accepted.extend(MODEL_OPTIONS);
+    }
+    accepted
+}
+
+/// `name` of a usage token such as `[--seed`, `--model` or `--data-entry`.
+fn option_name(token: &str) -> Option<&str> {
+    let name = token.trim_start_matches('[').strip_prefix("--")?;
+    let end = name.find(|c: char| !(c.is_ascii_lowercase() || c == '-')).unwrap_or(name.len());
+    Some(&name[..end]).filter(|n| !n.is_empty())
+}
+
 /// `--key value` pairs after the subcommand.
 struct Args(HashMap<String, String>);
 
 impl Args {
-    fn parse(rest: &[String]) -> Result<Self> {
+    /// Rejects an option the command does not take, before any work starts: a mistyped or
+    /// misplaced option would otherwise be ignored and the command run with its default.
+    fn parse(command: &str, rest: &[String]) -> Result<Self> {
+        let accepted = accepted_options(command);
         let mut map = HashMap::new();
         let mut items = rest.iter();
         while let Some(key) = items.next() {
             let name = key.strip_prefix("--").ok_or_else(|| Error::InvalidArgument(format!("unexpected argument `{key}`")))?;
+            if !accepted.contains(&name) {
+                let list = accepted.iter().map(|a| format!("--{a}")).collect::<Vec<_>>().join(" ");
+                return Err(Error::InvalidArgument(format!("`diffmine {command}` has no option `{key}`; it takes {list}")));
+            }
             let value = items.next().ok_or_else(|| Error::InvalidArgument(format!("`{key}` needs a value")))?;
             map.insert(name.to_string(), value.clone());
         }
@@ -664,7 +706,10 @@ fn parallel_mine_command(args: &Args) -> Result<()> {
 
 fn run(argv: &[String]) -> Result<()> {
     let Some((command, rest)) = argv.split_first() else { return Err(Error::InvalidArgument(USAGE.into())) };
-    let args = Args::parse(rest)?;
+    if accepted_options(command).is_empty() {
+        return Err(Error::InvalidArgument(format!("unknown command `{command}`\n{USAGE}")));
+    }
+    let args = Args::parse(command, rest)?;
     match command.as_str() {
         "info" => info(&args),
         "tokenize" => tokenize(&args),
@@ -693,5 +738,40 @@ fn main() -> ExitCode {
             eprintln!("diffmine: {err}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_command_takes_the_options_its_usage_block_lists() {
+        assert_eq!(accepted_options("synth"), ["out", "seed", "per-label", "size", "split", "dicom"]);
+        let finetune = accepted_options("finetune");
+        assert!(finetune.contains(&"checkpoint-every") && finetune.contains(&"resume"));
+        assert!(MODEL_OPTIONS.iter().all(|o| finetune.contains(o)), "a command with --model takes the model options");
+        assert!(!accepted_options("dicom-info").contains(&"device"), "no model, no device");
+        assert!(accepted_options("no-such-command").is_empty());
+    }
+
+    #[test]
+    fn an_option_the_command_does_not_take_is_an_error_before_any_work() {
+        let err = run(&strings(&["synth", "--out", "/nonexistent/never-written", "--electrode-rate", "0"])).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("`diffmine synth` has no option `--electrode-rate`"), "{text}");
+        assert!(text.contains("--per-label"), "the message lists what the command takes: {text}");
+        assert!(!Path::new("/nonexistent/never-written").exists());
+    }
+
+    #[test]
+    fn an_unknown_command_says_so_with_the_usage() {
+        let text = run(&strings(&["mien", "--model", "m"])).unwrap_err().to_string();
+        assert!(text.contains("unknown command `mien`"), "{text}");
+        assert!(text.contains("diffmine mine"), "{text}");
     }
 }
