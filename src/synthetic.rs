@@ -397,30 +397,6 @@ fn ellipse_distance(p: Point, centre: Point, half_axes: Point, angle: f64) -> f6
     (q - 1.0) * half_axes[0].min(half_axes[1])
 }
 
-/// Exact signed distance to a simple polygon (Quilez's winding test), negative inside.
-fn polygon_distance(p: Point, vertices: &[Point]) -> f64 {
-    let sub = |a: Point, b: Point| [a[0] - b[0], a[1] - b[1]];
-    let dot = |a: Point, b: Point| a[0] * b[0] + a[1] * b[1];
-    let first = sub(p, vertices[0]);
-    let mut nearest = dot(first, first);
-    let mut sign = 1.0;
-    let mut j = vertices.len() - 1;
-    for i in 0..vertices.len() {
-        let (vi, vj) = (vertices[i], vertices[j]);
-        let edge = sub(vj, vi);
-        let w = sub(p, vi);
-        let t = (dot(w, edge) / dot(edge, edge)).clamp(0.0, 1.0);
-        let b = [w[0] - edge[0] * t, w[1] - edge[1] * t];
-        nearest = nearest.min(dot(b, b));
-        let crossings = [p[1] >= vi[1], p[1] < vj[1], edge[0] * w[1] > edge[1] * w[0]];
-        if crossings.iter().all(|&c| c) || crossings.iter().all(|&c| !c) {
-            sign = -sign;
-        }
-        j = i;
-    }
-    sign * nearest.sqrt()
-}
-
 /// Distance from `p` to the segment `a`–`b`.
 fn segment_distance(p: Point, a: Point, b: Point) -> f64 {
     let edge = [b[0] - a[0], b[1] - a[1]];
@@ -565,91 +541,71 @@ fn clavicle_intensity(a: Point) -> f64 {
 // ---------------------------------------------------------------------------------------------------
 // Planted elements
 
-/// The shape planted for a label. Each is a union of polygons or rings with a soft edge, some with a
-/// faint fill between bright parts (a texture rather than an outline), all fitting the unit disc before
-/// scaling, so they differ in shape, not in size.
+/// The element planted for a label: round, with a radial profile of its own. Each label's profile
+/// differs from every other's in sign somewhere (bright or lucent centre, bright or lucent rim), so
+/// they stay apart when averaged over the elements' random scales and orientations. That average is
+/// what a small UNet learns to tie to a caption first: with outlines that only orientation tells apart
+/// (bars, crosses, triangles at any angle), the demo model learnt one label of four, the round one
+/// (models/demo/EVALUATION.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Motif {
-    /// A bright ring (a dark centre): round, the same under any rotation.
+    /// A solid bright disc: a round opacity.
+    Disc,
+    /// A bright ring around a centre left as it was.
     Ring,
-    /// Three parallel bars over a faint square.
-    Stripes,
-    /// A plus sign.
-    Cross,
-    /// A filled triangle.
-    Triangle,
-    /// A V of two bars.
-    Chevron,
+    /// A bright core inside a lucent ring.
+    Target,
+    /// A lucent (darker) disc: air where tissue should be.
+    DarkDisc,
+    /// A lucent ring around a centre left as it was.
+    DarkRing,
 }
 
-enum Part {
-    Polygon(Vec<Point>),
-    Annulus { radius: f64, half_width: f64 },
-}
-
-/// A union of parts drawn at one strength (1 = the element's full contrast).
+/// A radial band of the unit disc (`inner` 0: a full disc) drawn at one strength: 1 adds the element's
+/// full contrast, a negative strength darkens.
 struct Layer {
     strength: f64,
-    parts: Vec<Part>,
+    inner: f64,
+    outer: f64,
+}
+
+impl Layer {
+    /// Signed distance from a point at `radius` (local units) to the band, negative inside.
+    fn distance(&self, radius: f64) -> f64 {
+        if self.inner > 0.0 {
+            (self.inner - radius).max(radius - self.outer)
+        } else {
+            radius - self.outer
+        }
+    }
 }
 
 impl Motif {
-    pub const ALL: [Motif; 5] = [Motif::Ring, Motif::Stripes, Motif::Cross, Motif::Triangle, Motif::Chevron];
+    pub const ALL: [Motif; 5] = [Motif::Disc, Motif::Ring, Motif::Target, Motif::DarkDisc, Motif::DarkRing];
 
     fn layers(self) -> Vec<Layer> {
-        let bright = |parts: Vec<Part>| Layer { strength: 1.0, parts };
+        let (disc, ring) = ((0.0, 0.8), (0.48, 0.92));
+        let layer = |strength: f64, (inner, outer): (f64, f64)| Layer { strength, inner, outer };
         match self {
-            Motif::Ring => vec![bright(vec![Part::Annulus { radius: 0.7, half_width: 0.22 }])],
-            Motif::Stripes => vec![
-                Layer { strength: 0.35, parts: vec![rectangle(-0.72, -0.72, 0.72, 0.72)] },
-                bright([-0.72, -0.14, 0.44].map(|x| rectangle(x, -0.72, x + 0.28, 0.72)).into()),
-            ],
-            Motif::Cross => vec![bright(vec![rectangle(-0.95, -0.22, 0.95, 0.22), rectangle(-0.22, -0.95, 0.22, 0.95)])],
-            Motif::Triangle => {
-                let corner = |k: f64| rotate([0.0, -0.95], k * TAU / 3.0);
-                vec![Layer { strength: 0.85, parts: vec![Part::Polygon(vec![corner(0.0), corner(1.0), corner(2.0)])] }]
-            }
-            Motif::Chevron => vec![bright(vec![bar([-0.7, -0.5], [0.0, 0.55], 0.19), bar([0.7, -0.5], [0.0, 0.55], 0.19)])],
+            Motif::Disc => vec![layer(1.0, disc)],
+            Motif::Ring => vec![layer(1.0, ring)],
+            Motif::Target => vec![layer(1.0, (0.0, 0.36)), layer(-0.8, ring)],
+            Motif::DarkDisc => vec![layer(-1.0, disc)],
+            Motif::DarkRing => vec![layer(-1.0, ring)],
         }
     }
 }
 
-fn rectangle(x0: f64, y0: f64, x1: f64, y1: f64) -> Part {
-    Part::Polygon(vec![[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
-}
-
-/// A rectangle of half-width `half_width` along the segment `a`–`b`.
-fn bar(a: Point, b: Point, half_width: f64) -> Part {
-    let direction = [b[0] - a[0], b[1] - a[1]];
-    let n = length(direction);
-    let normal = [-direction[1] / n * half_width, direction[0] / n * half_width];
-    Part::Polygon(vec![
-        [a[0] + normal[0], a[1] + normal[1]],
-        [b[0] + normal[0], b[1] + normal[1]],
-        [b[0] - normal[0], b[1] - normal[1]],
-        [a[0] - normal[0], a[1] - normal[1]],
-    ])
-}
-
-impl Part {
-    fn distance(&self, p: Point) -> f64 {
-        match self {
-            Part::Polygon(vertices) => polygon_distance(p, vertices),
-            Part::Annulus { radius, half_width } => (length(p) - radius).abs() - half_width,
-        }
-    }
-}
-
-/// A motif placed on the image: the local unit disc maps to a disc of `scale` pixels around `centre`,
-/// rotated by `angle`; `amplitude` is the brightness it adds.
+/// A motif placed on the image: the local unit disc maps to a disc of `scale` pixels around `centre`;
+/// `amplitude` is the brightness it adds (or takes, where a layer darkens).
 struct PlantedElement {
     layers: Vec<Layer>,
     centre: Point,
     scale: f64,
-    angle: f64,
     amplitude: f64,
-    /// Change of the brightness per local unit, in image axes: a density that varies across the element,
-    /// as in real tissue, instead of a flat stamp (at most ±25 % at the rim).
+    /// Change of the brightness per local unit, in image axes: a density that varies across the element
+    /// along a random direction (the element's orientation), as in real tissue, instead of a flat stamp
+    /// (at most ±25 % at the rim).
     density_slope: Point,
     /// Half-width of the soft edge in pixels.
     edge: f64,
@@ -663,7 +619,6 @@ impl PlantedElement {
             layers: motif.layers(),
             centre,
             scale: uniform_in(rng, 5.0, 9.5) * pixel_scale,
-            angle: uniform_in(rng, 0.0, TAU),
             amplitude: uniform_in(rng, 0.2, 0.3),
             density_slope: rotate([uniform_in(rng, 0.0, 0.25), 0.0], uniform_in(rng, 0.0, TAU)),
             edge: 0.8 * pixel_scale,
@@ -681,16 +636,14 @@ impl PlantedElement {
         }
     }
 
-    /// Coverage in [0, 1] at a pixel-coordinate point: the strongest layer there.
+    /// Coverage in [-1, 1] at a pixel-coordinate point: the layer of largest magnitude there (negative
+    /// where a lucent layer wins).
     fn coverage(&self, p: Point) -> f64 {
-        let local = rotate([(p[0] - self.centre[0]) / self.scale, (p[1] - self.centre[1]) / self.scale], -self.angle);
+        let radius = length([p[0] - self.centre[0], p[1] - self.centre[1]]) / self.scale;
         self.layers
             .iter()
-            .map(|layer| {
-                let distance = layer.parts.iter().map(|part| part.distance(local)).fold(f64::INFINITY, f64::min);
-                layer.strength * soft_inside(distance * self.scale, self.edge)
-            })
-            .fold(0.0, f64::max)
+            .map(|layer| layer.strength * soft_inside(layer.distance(radius) * self.scale, self.edge))
+            .fold(0.0, |strongest, value| if value.abs() > strongest.abs() { value } else { strongest })
     }
 
     fn add_to(&self, canvas: &mut [f64], size: usize) {
@@ -702,25 +655,12 @@ impl PlantedElement {
         }
     }
 
-    /// [x0, y0, x1, y1] in pixels: every part's extent after rotation, grown by the soft edge (outside
-    /// it the coverage is exactly zero).
+    /// [x0, y0, x1, y1] in pixels: the outermost layer's extent grown by the soft edge (outside it the
+    /// coverage is exactly zero).
     fn bounds(&self) -> [f64; 4] {
-        let mut bounds = [f64::INFINITY, f64::INFINITY, f64::NEG_INFINITY, f64::NEG_INFINITY];
-        let mut include = |p: Point, reach: f64| {
-            bounds = [bounds[0].min(p[0] - reach), bounds[1].min(p[1] - reach), bounds[2].max(p[0] + reach), bounds[3].max(p[1] + reach)];
-        };
-        for part in self.layers.iter().flat_map(|layer| &layer.parts) {
-            match part {
-                Part::Polygon(vertices) => {
-                    for v in vertices {
-                        let r = rotate(*v, self.angle);
-                        include([self.centre[0] + self.scale * r[0], self.centre[1] + self.scale * r[1]], self.edge);
-                    }
-                }
-                Part::Annulus { radius, half_width } => include(self.centre, (radius + half_width) * self.scale + self.edge),
-            }
-        }
-        bounds
+        let outer = self.layers.iter().map(|layer| layer.outer).fold(0.0, f64::max);
+        let reach = outer * self.scale + self.edge;
+        [self.centre[0] - reach, self.centre[1] - reach, self.centre[0] + reach, self.centre[1] + reach]
     }
 }
 
@@ -968,7 +908,7 @@ mod tests {
                 let (image, element) = render(&options, label_index, index);
                 let b = image.planted;
                 assert!(b.x >= 0.0 && b.y >= 0.0 && b.x + b.w <= size as f64 && b.y + b.h <= size as f64, "{b:?} leaves the image");
-                let lit: Vec<Point> = (0..size * size).map(|i| pixel_centre(i, size)).filter(|&p| element.coverage(p) > 0.0).collect();
+                let lit: Vec<Point> = (0..size * size).map(|i| pixel_centre(i, size)).filter(|&p| element.coverage(p) != 0.0).collect();
                 assert!(!lit.is_empty());
                 for p in &lit {
                     assert!(p[0] >= b.x && p[0] <= b.x + b.w && p[1] >= b.y && p[1] <= b.y + b.h, "{} pixel {p:?} outside {b:?}", image.name);
@@ -985,34 +925,49 @@ mod tests {
         }
     }
 
-    /// A motif 8 pixels in radius at the centre of a 64-pixel image.
-    fn centred(motif: Motif, angle: f64) -> PlantedElement {
-        PlantedElement { layers: motif.layers(), centre: [32.0, 32.0], scale: 8.0, angle, amplitude: 1.0, density_slope: [0.0, 0.0], edge: 0.8 }
+    /// A motif `scale` pixels in radius at the centre of a 64-pixel image.
+    fn centred(motif: Motif, scale: f64) -> PlantedElement {
+        PlantedElement { layers: motif.layers(), centre: [32.0, 32.0], scale, amplitude: 1.0, density_slope: [0.0, 0.0], edge: 0.8 }
+    }
+
+    /// What a model sees of a motif before it knows the element's pose: its coverage averaged over the
+    /// scales `PlantedElement::draw` draws from (5 to 9.5 px).
+    fn scale_averaged(motif: Motif) -> Vec<f64> {
+        let size = 64;
+        let scales: Vec<f64> = (0..10).map(|k| 5.0 + 0.5 * k as f64).collect();
+        let mut mean = vec![0.0; size * size];
+        for &scale in &scales {
+            let element = centred(motif, scale);
+            for (i, m) in mean.iter_mut().enumerate() {
+                *m += element.coverage(pixel_centre(i, size)) / scales.len() as f64;
+            }
+        }
+        mean
     }
 
     #[test]
-    fn every_motif_has_its_own_shape() {
-        let size = 64;
-        let masks: Vec<Vec<f64>> = Motif::ALL
-            .iter()
-            .map(|&motif| {
-                let element = centred(motif, 0.3);
-                (0..size * size).map(|i| element.coverage(pixel_centre(i, size))).collect()
-            })
-            .collect();
-        for a in 0..masks.len() {
+    fn motifs_stay_apart_when_averaged_over_their_scales() {
+        let averages: Vec<Vec<f64>> = Motif::ALL.iter().map(|&m| scale_averaged(m)).collect();
+        for a in 0..averages.len() {
             for b in 0..a {
-                // The best match over rotations, since each motif appears at any orientation.
-                let difference = (0..36)
-                    .map(|step| {
-                        let rotated = centred(Motif::ALL[b], 0.3 + step as f64 * TAU / 36.0);
-                        masks[a].iter().enumerate().map(|(i, v)| (v - rotated.coverage(pixel_centre(i, size))).abs()).sum::<f64>()
-                    })
-                    .fold(f64::INFINITY, f64::min);
-                let mass = masks[a].iter().sum::<f64>().min(masks[b].iter().sum());
-                assert!(difference > 0.4 * mass, "{:?} and {:?} differ by {difference:.1} of {mass:.1}", Motif::ALL[a], Motif::ALL[b]);
+                let difference: f64 = averages[a].iter().zip(&averages[b]).map(|(x, y)| (x - y).abs()).sum();
+                let mass = |v: &[f64]| v.iter().map(|x| x.abs()).sum::<f64>();
+                let smaller = mass(&averages[a]).min(mass(&averages[b]));
+                assert!(difference > 0.4 * smaller, "{:?} and {:?} differ by {difference:.1} of {smaller:.1}", Motif::ALL[a], Motif::ALL[b]);
             }
         }
+    }
+
+    #[test]
+    fn lucent_motifs_darken_and_bright_ones_brighten_their_centre() {
+        let centre_of = |m: Motif| centred(m, 8.0).coverage([32.0, 32.0]);
+        assert_eq!(centre_of(Motif::Disc), 1.0);
+        assert_eq!(centre_of(Motif::Target), 1.0);
+        assert_eq!(centre_of(Motif::DarkDisc), -1.0);
+        assert_eq!(centre_of(Motif::Ring), 0.0, "a ring leaves its centre as it was");
+        assert_eq!(centre_of(Motif::DarkRing), 0.0);
+        // On the rim (radius 0.7 of the scale) the target's lucent ring wins.
+        assert!((centred(Motif::Target, 8.0).coverage([32.0 + 5.6, 32.0]) + 0.8).abs() < 1e-9);
     }
 
     #[test]
