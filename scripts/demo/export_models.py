@@ -28,7 +28,9 @@ def main() -> int:
         print(__doc__, file=sys.stderr)
         return 2
     pretrained, finetuned, out = (Path(a) for a in sys.argv[1:])
-    shutil.rmtree(out, ignore_errors=True)
+    # Only the two model folders are replaced: the measurements (EVALUATION.md) beside them stay.
+    for folder in ("pretrained", "finetuned"):
+        shutil.rmtree(out / folder, ignore_errors=True)
     for component in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
         copy_component(pretrained / component, out / "pretrained" / component)
     shutil.copy(pretrained / "model_index.json", out / "pretrained" / "model_index.json")
