@@ -9,7 +9,7 @@ use tch::{Kind, Tensor};
 use crate::dataset::{center_crop, load_image, LabelledSet};
 use crate::error::{Error, Result};
 use crate::finetune::{require_f32, save_component, ComponentSources, Optimization, TrainOptions, TrainProgress};
-use crate::model::{ModelOptions, StableDiffusion};
+use crate::model::{Component, ModelOptions, StableDiffusion};
 use crate::rng::SplitMix64;
 
 #[derive(Debug, Clone)]
@@ -43,7 +43,8 @@ pub fn train_autoencoder(model_dir: &Path, set: &LabelledSet, options: &Autoenco
         return Err(Error::InvalidArgument("batch size and steps must be at least 1".into()));
     }
     let model_options = ModelOptions::default();
-    let sources = ComponentSources::resolve(model_dir, &model_options.overrides, &["unet", "text_encoder", "tokenizer", "scheduler"])?;
+    let sources =
+        ComponentSources::resolve(model_dir, &model_options.overrides, &[Component::Unet, Component::TextEncoder, Component::Tokenizer, Component::Scheduler])?;
     let model = StableDiffusion::open(model_dir, &model_options)?;
     require_f32(&model)?;
     let images = load_images(set, options.resolution)?;

@@ -10,7 +10,7 @@ use tch::{Kind, Tensor};
 use crate::dataset::{center_crop, load_image, LabelledSet};
 use crate::error::{Error, Result};
 use crate::model::scheduler::PredictionType;
-use crate::model::{ComponentOverrides, ModelOptions, StableDiffusion};
+use crate::model::{Component, ComponentOverrides, ModelOptions, StableDiffusion};
 use crate::rng::SplitMix64;
 
 /// The optimiser and loss settings (defaults: the spec's recipe).
@@ -234,14 +234,15 @@ pub fn save_component(parameters: &[(String, Tensor)], config: &serde_json::Valu
 /// where it has none (a folder holding only a finetuned UNet), of the base pipeline the overrides
 /// point into. Resolved before any training, so a missing source fails at once, not after the work.
 pub struct ComponentSources {
-    folders: Vec<(&'static str, PathBuf)>,
+    folders: Vec<(Component, PathBuf)>,
     model_index: PathBuf,
 }
 
 impl ComponentSources {
-    pub fn resolve(root: &Path, overrides: &ComponentOverrides, components: &[&'static str]) -> Result<Self> {
-        let folders: Vec<(&'static str, PathBuf)> = components.iter().map(|&name| (name, overrides.component_dir(root, name))).collect();
-        if let Some((name, dir)) = folders.iter().find(|(_, dir)| !dir.is_dir()) {
+    pub fn resolve(root: &Path, overrides: &ComponentOverrides, components: &[Component]) -> Result<Self> {
+        let folders: Vec<(Component, PathBuf)> = components.iter().map(|&component| (component, overrides.component_dir(root, component))).collect();
+        if let Some((component, dir)) = folders.iter().find(|(_, dir)| !dir.is_dir()) {
+            let name = component.folder_name();
             return Err(Error::InvalidModel(format!("missing model component folder {} (the {name} to copy into the saved model)", dir.display())));
         }
         let model_index = std::iter::once(root)
@@ -253,8 +254,8 @@ impl ComponentSources {
     }
 
     pub fn copy_to(&self, out: &Path) -> Result<()> {
-        for (name, dir) in &self.folders {
-            copy_dir(dir, &out.join(name))?;
+        for (component, dir) in &self.folders {
+            copy_dir(dir, &out.join(component.folder_name()))?;
         }
         std::fs::copy(&self.model_index, out.join("model_index.json")).map_err(|e| Error::io(&self.model_index, e))?;
         Ok(())
@@ -344,7 +345,8 @@ pub fn finetune(
     if options.batch_size == 0 || options.steps == 0 {
         return Err(Error::InvalidArgument("batch size and steps must be at least 1".into()));
     }
-    let sources = ComponentSources::resolve(model_dir, &model_options.overrides, &["vae", "text_encoder", "tokenizer", "scheduler"])?;
+    let sources =
+        ComponentSources::resolve(model_dir, &model_options.overrides, &[Component::Vae, Component::TextEncoder, Component::Tokenizer, Component::Scheduler])?;
     let start_dir = resume.unwrap_or(model_dir);
     let model = StableDiffusion::open(start_dir, model_options)?;
     let mut trainer = Trainer::new(model, options.train.clone())?;

@@ -16,4 +16,4 @@ pub mod translate;
 pub mod typicality;
 
 pub use error::{Error, Result};
-pub use model::{ComponentOverrides, ModelOptions, StableDiffusion};
+pub use model::{Component, ComponentOverrides, ModelOptions, StableDiffusion};

@@ -640,10 +640,13 @@ impl PlantedElement {
     /// where a lucent layer wins).
     fn coverage(&self, p: Point) -> f64 {
         let radius = length([p[0] - self.centre[0], p[1] - self.centre[1]]) / self.scale;
-        self.layers
-            .iter()
-            .map(|layer| layer.strength * soft_inside(layer.distance(radius) * self.scale, self.edge))
-            .fold(0.0, |strongest, value| if value.abs() > strongest.abs() { value } else { strongest })
+        self.layers.iter().map(|layer| layer.strength * soft_inside(layer.distance(radius) * self.scale, self.edge)).fold(0.0, |strongest, value| {
+            if value.abs() > strongest.abs() {
+                value
+            } else {
+                strongest
+            }
+        })
     }
 
     fn add_to(&self, canvas: &mut [f64], size: usize) {

@@ -9,7 +9,7 @@ use common::{pipeline, relative_error, Reference};
 use diffmine::autoencoder::{train_autoencoder, AutoencoderOptions};
 use diffmine::dataset::LabelledSet;
 use diffmine::finetune::{finetune, ComponentSources, FinetuneOptions, TrainOptions, Trainer};
-use diffmine::model::{ComponentOverrides, ModelOptions, StableDiffusion};
+use diffmine::model::{Component, ComponentOverrides, ModelOptions, StableDiffusion};
 use tch::Tensor;
 
 const TOLERANCE: f64 = 1e-4;
@@ -95,8 +95,12 @@ fn the_saved_folder_predicts_the_same_noise_in_diffusers_and_libdiffmine() {
     run_step(&mut trainer, &reference, 0);
     let out = tempfile::tempdir().unwrap();
     let saved = out.path().join("finetuned");
-    let sources =
-        ComponentSources::resolve(&pipeline("sd15_tiny"), &ComponentOverrides::default(), &["vae", "text_encoder", "tokenizer", "scheduler"]).unwrap();
+    let sources = ComponentSources::resolve(
+        &pipeline("sd15_tiny"),
+        &ComponentOverrides::default(),
+        &[Component::Vae, Component::TextEncoder, Component::Tokenizer, Component::Scheduler],
+    )
+    .unwrap();
     trainer.save(&sources, &saved).unwrap();
 
     let reloaded = StableDiffusion::open(&saved, &ModelOptions::default()).unwrap();

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 import diffmine
-from evaluate import LABEL_PROMPT, NULL_PROMPT, box_mask, planted_boxes
+from ground_truth import LABEL_PROMPT, NULL_PROMPT, box_mask, planted_boxes
 
 
 def box_contrast(typicality: np.ndarray, inside: np.ndarray) -> float:

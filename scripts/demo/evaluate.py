@@ -8,7 +8,6 @@ Usage: evaluate.py PRETRAINED_DIR FINETUNED_DIR HELD_OUT_DIR OUT.md [--per-label
 """
 
 import argparse
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -16,24 +15,7 @@ from PIL import Image
 from sklearn.metrics import average_precision_score
 
 import diffmine
-
-LABEL_PROMPT, NULL_PROMPT = "Chest X-Ray with {label}.", "Chest X-Ray."
-
-
-def planted_boxes(held_out: Path) -> dict[str, tuple[str, tuple[float, float, float, float]]]:
-    boxes = {}
-    with open(held_out / "BBox_List_2017.csv", newline="") as f:
-        rows = csv.reader(f)
-        next(rows)
-        for row in rows:
-            boxes[row[0]] = (row[1], tuple(float(v) for v in row[2:6]))
-    return boxes
-
-
-def box_mask(shape, box) -> np.ndarray:
-    x, y, w, h = box
-    ys, xs = np.mgrid[0 : shape[0], 0 : shape[1]] + 0.5
-    return (xs >= x) & (xs < x + w) & (ys >= y) & (ys < y + h)
+from ground_truth import LABEL_PROMPT, NULL_PROMPT, box_mask, planted_boxes
 
 
 def main() -> int:

@@ -19,7 +19,7 @@ from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 
-from evaluate import planted_boxes
+from ground_truth import planted_boxes
 
 WINDOW_CELLS = 4
 DOWNSAMPLING = 4

@@ -12,7 +12,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from evaluate import planted_boxes
+from ground_truth import planted_boxes
 
 TOP_CLUSTERS, MIN_MEMBERS, PER_ROW, BAR = 6, 6, 20, 0.8
 

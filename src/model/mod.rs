@@ -73,19 +73,39 @@ pub struct ComponentOverrides {
     pub scheduler: Option<PathBuf>,
 }
 
+/// One part of a diffusers pipeline, stored in the subfolder its `folder_name` gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Component {
+    Unet,
+    Vae,
+    TextEncoder,
+    Tokenizer,
+    Scheduler,
+}
+
+impl Component {
+    pub fn folder_name(self) -> &'static str {
+        match self {
+            Component::Unet => "unet",
+            Component::Vae => "vae",
+            Component::TextEncoder => "text_encoder",
+            Component::Tokenizer => "tokenizer",
+            Component::Scheduler => "scheduler",
+        }
+    }
+}
+
 impl ComponentOverrides {
-    /// The folder component `name` (`unet`, `vae`, `text_encoder`, `tokenizer` or `scheduler`) is read
-    /// from: its override, else the pipeline folder's own subfolder.
-    pub fn component_dir(&self, root: &Path, name: &str) -> PathBuf {
-        let own = match name {
-            "unet" => &self.unet,
-            "vae" => &self.vae,
-            "text_encoder" => &self.text_encoder,
-            "tokenizer" => &self.tokenizer,
-            "scheduler" => &self.scheduler,
-            _ => &None,
+    /// The folder a component is read from: its override, else the pipeline folder's own subfolder.
+    pub fn component_dir(&self, root: &Path, component: Component) -> PathBuf {
+        let own = match component {
+            Component::Unet => &self.unet,
+            Component::Vae => &self.vae,
+            Component::TextEncoder => &self.text_encoder,
+            Component::Tokenizer => &self.tokenizer,
+            Component::Scheduler => &self.scheduler,
         };
-        own.clone().unwrap_or_else(|| root.join(name))
+        own.clone().unwrap_or_else(|| root.join(component.folder_name()))
     }
 
     /// Every overridden folder's parent: where a base pipeline's `model_index.json` lies when the
@@ -166,10 +186,10 @@ impl StableDiffusion {
         let started = Instant::now();
         loading::check_pipeline_folder(root)?;
         check_dtype_on_device(options.device, options.dtype)?;
-        let dir = |name: &str| options.overrides.component_dir(root, name);
-        let (unet_dir, vae_dir, text_dir) = (dir("unet"), dir("vae"), dir("text_encoder"));
-        let tokenizer = ClipTokenizer::from_dir(&dir("tokenizer"))?;
-        let scheduler_config: SchedulerConfig = read_json(&loading::component_config(&dir("scheduler"), "scheduler_config.json")?)?;
+        let dir = |component| options.overrides.component_dir(root, component);
+        let (unet_dir, vae_dir, text_dir) = (dir(Component::Unet), dir(Component::Vae), dir(Component::TextEncoder));
+        let tokenizer = ClipTokenizer::from_dir(&dir(Component::Tokenizer))?;
+        let scheduler_config: SchedulerConfig = read_json(&loading::component_config(&dir(Component::Scheduler), "scheduler_config.json")?)?;
         let schedule = NoiseSchedule::new(scheduler_config)?;
         let (unet_json, unet_config): (_, UNetConfig) = read_config(&unet_dir)?;
         let (vae_json, vae_config): (_, VaeConfig) = read_config(&vae_dir)?;
