@@ -201,6 +201,12 @@ typedef struct dm_finetune_options {
   // Write a resumable checkpoint every this many steps into `checkpoint_dir` (0 or NULL: never).
   uint32_t checkpoint_every;
   const char *checkpoint_dir;
+  // Since version 2. Mixed precision: `DM_DTYPE_BFLOAT16` or `DM_DTYPE_FLOAT16` run the UNet under
+  // autocast in that dtype with float32 weights; `DM_DTYPE_FLOAT32` (default) runs all in float32.
+  uint32_t autocast_dtype;
+  // Since version 2. Non-zero: recompute each UNet block in the backward pass instead of keeping
+  // its activations (less memory, about one more forward pass per step).
+  uint32_t gradient_checkpointing;
 } dm_finetune_options;
 
 // How to load a model. Fill with `dm_model_options_default`, then change fields.

@@ -1,6 +1,7 @@
 //! Finetuning the UNet of a loaded model on labelled images, the paper's first step: the DDPM loss
 //! (MSE between the UNet's prediction and the noise, or v for v-models) at t uniform over the training
-//! steps, AdamW with gradient clipping, constant learning rate, f32; VAE and text encoder frozen. The
+//! steps, AdamW with gradient clipping, constant learning rate, f32 weights (optionally bf16 autocast and
+//! gradient checkpointing); VAE and text encoder frozen. The
 //! result is saved as a diffusers folder that libdiffmine and diffusers both load.
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use tch::{Kind, Tensor};
 use crate::dataset::{center_crop, load_image, LabelledSet};
 use crate::error::{Error, Result};
 use crate::model::scheduler::PredictionType;
+use crate::model::autocast::AutocastGuard;
 use crate::model::{Component, ComponentOverrides, ModelOptions, StableDiffusion};
 use crate::rng::SplitMix64;
 
@@ -116,10 +118,15 @@ impl Optimization {
 
     /// One step on `loss`; returns the gradients' global norm before clipping.
     pub(crate) fn step(&mut self, loss: &Tensor) -> Result<f64> {
+        self.step_after(|| Ok(loss.f_backward()?))
+    }
+
+    /// One step on the gradients that `backward` leaves in the parameters.
+    fn step_after(&mut self, backward: impl FnOnce() -> Result<()>) -> Result<f64> {
         for p in &self.parameters {
             p.shallow_clone().zero_grad();
         }
-        loss.f_backward()?;
+        backward()?;
         let grad_norm = self.clip_gradients()?;
         self.optimizer.step(&self.parameters)?;
         Ok(grad_norm)
@@ -145,18 +152,34 @@ impl Optimization {
     }
 }
 
+/// How a training step computes, for memory and speed; neither changes what it computes beyond
+/// rounding. Both are what a GPU run of SD 1.5 at 512 px needs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StepCompute {
+    /// Mixed precision (`torch.autocast`): bfloat16 or float16 for the ops libtorch lists, weights,
+    /// gradients and optimiser state in float32 (None: all float32).
+    pub autocast: Option<Kind>,
+    /// Recompute each UNet block in the backward pass instead of keeping its activations.
+    pub gradient_checkpointing: bool,
+}
+
 /// Trains the UNet of a model it owns (training writes the weights, so the model cannot be shared
 /// with inference while it runs).
 pub struct Trainer {
     model: StableDiffusion,
     optimization: Optimization,
+    compute: StepCompute,
 }
 
 impl Trainer {
-    pub fn new(model: StableDiffusion, options: TrainOptions) -> Result<Self> {
+    pub fn new(model: StableDiffusion, options: TrainOptions, compute: StepCompute) -> Result<Self> {
         require_f32(&model)?;
+        if let Some(dtype) = compute.autocast {
+            // Refuses a wrong dtype or device now rather than at the first step.
+            drop(AutocastGuard::enter(model.device(), dtype)?);
+        }
         let optimization = Optimization::new(&model.unet_weights().parameters, options)?;
-        Ok(Trainer { model, optimization })
+        Ok(Trainer { model, optimization, compute })
     }
 
     pub fn model(&self) -> &StableDiffusion {
@@ -173,8 +196,20 @@ impl Trainer {
     /// and text embeddings (B, L, D).
     pub fn step(&mut self, latents: &Tensor, noise: &Tensor, timesteps: &Tensor, context: &Tensor) -> Result<StepReport> {
         let _span = tracing::debug_span!("train_step").entered();
-        let loss = self.loss(latents, noise, timesteps, context)?;
-        let grad_norm = self.optimization.step(&loss)?;
+        let _autocast = self.compute.autocast.map(|dtype| AutocastGuard::enter(self.model.device(), dtype)).transpose()?;
+        let [noisy, target, t, ctx] = self.training_inputs(latents, noise, timesteps, context)?;
+        let unet = self.model.unet();
+        let loss_of = |prediction: &Tensor| -> Result<Tensor> { Ok(prediction.f_to_kind(Kind::Float)?.f_mse_loss(&target, tch::Reduction::Mean)?) };
+        let mut loss = Tensor::new();
+        let grad_norm = if self.compute.gradient_checkpointing {
+            self.optimization.step_after(|| {
+                loss = unet.backward_checkpointed(&noisy, &t, &ctx, loss_of)?;
+                Ok(())
+            })?
+        } else {
+            loss = loss_of(&unet.forward(&noisy, &t, &ctx)?)?;
+            self.optimization.step(&loss)?
+        };
         Ok(StepReport { loss: loss.f_double_value(&[])?, grad_norm })
     }
 
@@ -183,9 +218,10 @@ impl Trainer {
         self.model.unet_weights().parameters.iter().map(|(name, p)| (name.clone(), p.grad())).collect()
     }
 
-    /// The DDPM training loss: MSE between the UNet output and its target (the noise for ε-models,
-    /// v = √ᾱ ε − √(1−ᾱ) x₀ for v-models).
-    fn loss(&self, latents: &Tensor, noise: &Tensor, timesteps: &Tensor, context: &Tensor) -> Result<Tensor> {
+    /// The DDPM training pair on the model's device: the noised latents and the target the UNet
+    /// is trained to predict (the noise for ε-models, v = √ᾱ ε − √(1−ᾱ) x₀ for v-models, in f32), with
+    /// the timesteps and text embeddings.
+    fn training_inputs(&self, latents: &Tensor, noise: &Tensor, timesteps: &Tensor, context: &Tensor) -> Result<[Tensor; 4]> {
         let device = self.model.device();
         let (x0, eps, ctx) = (latents.f_to_device(device)?, noise.f_to_device(device)?, context.f_to_device(device)?);
         let t = timesteps.f_to_kind(Kind::Int64)?.f_to_device(device)?;
@@ -195,8 +231,7 @@ impl Trainer {
             PredictionType::Epsilon => eps,
             PredictionType::VPrediction => schedule.velocity(&x0, &eps, &t)?,
         };
-        let prediction = self.model.unet().forward(&noisy, &t, &ctx)?;
-        Ok(prediction.f_mse_loss(&target, tch::Reduction::Mean)?)
+        Ok([noisy, target.f_to_kind(Kind::Float)?, t, ctx])
     }
 
     /// Writes the model as a diffusers folder: the trained UNet (`unet/config.json` and
@@ -293,6 +328,7 @@ pub struct FinetuneOptions {
     /// Save a resumable checkpoint every this many steps into `checkpoint_dir` (0: never).
     pub checkpoint_every: usize,
     pub checkpoint_dir: Option<PathBuf>,
+    pub compute: StepCompute,
 }
 
 impl Default for FinetuneOptions {
@@ -309,6 +345,7 @@ impl Default for FinetuneOptions {
             resolution: 512,
             checkpoint_every: 0,
             checkpoint_dir: None,
+            compute: StepCompute::default(),
         }
     }
 }
@@ -349,7 +386,7 @@ pub fn finetune(
         ComponentSources::resolve(model_dir, &model_options.overrides, &[Component::Vae, Component::TextEncoder, Component::Tokenizer, Component::Scheduler])?;
     let start_dir = resume.unwrap_or(model_dir);
     let model = StableDiffusion::open(start_dir, model_options)?;
-    let mut trainer = Trainer::new(model, options.train.clone())?;
+    let mut trainer = Trainer::new(model, options.train.clone(), options.compute)?;
     let (mut rng, first_step) = match resume {
         Some(dir) => trainer.load_state(dir)?,
         None => (SplitMix64::new(options.seed), 0),

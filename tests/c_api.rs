@@ -33,11 +33,12 @@ fn plug_and_play_pipeline() -> PathBuf {
     translate_fixture_dir().to_path_buf()
 }
 
-const PROGRAMS: [Program; 4] = [
+const PROGRAMS: [Program; 5] = [
     Program { source: "examples/open_model.c", model: tiny_pipeline, inputs: &[], under_valgrind: false },
     Program { source: "tests/c/bad_input.c", model: tiny_pipeline, inputs: &[], under_valgrind: true },
     Program { source: "tests/c/typicality.c", model: tiny_pipeline, inputs: &[], under_valgrind: true },
     Program { source: "tests/c/parallel_miner.c", model: plug_and_play_pipeline, inputs: &["examples/data/chest_like.png"], under_valgrind: true },
+    Program { source: "tests/c/finetune.c", model: tiny_pipeline, inputs: &["examples/data/chest_like.png"], under_valgrind: true },
 ];
 
 /// `target/<profile>`, where cargo put the libdiffmine.so built with this test (the test executable

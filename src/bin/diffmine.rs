@@ -32,7 +32,7 @@ use diffmine::autoencoder::{train_autoencoder, AutoencoderOptions};
 use diffmine::cxr8::{evaluate_files, EvaluationFiles, EvaluationOptions};
 use diffmine::dataset::LabelledSet;
 use diffmine::dicom::{open_image, DicomFile, DicomOptions, MapKind};
-use diffmine::finetune::{finetune, FinetuneOptions, TrainOptions};
+use diffmine::finetune::{finetune, FinetuneOptions, StepCompute, TrainOptions};
 use diffmine::image::{to_rgb8, to_rgb_image};
 use diffmine::mining::cluster::ClusterOptions;
 use diffmine::mining::dift::DiftOptions;
@@ -61,6 +61,7 @@ const USAGE: &str = "usage:
   diffmine finetune  --model DIR --data DIR_OR_CSV --out DIR [--steps 1000] [--batch 8] [--resolution 512]
                      [--caption \"Image of {label}.\"] [--null-prompt \"\"] [--dropout 0.05] [--lr 1e-4]
                      [--seed 0] [--checkpoint-every N] [--resume CHECKPOINT_DIR]
+                     [--autocast float32|bfloat16|float16] [--gradient-checkpointing false|true]
   diffmine train-vae --model DIR --data DIR_OR_CSV --out DIR [--steps 1000] [--batch 8] [--resolution 64]
                      [--lr 1e-3] [--kl-weight 1e-4] [--seed 0]   (the VAE as an autoencoder, for new models)
   diffmine synth     --out DIR [--seed 0] [--per-label 200] [--size 64] [--split train|held-out]
@@ -449,6 +450,10 @@ fn finetune_command(args: &Args) -> Result<()> {
         resolution: args.parsed("resolution", defaults.resolution)?,
         checkpoint_every: args.parsed("checkpoint-every", 0)?,
         checkpoint_dir: Some(out.join("checkpoints")),
+        compute: StepCompute {
+            autocast: Some(parse_dtype(args.optional("autocast").unwrap_or("float32"))?).filter(|&kind| kind != Kind::Float),
+            gradient_checkpointing: args.parsed("gradient-checkpointing", false)?,
+        },
         ..defaults
     };
     println!("finetuning on {} images of {} labels: {:?}", set.items.len(), set.labels().len(), set.labels());

@@ -6,11 +6,12 @@ use std::ptr::null;
 
 use super::args::{optional_str, read_options, required_str, write_value};
 use super::error::{guard, FfiError, FfiResult};
-use super::model::{dm_model_options, model_options as safe_model_options};
+use super::model::{dm_model_options, dtype_from_c, model_options as safe_model_options, DM_DTYPE_FLOAT32};
 use super::status::dm_status;
 use super::typicality::dm_progress_fn;
 use crate::dataset::LabelledSet;
-use crate::finetune::{finetune, FinetuneOptions, TrainOptions};
+use crate::finetune::{finetune, FinetuneOptions, StepCompute, TrainOptions};
+use tch::Kind;
 
 /// How to finetune. Fill with `dm_finetune_options_default` (the spec's recipe), then set `steps`,
 /// `batch_size` and `resolution` for the data at hand.
@@ -41,6 +42,12 @@ pub struct dm_finetune_options {
     /// Write a resumable checkpoint every this many steps into `checkpoint_dir` (0 or NULL: never).
     pub checkpoint_every: u32,
     pub checkpoint_dir: *const c_char,
+    /// Since version 2. Mixed precision: `DM_DTYPE_BFLOAT16` or `DM_DTYPE_FLOAT16` run the UNet under
+    /// autocast in that dtype with float32 weights; `DM_DTYPE_FLOAT32` (default) runs all in float32.
+    pub autocast_dtype: u32,
+    /// Since version 2. Non-zero: recompute each UNet block in the backward pass instead of keeping
+    /// its activations (less memory, about one more forward pass per step).
+    pub gradient_checkpointing: u32,
 }
 
 impl Default for dm_finetune_options {
@@ -64,6 +71,8 @@ impl Default for dm_finetune_options {
             null_prompt: null(),
             checkpoint_every: 0,
             checkpoint_dir: null(),
+            autocast_dtype: DM_DTYPE_FLOAT32,
+            gradient_checkpointing: d.compute.gradient_checkpointing as u32,
         }
     }
 }
@@ -104,6 +113,10 @@ unsafe fn finetune_options(o: &dm_finetune_options) -> FfiResult<FinetuneOptions
         checkpoint_every: o.checkpoint_every as usize,
         // SAFETY: as above.
         checkpoint_dir: unsafe { optional_str(o.checkpoint_dir, "options.checkpoint_dir") }?.map(PathBuf::from),
+        compute: StepCompute {
+            autocast: Some(dtype_from_c(o.autocast_dtype, "options.autocast_dtype")?).filter(|&kind| kind != Kind::Float),
+            gradient_checkpointing: o.gradient_checkpointing != 0,
+        },
     })
 }
 
@@ -138,7 +151,9 @@ pub unsafe extern "C" fn dm_finetune_run(
             )
         };
         let min_model = std::mem::size_of::<dm_model_options>();
-        let min_finetune = std::mem::size_of::<dm_finetune_options>();
+        // A caller built against the first version, which ended before `autocast_dtype`, gets the
+        // defaults of the later fields.
+        let min_finetune = std::mem::offset_of!(dm_finetune_options, autocast_dtype);
         // SAFETY: as above.
         let (model_options, options) = unsafe {
             let c_model = read_options(model_options, dm_model_options::default(), min_model, "model_options")?;

@@ -24,6 +24,16 @@ pub const DM_DTYPE_FLOAT32: u32 = 0;
 pub const DM_DTYPE_FLOAT16: u32 = 1;
 pub const DM_DTYPE_BFLOAT16: u32 = 2;
 
+/// The dtype a `DM_DTYPE_*` value names.
+pub(crate) fn dtype_from_c(value: u32, what: &str) -> FfiResult<Kind> {
+    match value {
+        DM_DTYPE_FLOAT32 => Ok(Kind::Float),
+        DM_DTYPE_FLOAT16 => Ok(Kind::Half),
+        DM_DTYPE_BFLOAT16 => Ok(Kind::BFloat16),
+        other => Err(FfiError::Invalid(format!("`{what}` = {other} is not a DM_DTYPE_* value"))),
+    }
+}
+
 /// How to load a model. Fill with `dm_model_options_default`, then change fields.
 #[allow(non_camel_case_types)]
 #[repr(C)]
@@ -105,12 +115,7 @@ pub(crate) unsafe fn model_options(o: &dm_model_options) -> FfiResult<ModelOptio
     let path = |p: *const c_char, what| -> FfiResult<Option<PathBuf>> { Ok(unsafe { optional_str(p, what) }?.map(PathBuf::from)) };
     // SAFETY: as above.
     let device = parse_device(unsafe { optional_str(o.device, "options.device") }?.unwrap_or("cpu"))?;
-    let dtype = match o.dtype {
-        DM_DTYPE_FLOAT32 => Kind::Float,
-        DM_DTYPE_FLOAT16 => Kind::Half,
-        DM_DTYPE_BFLOAT16 => Kind::BFloat16,
-        other => return Err(FfiError::Invalid(format!("`options.dtype` = {other} is not a DM_DTYPE_* value"))),
-    };
+    let dtype = dtype_from_c(o.dtype, "options.dtype")?;
     Ok(ModelOptions {
         device,
         dtype,

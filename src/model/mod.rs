@@ -1,6 +1,7 @@
 //! Stable Diffusion 1.x/2.x from a diffusers folder: UNet, VAE, CLIP text encoder, tokenizer and noise
 //! schedule, on CPU (f32, bf16) or CUDA (f32, f16, bf16).
 pub mod attention;
+pub mod autocast;
 pub mod clip;
 pub mod config;
 pub mod ddim;

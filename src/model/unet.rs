@@ -121,6 +121,72 @@ impl Injection {
     }
 }
 
+/// A block of the UNet's forward between its input and output layers.
+#[derive(Debug, Clone, Copy)]
+enum Stage {
+    Down(usize),
+    Mid,
+    Up(usize),
+}
+
+/// What flows from one stage to the next: the time embedding every resnet reads, the hidden state,
+/// and the skip connections the down path has pushed and the up path has not yet taken.
+struct Flow {
+    temb: Tensor,
+    h: Tensor,
+    skips: Vec<Tensor>,
+}
+
+impl Flow {
+    fn shallow_clone(&self) -> Flow {
+        Flow { temb: self.temb.shallow_clone(), h: self.h.shallow_clone(), skips: self.skips.iter().map(Tensor::shallow_clone).collect() }
+    }
+
+    /// The same values as new leaves of the autograd graph, so a block run on them stops its
+    /// backward pass here and leaves the gradient of each in its `grad`.
+    fn into_leaves(self) -> Result<Flow> {
+        let leaf = |t: Tensor| -> Result<Tensor> { Ok(t.f_detach()?.f_requires_grad_(true)?) };
+        Ok(Flow { temb: leaf(self.temb)?, h: leaf(self.h)?, skips: self.skips.into_iter().map(leaf).collect::<Result<_>>()? })
+    }
+
+    fn tensors(&self) -> Vec<&Tensor> {
+        [&self.temb, &self.h].into_iter().chain(&self.skips).collect()
+    }
+
+    /// The gradients of `into_leaves`' tensors, in `tensors` order (undefined where a block did not
+    /// use one).
+    fn gradients(&self) -> Vec<Tensor> {
+        self.tensors().into_iter().map(Tensor::grad).collect()
+    }
+}
+
+/// Back-propagates from `outputs` given the gradient of the loss with respect to each (a
+/// vector-Jacobian product: the backward of Σ⟨output, gradient⟩, with the gradients held constant).
+fn backward_from(outputs: &[&Tensor], gradients: &[Tensor]) -> Result<()> {
+    let mut total: Option<Tensor> = None;
+    for (output, gradient) in outputs.iter().zip(gradients) {
+        if !gradient.defined() || !output.requires_grad() {
+            continue;
+        }
+        let term = output.f_mul(gradient)?.f_sum(tch::Kind::Float)?;
+        total = Some(match total {
+            Some(sum) => sum.f_add(&term)?,
+            None => term,
+        });
+    }
+    match total {
+        Some(total) => Ok(total.f_backward()?),
+        None => Ok(()),
+    }
+}
+
+/// What every stage of one call reads besides the flow.
+struct Call<'a> {
+    context: &'a Tensor,
+    injection: Option<&'a Injection>,
+    explicit_sizes: bool,
+}
+
 pub struct UNet2DConditionModel {
     config: UNetConfig,
     conv_in: Conv2d,
@@ -266,41 +332,99 @@ impl UNet2DConditionModel {
 
     fn run(&self, sample: &Tensor, timesteps: &Tensor, context: &Tensor, stop_after_up_block: Option<usize>, injection: Option<&Injection>) -> Result<Tensor> {
         let _span = tracing::debug_span!("unet").entered();
+        let call = Call { context, injection, explicit_sizes: self.needs_explicit_upsample_sizes(sample)? };
+        let mut flow = self.enter(sample, timesteps)?;
+        for stage in self.stages() {
+            flow = self.run_stage(stage, flow, &call)?;
+            if matches!(stage, Stage::Up(i) if stop_after_up_block == Some(i)) {
+                return Ok(flow.h);
+            }
+        }
+        self.exit(&flow.h)
+    }
+
+    /// Back-propagates `loss_of(output)` into the parameters' gradients as a plain forward and
+    /// backward would, but keeps only the flow between blocks instead of every activation: each
+    /// block runs again, recording its graph, when the backward pass reaches it (gradient
+    /// checkpointing, as diffusers' `enable_gradient_checkpointing`, here per block; it trades one
+    /// more forward for the memory of SD 1.5 at 512 px). Returns the loss.
+    pub fn backward_checkpointed(&self, sample: &Tensor, timesteps: &Tensor, context: &Tensor, loss_of: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+        let _span = tracing::debug_span!("unet_checkpointed").entered();
+        let call = Call { context, injection: None, explicit_sizes: self.needs_explicit_upsample_sizes(sample)? };
+        let stages = self.stages();
+        let mut inputs = Vec::with_capacity(stages.len());
+        let mut flow = tch::no_grad(|| self.enter(sample, timesteps))?;
+        for &stage in &stages {
+            inputs.push(flow.shallow_clone());
+            flow = tch::no_grad(|| self.run_stage(stage, flow, &call))?;
+        }
+        let leaves = flow.into_leaves()?;
+        let loss = loss_of(&self.exit(&leaves.h)?)?;
+        loss.f_backward()?;
+        let mut gradients = leaves.gradients();
+        for (&stage, input) in stages.iter().zip(inputs).rev() {
+            let leaves = input.into_leaves()?;
+            let output = self.run_stage(stage, leaves.shallow_clone(), &call)?;
+            backward_from(&output.tensors(), &gradients)?;
+            gradients = leaves.gradients();
+        }
+        backward_from(&self.enter(sample, timesteps)?.tensors(), &gradients)?;
+        Ok(loss.f_detach()?)
+    }
+
+    /// The blocks between `enter` and `exit`, in order: the units gradient checkpointing recomputes.
+    fn stages(&self) -> Vec<Stage> {
+        let down = (0..self.down_blocks.len()).map(Stage::Down);
+        let mid = self.mid_block.as_ref().map(|_| Stage::Mid);
+        down.chain(mid).chain((0..self.up_blocks.len()).map(Stage::Up)).collect()
+    }
+
+    /// The time embedding and `conv_in`, whose output is the first skip connection.
+    fn enter(&self, sample: &Tensor, timesteps: &Tensor) -> Result<Flow> {
         let temb = self.time_embedding(timesteps, sample)?;
         let sample = if self.config.center_input_sample { sample.f_mul_scalar(2.0)?.f_sub_scalar(1.0)? } else { sample.shallow_clone() };
-        let mut h = self.conv_in.forward(&sample)?;
-        let mut skips = vec![h.shallow_clone()];
-        for block in &self.down_blocks {
-            let _span = tracing::trace_span!("down_block").entered();
-            for (j, resnet) in block.resnets.iter().enumerate() {
-                h = resnet.forward(&h, Some(&temb))?;
-                if let Some(attention) = block.attentions.get(j) {
-                    h = attention.forward(&h, context)?;
+        let h = self.conv_in.forward(&sample)?;
+        Ok(Flow { temb, skips: vec![h.shallow_clone()], h })
+    }
+
+    fn run_stage(&self, stage: Stage, flow: Flow, call: &Call) -> Result<Flow> {
+        let Flow { temb, mut h, mut skips } = flow;
+        match stage {
+            Stage::Down(i) => {
+                let _span = tracing::trace_span!("down_block").entered();
+                let block = &self.down_blocks[i];
+                for (j, resnet) in block.resnets.iter().enumerate() {
+                    h = resnet.forward(&h, Some(&temb))?;
+                    if let Some(attention) = block.attentions.get(j) {
+                        h = attention.forward(&h, call.context)?;
+                    }
+                    skips.push(h.shallow_clone());
                 }
-                skips.push(h.shallow_clone());
+                if let Some(down) = &block.downsampler {
+                    h = down.forward(&h)?;
+                    skips.push(h.shallow_clone());
+                }
             }
-            if let Some(down) = &block.downsampler {
-                h = down.forward(&h)?;
-                skips.push(h.shallow_clone());
+            Stage::Mid => {
+                let _span = tracing::trace_span!("mid_block").entered();
+                let mid = self.mid_block.as_ref().expect("a Mid stage exists only with a mid block");
+                h = mid.first.forward(&h, Some(&temb))?;
+                for (attention, resnet) in &mid.layers {
+                    h = resnet.forward(&attention.forward(&h, call.context)?, Some(&temb))?;
+                }
             }
-        }
-        if let Some(mid) = &self.mid_block {
-            let _span = tracing::trace_span!("mid_block").entered();
-            h = mid.first.forward(&h, Some(&temb))?;
-            for (attention, resnet) in &mid.layers {
-                h = resnet.forward(&attention.forward(&h, context)?, Some(&temb))?;
-            }
-        }
-        let explicit_sizes = self.needs_explicit_upsample_sizes(&sample)?;
-        for (i, block) in self.up_blocks.iter().enumerate() {
-            let _span = tracing::trace_span!("up_block").entered();
-            let site = UpBlockSite { index: i, injection };
-            h = Self::up_block_forward(block, site, h, &mut skips, &temb, context, explicit_sizes)?;
-            if stop_after_up_block == Some(i) {
-                return Ok(h);
+            Stage::Up(i) => {
+                let _span = tracing::trace_span!("up_block").entered();
+                let site = UpBlockSite { index: i, injection: call.injection };
+                h = Self::up_block_forward(&self.up_blocks[i], site, h, &mut skips, &temb, call.context, call.explicit_sizes)?;
             }
         }
-        let h = self.conv_norm_out.forward(&h)?.f_silu()?;
+        Ok(Flow { temb, h, skips })
+    }
+
+    /// The output norm and `conv_out`.
+    fn exit(&self, h: &Tensor) -> Result<Tensor> {
+        let h = self.conv_norm_out.forward(h)?.f_silu()?;
         self.conv_out.forward(&h)
     }
 

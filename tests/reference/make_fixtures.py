@@ -420,6 +420,27 @@ def training_reference(folder: Path, generator: torch.Generator, tensors: dict) 
     for name, p in unet.named_parameters():
         tensors[f"train.delta.{name}"] = p.detach() - before[name]
 
+
+def autocast_training_reference(folder: Path, tensors: dict) -> None:
+    """The first training step again under `torch.autocast("cpu", dtype=torch.bfloat16)`, as diffusers'
+    training script runs with `mixed_precision="bf16"`: float32 weights, the loss on the prediction
+    cast to float32; its loss, gradient norm before clipping and every clipped gradient."""
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet", dtype=torch.float32)
+    unet.train()
+    scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
+    batch = {key: tensors[f"train.0.{key}"] for key in ("latents", "noise", "timesteps", "context")}
+    noisy = scheduler.add_noise(batch["latents"], batch["noise"], batch["timesteps"])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        prediction = unet(noisy, batch["timesteps"], batch["context"]).sample
+    loss = torch.nn.functional.mse_loss(prediction.float(), batch["noise"].float())
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+    tensors["train_bf16.loss"] = loss.detach().reshape(1)
+    tensors["train_bf16.grad_norm"] = norm.detach().reshape(1)
+    for name, p in unet.named_parameters():
+        tensors[f"train_bf16.grad.{name}"] = p.grad.detach().clone()
+
+
 DIFT_ENSEMBLE = 3
 
 
@@ -499,6 +520,7 @@ def make_sd15(folder: Path, vocab, merges) -> None:
             raise AssertionError(f"vocab.json/merges.txt tokenize {text!r} differently")
     summary, tensors = reference_outputs(loaded, seed=15)
     training_reference(folder, torch.Generator().manual_seed(16), tensors)
+    autocast_training_reference(folder, tensors)
     kmeans_reference(tensors)
     summary["train_steps"] = TRAIN_STEPS
 

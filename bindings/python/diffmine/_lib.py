@@ -256,6 +256,8 @@ class CFinetuneOptions(ctypes.Structure):
         ("null_prompt", ctypes.c_char_p),
         ("checkpoint_every", ctypes.c_uint32),
         ("checkpoint_dir", ctypes.c_char_p),
+        ("autocast_dtype", ctypes.c_uint32),
+        ("gradient_checkpointing", ctypes.c_uint32),
     ]
 
 

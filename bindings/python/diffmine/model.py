@@ -36,6 +36,13 @@ def _invalid(message: str) -> Error:
     return Error(Status.ERR_INVALID_ARGUMENT, message)
 
 
+def _dtype_value(name: str, what: str) -> int:
+    """The ``DM_DTYPE_*`` value of a dtype name."""
+    if name not in _DTYPES:
+        raise _invalid(f"unknown {what} {name!r} (use float32, float16 or bfloat16)")
+    return _DTYPES[name]
+
+
 def _reject_unknown(options: Dict[str, Any], known: Iterable[str], also: Iterable[str] = ()) -> None:
     """Refuses keyword options outside ``known``, naming every accepted one (``also``: those taken
     apart from ``known``), so a misspelt option is an error rather than silently ignored."""
@@ -131,8 +138,6 @@ class Model(Handle):
         super().__init__()
         self.path = os.fspath(path)
         self.device = device
-        if dtype not in _DTYPES:
-            raise _invalid(f"unknown dtype {dtype!r} (use float32, float16 or bfloat16)")
         lib = _lib.lib()
         options = _lib.CModelOptions()
         check(lib.dm_model_options_default(ctypes.byref(options)))
@@ -148,7 +153,7 @@ class Model(Handle):
         }
         for field, value in strings.items():
             setattr(options, field, value)
-        options.dtype = _DTYPES[dtype]
+        options.dtype = _dtype_value(dtype, "dtype")
         handle = ctypes.c_void_p()
         check(lib.dm_model_open(_path_bytes(path, "path"), ctypes.byref(options), ctypes.byref(handle)))
         self._handle = handle.value

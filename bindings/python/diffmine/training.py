@@ -8,7 +8,7 @@ from typing import Callable, Optional
 
 from . import _lib
 from ._progress import Progress
-from .model import PathLike, _c_string, _path_bytes, _real, _uint
+from .model import PathLike, _c_string, _dtype_value, _path_bytes, _real, _uint
 
 __all__ = ["finetune"]
 
@@ -37,6 +37,8 @@ def finetune(
     weight_decay: Optional[float] = None,
     eps: Optional[float] = None,
     max_grad_norm: Optional[float] = None,
+    autocast: str = "float32",
+    gradient_checkpointing: bool = False,
 ) -> str:
     """Finetunes the UNet of the diffusers folder ``model_path`` on the labelled set ``data`` (a folder
     with a sub-folder of images per label, or a ``path,label`` CSV) and writes the result as a
@@ -47,7 +49,9 @@ def finetune(
     gradient clipping at 1.0, captions "Image of {label}." joined by ", ", null prompt "", condition
     dropout 0.05). Images are resized (shorter side) and centre-cropped to ``resolution``.
     ``checkpoint_every`` > 0 writes a resumable checkpoint into ``checkpoint_dir`` every that many
-    steps; ``resume`` continues from such a checkpoint. Training runs in float32 on ``device``.
+    steps; ``resume`` continues from such a checkpoint. Training runs on ``device`` with float32
+    weights; ``autocast`` "bfloat16" or "float16" runs the UNet under mixed precision in that dtype,
+    and ``gradient_checkpointing`` recomputes each UNet block in the backward pass to save memory.
 
     ``progress(step, total, loss)`` is called after each step; returning ``False`` cancels
     (:class:`diffmine.Error` with DM_ERR_CANCELLED), and an exception it raises cancels and is
@@ -80,6 +84,8 @@ def finetune(
     for field, value in texts.items():
         setattr(options, field, value)
     options.checkpoint_every = _uint(checkpoint_every, "checkpoint_every")
+    options.autocast_dtype = _dtype_value(autocast, "autocast dtype")
+    options.gradient_checkpointing = bool(gradient_checkpointing)
 
     reporter = Progress(progress, with_value=True)
     status = lib.dm_finetune_run(
