@@ -459,8 +459,21 @@ fn finetune_command(args: &Args) -> Result<()> {
     println!("finetuning on {} images of {} labels: {:?}", set.items.len(), set.labels().len(), set.labels());
     let started = Instant::now();
     let resume = args.optional("resume").map(PathBuf::from);
-    let report = finetune(&model_dir, &model_options, &set, &options, resume.as_deref(), &out, &mut progress_bar())?;
+    // The steps after this run's first, timed apart from loading, encoding and warm-up (benches/training.sh).
+    let mut first_step: Option<(Instant, u64)> = None;
+    let mut last_step = (Instant::now(), 0);
+    let mut bar = progress_bar();
+    let mut progress = |done, total, loss| {
+        first_step.get_or_insert((Instant::now(), done));
+        last_step = (Instant::now(), done);
+        bar(done, total, loss)
+    };
+    let report = finetune(&model_dir, &model_options, &set, &options, resume.as_deref(), &out, &mut progress)?;
     println!("{} steps in {:.0} s, last loss {:.4}; wrote {}", options.steps, started.elapsed().as_secs_f64(), report.loss, out.display());
+    if let Some((first_at, first)) = first_step.filter(|&(_, first)| last_step.1 > first) {
+        let (last_at, last) = last_step;
+        println!("steps after the first: {:.3} s each", (last_at - first_at).as_secs_f64() / (last - first) as f64);
+    }
     Ok(())
 }
 

@@ -273,6 +273,25 @@ class FinetuneTest(Assertions):
             with diffmine.Model(resumed_out) as again, diffmine.Model(out) as tuned:
                 np.testing.assert_array_equal(again.predict_noise(x, t, context), tuned.predict_noise(x, t, context))
 
+    def test_gradient_checkpointing_keeps_the_loss_and_bf16_autocast_changes_it_slightly(self) -> None:
+        case = CASES["sd15_tiny"]
+        with tempfile.TemporaryDirectory() as tmp:
+            data = Path(tmp) / "data"
+            write_image_set(data)
+
+            def first_loss(name: str, **options) -> float:
+                seen: List[float] = []
+                diffmine.finetune(case.folder, data, Path(tmp) / name, steps=1, batch_size=2, resolution=32, seed=3,
+                                  progress=lambda step, total, loss: seen.append(loss), **options)
+                return seen[0]
+
+            plain = first_loss("plain")
+            self.assertEqual(first_loss("checkpointed", gradient_checkpointing=True), plain)
+            bf16 = first_loss("bf16", autocast="bfloat16", gradient_checkpointing=True)
+            self.assertNotEqual(bf16, plain)
+            self.assertLess(abs(bf16 - plain), 1e-2 * plain)
+            self.assertFails(Status.ERR_INVALID_ARGUMENT, lambda: first_loss("bad", autocast="float8"), "autocast")
+
     def test_cancel_and_bad_arguments(self) -> None:
         case = CASES["sd15_tiny"]
         with tempfile.TemporaryDirectory() as tmp:

@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""The diffusers side of benches/training.sh: what `diffmine finetune` does, in diffusers' text-to-image
+training recipe (epsilon MSE at t uniform, AdamW lr 1e-4 with weight decay 1e-2, gradient clipping 1.0,
+VAE and text encoder frozen), from the same folder on the same images.
+
+Usage: training_diffusers.py MODEL_DIR DATA_DIR STEPS BATCH RESOLUTION MODE
+  MODE: f32 | f32-checkpointing | bf16-autocast | bf16-autocast-checkpointing
+Prints JSON: the mean time of the steps after the first (as the CLI's "steps after the first") and
+the process's peak resident memory.
+"""
+
+import json
+import resource
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from PIL import Image
+from transformers import CLIPTextModel, CLIPTokenizer
+
+
+def load_images(data: Path, resolution: int) -> tuple[torch.Tensor, list[str]]:
+    """Each image of a folder-per-label set, shorter side resized and centre-cropped, in [-1, 1]."""
+    pixels, labels = [], []
+    for path in sorted(data.glob("*/*.png")):
+        image = Image.open(path).convert("RGB")
+        scale = resolution / min(image.size)
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC)
+        left, top = (image.width - resolution) // 2, (image.height - resolution) // 2
+        image = image.crop((left, top, left + resolution, top + resolution))
+        pixels.append(torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1))
+        labels.append(path.parent.name)
+    return torch.stack(pixels), labels
+
+
+def main() -> int:
+    model, data, steps, batch, resolution, mode = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet")
+    vae = AutoencoderKL.from_pretrained(model, subfolder="vae")
+    text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder")
+    tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
+    scheduler = DDPMScheduler.from_pretrained(model, subfolder="scheduler")
+    vae.requires_grad_(False)
+    text_encoder.requires_grad_(False)
+    unet.train()
+    if mode.endswith("checkpointing"):
+        unet.enable_gradient_checkpointing()
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if mode.startswith("bf16") else nullcontext()
+
+    images, labels = load_images(data, resolution)
+    with torch.no_grad():
+        posterior = vae.encode(images).latent_dist
+        ids = tokenizer([f"Image of {label}." for label in labels], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+        context = text_encoder(ids)[0]
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+
+    step_ends = []
+    for _ in range(steps):
+        members = torch.randint(0, len(labels), (batch,))
+        latents = posterior.sample()[members] * vae.config.scaling_factor
+        noise = torch.randn_like(latents)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,))
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        with autocast:
+            prediction = unet(noisy, timesteps, context[members]).sample
+        loss = torch.nn.functional.mse_loss(prediction.float(), noise.float())
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+        step_ends.append(time.perf_counter())
+    seconds = (step_ends[-1] - step_ends[0]) / (steps - 1)
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    print(json.dumps({"seconds_per_step": seconds, "peak_rss_gib": peak_gib, "last_loss": loss.item()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
