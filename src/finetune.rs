@@ -52,16 +52,16 @@ impl AdamW {
         })
     }
 
-    /// Updates every parameter in place from its gradient.
-    fn step(&mut self, parameters: &[Tensor]) -> Result<()> {
+    /// Updates every parameter in place from its gradient (undefined: a parameter the loss did not
+    /// reach, left as it is).
+    fn step(&mut self, parameters: &[Tensor], gradients: &[Tensor]) -> Result<()> {
         self.steps += 1;
         let o = &self.options;
         let bias1 = 1.0 - o.beta1.powi(self.steps);
         let bias2_sqrt = (1.0 - o.beta2.powi(self.steps)).sqrt();
         let step_size = o.learning_rate / bias1;
         tch::no_grad(|| -> Result<()> {
-            for ((p, m), v) in parameters.iter().zip(&mut self.first_moments).zip(&mut self.second_moments) {
-                let grad = p.grad();
+            for (((p, grad), m), v) in parameters.iter().zip(gradients).zip(&mut self.first_moments).zip(&mut self.second_moments) {
                 if !grad.defined() {
                     continue;
                 }
@@ -71,8 +71,8 @@ impl AdamW {
                 // costs page faults over its whole size (for SD 1.5, 3.4 GB per temporary and step).
                 // In-place updates return another handle to the same storage, not needed here.
                 let _ = p.f_mul_scalar_(1.0 - o.learning_rate * o.weight_decay)?;
-                let _ = m.f_lerp_(&grad, 1.0 - o.beta1)?;
-                let _ = v.f_mul_scalar_(o.beta2)?.f_addcmul_(&grad, &grad.f_mul_scalar(1.0 - o.beta2)?)?;
+                let _ = m.f_lerp_(grad, 1.0 - o.beta1)?;
+                let _ = v.f_mul_scalar_(o.beta2)?.f_addcmul_(grad, &grad.f_mul_scalar(1.0 - o.beta2)?)?;
                 // p − step·m/denom, as p + m/(denom/−step).
                 let mut denom = v.f_sqrt()?;
                 let _ = denom.f_div_scalar_(bias2_sqrt)?.f_add_scalar_(o.eps)?.f_div_scalar_(-step_size)?;
@@ -98,9 +98,13 @@ pub struct StepReport {
     pub grad_norm: f64,
 }
 
-/// Parameters under training: zeroes their gradients, back-propagates a loss, clips and steps AdamW.
+/// Parameters under training: back-propagates a loss, clips the gradients and steps AdamW.
 pub(crate) struct Optimization {
     parameters: Vec<Tensor>,
+    /// The last step's clipped gradients, one per parameter. They come back from the autograd engine
+    /// rather than being accumulated into each parameter's `grad`, which would zero and add into a
+    /// second copy every step (two more passes over 3.4 GB for SD 1.5).
+    gradients: Vec<Tensor>,
     optimizer: AdamW,
 }
 
@@ -112,7 +116,7 @@ impl Optimization {
             let _ = p.shallow_clone().f_requires_grad_(true)?;
         }
         let optimizer = AdamW::new(&parameters, options)?;
-        Ok(Optimization { parameters, optimizer })
+        Ok(Optimization { parameters, gradients: Vec::new(), optimizer })
     }
 
     pub(crate) fn release(&self) {
@@ -123,31 +127,28 @@ impl Optimization {
 
     /// One step on `loss`; returns the gradients' global norm before clipping.
     pub(crate) fn step(&mut self, loss: &Tensor) -> Result<f64> {
-        self.step_after(|| Ok(loss.f_backward()?))
+        self.step_after(|parameters| Ok(Tensor::f_run_backward(&[loss], parameters, false, false)?))
     }
 
-    /// One step on the gradients that `backward` leaves in the parameters.
-    fn step_after(&mut self, backward: impl FnOnce() -> Result<()>) -> Result<f64> {
-        for p in &self.parameters {
-            p.shallow_clone().zero_grad();
-        }
-        backward()?;
+    /// One step on the gradients `backward` returns for the parameters it is given.
+    fn step_after(&mut self, backward: impl FnOnce(&[Tensor]) -> Result<Vec<Tensor>>) -> Result<f64> {
+        self.gradients = backward(&self.parameters)?;
         let grad_norm = self.clip_gradients()?;
-        self.optimizer.step(&self.parameters)?;
+        self.optimizer.step(&self.parameters, &self.gradients)?;
         Ok(grad_norm)
     }
 
     /// Scales all gradients so their global norm is at most `max_grad_norm`, as
     /// `torch.nn.utils.clip_grad_norm_` does; returns the norm before clipping.
     fn clip_gradients(&self) -> Result<f64> {
-        let grads: Vec<Tensor> = self.parameters.iter().map(|p| p.grad()).filter(|g| g.defined()).collect();
+        let grads: Vec<&Tensor> = self.gradients.iter().filter(|g| g.defined()).collect();
         let norms: Vec<Tensor> = grads.iter().map(|g| g.f_norm()).collect::<std::result::Result<_, _>>()?;
         let total = Tensor::f_stack(&norms, 0)?.f_norm()?;
         let max_norm = self.optimizer.options.max_grad_norm;
         if max_norm > 0.0 {
             let coefficient = total.f_add_scalar(1e-6)?.f_reciprocal()?.f_mul_scalar(max_norm)?.f_clamp_max(1.0)?;
             tch::no_grad(|| -> Result<()> {
-                for g in &grads {
+                for g in grads {
                     let _ = g.shallow_clone().f_mul_(&coefficient)?;
                 }
                 Ok(())
@@ -207,9 +208,10 @@ impl Trainer {
         let loss_of = |prediction: &Tensor| -> Result<Tensor> { Ok(prediction.f_to_kind(Kind::Float)?.f_mse_loss(&target, tch::Reduction::Mean)?) };
         let mut loss = Tensor::new();
         let grad_norm = if self.compute.gradient_checkpointing {
-            self.optimization.step_after(|| {
-                loss = unet.backward_checkpointed(&noisy, &t, &ctx, loss_of)?;
-                Ok(())
+            self.optimization.step_after(|parameters| {
+                let (value, gradients) = unet.backward_checkpointed(&noisy, &t, &ctx, loss_of, parameters)?;
+                loss = value;
+                Ok(gradients)
             })?
         } else {
             loss = loss_of(&unet.forward(&noisy, &t, &ctx)?)?;
@@ -220,7 +222,8 @@ impl Trainer {
 
     /// The parameters' current gradients by name (after a step: clipped), for inspection and tests.
     pub fn gradients(&self) -> Vec<(String, Tensor)> {
-        self.model.unet_weights().parameters.iter().map(|(name, p)| (name.clone(), p.grad())).collect()
+        let names = self.model.unet_weights().parameters.iter().map(|(name, _)| name.clone());
+        names.zip(self.optimization.gradients.iter().map(Tensor::shallow_clone)).collect()
     }
 
     /// The DDPM training pair on the model's device: the noised latents and the target the UNet

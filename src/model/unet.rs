@@ -152,17 +152,14 @@ impl Flow {
     fn tensors(&self) -> Vec<&Tensor> {
         [&self.temb, &self.h].into_iter().chain(&self.skips).collect()
     }
-
-    /// The gradients of `into_leaves`' tensors, in `tensors` order (undefined where a block did not
-    /// use one).
-    fn gradients(&self) -> Vec<Tensor> {
-        self.tensors().into_iter().map(Tensor::grad).collect()
-    }
 }
 
-/// Back-propagates from `outputs` given the gradient of the loss with respect to each (a
-/// vector-Jacobian product: the backward of Σ⟨output, gradient⟩, with the gradients held constant).
-fn backward_from(outputs: &[&Tensor], gradients: &[Tensor]) -> Result<()> {
+/// Back-propagates from `outputs` given the loss's gradient with respect to each (a vector-Jacobian
+/// product: the backward of Σ⟨output, gradient⟩, the gradients held constant); adds what reaches
+/// `parameters` into `parameter_gradients` and returns the gradients of `leaves`' tensors, in
+/// `tensors` order (undefined where a block did not use one).
+fn backward_from(outputs: &[&Tensor], gradients: &[Tensor], leaves: &Flow, parameters: &[Tensor], parameter_gradients: &mut [Tensor]) -> Result<Vec<Tensor>> {
+    let leaf_tensors: Vec<&Tensor> = leaves.tensors().into_iter().filter(|t| t.defined()).collect();
     let mut total: Option<Tensor> = None;
     for (output, gradient) in outputs.iter().zip(gradients) {
         if !gradient.defined() || !output.requires_grad() {
@@ -174,10 +171,22 @@ fn backward_from(outputs: &[&Tensor], gradients: &[Tensor]) -> Result<()> {
             None => term,
         });
     }
-    match total {
-        Some(total) => Ok(total.f_backward()?),
-        None => Ok(()),
+    let Some(total) = total else {
+        return Ok(leaf_tensors.iter().map(|_| Tensor::new()).collect());
+    };
+    let inputs: Vec<&Tensor> = leaf_tensors.iter().copied().chain(parameters).collect();
+    let mut reached = Tensor::f_run_backward(&[total], &inputs, false, false)?;
+    for (sum, gradient) in parameter_gradients.iter_mut().zip(reached.split_off(leaf_tensors.len())) {
+        if !gradient.defined() {
+            continue;
+        }
+        if sum.defined() {
+            let _ = tch::no_grad(|| sum.f_add_(&gradient))?;
+        } else {
+            *sum = gradient;
+        }
     }
+    Ok(reached)
 }
 
 /// What every stage of one call reads besides the flow.
@@ -343,12 +352,20 @@ impl UNet2DConditionModel {
         self.exit(&flow.h)
     }
 
-    /// Back-propagates `loss_of(output)` into the parameters' gradients as a plain forward and
-    /// backward would, but keeps only the flow between blocks instead of every activation: each
-    /// block runs again, recording its graph, when the backward pass reaches it (gradient
-    /// checkpointing, as diffusers' `enable_gradient_checkpointing`, here per block; it trades one
-    /// more forward for the memory of SD 1.5 at 512 px). Returns the loss.
-    pub fn backward_checkpointed(&self, sample: &Tensor, timesteps: &Tensor, context: &Tensor, loss_of: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    /// The loss `loss_of(output)` and its gradients with respect to `parameters` (this UNet's
+    /// weights, in any order; undefined for any the loss does not reach), as a plain forward and
+    /// backward pass would give them, but keeping only the flow between blocks instead of every
+    /// activation: each block runs again, recording its graph, when the backward pass reaches it
+    /// (gradient checkpointing, as diffusers' `enable_gradient_checkpointing`, here per block; it
+    /// trades one more forward for the memory of SD 1.5 at 512 px).
+    pub fn backward_checkpointed(
+        &self,
+        sample: &Tensor,
+        timesteps: &Tensor,
+        context: &Tensor,
+        loss_of: impl FnOnce(&Tensor) -> Result<Tensor>,
+        parameters: &[Tensor],
+    ) -> Result<(Tensor, Vec<Tensor>)> {
         let _span = tracing::debug_span!("unet_checkpointed").entered();
         let call = Call { context, injection: None, explicit_sizes: self.needs_explicit_upsample_sizes(sample)? };
         let stages = self.stages();
@@ -358,18 +375,18 @@ impl UNet2DConditionModel {
             inputs.push(flow.shallow_clone());
             flow = tch::no_grad(|| self.run_stage(stage, flow, &call))?;
         }
+        let mut parameter_gradients: Vec<Tensor> = parameters.iter().map(|_| Tensor::new()).collect();
         let leaves = flow.into_leaves()?;
         let loss = loss_of(&self.exit(&leaves.h)?)?;
-        loss.f_backward()?;
-        let mut gradients = leaves.gradients();
+        let mut gradients = backward_from(&[&loss], &[Tensor::ones_like(&loss)], &leaves, parameters, &mut parameter_gradients)?;
         for (&stage, input) in stages.iter().zip(inputs).rev() {
             let leaves = input.into_leaves()?;
             let output = self.run_stage(stage, leaves.shallow_clone(), &call)?;
-            backward_from(&output.tensors(), &gradients)?;
-            gradients = leaves.gradients();
+            gradients = backward_from(&output.tensors(), &gradients, &leaves, parameters, &mut parameter_gradients)?;
         }
-        backward_from(&self.enter(sample, timesteps)?.tensors(), &gradients)?;
-        Ok(loss.f_detach()?)
+        let no_leaves = Flow { temb: Tensor::new(), h: Tensor::new(), skips: Vec::new() };
+        backward_from(&self.enter(sample, timesteps)?.tensors(), &gradients, &no_leaves, parameters, &mut parameter_gradients)?;
+        Ok((loss.f_detach()?, parameter_gradients))
     }
 
     /// The blocks between `enter` and `exit`, in order: the units gradient checkpointing recomputes.
