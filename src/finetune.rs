@@ -132,6 +132,9 @@ impl Optimization {
 
     /// One step on the gradients `backward` returns for the parameters it is given.
     fn step_after(&mut self, backward: impl FnOnce(&[Tensor]) -> Result<Vec<Tensor>>) -> Result<f64> {
+        // Freed first, as `zero_grad(set_to_none=True)` does: kept, they would double the memory the
+        // gradients take while the next ones are computed.
+        self.gradients.clear();
         self.gradients = backward(&self.parameters)?;
         let grad_norm = self.clip_gradients()?;
         self.optimizer.step(&self.parameters, &self.gradients)?;
