@@ -165,8 +165,8 @@ impl Optimization {
 /// rounding. Both are what a GPU run of SD 1.5 at 512 px needs.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StepCompute {
-    /// Mixed precision (`torch.autocast`): bfloat16 or float16 for the ops libtorch lists, weights,
-    /// gradients and optimiser state in float32 (None: all float32).
+    /// Mixed precision (`torch.autocast`): bfloat16 for the ops libtorch lists, weights, gradients
+    /// and optimiser state in float32 (None: all float32; float16 is refused, see `Trainer::new`).
     pub autocast: Option<Kind>,
     /// Recompute each UNet block in the backward pass instead of keeping its activations.
     pub gradient_checkpointing: bool,
@@ -183,9 +183,13 @@ pub struct Trainer {
 impl Trainer {
     pub fn new(model: StableDiffusion, options: TrainOptions, compute: StepCompute) -> Result<Self> {
         require_f32(&model)?;
-        if let Some(dtype) = compute.autocast {
+        match compute.autocast {
+            // float16's narrow range makes small gradients underflow unless the loss is scaled, which
+            // this trainer does not do (diffusers' scripts pair fp16 with a GradScaler).
+            Some(Kind::Half) => return Err(Error::InvalidArgument("float16 autocast needs loss scaling, which finetuning does not do: use bfloat16".into())),
             // Refuses a wrong dtype or device now rather than at the first step.
-            drop(AutocastGuard::enter(model.device(), dtype)?);
+            Some(dtype) => drop(AutocastGuard::enter(model.device(), dtype)?),
+            None => {}
         }
         let optimization = Optimization::new(&model.unet_weights().parameters, options)?;
         Ok(Trainer { model, optimization, compute })

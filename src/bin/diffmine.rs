@@ -61,7 +61,7 @@ const USAGE: &str = "usage:
   diffmine finetune  --model DIR --data DIR_OR_CSV --out DIR [--steps 1000] [--batch 8] [--resolution 512]
                      [--caption \"Image of {label}.\"] [--null-prompt \"\"] [--dropout 0.05] [--lr 1e-4]
                      [--seed 0] [--checkpoint-every N] [--resume CHECKPOINT_DIR]
-                     [--autocast float32|bfloat16|float16] [--gradient-checkpointing false|true]
+                     [--autocast float32|bfloat16] [--gradient-checkpointing false|true]
   diffmine train-vae --model DIR --data DIR_OR_CSV --out DIR [--steps 1000] [--batch 8] [--resolution 64]
                      [--lr 1e-3] [--kl-weight 1e-4] [--seed 0]   (the VAE as an autoencoder, for new models)
   diffmine synth     --out DIR [--seed 0] [--per-label 200] [--size 64] [--split train|held-out]

@@ -42,8 +42,9 @@ pub struct dm_finetune_options {
     /// Write a resumable checkpoint every this many steps into `checkpoint_dir` (0 or NULL: never).
     pub checkpoint_every: u32,
     pub checkpoint_dir: *const c_char,
-    /// Since version 2. Mixed precision: `DM_DTYPE_BFLOAT16` or `DM_DTYPE_FLOAT16` run the UNet under
-    /// autocast in that dtype with float32 weights; `DM_DTYPE_FLOAT32` (default) runs all in float32.
+    /// Since version 2. Mixed precision: `DM_DTYPE_BFLOAT16` runs the UNet under autocast in bfloat16
+    /// with float32 weights; `DM_DTYPE_FLOAT32` (default) runs all in float32; `DM_DTYPE_FLOAT16` is
+    /// refused (it would need loss scaling).
     pub autocast_dtype: u32,
     /// Since version 2. Non-zero: recompute each UNet block in the backward pass instead of keeping
     /// its activations (less memory, about one more forward pass per step).

@@ -7,7 +7,8 @@
  * 32 px) with the progress callback; a caller built against the first version of the options struct
  * (fields after it keep their defaults, whatever lies beyond the size it declares); gradient
  * checkpointing (the first step's loss is the plain run's, exactly); bf16 autocast (close to the f32
- * loss, not equal); an invalid autocast dtype; cancellation from the callback (no output folder).
+ * loss, not equal); an invalid autocast dtype and float16 autocast (refused: no loss scaling);
+ * cancellation from the callback (no output folder).
  * With DIFFMINE_TEST_QUICK=1 (the valgrind run, where a step takes about a minute) the checkpointed
  * and bf16 runs, which only repeat the training path, are skipped.
  */
@@ -149,6 +150,9 @@ int main(int argc, char **argv) {
     struct progress_log unused = {0};
     EXPECT_STATUS(DM_ERR_INVALID_ARGUMENT, run(model, csv, &bad, out, &unused));
     EXPECT_MESSAGE("autocast_dtype");
+    bad.autocast_dtype = DM_DTYPE_FLOAT16;
+    EXPECT_STATUS(DM_ERR_INVALID_ARGUMENT, run(model, csv, &bad, out, &unused));
+    EXPECT_MESSAGE("loss scaling");
     EXPECT(unused.calls == 0 && !is_dir(out));
 
     struct progress_log cancelled = {.cancel_after = 1};

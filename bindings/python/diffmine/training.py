@@ -50,8 +50,9 @@ def finetune(
     dropout 0.05). Images are resized (shorter side) and centre-cropped to ``resolution``.
     ``checkpoint_every`` > 0 writes a resumable checkpoint into ``checkpoint_dir`` every that many
     steps; ``resume`` continues from such a checkpoint. Training runs on ``device`` with float32
-    weights; ``autocast`` "bfloat16" or "float16" runs the UNet under mixed precision in that dtype,
-    and ``gradient_checkpointing`` recomputes each UNet block in the backward pass to save memory.
+    weights; ``autocast="bfloat16"`` runs the UNet under mixed precision ("float16" is refused: it
+    would need loss scaling), and ``gradient_checkpointing`` recomputes each UNet block in the
+    backward pass to save memory.
 
     ``progress(step, total, loss)`` is called after each step; returning ``False`` cancels
     (:class:`diffmine.Error` with DM_ERR_CANCELLED), and an exception it raises cancels and is

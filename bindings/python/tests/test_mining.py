@@ -291,6 +291,7 @@ class FinetuneTest(Assertions):
             self.assertNotEqual(bf16, plain)
             self.assertLess(abs(bf16 - plain), 1e-2 * plain)
             self.assertFails(Status.ERR_INVALID_ARGUMENT, lambda: first_loss("bad", autocast="float8"), "autocast")
+            self.assertFails(Status.ERR_INVALID_ARGUMENT, lambda: first_loss("f16", autocast="float16"), "loss scaling")
 
     def test_cancel_and_bad_arguments(self) -> None:
         case = CASES["sd15_tiny"]
