@@ -54,8 +54,8 @@ pub fn train_autoencoder(model_dir: &Path, set: &LabelledSet, options: &Autoenco
         let indices: Vec<i64> = (0..options.batch_size).map(|_| rng.below(images.size()[0] as u64) as i64).collect();
         let batch = images.f_index_select(0, &Tensor::from_slice(&indices))?;
         let loss = autoencoder_loss(&model, &batch, options.kl_weight, &mut rng)?;
-        optimization.step(&loss)?;
-        if !progress(step as u64 + 1, options.steps as u64, loss.f_double_value(&[])?) {
+        let report = optimization.step(&loss)?;
+        if !progress(step as u64 + 1, options.steps as u64, report.loss) {
             return Err(Error::Cancelled);
         }
     }

@@ -10,8 +10,8 @@ use tch::{Kind, Tensor};
 
 use crate::dataset::{center_crop, load_image, LabelledSet};
 use crate::error::{Error, Result};
-use crate::model::scheduler::PredictionType;
 use crate::model::autocast::AutocastGuard;
+use crate::model::scheduler::PredictionType;
 use crate::model::{Component, ComponentOverrides, ModelOptions, StableDiffusion};
 use crate::rng::SplitMix64;
 
@@ -125,20 +125,22 @@ impl Optimization {
         }
     }
 
-    /// One step on `loss`; returns the gradients' global norm before clipping.
-    pub(crate) fn step(&mut self, loss: &Tensor) -> Result<f64> {
-        self.step_after(|parameters| Ok(Tensor::f_run_backward(&[loss], parameters, false, false)?))
+    /// One step on `loss`.
+    pub(crate) fn step(&mut self, loss: &Tensor) -> Result<StepReport> {
+        self.step_after(|parameters| Ok((loss.shallow_clone(), Tensor::f_run_backward(&[loss], parameters, false, false)?)))
     }
 
-    /// One step on the gradients `backward` returns for the parameters it is given.
-    fn step_after(&mut self, backward: impl FnOnce(&[Tensor]) -> Result<Vec<Tensor>>) -> Result<f64> {
+    /// One step on what `backward` returns for the parameters it is given: the loss and its
+    /// gradient with respect to each.
+    fn step_after(&mut self, backward: impl FnOnce(&[Tensor]) -> Result<(Tensor, Vec<Tensor>)>) -> Result<StepReport> {
         // Freed first, as `zero_grad(set_to_none=True)` does: kept, they would double the memory the
         // gradients take while the next ones are computed.
         self.gradients.clear();
-        self.gradients = backward(&self.parameters)?;
+        let (loss, gradients) = backward(&self.parameters)?;
+        self.gradients = gradients;
         let grad_norm = self.clip_gradients()?;
         self.optimizer.step(&self.parameters, &self.gradients)?;
-        Ok(grad_norm)
+        Ok(StepReport { loss: loss.f_double_value(&[])?, grad_norm })
     }
 
     /// Scales all gradients so their global norm is at most `max_grad_norm`, as
@@ -170,6 +172,13 @@ pub struct StepCompute {
     pub autocast: Option<Kind>,
     /// Recompute each UNet block in the backward pass instead of keeping its activations.
     pub gradient_checkpointing: bool,
+}
+
+impl StepCompute {
+    /// The compute dtype as callers name it: float32 for no autocast, else autocast in that dtype.
+    pub fn new(dtype: Kind, gradient_checkpointing: bool) -> Self {
+        StepCompute { autocast: Some(dtype).filter(|&kind| kind != Kind::Float), gradient_checkpointing }
+    }
 }
 
 /// Trains the UNet of a model it owns (training writes the weights, so the model cannot be shared
@@ -213,18 +222,11 @@ impl Trainer {
         let [noisy, target, t, ctx] = self.training_inputs(latents, noise, timesteps, context)?;
         let unet = self.model.unet();
         let loss_of = |prediction: &Tensor| -> Result<Tensor> { Ok(prediction.f_to_kind(Kind::Float)?.f_mse_loss(&target, tch::Reduction::Mean)?) };
-        let mut loss = Tensor::new();
-        let grad_norm = if self.compute.gradient_checkpointing {
-            self.optimization.step_after(|parameters| {
-                let (value, gradients) = unet.backward_checkpointed(&noisy, &t, &ctx, loss_of, parameters)?;
-                loss = value;
-                Ok(gradients)
-            })?
+        if self.compute.gradient_checkpointing {
+            self.optimization.step_after(|parameters| unet.backward_checkpointed(&noisy, &t, &ctx, loss_of, parameters))
         } else {
-            loss = loss_of(&unet.forward(&noisy, &t, &ctx)?)?;
-            self.optimization.step(&loss)?
-        };
-        Ok(StepReport { loss: loss.f_double_value(&[])?, grad_norm })
+            self.optimization.step(&loss_of(&unet.forward(&noisy, &t, &ctx)?)?)
+        }
     }
 
     /// The parameters' current gradients by name (after a step: clipped), for inspection and tests.

@@ -450,10 +450,7 @@ fn finetune_command(args: &Args) -> Result<()> {
         resolution: args.parsed("resolution", defaults.resolution)?,
         checkpoint_every: args.parsed("checkpoint-every", 0)?,
         checkpoint_dir: Some(out.join("checkpoints")),
-        compute: StepCompute {
-            autocast: Some(parse_dtype(args.optional("autocast").unwrap_or("float32"))?).filter(|&kind| kind != Kind::Float),
-            gradient_checkpointing: args.parsed("gradient-checkpointing", false)?,
-        },
+        compute: StepCompute::new(parse_dtype(args.optional("autocast").unwrap_or("float32"))?, args.parsed("gradient-checkpointing", false)?),
         ..defaults
     };
     println!("finetuning on {} images of {} labels: {:?}", set.items.len(), set.labels().len(), set.labels());

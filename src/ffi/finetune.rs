@@ -11,7 +11,6 @@ use super::status::dm_status;
 use super::typicality::dm_progress_fn;
 use crate::dataset::LabelledSet;
 use crate::finetune::{finetune, FinetuneOptions, StepCompute, TrainOptions};
-use tch::Kind;
 
 /// How to finetune. Fill with `dm_finetune_options_default` (the spec's recipe), then set `steps`,
 /// `batch_size` and `resolution` for the data at hand.
@@ -114,10 +113,7 @@ unsafe fn finetune_options(o: &dm_finetune_options) -> FfiResult<FinetuneOptions
         checkpoint_every: o.checkpoint_every as usize,
         // SAFETY: as above.
         checkpoint_dir: unsafe { optional_str(o.checkpoint_dir, "options.checkpoint_dir") }?.map(PathBuf::from),
-        compute: StepCompute {
-            autocast: Some(dtype_from_c(o.autocast_dtype, "options.autocast_dtype")?).filter(|&kind| kind != Kind::Float),
-            gradient_checkpointing: o.gradient_checkpointing != 0,
-        },
+        compute: StepCompute::new(dtype_from_c(o.autocast_dtype, "options.autocast_dtype")?, o.gradient_checkpointing != 0),
     })
 }
 

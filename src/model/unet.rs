@@ -142,8 +142,8 @@ impl Flow {
         Flow { temb: self.temb.shallow_clone(), h: self.h.shallow_clone(), skips: self.skips.iter().map(Tensor::shallow_clone).collect() }
     }
 
-    /// The same values as new leaves of the autograd graph, so a block run on them stops its
-    /// backward pass here and leaves the gradient of each in its `grad`.
+    /// The same values as new leaves of the autograd graph, so that the backward pass of a block run
+    /// on them stops here and can return the gradient of each.
     fn into_leaves(self) -> Result<Flow> {
         let leaf = |t: Tensor| -> Result<Tensor> { Ok(t.f_detach()?.f_requires_grad_(true)?) };
         Ok(Flow { temb: leaf(self.temb)?, h: leaf(self.h)?, skips: self.skips.into_iter().map(leaf).collect::<Result<_>>()? })
@@ -156,10 +156,15 @@ impl Flow {
 
 /// Back-propagates from `outputs` given the loss's gradient with respect to each (a vector-Jacobian
 /// product: the backward of Σ⟨output, gradient⟩, the gradients held constant); adds what reaches
-/// `parameters` into `parameter_gradients` and returns the gradients of `leaves`' tensors, in
-/// `tensors` order (undefined where a block did not use one).
-fn backward_from(outputs: &[&Tensor], gradients: &[Tensor], leaves: &Flow, parameters: &[Tensor], parameter_gradients: &mut [Tensor]) -> Result<Vec<Tensor>> {
-    let leaf_tensors: Vec<&Tensor> = leaves.tensors().into_iter().filter(|t| t.defined()).collect();
+/// `parameters` into `parameter_gradients` and returns the gradients of `leaves` (undefined where a
+/// block did not use one).
+fn backward_from(
+    outputs: &[&Tensor],
+    gradients: &[Tensor],
+    leaves: &[&Tensor],
+    parameters: &[Tensor],
+    parameter_gradients: &mut [Tensor],
+) -> Result<Vec<Tensor>> {
     let mut total: Option<Tensor> = None;
     for (output, gradient) in outputs.iter().zip(gradients) {
         if !gradient.defined() || !output.requires_grad() {
@@ -172,11 +177,11 @@ fn backward_from(outputs: &[&Tensor], gradients: &[Tensor], leaves: &Flow, param
         });
     }
     let Some(total) = total else {
-        return Ok(leaf_tensors.iter().map(|_| Tensor::new()).collect());
+        return Ok(leaves.iter().map(|_| Tensor::new()).collect());
     };
-    let inputs: Vec<&Tensor> = leaf_tensors.iter().copied().chain(parameters).collect();
+    let inputs: Vec<&Tensor> = leaves.iter().copied().chain(parameters).collect();
     let mut reached = Tensor::f_run_backward(&[total], &inputs, false, false)?;
-    for (sum, gradient) in parameter_gradients.iter_mut().zip(reached.split_off(leaf_tensors.len())) {
+    for (sum, gradient) in parameter_gradients.iter_mut().zip(reached.split_off(leaves.len())) {
         if !gradient.defined() {
             continue;
         }
@@ -378,14 +383,13 @@ impl UNet2DConditionModel {
         let mut parameter_gradients: Vec<Tensor> = parameters.iter().map(|_| Tensor::new()).collect();
         let leaves = flow.into_leaves()?;
         let loss = loss_of(&self.exit(&leaves.h)?)?;
-        let mut gradients = backward_from(&[&loss], &[Tensor::ones_like(&loss)], &leaves, parameters, &mut parameter_gradients)?;
+        let mut gradients = backward_from(&[&loss], &[Tensor::ones_like(&loss)], &leaves.tensors(), parameters, &mut parameter_gradients)?;
         for (&stage, input) in stages.iter().zip(inputs).rev() {
             let leaves = input.into_leaves()?;
             let output = self.run_stage(stage, leaves.shallow_clone(), &call)?;
-            gradients = backward_from(&output.tensors(), &gradients, &leaves, parameters, &mut parameter_gradients)?;
+            gradients = backward_from(&output.tensors(), &gradients, &leaves.tensors(), parameters, &mut parameter_gradients)?;
         }
-        let no_leaves = Flow { temb: Tensor::new(), h: Tensor::new(), skips: Vec::new() };
-        backward_from(&self.enter(sample, timesteps)?.tensors(), &gradients, &no_leaves, parameters, &mut parameter_gradients)?;
+        backward_from(&self.enter(sample, timesteps)?.tensors(), &gradients, &[], parameters, &mut parameter_gradients)?;
         Ok((loss.f_detach()?, parameter_gradients))
     }
 
