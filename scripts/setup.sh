@@ -15,21 +15,39 @@ venv="$root/.deps/venv"
 stamp="$venv/.diffmine-requirements"
 wanted=$(sha256sum "$root/scripts/requirements.txt" | cut -d' ' -f1)
 
+# Downloads here are several GB (torch's CUDA wheels) and a connection dropped midway must not fail
+# the whole run: pip resumes a broken download itself, and a command that still fails is run again
+# after a pause (pip keeps what it finished in its cache, cargo in its registry).
+export CARGO_NET_RETRY=10
+retry() {
+  local attempt
+  for attempt in 1 2 3 4; do
+    "$@" && return 0
+    echo "setup.sh: attempt $attempt of '$*' failed; trying again in $((attempt * 20)) s" >&2
+    sleep $((attempt * 20))
+  done
+  "$@"
+}
+pip_install() {
+  "$venv/bin/python" -m pip install -q --retries 10 --timeout 60 --resume-retries 20 "$@"
+}
+
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install -q --upgrade pip
+  # pip is pinned to a version that knows --resume-retries (25.1 and later).
+  retry "$venv/bin/python" -m pip install -q --retries 10 --timeout 60 pip==26.3
   # torch==2.11.0 is the CUDA 13.0 build on PyPI: the same build the GPU machines have preinstalled,
   # so a library built here runs there against their own libtorch.
-  "$venv/bin/python" -m pip install -q -r "$root/scripts/requirements.txt"
+  retry pip_install -r "$root/scripts/requirements.txt"
   echo "$wanted" > "$stamp"
 fi
 
 if ! command -v cbindgen >/dev/null 2>&1 || ! cbindgen --version | grep -q '0.29.4'; then
-  cargo install --locked --quiet cbindgen --version 0.29.4
+  retry cargo install --locked --quiet cbindgen --version 0.29.4
 fi
 
 if ! cargo fuzz --version 2>/dev/null | grep -q '0.13.2'; then
-  cargo install --locked --quiet cargo-fuzz --version 0.13.2
+  retry cargo install --locked --quiet cargo-fuzz --version 0.13.2
 fi
 
-bash "$root/scripts/install_chromium.sh"
+retry bash "$root/scripts/install_chromium.sh"
