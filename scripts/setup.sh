@@ -34,6 +34,11 @@ pip_install() {
 
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  # The install takes about 5 GB; on a fuller disk pip's failures can read like network errors.
+  free_gib=$(df --output=avail -BG "$venv" | tail -1 | tr -dc 0-9)
+  if [ "$free_gib" -lt 8 ]; then
+    echo "setup.sh: warning: only ${free_gib} GiB free under $venv; the Python packages take about 5 GiB and the release build about 10" >&2
+  fi
   # pip is pinned to a version that knows --resume-retries (25.1 and later).
   retry "$venv/bin/python" -m pip install -q --retries 10 --timeout 60 pip==26.3
   # torch==2.11.0 is the CUDA 13.0 build on PyPI: the same build the GPU machines have preinstalled,
