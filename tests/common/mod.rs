@@ -18,6 +18,16 @@ pub fn python() -> PathBuf {
     std::env::var_os("DIFFMINE_VENV").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".deps/venv")).join("bin/python")
 }
 
+/// The libdiffmine.so of this build: the test executable is `target/<profile>/deps/<name>-<hash>`,
+/// and cargo puts the cdylib in `target/<profile>/`.
+pub fn built_library() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps/<test>");
+    let lib = profile_dir.join("libdiffmine.so");
+    assert!(lib.is_file(), "{} is missing (cargo builds the cdylib with the tests)", lib.display());
+    lib
+}
+
 /// The fixtures folder, built on first use (the script is idempotent and serialises concurrent runs).
 pub fn fixtures() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -107,7 +117,7 @@ pub fn scratch_copy(config: &str) -> tempfile::TempDir {
     dir
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
     for entry in std::fs::read_dir(from).expect("read_dir") {
         let entry = entry.expect("entry");
