@@ -52,9 +52,7 @@ fn print_default(s: &Struct, field: &Field) -> String {
     let label = format!("default {}.{} ", s.name, field.name);
     let value = format!("options.{}", field.name);
     match field.c_type.as_str() {
-        "const char *" => format!(
-            "if ({value}) printf(\"{label}\\\"%s\\\"\\n\", {value}); else printf(\"{label}NULL\\n\");"
-        ),
+        "const char *" => format!("if ({value}) printf(\"{label}\\\"%s\\\"\\n\", {value}); else printf(\"{label}NULL\\n\");"),
         t if t.ends_with('*') => format!("printf(\"{label}%s\\n\", {value} ? \"non-NULL\" : \"NULL\");"),
         "double" | "float" => format!("printf(\"{label}%.17g\\n\", (double){value});"),
         "int32_t" | "int64_t" => format!("printf(\"{label}%lld\\n\", (long long){value});"),

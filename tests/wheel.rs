@@ -205,7 +205,11 @@ fn the_wheel_installs_and_computes_a_map_without_the_checkout() {
     assert_eq!(paths.len(), 1, "one run path entry: {paths:?}");
     assert!(paths[0].contains("(RUNPATH)") && paths[0].ends_with("[$ORIGIN/../torch/lib]"), "{}", paths[0]);
     let installed_so = std::fs::metadata(site.join("diffmine/libdiffmine.so")).map(|m| m.len()).unwrap_or(0);
-    println!("installed libdiffmine.so: {:.1} MB (build tree: {:.1} MB)", installed_so as f64 / 1e6, std::fs::metadata(built_library()).unwrap().len() as f64 / 1e6);
+    println!(
+        "installed libdiffmine.so: {:.1} MB (build tree: {:.1} MB)",
+        installed_so as f64 / 1e6,
+        std::fs::metadata(built_library()).unwrap().len() as f64 / 1e6
+    );
 
     let torch = "torch==2.11.0";
     let no_torch = std::fs::read_to_string(work.join("no-torch.txt")).expect("no-torch output");

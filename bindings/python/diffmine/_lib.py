@@ -524,19 +524,20 @@ _NO_LOG_CALLBACK = ctypes.cast(None, LOG_FN)
 
 
 def set_log_level(level: int) -> None:
-    """Sets the "diffmine" logger's level and has the library send events down to it. The library
-    sends only events at or above the logger's level when it is loaded (each one crosses into Python
-    under the GIL), so a level made more verbose later through ``logging`` alone shows nothing more;
-    this function moves both."""
+    """Sets the "diffmine" logger's level, and the library's: it sends events down to DEBUG always
+    (``logging`` then filters them), and TRACE events (:data:`TRACE`, 5) only when the logger's level
+    was at most TRACE when it was loaded or is set so here, as they can be many, each crossing into
+    Python under the GIL."""
     logger.setLevel(level)
     _install_log_callback(lib())
 
 
 def _install_log_callback(handle: ctypes.CDLL) -> None:
-    """Forwards the library's events at or above the logger's effective level. A failure (another
+    """Forwards the library's events down to DEBUG, or TRACE if the logger shows it. A failure (another
     tracing subscriber already installed in this process by a Rust host) is a warning, not an error:
     the library works without its log."""
-    status = handle.dm_log_set_callback(_LOG_CALLBACK, _library_level(logger.getEffectiveLevel()), None)
+    max_level = _library_level(min(logger.getEffectiveLevel(), logging.DEBUG))
+    status = handle.dm_log_set_callback(_LOG_CALLBACK, max_level, None)
     if status != Status.OK:
         message = handle.dm_last_error()
         logger.warning("the library's log is not forwarded: %s", message.decode("utf-8", errors="replace") if message else status)
