@@ -38,7 +38,7 @@ fn header_structs(header: &str) -> Vec<Struct> {
         } else if code.starts_with('}') {
             structs.extend(current.take());
         } else if let (Some(s), Some(declaration)) = (current.as_mut(), code.strip_suffix(';')) {
-            let split = declaration.rfind(|c: char| c == ' ' || c == '*').expect("a field declaration");
+            let split = declaration.rfind([' ', '*']).expect("a field declaration");
             let (c_type, name) = declaration.split_at(split + 1);
             s.fields.push(Field { c_type: c_type.trim().to_string(), name: name.to_string() });
         }
