@@ -1,6 +1,7 @@
-"""Prints the layout of every ctypes Structure of the Python binding (diffmine/_lib.py) and the defaults
-the library fills into the options structs, read through those declarations, in the format of the C
-program tests/option_structs.rs generates from include/diffmine.h; the test compares the two.
+"""Prints the layout of every ctypes Structure of the Python binding (diffmine/_lib.py), the defaults
+the library fills into the options structs, read through those declarations, and every function
+prototype, in the format that tests/option_structs.rs derives from include/diffmine.h (through a C
+program for the layouts and defaults); the test compares the two.
 
 Run with PYTHONPATH=bindings/python and DIFFMINE_LIB set to the library.
 """
@@ -14,6 +15,30 @@ from diffmine import _lib
 def c_name(python_name: str) -> str:
     """``CModelOptions`` -> ``dm_model_options`` (the binding names each struct after the header's)."""
     return "dm_" + re.sub(r"(?<!^)(?=[A-Z])", "_", python_name[1:]).lower()
+
+
+_INTEGER_KINDS = {"B": "u", "H": "u", "I": "u", "L": "u", "Q": "u", "b": "i", "h": "i", "i": "i", "l": "i", "q": "i"}
+
+
+def canonical(ctype: object) -> str:
+    """A ctypes type as tests/option_structs.rs writes a C type: ``u64``, ``i32``, ``f64``, ``char*``,
+    ``dm_model_options*``, ``void*`` (also every handle), ``dm_progress_fn``."""
+    if ctype is None:
+        return "void"
+    callbacks = {_lib.PROGRESS_FN: "dm_progress_fn", _lib.LOG_FN: "dm_log_fn"}
+    if ctype in callbacks:
+        return callbacks[ctype]
+    if ctype is ctypes.c_char_p:
+        return "char*"
+    if ctype is ctypes.c_void_p:
+        return "void*"
+    if issubclass(ctype, ctypes._Pointer):
+        return canonical(ctype._type_) + "*"
+    if issubclass(ctype, ctypes.Structure):
+        return c_name(ctype.__name__)
+    code = ctype._type_
+    kind = _INTEGER_KINDS.get(code) or {"f": "f", "d": "f"}[code]
+    return f"{kind}{8 * ctypes.sizeof(ctype)}"
 
 
 def value(field_value: object, field_type: type) -> str:
@@ -46,6 +71,8 @@ def main() -> None:
             raise SystemExit(f"{name}_default failed with status {status}")
         for field, field_type in struct._fields_:
             print(f"default {name}.{field} {value(getattr(options, field), field_type)}")
+    for name, (restype, argtypes) in _lib._PROTOTYPES.items():
+        print(f"proto {name} {canonical(restype)}({', '.join(canonical(a) for a in argtypes)})")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
-//! One source of truth for the structs of the C API: every struct that include/diffmine.h defines must
-//! have a ctypes declaration in the Python binding (bindings/python/diffmine/_lib.py) with the same
-//! size and the same offset and size of every field, and the defaults the library fills in
-//! (`dm_*_options_default`) must read the same through those declarations as from C. A C program
-//! generated from the header prints sizeof/offsetof and the defaults; tests/option_structs.py prints
-//! the same from ctypes; every line must match. A struct added to the header without its Python
-//! declaration fails here, as does a field added, moved or retyped on one side only.
+//! One source of truth for the C API and the Python binding's ctypes declarations
+//! (bindings/python/diffmine/_lib.py): every struct that include/diffmine.h defines must have a ctypes
+//! declaration with the same size and the same offset and size of every field; the defaults the
+//! library fills in (`dm_*_options_default`) must read the same through those declarations as from C;
+//! and every function of the header must have a ctypes prototype with the same return and parameter
+//! types. A C program generated from the header prints sizeof/offsetof and the defaults, this test
+//! writes the prototypes from the header in the same canonical form, tests/option_structs.py prints
+//! all of it from ctypes, and every line must match. A struct or function added to the header without
+//! its Python declaration fails here, as does a field or parameter added, moved or retyped on one side.
 mod common;
 
 use std::collections::BTreeSet;
@@ -84,6 +86,69 @@ fn c_program(structs: &[Struct], header: &str) -> String {
     c
 }
 
+/// The header's code: without comments and preprocessor lines.
+fn header_code(header: &str) -> String {
+    let mut code = String::new();
+    let mut rest = header;
+    while let Some(start) = rest.find("/*") {
+        code.push_str(&rest[..start]);
+        rest = &rest[start + rest[start..].find("*/").expect("an unterminated comment") + 2..];
+    }
+    code.push_str(rest);
+    code.lines().map(|l| l.split("//").next().unwrap()).filter(|l| !l.trim_start().starts_with('#')).collect::<Vec<_>>().join("\n")
+}
+
+/// A C type in the canonical form tests/option_structs.py writes for a ctypes type: integers and
+/// floats by signedness and width (`size_t` is `u64`, an enum `i32`), pointers with `*`, a handle
+/// (a pointer to an opaque struct) as `void*`, without `const`, `struct` or `enum`.
+fn canonical(c_type: &[&str], opaque: &BTreeSet<&str>) -> String {
+    let stars = c_type.iter().filter(|t| **t == "*").count();
+    let base: Vec<&str> = c_type.iter().copied().filter(|t| !matches!(*t, "*" | "const" | "struct" | "enum")).collect();
+    let base = match base.as_slice() {
+        ["uint64_t"] | ["size_t"] => "u64",
+        ["uint32_t"] => "u32",
+        ["uint8_t"] => "u8",
+        ["int32_t"] | ["dm_status"] => "i32",
+        ["int64_t"] => "i64",
+        ["double"] => "f64",
+        ["float"] => "f32",
+        [name] if opaque.contains(name) => "void",
+        [name] => name,
+        other => panic!("a C type this test does not know: {other:?}"),
+    };
+    format!("{base}{}", "*".repeat(stars))
+}
+
+/// `proto NAME RETURN(PARAM, ...)` for every function the header declares, canonical types.
+fn header_prototypes(header: &str) -> Vec<String> {
+    let code = header_code(header);
+    let opaque: BTreeSet<&str> = header.lines().filter_map(|l| l.strip_prefix("typedef struct ")?.strip_suffix(';')?.split_whitespace().next()).collect();
+    let tokens = |text: &str| -> Vec<String> { text.replace('*', " * ").split_whitespace().map(String::from).collect() };
+    let mut prototypes = Vec::new();
+    for statement in code.split(';') {
+        let statement = statement.rsplit(['{', '}']).next().unwrap().trim();
+        let Some((head, params)) = statement.split_once('(') else { continue };
+        if head.starts_with("typedef") {
+            continue;
+        }
+        let head = tokens(head);
+        let (name, ret) = head.split_last().expect("a function name");
+        let ret: Vec<&str> = ret.iter().map(String::as_str).collect();
+        let params = params.strip_suffix(')').expect("a parameter list");
+        let params: Vec<String> = params
+            .split(',')
+            .map(tokens)
+            .filter(|p| p != &["void"])
+            .map(|p| {
+                let typ: Vec<&str> = p[..p.len() - 1].iter().map(String::as_str).collect();
+                canonical(&typ, &opaque)
+            })
+            .collect();
+        prototypes.push(format!("proto {name} {}({})", canonical(&ret, &opaque), params.join(", ")));
+    }
+    prototypes
+}
+
 fn show(output: &Output) -> String {
     format!("status: {}\n{}{}", output.status, String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
 }
@@ -124,7 +189,7 @@ fn python_layout() -> String {
 }
 
 #[test]
-fn python_ctypes_structs_match_the_header_in_layout_and_defaults() {
+fn python_ctypes_declarations_match_the_header_in_layout_defaults_and_prototypes() {
     let header = std::fs::read_to_string(repo_root().join("include/diffmine.h")).expect("include/diffmine.h");
     let structs = header_structs(&header);
     let options = structs.iter().filter(|s| s.name.ends_with("_options")).count();
@@ -133,13 +198,16 @@ fn python_ctypes_structs_match_the_header_in_layout_and_defaults() {
     let dir = tempfile::tempdir().expect("temp dir");
     let source = dir.path().join("layout.c");
     std::fs::write(&source, c_program(&structs, &header)).expect("write layout.c");
-    let c = compile_and_run(&source, &dir.path().join("layout"));
+    let prototypes = header_prototypes(&header);
+    assert!(prototypes.len() >= 50, "parsed {} functions from the header", prototypes.len());
+    let c = compile_and_run(&source, &dir.path().join("layout")) + &prototypes.join("\n");
     let py = python_layout();
 
     let c_lines: BTreeSet<&str> = c.lines().collect();
     let py_lines: BTreeSet<&str> = py.lines().collect();
     let defaults = c_lines.iter().filter(|l| l.starts_with("default ")).count();
-    println!("{} structs, {} fields, {defaults} defaults compared", structs.len(), structs.iter().map(|s| s.fields.len()).sum::<usize>());
+    let fields = structs.iter().map(|s| s.fields.len()).sum::<usize>();
+    println!("{} structs, {fields} fields, {defaults} defaults, {} prototypes compared", structs.len(), prototypes.len());
     let only_c: Vec<&&str> = c_lines.difference(&py_lines).collect();
     let only_py: Vec<&&str> = py_lines.difference(&c_lines).collect();
     assert!(
