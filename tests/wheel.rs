@@ -6,7 +6,8 @@
 //! RUNPATH is exactly `$ORIGIN/../torch/lib` (no path into the checkout), `diffmine.__version__` and
 //! the installed distribution's version are Cargo.toml's, the library came from the venv and its
 //! libtorch from the torch package beside it, and importing the wheel without torch or with another
-//! torch version is an ImportError naming `torch==<version>`.
+//! torch version, or with torch in another folder than the rpath names, is an ImportError naming
+//! `torch==<version>`.
 //!
 //! The fresh venv's torch: PyPI's torch 2.11.0 is 4.7 GB installed with its CUDA libraries, and
 //! installing it again (from a wheel pip cached) would cost that much disk and a minute or two of
@@ -95,6 +96,10 @@ other=$(site_of "$work/no-torch/bin/python")/torch-2.10.0.dist-info
 mkdir "$other"
 printf 'Metadata-Version: 2.1\nName: torch\nVersion: 2.10.0\n' > "$other/METADATA"
 import_error "$work/no-torch/bin/python" > "$work/other-torch.txt"
+# torch 2.11.0 importable, but from another folder than the one the library's rpath names.
+rm -r "$other"
+echo "$work/shared-site" > "$(site_of "$work/no-torch/bin/python")/shared-site.pth"
+import_error "$work/no-torch/bin/python" > "$work/torch-elsewhere.txt"
 "#;
 
 fn show(output: &Output) -> String {
@@ -218,5 +223,11 @@ fn the_wheel_installs_and_computes_a_map_without_the_checkout() {
     assert!(no_torch.starts_with("ImportError") && no_torch.contains(torch) && no_torch.contains("not installed"), "without torch: {no_torch}");
     let other = std::fs::read_to_string(work.join("other-torch.txt")).expect("other-torch output");
     assert!(other.starts_with("ImportError") && other.contains(torch) && other.contains("torch 2.10.0 is installed"), "with torch 2.10.0: {other}");
-    println!("without torch: {no_torch}with torch 2.10.0: {other}wheel test: {:.1} s", started.elapsed().as_secs_f64());
+    let elsewhere = std::fs::read_to_string(work.join("torch-elsewhere.txt")).expect("torch-elsewhere output");
+    assert!(
+        elsewhere.starts_with("ImportError") && elsewhere.contains(torch) && elsewhere.contains("libtorch_cpu.so"),
+        "with torch in another folder: {elsewhere}"
+    );
+    println!("without torch: {no_torch}with torch 2.10.0: {other}with torch elsewhere: {elsewhere}");
+    println!("wheel test: {:.1} s", started.elapsed().as_secs_f64());
 }
