@@ -18,6 +18,7 @@ while [ $# -gt 0 ]; do
     *) echo "usage: bash scripts/build_wheel.sh [--lib PATH/libdiffmine.so] [--out DIR]" >&2; exit 2 ;;
   esac
 done
+command -v patchelf >/dev/null || { echo "build_wheel.sh: patchelf is missing (scripts/setup.sh installs Debian's)" >&2; exit 1; }
 # The caller's environment wins (a worktree may point LIBTORCH at another path of the same torch).
 [ -n "${LIBTORCH:-}" ] || source "$root/scripts/env.sh"
 python="${DIFFMINE_VENV:-$root/.deps/venv}/bin/python"

@@ -49,23 +49,24 @@ class ExceptionTest(unittest.TestCase):
 
 
 class LoggingTest(unittest.TestCase):
-    def test_the_library_log_reaches_logging_from_its_thread(self) -> None:
+    def test_the_library_log_reaches_logging_from_each_thread(self) -> None:
         folder = fixtures() / "sd15_tiny"
 
         def open_and_close() -> None:
             diffmine.Model(folder).close()
 
-        worker = threading.Thread(target=open_and_close, name="diffmine-test-loader")
+        workers = [threading.Thread(target=open_and_close, name=f"diffmine-test-loader-{i}") for i in range(4)]
         with self.assertLogs("diffmine", level=logging.INFO) as logs:
-            worker.start()
-            worker.join()
+            for worker in workers:  # at once: the callback is entered from several threads together
+                worker.start()
+            for worker in workers:
+                worker.join()
         loaded = [r for r in logs.records if r.getMessage().startswith("model loaded")]
-        self.assertEqual(len(loaded), 1, [r.getMessage() for r in logs.records])
-        record = loaded[0]
-        self.assertEqual(record.levelno, logging.INFO)
-        self.assertTrue(record.name.startswith("diffmine."), record.name)  # the Rust module, e.g. diffmine.model
-        self.assertEqual(record.threadName, "diffmine-test-loader")
-        self.assertIn(str(folder), record.getMessage())
+        self.assertEqual(sorted(r.threadName for r in loaded), [w.name for w in workers], [r.getMessage() for r in logs.records])
+        for record in loaded:
+            self.assertEqual(record.levelno, logging.INFO)
+            self.assertTrue(record.name.startswith("diffmine."), record.name)  # the Rust module, e.g. diffmine.model
+            self.assertIn(str(folder), record.getMessage())
 
     def test_a_level_above_info_hides_the_event(self) -> None:
         logger = logging.getLogger("diffmine")
