@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use tch::{Kind, Tensor};
 
-use crate::dataset::{center_crop, load_image, LabelledSet};
+use crate::dataset::{center_crop, LabelledSet};
 use crate::error::{Error, Result};
 use crate::model::autocast::AutocastGuard;
 use crate::model::scheduler::PredictionType;
@@ -223,15 +223,13 @@ pub fn save_unet(model: &StableDiffusion, dir: &Path) -> Result<()> {
 pub fn save_component(parameters: &[(String, Tensor)], config: &serde_json::Value, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let text = serde_json::to_string_pretty(config).expect("a JSON value serialises");
-    std::fs::write(dir.join("config.json"), text).map_err(|e| Error::io(dir, e))?;
+    crate::io::write_atomic(&dir.join("config.json"), text.as_bytes())?;
     let tensors: Vec<(String, Tensor)> =
         parameters.iter().map(|(name, t)| Ok((name.clone(), t.f_detach()?.f_to_device(tch::Device::Cpu)?.f_contiguous()?))).collect::<Result<_>>()?;
-    // Written beside and renamed over the old file: a model loaded from this folder maps the old file,
-    // and rewriting it in place would pull the pages from under that mapping (SIGBUS).
+    // Never rewritten in place: a model loaded from this folder maps the old file, and rewriting it
+    // would pull the pages from under that mapping (SIGBUS).
     let path = dir.join("diffusion_pytorch_model.safetensors");
-    let partial = dir.join("diffusion_pytorch_model.safetensors.partial");
-    Tensor::write_safetensors(&tensors, &partial).map_err(|e| Error::io(&partial, e))?;
-    std::fs::rename(&partial, &path).map_err(|e| Error::io(&path, e))
+    crate::io::write_atomic_with(&path, |temporary| Tensor::write_safetensors(&tensors, temporary).map_err(|e| Error::io(&path, e)))
 }
 
 /// The folders a saved pipeline copies its untrained components from: each component's folder as
@@ -262,8 +260,7 @@ impl ComponentSources {
         for (component, dir) in &self.folders {
             copy_dir(dir, &out.join(component.folder_name()))?;
         }
-        std::fs::copy(&self.model_index, out.join("model_index.json")).map_err(|e| Error::io(&self.model_index, e))?;
-        Ok(())
+        copy_file(&self.model_index, &out.join("model_index.json"))
     }
 }
 
@@ -273,10 +270,14 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
         let path = entry.map_err(|e| Error::io(from, e))?.path();
         if path.is_file() {
             let target = to.join(path.file_name().expect("a file has a name"));
-            std::fs::copy(&path, &target).map_err(|e| Error::io(&path, e))?;
+            copy_file(&path, &target)?;
         }
     }
     Ok(())
+}
+
+fn copy_file(from: &Path, to: &Path) -> Result<()> {
+    crate::io::write_atomic_with(to, |temporary| std::fs::copy(from, temporary).map(drop).map_err(|e| Error::io(to, format!("copying {}: {e}", from.display()))))
 }
 
 /// How to finetune on a labelled set (defaults: the spec's recipe; steps and batch are the caller's).
@@ -390,7 +391,7 @@ fn encode_set(model: &StableDiffusion, set: &LabelledSet, options: &FinetuneOpti
     set.items
         .iter()
         .map(|item| {
-            let image = center_crop(&load_image(&item.path, Some(size))?, size as i64)?;
+            let image = center_crop(&item.load(Some(size))?, size as i64)?;
             let posterior = model.encode(&image)?;
             Ok(EncodedImage { mean: posterior.mean, std: posterior.std, caption: options.caption(&item.labels) })
         })
@@ -435,11 +436,11 @@ impl Trainer {
             .flat_map(|(name, (m, v))| [(format!("m.{name}"), m.shallow_clone()), (format!("v.{name}"), v.shallow_clone())])
             .collect();
         let path = dir.join("optimizer.safetensors");
-        Tensor::write_safetensors(&moments, &path).map_err(|e| Error::io(&path, e))?;
+        crate::io::write_atomic_with(&path, |temporary| Tensor::write_safetensors(&moments, temporary).map_err(|e| Error::io(&path, e)))?;
         let (state, spare) = rng.snapshot();
         let json = serde_json::json!({ "steps_done": steps_done, "optimizer_steps": self.optimization.optimizer.steps, "rng_state": state.to_string(), "rng_spare_normal": spare });
         let path = dir.join("trainer_state.json");
-        std::fs::write(&path, json.to_string()).map_err(|e| Error::io(&path, e))
+        crate::io::write_atomic(&path, json.to_string().as_bytes())
     }
 
     /// Restores a checkpoint's optimiser and random stream; returns the stream and the steps done.
