@@ -277,7 +277,9 @@ fn edited(name: &str, edit: impl FnOnce(&mut dicom_object::DefaultDicomObject)) 
 
 /// The error of reading frame 0 of `name` with one attribute replaced.
 fn error_with(name: &str, tag: dicom_core::Tag, vr: dicom_core::VR, value: dicom_core::PrimitiveValue) -> String {
-    let bytes = edited(name, |object| object.put(dicom_core::DataElement::new(tag, vr, value)));
+    let bytes = edited(name, |object| {
+        object.put(dicom_core::DataElement::new(tag, vr, value));
+    });
     match DicomFile::from_bytes(&bytes, "edited.dcm").and_then(|f| f.image(&DicomOptions::default())) {
         Ok(image) => panic!("{name} with {tag} edited opened ({}×{})", image.width, image.height),
         Err(Error::InvalidData(message)) => message,
@@ -474,17 +476,18 @@ mod c_api {
         let Some(disk) = super::common::SmallDisk::mount(64) else { return };
         let source = CString::new(super::test_file("CT_small.dcm").to_str().unwrap()).unwrap();
         let map: Vec<f32> = (0..64 * 64).map(|i| i as f32 * 1e-3).collect();
-        let write = |path: &std::path::Path| {
+        // The raw map is 2 bytes a pixel, the overlay 3: replacing one by the other needs more room.
+        let write = |path: &std::path::Path, kind| {
             let out = CString::new(path.to_str().unwrap()).unwrap();
             // SAFETY: valid arguments.
-            unsafe { dm_map_write_dicom(source.as_ptr(), 0, map.as_ptr(), map.len(), 64, 64, DM_MAP_RAW, null(), out.as_ptr(), null_mut(), 0) }
+            unsafe { dm_map_write_dicom(source.as_ptr(), 0, map.as_ptr(), map.len(), 64, 64, kind, null(), out.as_ptr(), null_mut(), 0) }
         };
         let (old, new) = (disk.path().join("old.dcm"), disk.path().join("new.dcm"));
-        assert_eq!(write(&old), dm_status::DM_OK, "{}", last_error());
+        assert_eq!(write(&old, DM_MAP_RAW), dm_status::DM_OK, "{}", last_error());
         let before = std::fs::read(&old).unwrap();
         disk.fill();
         for path in [&old, &new] {
-            assert_eq!(write(path), dm_status::DM_ERR_IO, "{}", path.display());
+            assert_eq!(write(path, DM_MAP_OVERLAY), dm_status::DM_ERR_IO, "{}", path.display());
             assert!(last_error().contains("No space left on device"), "{}", last_error());
         }
         assert_eq!(disk.names(), ["filler", "old.dcm"], "no temporary, no empty new file");
@@ -493,7 +496,7 @@ mod c_api {
 
         std::fs::remove_file(disk.path().join("filler")).unwrap();
         disk.make_read_only();
-        assert_eq!(write(&old), dm_status::DM_ERR_IO);
+        assert_eq!(write(&old, DM_MAP_RAW), dm_status::DM_ERR_IO);
         assert!(last_error().contains("Read-only file system"), "{}", last_error());
         assert_eq!(std::fs::read(&old).unwrap(), before);
     }

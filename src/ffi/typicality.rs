@@ -4,7 +4,7 @@ use std::ptr::null;
 
 use tch::Tensor;
 
-use super::args::{input_slice, read_options, required_str, write_array, write_output, write_value};
+use super::args::{input_slice, read_options, required_str, write_array, write_value};
 use super::error::{guard, FfiError, FfiResult};
 use super::image::{borrow_view, dm_image_view};
 use super::model::{dm_model, model_ref, write_tensor};
