@@ -277,7 +277,9 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
 }
 
 fn copy_file(from: &Path, to: &Path) -> Result<()> {
-    crate::io::write_atomic_with(to, |temporary| std::fs::copy(from, temporary).map(drop).map_err(|e| Error::io(to, format!("copying {}: {e}", from.display()))))
+    crate::io::write_atomic_with(to, |temporary| {
+        std::fs::copy(from, temporary).map(drop).map_err(|e| Error::io(to, format!("copying {}: {e}", from.display())))
+    })
 }
 
 /// How to finetune on a labelled set (defaults: the spec's recipe; steps and batch are the caller's).

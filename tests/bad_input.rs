@@ -344,7 +344,8 @@ fn a_buffer_too_small_gives_the_needed_size_in_the_out_count() {
 #[test]
 fn a_map_size_beyond_what_can_be_computed_is_refused() {
     let pixels = [0u8; 4 * 2];
-    let view = ffi::dm_image_view { data: pixels.as_ptr().cast(), data_len: pixels.len(), width: 4, height: 2, channels: 1, pixel_type: ffi::DM_PIXEL_U8, stride: 4 };
+    let view =
+        ffi::dm_image_view { data: pixels.as_ptr().cast(), data_len: pixels.len(), width: 4, height: 2, channels: 1, pixel_type: ffi::DM_PIXEL_U8, stride: 4 };
     // SAFETY: zeroed, then filled by the library.
     let mut options: ffi::dm_typicality_options = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointer.

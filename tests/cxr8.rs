@@ -267,7 +267,9 @@ fn boxes_are_checked_alike_from_the_box_list_and_from_a_caller() {
     assert!(matches!(&from_csv, Err(Error::InvalidData(m)) if m.contains("boxes.csv:2") && m.contains("is not a box")), "{from_csv:?}");
     let map = [0.5f32; 16];
     let (mut ap, mut area) = (0.0, 0.0);
-    for (boxes, problem) in [([1.0, 1.0, f64::INFINITY, 2.0], "is not a box"), ([1.0, 1.0, 1e308, 2.0], "reaches far beyond"), ([1.0, 1.0, 2.0, f64::NAN], "is not a box")] {
+    for (boxes, problem) in
+        [([1.0, 1.0, f64::INFINITY, 2.0], "is not a box"), ([1.0, 1.0, 1e308, 2.0], "reaches far beyond"), ([1.0, 1.0, 2.0, f64::NAN], "is not a box")]
+    {
         // SAFETY: valid buffers and outputs.
         let status = unsafe { dm_cxr8_auc_pr(map.as_ptr(), 16, 4, 4, boxes.as_ptr(), 4, &mut ap, &mut area) };
         assert_eq!(status, dm_status::DM_ERR_INVALID_DATA, "{boxes:?}");

@@ -149,7 +149,10 @@ mod pipeline {
         let model = StableDiffusion::open(&pipeline("sd15_tiny"), &ModelOptions::default()).unwrap();
         let options = MiningOptions { cache_dir: None, ..small_options(data.path(), 2) };
         let patches = |results: Vec<LabelResult>| -> Vec<_> {
-            results.iter().flat_map(|r| r.patches.iter().map(|p| (r.label.clone(), p.path.file_stem().unwrap().to_owned(), p.patch.x, p.patch.y, p.patch.score))).collect()
+            results
+                .iter()
+                .flat_map(|r| r.patches.iter().map(|p| (r.label.clone(), p.path.file_stem().unwrap().to_owned(), p.patch.x, p.patch.y, p.patch.score)))
+                .collect()
         };
         let from_png = patches(run(&model, &png, &options));
         assert!(!from_png.is_empty());

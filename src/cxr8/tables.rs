@@ -170,7 +170,8 @@ struct Table<'a> {
 impl<'a> Table<'a> {
     fn parse(text: &'a str, source: &'a str) -> Result<Self> {
         let split = |(n, line): (usize, &str)| {
-            let cells = split_line(line).ok_or_else(|| Error::InvalidData(format!("{source}:{}: an unbalanced quote (a quoted cell is not closed on its line)", n + 1)))?;
+            let cells = split_line(line)
+                .ok_or_else(|| Error::InvalidData(format!("{source}:{}: an unbalanced quote (a quoted cell is not closed on its line)", n + 1)))?;
             Ok((n + 1, cells))
         };
         let mut lines = text.trim_start_matches('\u{feff}').lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).map(split);

@@ -49,7 +49,9 @@ impl<'a> Attributes<'a> {
         let Some(element) = self.element(tag) else { return Ok(Vec::new()) };
         let values = if element.vr() == VR::UN {
             let text = self.text(tag).unwrap_or_default();
-            text.split('\\').map(|part| part.trim().parse::<f64>().map_err(|_| self.invalid(what, format!("holds {part:?}, not a number")))).collect::<Result<_>>()?
+            text.split('\\')
+                .map(|part| part.trim().parse::<f64>().map_err(|_| self.invalid(what, format!("holds {part:?}, not a number"))))
+                .collect::<Result<_>>()?
         } else {
             element.to_multi_float64().map_err(|e| self.invalid(what, format!("is not numeric ({e})")))?
         };

@@ -33,7 +33,9 @@ pub fn frame_bytes<'a>(attrs: &Attributes<'a>, format: &PixelFormat, codec: Code
 pub fn check_frame_count(attrs: &Attributes, format: &PixelFormat) -> Result<()> {
     let Some(element) = attrs.element(tags::PIXEL_DATA) else { return Ok(()) };
     let (held, needed, unit) = match element.value() {
-        Value::Primitive(value) if format.bits_allocated == 1 => (binary_len(value) as u128 * 8, format.frame_samples() as u128 * format.frames as u128, "bits"),
+        Value::Primitive(value) if format.bits_allocated == 1 => {
+            (binary_len(value) as u128 * 8, format.frame_samples() as u128 * format.frames as u128, "bits")
+        }
         Value::Primitive(value) => (binary_len(value) as u128, format.native_frame_len() as u128 * format.frames as u128, "bytes"),
         Value::PixelSequence(sequence) => (sequence.fragments().len() as u128, format.frames as u128, "fragments"),
         _ => return Ok(()),
