@@ -437,7 +437,7 @@ mod c_api {
         let source = CString::new(super::test_file("CT_small.dcm").to_str().unwrap()).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let out = CString::new(dir.path().join("m.dcm").to_str().unwrap()).unwrap();
-        let map = vec![0.5f32; 16];
+        let map = [0.5f32; 16];
         let too_long = format!("1.2.{}", "3".repeat(67));
         for (uid, problem) in [("abc", "\"abc\""), (too_long.as_str(), "71 characters"), ("1.02.3", "\"02\""), ("1..3", "\"\""), ("1.2.", "\"\"")] {
             let series = CString::new(uid).unwrap();
