@@ -255,7 +255,7 @@ fn pixels_in_memory_give_the_patches_of_their_files_and_crops_in_the_report() {
 #[test]
 fn dicom_files_added_through_the_c_api_mine_as_their_pngs() {
     let data = tempfile::tempdir().unwrap();
-    let options = SyntheticOptions { images_per_label: 2, labels: vec!["Nodule".into(), "Effusion".into()], ..SyntheticOptions::default() };
+    let options = SyntheticOptions { images_per_label: 1, size: 64, labels: vec!["Nodule".into(), "Effusion".into()], ..SyntheticOptions::default() };
     write_dataset(&options, &data.path().join("png")).unwrap();
     diffmine::synthetic::write_dicom_copies(&options, &data.path().join("dcm")).unwrap();
     let set = LabelledSet::open(&data.path().join("png")).unwrap();
