@@ -5,7 +5,8 @@
 #     the peers of the DICOM and ChestX-ray8 tests (pydicom, scikit-learn);
 #   - cbindgen (to check that include/diffmine.h is current) and cargo-fuzz (the DICOM fuzz target runs
 #     briefly in the test suite, without a sanitizer, which the stable toolchain supports);
-#   - Debian's chromium (tests/report_browser.rs checks the mining report pages in it, headless).
+#   - Debian's chromium and Node.js, and the pinned playwright-core in tests/browser/node_modules
+#     (tests/report_browser.rs drives the report pages in headless chromium through it).
 # `source scripts/env.sh` then sets the environment variables the build needs.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -56,3 +57,13 @@ if ! cargo fuzz --version 2>/dev/null | grep -q '0.13.2'; then
 fi
 
 retry bash "$root/scripts/install_chromium.sh"
+
+# `npm ci` installs exactly tests/browser/package-lock.json; the stamp (the lock file's hash) skips it
+# when node_modules already holds that.
+browser="$root/tests/browser"
+browser_stamp="$browser/node_modules/.diffmine-lock"
+browser_wanted=$(sha256sum "$browser/package-lock.json" | cut -d' ' -f1)
+if [ "$(cat "$browser_stamp" 2>/dev/null)" != "$browser_wanted" ]; then
+  (cd "$browser" && retry npm ci --no-audit --no-fund --fetch-retries 5)
+  echo "$browser_wanted" > "$browser_stamp"
+fi

@@ -3,5 +3,6 @@
 pub mod cluster;
 pub mod dift;
 pub mod miner;
+pub(crate) mod page;
 pub mod patches;
 pub mod report;
