@@ -35,8 +35,9 @@ h3.column{margin:0 0 .5em;font-size:.8em;text-transform:uppercase;letter-spacing
 .strip{margin:0 0 1.1em}
 .strip .element img{width:calc(var(--crop) * .72);height:calc(var(--crop) * .72)}
 .note{color:var(--muted);font-size:.9em}
-img.figure{image-rendering:pixelated;max-width:100%;border:1px solid var(--line)}
-.versions{display:flex;gap:0;font-size:.8em;color:var(--muted)}
+img.figure{image-rendering:pixelated;max-width:100%;display:block}
+.versions{display:flex;font-size:.8em;color:var(--muted);margin-bottom:.2em}
+.versions span{flex:none;overflow-wrap:anywhere;padding-right:.3em}
 table.compare{border-collapse:collapse;background:var(--card)}
 table.compare td,table.compare th{vertical-align:top;padding:.5em;border:1px solid var(--line);text-align:left}
 table.compare img{image-rendering:pixelated;max-width:100%}
