@@ -1,6 +1,6 @@
 //! The one colour convention for typicality heat maps, used wherever a map is drawn over its image
 //! (the mining report, the ChestX-ray8 evaluation's overlays, the DICOM writer's colour overlay): the
-//! map scaled over its own range to [0, 1], coloured with the `jet` scale (dark blue: the least
+//! map scaled to [0, 1] between its 1st and 99th percentiles, coloured with the `jet` scale (dark blue: the least
 //! typical place of the image, dark red: the most typical) and blended half and half over the image.
 //! `jet` is matplotlib's colour map of that name, entry for entry, so a map drawn here looks the same
 //! as one drawn from Python.
@@ -43,12 +43,22 @@ fn table_entry(points: &[(f64, f64)], entry: usize) -> f64 {
     }
 }
 
-/// `map` (row-major, the image's size) scaled over its own finite range to [0, 1]; a flat map is all
-/// 0 and a value that is not finite counts as the lowest.
+/// The share of a map's values at each end that the colour scale clamps, so that a few extreme pixels
+/// (a single very atypical spot is common) do not wash out the rest of the map.
+const CLAMPED: f64 = 0.01;
+
+/// `map` scaled to [0, 1] between its 1st and 99th percentiles (nearest rank, finite values only;
+/// values beyond are clamped); a flat map is all 0 and a value that is not finite counts as the lowest.
 fn levels(map: &[f32]) -> Vec<f64> {
-    let finite = map.iter().copied().filter(|v| v.is_finite());
-    let (lo, hi) = finite.fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), v| (l.min(v), h.max(v)));
-    map.iter().map(|&v| if hi > lo && v.is_finite() { (v as f64 - lo as f64) / (hi as f64 - lo as f64) } else { 0.0 }).collect()
+    let mut finite: Vec<f32> = map.iter().copied().filter(|v| v.is_finite()).collect();
+    if finite.is_empty() {
+        return vec![0.0; map.len()];
+    }
+    let last = finite.len() - 1;
+    let mut rank = |r: usize| *finite.select_nth_unstable_by(r, f32::total_cmp).1 as f64;
+    let lo = rank((CLAMPED * last as f64).floor() as usize);
+    let hi = rank((((1.0 - CLAMPED) * last as f64).ceil() as usize).min(last));
+    map.iter().map(|&v| if hi > lo && v.is_finite() { ((v as f64 - lo) / (hi - lo)).clamp(0.0, 1.0) } else { 0.0 }).collect()
 }
 
 /// The map coloured with [`jet`] and blended half and half over `image`: each channel
@@ -144,6 +154,19 @@ mod tests {
         assert_eq!(overlay(&image, &[f32::NAN, 6.0, 2.0]).unwrap().get_pixel(0, 0), out.get_pixel(0, 0));
         assert_eq!(overlay(&image, &[1.0; 3]).unwrap().get_pixel(2, 0).0, [10, 50, 164], "a flat map is all lowest");
         assert!(matches!(overlay(&image, &[1.0; 2]), Err(Error::InvalidArgument(_))));
+    }
+
+    #[test]
+    fn a_few_extreme_values_do_not_wash_out_the_scale() {
+        // 0..=199 and two far outliers: the scale spans the 1st to the 99th percentile (the 0-based
+        // ranks 2 and 199 of the 202 values: 1 and 198), the outliers are clamped to its ends.
+        let mut map: Vec<f32> = (0..200).map(|v| v as f32).collect();
+        map.extend([-1e6, 1e6]);
+        let levels = levels(&map);
+        assert_eq!(levels[1], 0.0);
+        assert_eq!(levels[198], 1.0);
+        assert!((levels[100] - 99.0 / 197.0).abs() < 1e-12);
+        assert_eq!((levels[200], levels[201]), (0.0, 1.0));
     }
 
     #[test]

@@ -117,11 +117,7 @@ fn list<'a>(value: &'a Value, key: &str) -> &'a Vec<Value> {
 
 /// `src` of every image on the page that did not load or is not shown.
 fn broken_images(seen: &Value) -> Vec<String> {
-    list(&seen["seen"], "images")
-        .iter()
-        .filter(|i| i["loaded"] != true || i["shown"] != true)
-        .map(|i| i["src"].as_str().unwrap().to_string())
-        .collect()
+    list(&seen["seen"], "images").iter().filter(|i| i["loaded"] != true || i["shown"] != true).map(|i| i["src"].as_str().unwrap().to_string()).collect()
 }
 
 /// Links whose target file is missing (relative to `dir`) or whose `#fragment` is not in it.

@@ -217,9 +217,8 @@ impl DicomFile {
         let grey: Vec<f32> = image.pixels.chunks_exact(image.channels).map(|p| p.iter().sum::<f32>() / p.len() as f32).collect();
         let grey = image::ImageBuffer::<image::Luma<f32>, Vec<f32>>::from_raw(image.width as u32, image.height as u32, grey).expect("W × H grey levels");
         let grey = image::imageops::resize(&grey, width as u32, height as u32, image::imageops::FilterType::Triangle);
-        let grey = image::RgbImage::from_fn(width as u32, height as u32, |x, y| {
-            image::Rgb([(255.0 * grey.get_pixel(x, y).0[0].clamp(0.0, 1.0)).round() as u8; 3])
-        });
+        let grey =
+            image::RgbImage::from_fn(width as u32, height as u32, |x, y| image::Rgb([(255.0 * grey.get_pixel(x, y).0[0].clamp(0.0, 1.0)).round() as u8; 3]));
         let rgb = heatmap::overlay(&grey, map)?.into_raw();
         put_image_pixel_module(object, "RGB", 3, 8);
         object.put(DataElement::new(tags::PLANAR_CONFIGURATION, VR::US, PrimitiveValue::from(0u16)));

@@ -64,8 +64,7 @@ pub fn write_report(results: &[LabelResult], options: &ReportOptions, out: &Path
         let files = write_label_images(result, &shown, options, out)?;
         write_section(&mut sections, result, &shown, &files, options);
     }
-    let nav: String =
-        results.iter().map(|r| format!("<a href=\"#{}\">{}</a>", slug(&r.label), escape(&r.label))).collect::<Vec<_>>().join("");
+    let nav: String = results.iter().map(|r| format!("<a href=\"#{}\">{}</a>", slug(&r.label), escape(&r.label))).collect::<Vec<_>>().join("");
     let body = format!("<nav class=\"labels\">{nav}</nav>\n{sections}{}", viewer(LEGEND));
     let subtitle = format!(
         "Typical visual elements of {} label{}, clusters ranked by the median typicality of their members. \

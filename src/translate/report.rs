@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use super::parallel::{CotypicalElement, CotypicalResult, ParallelSet};
 use crate::error::{Error, Result};
 use crate::image::to_rgb_image;
-use crate::mining::patches::PatchBox;
 use crate::mining::page::{escape, number, write_page};
+use crate::mining::patches::PatchBox;
 use crate::mining::report::{csv_field, save};
 use image::{imageops, Rgb, RgbImage};
 
