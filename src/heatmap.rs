@@ -72,7 +72,7 @@ pub fn overlay(image: &RgbImage, map: &[f32]) -> Result<RgbImage> {
     Ok(RgbImage::from_fn(width, height, |x, y| {
         let colour = jet(levels[y as usize * width as usize + x as usize]);
         let pixel = image.get_pixel(x, y).0;
-        Rgb(std::array::from_fn(|c| ((pixel[c] as u16 + colour[c] as u16 + 1) / 2) as u8))
+        Rgb(std::array::from_fn(|c| (pixel[c] as u16 + colour[c] as u16).div_ceil(2) as u8))
     }))
 }
 

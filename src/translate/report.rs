@@ -231,12 +231,12 @@ fn write_index(
         let zoom = (480 / width.max(1)).clamp(1, 4);
         let column = width * zoom / labels.len() as u32;
         let header: String = columns.iter().map(|c| format!("<span style=\"width:{column}px\">{c}</span>")).collect();
-        let _ = write!(
+        let _ = writeln!(
             body,
             "<div class=\"cluster\" id=\"cluster_{rank:02}\" data-rank=\"{rank}\" data-size=\"{size}\" data-median=\"{median}\">\
              <div class=\"cluster-head\"><span class=\"rank\">#{}</span><span class=\"size\">{size} elements</span>\
              <span class=\"median\">median co-typicality {}</span><span>{rows} shown</span></div>\
-             <div><div class=\"versions\">{header}</div><img class=\"figure strip\" width=\"{}\" alt=\"members of cluster {} in every version\" src=\"{}\"></div></div>\n",
+             <div><div class=\"versions\">{header}</div><img class=\"figure strip\" width=\"{}\" alt=\"members of cluster {} in every version\" src=\"{}\"></div></div>",
             rank + 1,
             number(cluster.median_typicality),
             width * zoom,
