@@ -243,9 +243,9 @@ fn pixels_in_memory_give_the_patches_of_their_files_and_crops_in_the_report() {
     let (from_files, from_buffers) = (data.path().join("files"), data.path().join("buffers"));
     assert_eq!(files.write_report(&from_files), dm_status::DM_OK, "{}", c_last_error());
     assert_eq!(buffers.write_report(&from_buffers), dm_status::DM_OK, "{}", c_last_error());
-    for grid in ["grid_Nodule.png", "strip_Effusion_top.png"] {
-        let read = |dir: &Path| image::open(dir.join(grid)).unwrap().to_rgb8();
-        assert_eq!(read(&from_files), read(&from_buffers), "{grid}: crops from memory equal crops from files");
+    for shown in ["grid_Nodule.png", "elements/Effusion/0.png", "sources/Effusion/0.jpg", "sources/Effusion/0_heat.jpg"] {
+        let read = |dir: &Path| image::open(dir.join(shown)).unwrap().to_rgb8();
+        assert_eq!(read(&from_files), read(&from_buffers), "{shown}: images from memory equal images from files");
     }
 }
 
