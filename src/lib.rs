@@ -9,6 +9,7 @@ pub mod ffi;
 pub mod finetune;
 pub mod heatmap;
 pub mod image;
+pub mod io;
 pub mod mining;
 pub mod model;
 pub mod rng;

@@ -3,7 +3,7 @@
 //! the page itself so that the report folder opens offline, from any place it is copied to.
 use std::path::Path;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// The style of every report page.
 const STYLE: &str = r#"
@@ -140,7 +140,7 @@ pub(crate) fn write_page(path: &Path, title: &str, subtitle: &str, body: &str) -
          <style>{STYLE}</style></head>\n<body>\n<header class=\"page\"><h1>{title}</h1><p>{subtitle}</p></header>\n\
          <main>\n{body}</main>\n<script>{SCRIPT}</script>\n</body></html>\n"
     );
-    std::fs::write(path, html).map_err(|e| Error::io(path, e))
+    crate::io::write_atomic(path, html.as_bytes())
 }
 
 /// `text` safe inside HTML text and attribute values (double-quoted).

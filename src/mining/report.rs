@@ -325,13 +325,13 @@ fn create_dir(dir: &Path) -> Result<()> {
 }
 
 pub(crate) fn save(image: &RgbImage, path: &Path) -> Result<()> {
-    image.save(path).map_err(|e| Error::io(path, e))
+    crate::io::write_image(image, path)
 }
 
 fn save_jpeg(image: &RgbImage, path: &Path) -> Result<()> {
     let mut bytes = Vec::new();
     image.write_with_encoder(JpegEncoder::new_with_quality(&mut bytes, JPEG_QUALITY)).map_err(|e| Error::io(path, e))?;
-    std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+    crate::io::write_atomic(path, &bytes)
 }
 
 fn write_csv(results: &[LabelResult], path: &Path) -> Result<()> {
@@ -353,7 +353,7 @@ fn write_csv(results: &[LabelResult], path: &Path) -> Result<()> {
             );
         }
     }
-    std::fs::write(path, csv).map_err(|e| Error::io(path, e))
+    crate::io::write_atomic(path, csv.as_bytes())
 }
 
 pub(crate) fn csv_field(text: &str) -> String {

@@ -196,7 +196,7 @@ fn write_elements_csv(result: &CotypicalResult, sources: &[ReportSource], labels
             e.distance
         );
     }
-    std::fs::write(path, csv).map_err(|e| Error::io(path, e))
+    crate::io::write_atomic(path, csv.as_bytes())
 }
 
 /// The page: a card per shown cluster (its rank, size and median co-typicality) with its strip,
