@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Installs Debian's headless-capable `chromium`, which tests/report_browser.rs drives to check the
-# mining report pages. Idempotent: prints nothing and does nothing when `chromium` is already on PATH.
+# Installs Debian's headless-capable `chromium`, and Node.js with npm, through which
+# tests/report_browser.rs drives it (Playwright) to check the report pages. Idempotent: prints nothing
+# and does nothing when `chromium`, `node` and `npm` are already on PATH.
 # Refreshes the package lists only when they do not know the package or when the install fails on
 # them (stale lists give 404s).
 set -euo pipefail
 
-if command -v chromium >/dev/null 2>&1; then
+have_all() {
+    command -v chromium >/dev/null 2>&1 && command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1
+}
+if have_all; then
     exit 0
 fi
 
@@ -14,13 +18,13 @@ if [ "$(id -u)" -eq 0 ]; then
 elif command -v sudo >/dev/null 2>&1; then
     as_root=(sudo env DEBIAN_FRONTEND=noninteractive)
 else
-    echo "install_chromium.sh: not root and no sudo; install the Debian package 'chromium' by hand" >&2
+    echo "install_chromium.sh: not root and no sudo; install the Debian packages 'chromium nodejs npm' by hand" >&2
     exit 1
 fi
 
 export DEBIAN_FRONTEND=noninteractive
 apt_install() {
-    "${as_root[@]}" apt-get install -y --no-install-recommends chromium
+    "${as_root[@]}" apt-get install -y --no-install-recommends chromium nodejs npm
 }
 has_candidate() {
     # Captured first: `apt-cache | grep -q` can fail under pipefail when grep stops reading early.
@@ -37,4 +41,4 @@ if ! apt_install; then
     apt_install
 fi
 
-command -v chromium >/dev/null 2>&1 || { echo "install_chromium.sh: chromium still not on PATH" >&2; exit 1; }
+have_all || { echo "install_chromium.sh: chromium, node or npm still not on PATH" >&2; exit 1; }

@@ -7,6 +7,8 @@
 #     briefly in the test suite, without a sanitizer, which the stable toolchain supports);
 #   - Debian's chromium (tests/report_browser.rs checks the mining report pages in it, headless);
 #   - Debian's patchelf (scripts/build_wheel.sh sets the rpath of the wheel's library).
+#   - Debian's chromium and Node.js, and the pinned playwright-core in tests/browser/node_modules
+#     (tests/report_browser.rs drives the report pages in headless chromium through it).
 # `source scripts/env.sh` then sets the environment variables the build needs.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -64,4 +66,14 @@ if ! command -v patchelf >/dev/null 2>&1; then
   [ "$(id -u)" -eq 0 ] || sudo_if_needed=(sudo)
   retry "${sudo_if_needed[@]}" env DEBIAN_FRONTEND=noninteractive sh -c \
     'apt-get update -qq && apt-get install -y -qq --no-install-recommends patchelf'
+fi
+
+# `npm ci` installs exactly tests/browser/package-lock.json; the stamp (the lock file's hash) skips it
+# when node_modules already holds that.
+browser="$root/tests/browser"
+browser_stamp="$browser/node_modules/.diffmine-lock"
+browser_wanted=$(sha256sum "$browser/package-lock.json" | cut -d' ' -f1)
+if [ "$(cat "$browser_stamp" 2>/dev/null)" != "$browser_wanted" ]; then
+  (cd "$browser" && retry npm ci --no-audit --no-fund --fetch-retries 5)
+  echo "$browser_wanted" > "$browser_stamp"
 fi

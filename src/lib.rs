@@ -7,6 +7,7 @@ pub mod dicom;
 pub mod error;
 pub mod ffi;
 pub mod finetune;
+pub mod heatmap;
 pub mod image;
 pub mod io;
 pub mod mining;

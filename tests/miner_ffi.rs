@@ -243,10 +243,32 @@ fn pixels_in_memory_give_the_patches_of_their_files_and_crops_in_the_report() {
     let (from_files, from_buffers) = (data.path().join("files"), data.path().join("buffers"));
     assert_eq!(files.write_report(&from_files), dm_status::DM_OK, "{}", c_last_error());
     assert_eq!(buffers.write_report(&from_buffers), dm_status::DM_OK, "{}", c_last_error());
-    for grid in ["grid_Nodule.png", "strip_Effusion_top.png"] {
-        let read = |dir: &Path| image::open(dir.join(grid)).unwrap().to_rgb8();
-        assert_eq!(read(&from_files), read(&from_buffers), "{grid}: crops from memory equal crops from files");
+    // The same images (grids, element crops, source copies and heat maps), with the same pixels.
+    let images = report_images(&from_files);
+    assert_eq!(images, report_images(&from_buffers));
+    assert!(images.iter().any(|i| i.starts_with("sources/Effusion/")), "{images:?}");
+    for shown in &images {
+        let read = |dir: &Path| image::open(dir.join(shown)).unwrap().to_rgb8();
+        assert_eq!(read(&from_files), read(&from_buffers), "{shown}: images from memory equal images from files");
     }
+}
+
+/// The PNG and JPEG files of a report folder, by their paths inside it.
+fn report_images(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut folders = vec![dir.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                folders.push(path);
+            } else if path.extension().is_some_and(|e| e == "png" || e == "jpg") {
+                found.push(path.strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    found.sort();
+    found
 }
 
 /// DICOM files added through the C API are read by their content, as `dm_image_open` reads them: the

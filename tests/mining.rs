@@ -107,11 +107,15 @@ mod pipeline {
         let report = work.path().join("report");
         write_report(&results, &ReportOptions { min_members: 1, ..ReportOptions::default() }, &report).unwrap();
         let html = std::fs::read_to_string(report.join("index.html")).unwrap();
-        let links: Vec<&str> = html.split(['"']).filter(|s| s.ends_with(".png") || s.ends_with(".csv")).collect();
-        assert!(links.len() >= 2 * 4, "a grid and three strips per label: {links:?}");
+        let links: Vec<&str> = html.split(['"']).filter(|s| [".png", ".jpg", ".csv"].iter().any(|e| s.ends_with(e))).collect();
+        for label in ["Effusion", "Nodule"] {
+            let sources = links.iter().filter(|l| l.starts_with(&format!("sources/{label}/"))).count();
+            assert!(sources >= 2, "{label}: a source image and its heat map for each shown element: {links:?}");
+        }
         for link in links {
             assert!(report.join(link).is_file(), "dead link {link}");
         }
+        assert!(report.join("grid_Nodule.png").is_file() && report.join("grid_Effusion.png").is_file());
         let csv = std::fs::read_to_string(report.join("patches.csv")).unwrap();
         assert_eq!(csv.lines().count(), 1 + 24);
 

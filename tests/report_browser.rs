@@ -1,387 +1,348 @@
-//! The mining report as a person sees it: each `index.html` opened in headless Chromium loads, shows
-//! every label's cluster grid, every image on it loads, and no link is dead (a link with a `#section`
-//! must reach that section); the co-typicality report's page shows a strip per cluster. The reports are
-//! built from hand-made `LabelResult`s and `CotypicalResult`s over PNGs written here, so no model is
-//! needed. Chromium must be on PATH as `chromium` (scripts/install_chromium.sh).
-//!
-//! How the page is checked from inside the browser: Chromium opens a small checker page (written into
-//! the report's temp folder) that loads the report page in an iframe, waits for its load event (which
-//! fires once every image has loaded or failed), inspects `iframe.contentDocument`, requests every
-//! link target with XHR (file:// allows no fetch), and writes its findings as JSON into the checker's
-//! DOM, which `--dump-dom` prints once the page is idle (`--virtual-time-budget`).
-use std::collections::BTreeMap;
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+//! The reports as a person sees them, in headless Chromium driven by Playwright
+//! (tests/browser/check_page.mjs; `npm ci` in tests/browser and Debian's chromium, both installed by
+//! scripts/setup.sh). The mining report is built from a real run: the demo model (models/demo) mines a
+//! small generated set, and the page must show each label's clusters with the rank, size and median
+//! typicality the miner found, their members closest to the centroid, the three strips, every image
+//! loaded and no dead link, with no request leaving the folder. A click on an element must open its
+//! source image (the file the element came from) and the image's heat map with the element's box.
+//! Screenshots are kept in target/report-browser/ (each test prints where).
+mod common;
 
-use diffmine::mining::cluster::RankedCluster;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use diffmine::dataset::{load_image, LabelledSet};
+use diffmine::heatmap;
+use diffmine::image::to_rgb_image;
+use diffmine::mining::cluster::{ClusterOptions, RankedCluster};
 use diffmine::mining::cotypicality::report::{write_parallel_report, ParallelReportOptions, ReportSource, VersionStore};
 use diffmine::mining::cotypicality::{CotypicalElement, CotypicalResult};
-use diffmine::mining::miner::{LabelResult, MinedPatch};
+use diffmine::mining::dift::DiftOptions;
+use diffmine::mining::miner::{mine, LabelResult, MiningOptions};
 use diffmine::mining::patches::PatchBox;
 use diffmine::mining::report::{write_comparison, write_report, ReportOptions};
-use serde_json::Value;
+use diffmine::model::{ComponentOverrides, ModelOptions, StableDiffusion};
+use diffmine::synthetic::{write_dataset, SyntheticOptions};
+use diffmine::typicality::TypicalityOptions;
+use image::RgbImage;
+use serde_json::{json, Value};
 
-const CHECKER: &str = r#"<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>report checker</title></head>
-<body><pre id="verdict"></pre>
-<script>
-"use strict";
-function request(url) {
-  return new Promise(resolve => {
-    const xhr = new XMLHttpRequest();
-    xhr.open("GET", url);
-    xhr.onload = () => resolve({ ok: true, text: xhr.responseText });
-    xhr.onerror = () => resolve({ ok: false, text: "" });
-    try { xhr.send(); } catch (e) { resolve({ ok: false, text: "" }); }
-  });
-}
-function shown(element) {
-  const box = element.getBoundingClientRect();
-  const style = element.ownerDocument.defaultView.getComputedStyle(element);
-  return box.width > 0 && box.height > 0 && style.display !== "none" && style.visibility !== "hidden";
-}
-function image(img) {
-  return { src: img.getAttribute("src"), complete: img.complete, naturalWidth: img.naturalWidth,
-           naturalHeight: img.naturalHeight, shown: shown(img) };
-}
-async function link(a) {
-  const url = new URL(a.href);
-  const fragment = decodeURIComponent(url.hash.slice(1));
-  url.hash = "";
-  const target = await request(url.href);
-  let ok = target.ok, reason = target.ok ? "" : "target missing";
-  if (ok && fragment) {
-    const doc = new DOMParser().parseFromString(target.text, "text/html");
-    if (!doc.getElementById(fragment)) { ok = false; reason = "no element #" + fragment; }
-  }
-  return { href: a.getAttribute("href"), ok, reason };
-}
-async function check(frame) {
-  const doc = frame.contentDocument;
-  const verdict = { url: doc.URL, readyState: doc.readyState, title: doc.title };
-  verdict.sections = [...doc.querySelectorAll("section")].map(s => {
-    const grid = s.querySelector("img.grid");
-    return { id: s.id, heading: (s.querySelector("h2") || {}).textContent || "", grid: grid ? image(grid) : null };
-  });
-  verdict.grids = [...doc.querySelectorAll("img.grid")].map(image);
-  verdict.images = [...doc.images].map(image);
-  verdict.links = [];
-  for (const a of doc.querySelectorAll("a[href]")) verdict.links.push(await link(a));
-  return verdict;
-}
-const frame = document.createElement("iframe");
-frame.style.width = "1200px";
-frame.style.height = "800px";
-frame.onload = async () => {
-  let verdict;
-  try { verdict = await check(frame); } catch (e) { verdict = { error: String(e) }; }
-  document.getElementById("verdict").textContent = JSON.stringify(verdict);
-};
-frame.src = new URLSearchParams(location.search).get("page");
-document.body.appendChild(frame);
-</script></body></html>
-"#;
-
-/// What the browser found on a page.
-struct Verdict(Value);
-
-impl Verdict {
-    fn list(&self, key: &str) -> &Vec<Value> {
-        self.0[key].as_array().unwrap_or_else(|| panic!("verdict has no {key}: {}", self.0))
-    }
-
-    /// `src` of every image that did not load (or loaded empty).
-    fn broken_images(&self) -> Vec<String> {
-        self.list("images").iter().filter(|i| !image_loaded(i)).map(|i| i["src"].as_str().unwrap().to_string()).collect()
-    }
-
-    /// (href, reason) of every dead link.
-    fn dead_links(&self) -> Vec<(String, String)> {
-        self.list("links")
-            .iter()
-            .filter(|l| l["ok"] != Value::Bool(true))
-            .map(|l| (l["href"].as_str().unwrap().to_string(), l["reason"].as_str().unwrap().to_string()))
-            .collect()
-    }
-
-    fn links(&self) -> Vec<String> {
-        self.list("links").iter().map(|l| l["href"].as_str().unwrap().to_string()).collect()
-    }
-
-    /// Section id → its grid image.
-    fn section_grids(&self) -> BTreeMap<String, Value> {
-        self.list("sections").iter().map(|s| (s["id"].as_str().unwrap().to_string(), s["grid"].clone())).collect()
-    }
-}
-
-fn image_loaded(image: &Value) -> bool {
-    image["complete"] == Value::Bool(true) && image["naturalWidth"].as_u64().unwrap_or(0) > 0
-}
-
-fn chromium() -> PathBuf {
-    std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join("chromium")).find(|p| p.is_file()))
-        .unwrap_or_else(|| panic!("no `chromium` on PATH: run scripts/install_chromium.sh (CI installs it) to check the report pages"))
-}
-
-/// Opens `page` in headless Chromium through the checker and returns what it found.
-fn check_in_browser(page: &Path) -> Verdict {
-    let page = page.canonicalize().unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let checker = work.path().join("checker.html");
-    std::fs::write(&checker, CHECKER).unwrap();
-    let url = format!("file://{}?page={}", checker.display(), percent_encode(&format!("file://{}", page.display())));
-    let mut child = Command::new(chromium())
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files", "--no-first-run"])
-        .args(["--disable-dev-shm-usage", "--virtual-time-budget=10000", "--dump-dom"])
-        .arg(format!("--user-data-dir={}", work.path().join("profile").display()))
-        .arg(&url)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start chromium");
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out_reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        stdout.read_to_string(&mut text).map(|_| text)
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        stderr.read_to_string(&mut text).map(|_| text)
-    });
-    // Generous: the machines running the tests are often busy.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("chromium did not finish checking {} within 120 s", page.display());
-        }
-        std::thread::sleep(Duration::from_millis(50));
+/// The demo's finetuned model: its own UNet, the other components of the pretrained folder.
+fn demo_model() -> StableDiffusion {
+    let demo = common::repo_root().join("models/demo");
+    let base = demo.join("pretrained");
+    let overrides = ComponentOverrides {
+        vae: Some(base.join("vae")),
+        text_encoder: Some(base.join("text_encoder")),
+        tokenizer: Some(base.join("tokenizer")),
+        scheduler: Some(base.join("scheduler")),
+        ..Default::default()
     };
-    let dom = out_reader.join().unwrap().unwrap();
-    let log = err_reader.join().unwrap().unwrap_or_default();
-    assert!(status.success(), "chromium failed ({status}) on {}:\n{log}", page.display());
-    let start = dom.find("<pre id=\"verdict\">").unwrap_or_else(|| panic!("no verdict in the DOM dump:\n{dom}\n{log}"));
-    let rest = &dom[start + "<pre id=\"verdict\">".len()..];
-    let text = unescape(&rest[..rest.find("</pre>").expect("verdict ends")]);
-    assert!(!text.is_empty(), "the checker wrote no verdict (the page never finished loading?):\n{dom}\n{log}");
-    let verdict: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("verdict {text:?}: {e}"));
-    assert!(verdict.get("error").is_none(), "the checker failed: {}", verdict["error"]);
-    Verdict(verdict)
+    StableDiffusion::open(&demo.join("finetuned"), &ModelOptions { overrides, ..Default::default() }).expect("models/demo/finetuned")
 }
 
-fn percent_encode(text: &str) -> String {
-    text.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+/// A generated set of two labels (8 images each, 64 pixels) and what the demo model mines from it,
+/// made once for all tests of this file.
+struct Mined {
+    _dir: tempfile::TempDir,
+    results: Vec<LabelResult>,
 }
 
-/// Undoes the escaping of a text node in Chromium's serialisation.
-fn unescape(text: &str) -> String {
-    text.replace("&lt;", "<").replace("&gt;", ">").replace("&nbsp;", "\u{a0}").replace("&amp;", "&")
+fn mined() -> &'static Mined {
+    static MINED: OnceLock<Mined> = OnceLock::new();
+    MINED.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let synthetic = SyntheticOptions { seed: 7, images_per_label: 8, labels: vec!["Nodule".into(), "Effusion".into()], ..Default::default() };
+        let summary = write_dataset(&synthetic, &dir.path().join("set")).unwrap();
+        let set = LabelledSet::open(&summary.out_dir).unwrap();
+        let options = MiningOptions {
+            prompt_template: "Chest X-Ray with {label}.".into(),
+            null_prompt: "Chest X-Ray.".into(),
+            typicality: TypicalityOptions { samples: 8, ..Default::default() },
+            patch_size: 16,
+            per_image: 3,
+            top: 24,
+            dift: DiftOptions { ensemble: 1, ..Default::default() },
+            cluster: ClusterOptions { clusters: 4, restarts: 2, ..Default::default() },
+            ..Default::default()
+        };
+        let results = mine(&demo_model(), &set, &options, &mut |_, _| true).unwrap();
+        Mined { _dir: dir, results }
+    })
+}
+
+fn report_options() -> ReportOptions {
+    ReportOptions { min_members: 2, clusters: 3, per_row: 5, ..ReportOptions::default() }
+}
+
+/// Where the screenshots are kept.
+fn artefacts() -> PathBuf {
+    let dir = common::repo_root().join("target/report-browser");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Opens `page` in Chromium, screenshots it to `screenshot`, optionally clicks the first element
+/// matching `click` (and screenshots the result to `click_screenshot`), and returns what was seen.
+fn browse(page: &Path, screenshot: &Path, click: Option<(&str, &Path)>) -> Value {
+    let browser_dir = common::repo_root().join("tests/browser");
+    assert!(
+        browser_dir.join("node_modules/playwright-core").is_dir(),
+        "tests/browser has no node_modules: run scripts/setup.sh (it runs `npm ci` there) to check the report pages"
+    );
+    let task = json!({
+        "page": page.canonicalize().unwrap(),
+        "screenshot": screenshot,
+        "click": click.map(|(selector, _)| selector),
+        "clickScreenshot": click.map(|(_, path)| path),
+    });
+    let output = Command::new("node").arg(browser_dir.join("check_page.mjs")).arg(task.to_string()).current_dir(&browser_dir).output().expect("run node");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the browser check failed ({}) on {}:\n{stderr}", output.status, page.display());
+    let seen: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stdout)));
+    assert_eq!(seen["offsite"], json!([]), "{} requests something outside its folder", page.display());
+    seen
+}
+
+/// Asserts that the page logged no error (a script error or a file it could not load).
+fn assert_no_errors(seen: &Value) {
+    assert_eq!(seen["errors"], json!([]), "errors on the page");
+}
+
+fn list<'a>(value: &'a Value, key: &str) -> &'a Vec<Value> {
+    value[key].as_array().unwrap_or_else(|| panic!("no {key} in {value}"))
+}
+
+/// `src` of every image on the page that did not load or is not shown.
+fn broken_images(seen: &Value) -> Vec<String> {
+    list(&seen["seen"], "images").iter().filter(|i| i["loaded"] != true || i["shown"] != true).map(|i| i["src"].as_str().unwrap().to_string()).collect()
+}
+
+/// Links whose target file is missing (relative to `dir`) or whose `#fragment` is not in it.
+fn dead_links(seen: &Value, dir: &Path) -> Vec<String> {
+    let mut dead = Vec::new();
+    for link in list(&seen["seen"], "links") {
+        let href = link["href"].as_str().unwrap();
+        let (file, fragment) = href.split_once('#').unwrap_or((href, ""));
+        let ok = if file.is_empty() {
+            link["ok"] == true
+        } else {
+            let target = dir.join(file);
+            target.is_file() && (fragment.is_empty() || std::fs::read_to_string(&target).unwrap().contains(&format!("id=\"{fragment}\"")))
+        };
+        if !ok {
+            dead.push(href.to_string());
+        }
+    }
+    dead
+}
+
+/// A number as the page shows it, read back.
+fn shown_number(text: &str) -> f64 {
+    text.split_whitespace().last().unwrap().parse().unwrap_or_else(|e| panic!("{text:?}: {e}"))
+}
+
+fn mean_abs_difference(a: &RgbImage, b: &RgbImage) -> f64 {
+    assert_eq!(a.dimensions(), b.dimensions());
+    a.as_raw().iter().zip(b.as_raw()).map(|(&x, &y)| (x as f64 - y as f64).abs()).sum::<f64>() / a.as_raw().len() as f64
+}
+
+#[test]
+fn mining_report_shows_the_miners_clusters_and_a_click_opens_the_source_image_with_its_heat_map_and_box() {
+    let mined = mined();
+    let options = report_options();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("report");
+    write_report(&mined.results, &options, &out).unwrap();
+    let (page_shot, viewer_shot) = (artefacts().join("mining_report.png"), artefacts().join("mining_report_viewer.png"));
+    let seen = browse(&out.join("index.html"), &page_shot, Some(("section.label .cluster button.element", &viewer_shot)));
+    println!("screenshots: {} and {}", page_shot.display(), viewer_shot.display());
+
+    assert_no_errors(&seen);
+    assert_eq!(seen["seen"]["title"], "libdiffmine mining report");
+    assert_eq!(broken_images(&seen), Vec::<String>::new());
+    assert_eq!(dead_links(&seen, &out), Vec::<String>::new());
+    let sections = list(&seen["seen"], "sections");
+    assert_eq!(sections.len(), mined.results.len());
+    for (section, result) in sections.iter().zip(&mined.results) {
+        assert_eq!(section["heading"], result.label.as_str());
+        assert_eq!(section["id"], result.label.as_str());
+        let expected: Vec<(usize, &RankedCluster)> =
+            result.clusters.iter().enumerate().filter(|(_, c)| c.members.len() >= options.min_members).take(options.clusters).collect();
+        assert!(!expected.is_empty(), "{}: no cluster of {} members", result.label, options.min_members);
+        let clusters = list(section, "clusters");
+        assert_eq!(clusters.len(), expected.len(), "{}: the top clusters of at least {} members", result.label, options.min_members);
+        for (shown, (rank, cluster)) in clusters.iter().zip(&expected) {
+            let what = format!("{} cluster {rank}", result.label);
+            assert_eq!(shown["rank"], rank.to_string(), "{what}");
+            assert_eq!(shown["rankText"], format!("#{}", rank + 1), "{what}");
+            assert_eq!(shown["size"], cluster.members.len().to_string(), "{what}");
+            assert_eq!(shown["sizeText"], format!("{} elements", cluster.members.len()), "{what}");
+            assert_eq!(shown["median"].as_str().unwrap().parse::<f32>().unwrap(), cluster.median_typicality, "{what}");
+            let median = cluster.median_typicality as f64;
+            assert!((shown_number(shown["medianText"].as_str().unwrap()) - median).abs() <= 5e-4 * median.abs(), "{what}: {}", shown["medianText"]);
+            let members: Vec<u64> = cluster.members.iter().take(options.per_row).map(|&m| m as u64).collect();
+            assert_eq!(shown["elements"], json!(members), "{what}: its members closest to the centroid first");
+        }
+        let medians: Vec<f32> = expected.iter().map(|(_, c)| c.median_typicality).collect();
+        assert!(medians.windows(2).all(|w| w[0] >= w[1]), "rank order: {medians:?}");
+        let strips = list(section, "strips");
+        let ids: Vec<&str> = strips.iter().map(|s| s["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["top", "random", "least"]);
+        let scores: Vec<f32> = result.patches.iter().map(|p| p.patch.score).collect();
+        let mut by_score: Vec<usize> = (0..scores.len()).collect();
+        by_score.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+        let strip = |i: usize| strips[i]["elements"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect::<Vec<_>>();
+        assert_eq!(strip(0).iter().map(|&i| scores[i]).collect::<Vec<_>>(), by_score[..options.per_row].iter().map(|&i| scores[i]).collect::<Vec<_>>());
+        let least: Vec<f32> = by_score.iter().rev().take(options.per_row).map(|&i| scores[i]).collect();
+        assert_eq!(strip(2).iter().map(|&i| scores[i]).collect::<Vec<_>>(), least);
+        assert_eq!(strip(1).len(), options.per_row);
+        assert_eq!(strip(1).iter().collect::<BTreeSet<_>>().len(), options.per_row, "the random strip repeats no element");
+    }
+    // Crops are shown large enough to see: at least four times the 16-pixel box's side.
+    let crop = &seen["seen"]["crop"];
+    assert!(crop["width"].as_u64().unwrap() >= 64 && crop["height"].as_u64().unwrap() >= 64, "{crop}");
+
+    // The click: the first element of the first label's top cluster.
+    let result = &mined.results[0];
+    let patch_index: usize = seen["clicked"]["patch"].as_str().unwrap().parse().unwrap();
+    assert_eq!(patch_index, result.clusters[0].members[0]);
+    let element = &result.patches[patch_index];
+    let viewer = &seen["viewer"];
+    assert_eq!(viewer["visible"], true);
+    assert_eq!(viewer["source"], element.path.display().to_string(), "the viewer names the element's source file");
+    assert!(viewer["title"].as_str().unwrap().starts_with(&format!("{}: cluster #1, element 1 of ", result.label)), "{}", viewer["title"]);
+    // The image shown is the element's source image, as mined.
+    let source = to_rgb_image(&load_image(&element.path, None).unwrap()).unwrap();
+    let shown_source = image::open(out.join(viewer["image"]["src"].as_str().unwrap())).unwrap().to_rgb8();
+    let difference = mean_abs_difference(&shown_source, &source);
+    assert!(difference < 2.0, "the shown image differs from {} by {difference:.2} a sample", element.path.display());
+    let other = result.patches.iter().find(|p| p.path != element.path).expect("boxes from two images");
+    let other = to_rgb_image(&load_image(&other.path, None).unwrap()).unwrap();
+    assert!(mean_abs_difference(&shown_source, &other) > 3.0 * difference + 1.0, "the shown image is not told apart from another source");
+    // The heat map is that image's map over it, in the library's colours.
+    let heat = image::open(out.join(viewer["heat"]["src"].as_str().unwrap())).unwrap().to_rgb8();
+    let expected_heat = heatmap::overlay_resized(&source, &result.maps[&element.path]).unwrap();
+    let difference = mean_abs_difference(&heat, &expected_heat);
+    // JPEG blurs saturated colours more than grey levels.
+    assert!(difference < 4.0, "the heat map differs from the overlay by {difference:.2} a sample");
+    assert!(mean_abs_difference(&heat, &source) > 10.0, "the heat map is coloured");
+    // Both are shown, on top, with the element's box where the element is.
+    let PatchBox { x, y, size, .. } = element.patch;
+    for figure in [&viewer["heat"], &viewer["image"]] {
+        assert_eq!((figure["naturalWidth"].as_u64(), figure["naturalHeight"].as_u64()), (Some(64), Some(64)), "{figure}");
+        assert_eq!(figure["onTop"], true, "{figure}");
+        let (rect, b) = (&figure["rect"], &figure["box"]);
+        let scale = rect["width"].as_f64().unwrap() / 64.0;
+        assert!(scale >= 4.0, "the image is shown enlarged: {rect}");
+        let near = |shown: &Value, expected: f64| (shown.as_f64().unwrap() - expected).abs() <= 1.5;
+        assert!(near(&b["x"], rect["x"].as_f64().unwrap() + x as f64 * scale), "box {b} for x {x} in {rect}");
+        assert!(near(&b["y"], rect["y"].as_f64().unwrap() + y as f64 * scale), "box {b} for y {y} in {rect}");
+        assert!(near(&b["width"], size as f64 * scale) && near(&b["height"], size as f64 * scale), "box {b} for size {size}");
+    }
+    assert_eq!(seen["closedByEscape"], true);
+}
+
+#[test]
+fn comparison_page_shows_each_runs_grid_per_label_and_links_into_each_report() {
+    let mined = mined();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("comparison");
+    write_comparison(&[("finetuned", &mined.results), ("again", &mined.results)], &report_options(), &out).unwrap();
+    let shot = artefacts().join("comparison.png");
+    let seen = browse(&out.join("index.html"), &shot, None);
+    println!("screenshot: {}", shot.display());
+    assert_no_errors(&seen);
+    assert_eq!(seen["seen"]["title"], "libdiffmine mining comparison");
+    let images: Vec<&str> = list(&seen["seen"], "images").iter().map(|i| i["src"].as_str().unwrap()).collect();
+    let labels: Vec<&str> = mined.results.iter().map(|r| r.label.as_str()).collect();
+    let expected: Vec<String> = labels.iter().flat_map(|l| ["finetuned", "again"].map(|m| format!("{m}/grid_{l}.png"))).collect();
+    assert_eq!(images, expected);
+    assert_eq!(broken_images(&seen), Vec::<String>::new());
+    let links: Vec<&str> = list(&seen["seen"], "links").iter().map(|l| l["href"].as_str().unwrap()).collect();
+    assert!(links.contains(&format!("again/index.html#{}", labels[1]).as_str()), "{links:?}");
+    assert_eq!(dead_links(&seen, &out), Vec::<String>::new());
+}
+
+#[test]
+fn the_check_reports_a_missing_crop_as_a_broken_image_and_a_missing_section_as_a_dead_link() {
+    let mined = mined();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("comparison");
+    write_comparison(&[("finetuned", &mined.results)], &report_options(), &out).unwrap();
+    let label = &mined.results[0].label;
+    let first = mined.results[0].clusters[0].members[0];
+    std::fs::remove_file(out.join(format!("finetuned/elements/{label}/{first}.png"))).unwrap();
+    let seen = browse(&out.join("finetuned/index.html"), &artefacts().join("broken.png"), None);
+    // The element is shown in its cluster and maybe in a strip: every place it is shown is broken.
+    let broken = broken_images(&seen);
+    assert!(!broken.is_empty() && broken.iter().all(|b| *b == format!("elements/{label}/{first}.png")), "{broken:?}");
+    let errors = seen["errors"].as_array().unwrap();
+    assert!(!errors.is_empty() && errors.iter().all(|e| e.as_str().unwrap().contains("ERR_FILE_NOT_FOUND")), "{errors:?}");
+    let page = out.join("finetuned/index.html");
+    let html = std::fs::read_to_string(&page).unwrap();
+    std::fs::write(&page, html.replace(&format!("id=\"{label}\""), "id=\"gone\"")).unwrap();
+    let seen = browse(&out.join("index.html"), &artefacts().join("broken_comparison.png"), None);
+    assert_eq!(dead_links(&seen, &out), vec![format!("finetuned/index.html#{label}")]);
 }
 
 /// A 96 × 80 PNG whose colours vary with the position and with `seed`.
 fn write_image(path: &Path, seed: u8) {
-    let image = image::RgbImage::from_fn(96, 80, |x, y| image::Rgb([(x * 2) as u8 ^ seed, (y * 3) as u8, seed.wrapping_mul(37)]));
+    let image = RgbImage::from_fn(96, 80, |x, y| image::Rgb([(x * 2) as u8 ^ seed, (y * 3) as u8, seed.wrapping_mul(37)]));
     image.save(path).unwrap();
 }
 
-/// A label's result over `images`: `clusters` clusters of `per_cluster` 16-pixel boxes each, boxes
-/// walking over the images, typicality falling with the rank.
-fn label_result(label: &str, images: &[PathBuf], clusters: usize, per_cluster: usize) -> LabelResult {
-    let mut patches = Vec::new();
-    let mut ranked = Vec::new();
-    for c in 0..clusters {
-        let mut members = Vec::new();
-        for r in 0..per_cluster {
-            let i = patches.len();
-            let patch = PatchBox { x: (i * 20) % 80, y: (i * 12) % 64, size: 16, score: 1.0 - (c * per_cluster + r) as f32 * 0.01 };
-            patches.push(MinedPatch { path: images[i % images.len()].clone(), patch, cluster_rank: c, rank_in_cluster: r, distance: r as f32 * 0.5 });
-            members.push(i);
-        }
-        ranked.push(RankedCluster { id: clusters - 1 - c, members, median_typicality: 1.0 - c as f32 * 0.1 });
-    }
-    let image_sizes = images.iter().map(|p| (p.clone(), (80, 96))).collect();
-    LabelResult { label: label.into(), patches, clusters: ranked, image_sizes, in_memory: Default::default(), times: Default::default() }
-}
-
-const LABELS: [&str; 3] = ["Effusion", "Mass", "Pleural thickening"];
-const SLUGS: [&str; 3] = ["Effusion", "Mass", "Pleural_thickening"];
-
-/// Images plus the results of two models: "pretrained" mined every label, "finetuned" all but the last.
-fn results(dir: &Path) -> (Vec<LabelResult>, Vec<LabelResult>) {
-    let images: Vec<PathBuf> = (0..3u8)
-        .map(|k| {
-            let path = dir.join(format!("image{k}.png"));
-            write_image(&path, k * 70);
-            path
-        })
-        .collect();
-    let pretrained = LABELS.iter().map(|l| label_result(l, &images, 3, 4)).collect();
-    let finetuned = LABELS[..2].iter().map(|l| label_result(l, &images, 2, 3)).collect();
-    (pretrained, finetuned)
-}
-
-fn options() -> ReportOptions {
-    ReportOptions { min_members: 1, ..ReportOptions::default() }
-}
-
-fn report(dir: &Path) -> PathBuf {
-    let (pretrained, _) = results(dir);
-    let out = dir.join("report");
-    write_report(&pretrained, &options(), &out).unwrap();
-    out
-}
-
-fn comparison(dir: &Path) -> PathBuf {
-    let (pretrained, finetuned) = results(dir);
-    let out = dir.join("comparison");
-    write_comparison(&[("pretrained", &pretrained), ("finetuned", &finetuned)], &options(), &out).unwrap();
-    out
-}
-
 #[test]
-fn report_page_loads_in_chromium_with_every_labels_grid_shown_every_image_loaded_and_no_dead_link() {
+fn co_typicality_page_shows_a_card_per_shown_cluster_in_the_reports_style() {
     let dir = tempfile::tempdir().unwrap();
-    let out = report(dir.path());
-    let verdict = check_in_browser(&out.join("index.html"));
-    assert_eq!(verdict.0["readyState"], "complete");
-    assert_eq!(verdict.0["title"], "libdiffmine mining report");
-    let grids = verdict.section_grids();
-    assert_eq!(grids.keys().map(String::as_str).collect::<Vec<_>>(), SLUGS.to_vec(), "one section per label");
-    let headings: Vec<&str> = verdict.list("sections").iter().map(|s| s["heading"].as_str().unwrap()).collect();
-    assert_eq!(headings, LABELS.to_vec());
-    for (slug, grid) in &grids {
-        assert_eq!(grid["src"], format!("grid_{slug}.png"));
-        assert!(image_loaded(grid), "grid of {slug} did not load: {grid}");
-        assert_eq!(grid["shown"], true, "grid of {slug} is not shown: {grid}");
-        // Three clusters of four crops, each crop 64 px plus a 2 px gap.
-        assert_eq!((grid["naturalWidth"].as_u64(), grid["naturalHeight"].as_u64()), (Some(4 * 66), Some(3 * 66)), "{slug}");
-    }
-    // A grid and three strips per label, all loaded.
-    assert_eq!(verdict.list("images").len(), 4 * LABELS.len());
-    assert_eq!(verdict.broken_images(), Vec::<String>::new());
-    assert_eq!(verdict.links(), vec!["patches.csv".to_string()]);
-    assert_eq!(verdict.dead_links(), vec![]);
-}
-
-#[test]
-fn comparison_page_loads_in_chromium_with_each_models_grid_per_label_and_links_reaching_the_sections() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = comparison(dir.path());
-    let verdict = check_in_browser(&out.join("index.html"));
-    assert_eq!(verdict.0["readyState"], "complete");
-    assert_eq!(verdict.0["title"], "libdiffmine mining comparison");
-    let grids: Vec<&str> = verdict.list("grids").iter().map(|g| g["src"].as_str().unwrap()).collect();
-    assert_eq!(
-        grids,
-        vec![
-            "pretrained/grid_Effusion.png",
-            "finetuned/grid_Effusion.png",
-            "pretrained/grid_Mass.png",
-            "finetuned/grid_Mass.png",
-            "pretrained/grid_Pleural_thickening.png",
-        ],
-        "one grid per label and model that mined it"
-    );
-    for grid in verdict.list("grids") {
-        assert!(image_loaded(grid) && grid["shown"] == true, "grid not shown: {grid}");
-    }
-    assert_eq!(verdict.broken_images(), Vec::<String>::new());
-    let links = verdict.links();
-    assert_eq!(links.len(), 5);
-    assert!(links.contains(&"finetuned/index.html#Mass".to_string()), "{links:?}");
-    assert_eq!(verdict.dead_links(), vec![]);
-    // The pages the comparison links to pass too.
-    for model in ["pretrained", "finetuned"] {
-        let run = check_in_browser(&out.join(model).join("index.html"));
-        assert_eq!(run.broken_images(), Vec::<String>::new(), "{model}");
-        assert_eq!(run.dead_links(), vec![], "{model}");
-        assert_eq!(run.section_grids().len(), if model == "pretrained" { 3 } else { 2 }, "{model}");
-    }
-}
-
-#[test]
-fn browser_check_reports_a_deleted_grid_png_as_a_broken_image() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = report(dir.path());
-    std::fs::remove_file(out.join("grid_Mass.png")).unwrap();
-    let verdict = check_in_browser(&out.join("index.html"));
-    assert_eq!(verdict.broken_images(), vec!["grid_Mass.png".to_string()]);
-    let grids = verdict.section_grids();
-    assert!(!image_loaded(&grids["Mass"]), "{}", grids["Mass"]);
-    assert_eq!(grids["Mass"]["naturalWidth"], 0);
-    assert!(image_loaded(&grids["Effusion"]) && image_loaded(&grids["Pleural_thickening"]));
-}
-
-#[test]
-fn browser_check_reports_a_missing_link_target_and_a_missing_section_as_dead_links() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = comparison(dir.path());
-    std::fs::remove_file(out.join("pretrained/patches.csv")).unwrap();
-    let run = check_in_browser(&out.join("pretrained/index.html"));
-    assert_eq!(run.dead_links(), vec![("patches.csv".to_string(), "target missing".to_string())]);
-
-    // The finetuned report loses its Mass section: the comparison's link to it is dead.
-    let finetuned = out.join("finetuned/index.html");
-    let html = std::fs::read_to_string(&finetuned).unwrap();
-    assert!(html.contains("<section id=\"Mass\">"));
-    std::fs::write(&finetuned, html.replace("<section id=\"Mass\">", "<section id=\"gone\">")).unwrap();
-    let verdict = check_in_browser(&out.join("index.html"));
-    assert_eq!(verdict.dead_links(), vec![("finetuned/index.html#Mass".to_string(), "no element #Mass".to_string())]);
-    assert_eq!(verdict.broken_images(), Vec::<String>::new());
-}
-
-/// A co-typicality report over 3 parallel sets of 2 versions: 3 clusters of 2, 3 and 4 members with
-/// 16-pixel boxes, the last cluster not shown (2 strips).
-fn parallel_report(dir: &Path) -> PathBuf {
-    let versions = VersionStore::create(dir.join("versions")).unwrap();
+    let versions = VersionStore::create(dir.path().join("versions")).unwrap();
     for set in 0..3 {
         for v in 0..2 {
             write_image(&versions.version_path(set, v), (set * 2 + v) as u8 * 40);
         }
     }
     let mut result = CotypicalResult { elements: Vec::new(), clusters: Vec::new() };
-    for (rank, members) in [2, 3, 4].into_iter().enumerate() {
+    for (rank, members) in [4, 3, 2].into_iter().enumerate() {
         let first = result.elements.len();
         for r in 0..members {
             let i = result.elements.len();
             let patch = PatchBox { x: (i * 20) % 80, y: (i * 12) % 64, size: 16, score: 1.0 - i as f32 * 0.01 };
             result.elements.push(CotypicalElement { set: i % 3, patch, cluster_rank: rank, rank_in_cluster: r, distance: r as f32 });
         }
-        result.clusters.push(RankedCluster { id: rank, members: (first..first + members).collect(), median_typicality: 1.0 - rank as f32 * 0.1 });
+        let median_typicality = 0.5 - rank as f32 * 0.125;
+        result.clusters.push(RankedCluster { id: rank, members: (first..first + members).collect(), median_typicality });
     }
     let sources: Vec<ReportSource> = (0..3).map(|s| ReportSource { name: format!("source {s}.png"), label: s % 2 }).collect();
-    let labels = vec!["Effusion".to_string(), "Pleural thickening".to_string()];
-    let out = dir.join("parallel");
+    let labels = vec!["Effusion".to_string(), "<Pleural> & thickening".to_string()];
+    let out = dir.path().join("parallel");
     let options = ParallelReportOptions { strips: 2, per_strip: 3 };
     assert_eq!(write_parallel_report(&result, &sources, &labels, &versions, &options, &out).unwrap(), 2);
-    out
-}
-
-#[test]
-fn co_typicality_page_loads_in_chromium_with_a_strip_per_shown_cluster_and_no_dead_link() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = parallel_report(dir.path());
-    let verdict = check_in_browser(&out.join("index.html"));
-    assert_eq!(verdict.0["readyState"], "complete");
-    assert_eq!(verdict.0["title"], "libdiffmine co-typicality report");
-    let sections: Vec<&str> = verdict.list("sections").iter().map(|s| s["id"].as_str().unwrap()).collect();
-    assert_eq!(sections, ["cluster_00", "cluster_01"]);
-    let strips: Vec<(&str, u64, u64, bool)> = verdict
-        .list("images")
+    let shot = artefacts().join("co_typicality_report.png");
+    let seen = browse(&out.join("index.html"), &shot, None);
+    println!("screenshot: {}", shot.display());
+    assert_no_errors(&seen);
+    assert_eq!(seen["seen"]["title"], "libdiffmine co-typicality report");
+    let clusters = list(&list(&seen["seen"], "sections")[0], "clusters");
+    let cards: Vec<(String, String, String, String)> = clusters
         .iter()
-        .map(|i| (i["src"].as_str().unwrap(), i["naturalWidth"].as_u64().unwrap(), i["naturalHeight"].as_u64().unwrap(), i["shown"] == true))
+        .map(|c| {
+            let text = |k: &str| c[k].as_str().unwrap().to_string();
+            (text("id"), text("rankText"), text("sizeText"), text("medianText"))
+        })
         .collect();
-    // Two versions of 16 + 2 pixels side by side; rows: 2 members, then 3 of 3 (per_strip).
-    assert_eq!(strips, [("strip_00.png", 36, 36, true), ("strip_01.png", 36, 54, true)]);
-    assert_eq!(verdict.broken_images(), Vec::<String>::new());
-    assert_eq!(verdict.links(), vec!["elements.csv".to_string()]);
-    assert_eq!(verdict.dead_links(), vec![]);
+    let expected = [("cluster_00", "#1", "4 elements", "median co-typicality 0.5000"), ("cluster_01", "#2", "3 elements", "median co-typicality 0.3750")];
+    assert_eq!(cards, expected.map(|(a, b, c, d)| (a.to_string(), b.to_string(), c.to_string(), d.to_string())));
+    let strips: Vec<(&str, u64, u64)> = list(&seen["seen"], "images")
+        .iter()
+        .map(|i| (i["src"].as_str().unwrap(), i["naturalWidth"].as_u64().unwrap(), i["naturalHeight"].as_u64().unwrap()))
+        .collect();
+    // Two versions of 16 + 2 pixels side by side, 3 rows each (per_strip), shown enlarged.
+    assert_eq!(strips, [("strip_00.png", 36, 54), ("strip_01.png", 36, 54)]);
+    assert!(list(&seen["seen"], "images").iter().all(|i| i["width"].as_u64().unwrap() >= 4 * 36));
+    assert_eq!(broken_images(&seen), Vec::<String>::new());
+    assert_eq!(dead_links(&seen, &out), Vec::<String>::new());
+    let html = std::fs::read_to_string(out.join("index.html")).unwrap();
+    assert!(html.contains("&lt;Pleural&gt; &amp; thickening") && !html.contains("<Pleural>"), "labels are escaped");
 }

@@ -10,6 +10,7 @@ use super::report::{ImageResult, Report};
 use super::tables::{boxes_by_image, boxes_confirmed_by, canonical_finding, read_bbox_list, read_data_entry, BoundingBox, BoxEntry, BOXED_DISEASES};
 use crate::dicom::{open_image, DicomOptions};
 use crate::error::{Error, Result};
+use crate::heatmap;
 use crate::model::StableDiffusion;
 use crate::typicality::{typicality, LatentMode, TypicalityOptions};
 
@@ -271,8 +272,9 @@ impl Evaluation {
         }
     }
 
-    /// Writes `<disease>_best_<image>.png` and `<disease>_worst_<image>.png` into `dir`: the map (red,
-    /// strongest where most typical) blended on the X-ray, the boxes in green. Returns the files.
+    /// Writes `<disease>_best_<image>.png` and `<disease>_worst_<image>.png` into `dir`: the map blended
+    /// on the X-ray in the library's heat-map colours ([`heatmap::overlay`]), the boxes in white
+    /// (white is no colour of the scale). Returns the files.
     pub fn write_overlays(&self, dir: &Path) -> Result<Vec<PathBuf>> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let mut written = Vec::new();
@@ -280,7 +282,7 @@ impl Evaluation {
             for (shown, which) in [(best, "best"), (worst, "worst")] {
                 let stem = Path::new(&shown.image).file_stem().map_or_else(|| shown.image.clone(), |s| s.to_string_lossy().into_owned());
                 let path = dir.join(format!("{disease}_{which}_{stem}.png"));
-                crate::io::write_image(&overlay(shown), &path)?;
+                crate::io::write_image(&overlay(shown)?, &path)?;
                 written.push(path);
             }
         }
@@ -288,26 +290,23 @@ impl Evaluation {
     }
 }
 
-fn overlay(shown: &Shown) -> image::RgbImage {
+const BOX_COLOUR: image::Rgb<u8> = image::Rgb([255, 255, 255]);
+
+fn overlay(shown: &Shown) -> Result<image::RgbImage> {
     let [width, height] = shown.size;
-    let (lo, hi) = shown.map.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| (l.min(v), h.max(v)));
-    let mut out = image::RgbImage::from_fn(width as u32, height as u32, |x, y| {
-        let p = y as usize * width + x as usize;
-        let level = if hi > lo { (shown.map[p] - lo) / (hi - lo) } else { 0.0 };
-        let grey = shown.rgb[3 * p] as f32;
-        image::Rgb([(0.5 * grey + 127.5 * level) as u8, (0.5 * grey) as u8, (0.5 * grey) as u8])
-    });
+    let image = image::RgbImage::from_raw(width as u32, height as u32, shown.rgb.clone()).expect("W × H × 3 bytes");
+    let mut out = heatmap::overlay(&image, &shown.map)?;
     for b in &shown.boxes {
         let clamp = |v: f64, limit: usize| (v.round().max(0.0) as usize).min(limit - 1) as u32;
         let (x0, y0, x1, y1) = (clamp(b.x, width), clamp(b.y, height), clamp(b.x + b.w, width), clamp(b.y + b.h, height));
         for x in x0..=x1 {
-            out.put_pixel(x, y0, image::Rgb([0, 255, 0]));
-            out.put_pixel(x, y1, image::Rgb([0, 255, 0]));
+            out.put_pixel(x, y0, BOX_COLOUR);
+            out.put_pixel(x, y1, BOX_COLOUR);
         }
         for y in y0..=y1 {
-            out.put_pixel(x0, y, image::Rgb([0, 255, 0]));
-            out.put_pixel(x1, y, image::Rgb([0, 255, 0]));
+            out.put_pixel(x0, y, BOX_COLOUR);
+            out.put_pixel(x1, y, BOX_COLOUR);
         }
     }
-    out
+    Ok(out)
 }

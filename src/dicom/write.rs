@@ -13,11 +13,12 @@ use dicom_object::{FileDicomObject, InMemDicomObject};
 
 use super::{DicomFile, DicomOptions};
 use crate::error::{Error, Result};
+use crate::heatmap;
 
 /// How the map is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MapKind {
-    /// RGB, the map (min–max scaled, a heat colour scale) blended half and half on the image.
+    /// RGB, the map blended on the image in the library's heat-map colours ([`heatmap::overlay`]).
     Overlay,
     /// MONOCHROME2, 16 bits: stored value v means map value v · Rescale Slope + Rescale Intercept,
     /// the map's range spread over 0..65535 (its error is at most half a slope).
@@ -253,15 +254,9 @@ impl DicomFile {
         let grey: Vec<f32> = image.pixels.chunks_exact(image.channels).map(|p| p.iter().sum::<f32>() / p.len() as f32).collect();
         let grey = image::ImageBuffer::<image::Luma<f32>, Vec<f32>>::from_raw(image.width as u32, image.height as u32, grey).expect("W × H grey levels");
         let grey = image::imageops::resize(&grey, width as u32, height as u32, image::imageops::FilterType::Triangle);
-        let (lo, hi) = range(map);
-        let rgb: Vec<u8> = grey
-            .pixels()
-            .zip(map)
-            .flat_map(|(g, &m)| {
-                let level = if hi > lo { (m - lo) / (hi - lo) } else { 0.0 };
-                heat(level).map(|h| (255.0 * (0.5 * g.0[0].clamp(0.0, 1.0) + 0.5 * h)).round() as u8)
-            })
-            .collect();
+        let grey =
+            image::RgbImage::from_fn(width as u32, height as u32, |x, y| image::Rgb([(255.0 * grey.get_pixel(x, y).0[0].clamp(0.0, 1.0)).round() as u8; 3]));
+        let rgb = heatmap::overlay(&grey, map)?.into_raw();
         put_image_pixel_module(object, "RGB", 3, 8);
         object.put(DataElement::new(tags::PLANAR_CONFIGURATION, VR::US, PrimitiveValue::from(0u16)));
         object.put(DataElement::new(tags::PIXEL_DATA, VR::OB, PrimitiveValue::U8(rgb.into())));
@@ -306,11 +301,6 @@ fn format_ds(value: f64) -> String {
 
 fn range(map: &[f32]) -> (f32, f32) {
     map.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| (l.min(v), h.max(v)))
-}
-
-/// A black–red–yellow–white colour scale for a level in [0, 1].
-fn heat(level: f32) -> [f32; 3] {
-    [(3.0 * level).clamp(0.0, 1.0), (3.0 * level - 1.0).clamp(0.0, 1.0), (3.0 * level - 2.0).clamp(0.0, 1.0)]
 }
 
 fn type2_vr(tag: Tag) -> VR {

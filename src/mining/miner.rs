@@ -8,7 +8,7 @@
 //! clustering settings, or after an interruption, recomputes nothing upstream. Images held in memory
 //! are keyed by their pixels instead of the file.
 use std::collections::hash_map::DefaultHasher;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -21,6 +21,7 @@ use super::dift::{box_feature, dift_features, DiftOptions};
 use super::patches::{select_patches, top_patches, ImagePatch, PatchBox};
 use crate::dataset::{LabelledImage, LabelledSet, Pixels};
 use crate::error::{Error, Result};
+use crate::heatmap::reduced;
 use crate::model::StableDiffusion;
 use crate::typicality::{typicality, TypicalityOptions};
 
@@ -88,6 +89,9 @@ pub struct LabelResult {
     pub image_sizes: BTreeMap<PathBuf, (usize, usize)>,
     /// The pixels of the images held in memory rather than in files, by their name, for crops.
     pub in_memory: BTreeMap<PathBuf, Pixels>,
+    /// The typicality map of every image holding a kept box, reduced to at most [`KEPT_MAP_SIDE`]
+    /// pixels a side, for the report's heat maps.
+    pub maps: BTreeMap<PathBuf, Array2<f32>>,
     /// Where mining this label spent its time.
     pub times: StageTimes,
 }
@@ -130,6 +134,11 @@ fn timed<T>(total: &mut Duration, f: impl FnOnce() -> T) -> T {
     value
 }
 
+/// The longer side of the typicality maps a result keeps: maps are bilinear upsamplings of the
+/// latent's grid (an eighth of the image's side), so for images up to 512 pixels a side this keeps
+/// all of a map, and a label's `top` boxes hold at most `top` maps of 16 KiB.
+pub const KEPT_MAP_SIDE: usize = 64;
+
 /// Progress of mining: (units done, units in all), a unit being one image's typicality or DIFT.
 pub type MiningProgress<'a> = &'a mut dyn FnMut(u64, u64) -> bool;
 
@@ -167,6 +176,7 @@ fn mine_label(
     let mut times = StageTimes::default();
     let mut kept: Vec<ImagePatch> = Vec::new();
     let mut image_sizes = BTreeMap::new();
+    let mut maps: BTreeMap<usize, Array2<f32>> = BTreeMap::new();
     for (index, image) in images.iter().enumerate() {
         let map = timed(&mut times.typicality, || cached_typicality(model, image, &prompt, options))?;
         let (h, w) = (map.size()[0] as usize, map.size()[1] as usize);
@@ -177,6 +187,11 @@ fn mine_label(
             kept.extend(boxes.into_iter().map(|patch| ImagePatch { image: index, patch }));
             // Keep only what can still make the label's top: memory bounded by the boxes kept.
             kept = top_patches(std::mem::take(&mut kept), options.top);
+            let holding: BTreeSet<usize> = kept.iter().map(|p| p.image).collect();
+            if holding.contains(&index) {
+                maps.insert(index, reduced(&values, h, w, KEPT_MAP_SIDE));
+            }
+            maps.retain(|i, _| holding.contains(i));
             Ok(())
         })?;
         step("typicality")?;
@@ -206,7 +221,8 @@ fn mine_label(
         ranked_clusters.push(RankedCluster { members, ..cluster });
     }
     let in_memory = images.iter().filter_map(|i| Some((i.path.clone(), i.pixels.clone()?))).collect();
-    Ok(LabelResult { label: label.to_string(), patches, clusters: ranked_clusters, image_sizes, in_memory, times })
+    let maps = maps.into_iter().map(|(i, map)| (images[i].path.clone(), map)).collect();
+    Ok(LabelResult { label: label.to_string(), patches, clusters: ranked_clusters, image_sizes, in_memory, maps, times })
 }
 
 /// DIFT features of the kept boxes (n × C), one DIFT pass per image that has a kept box.

@@ -5,5 +5,6 @@ pub mod cluster;
 pub mod cotypicality;
 pub mod dift;
 pub mod miner;
+pub(crate) mod page;
 pub mod patches;
 pub mod report;

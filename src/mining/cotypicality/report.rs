@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 use super::{CotypicalElement, CotypicalResult, ParallelSet};
 use crate::error::{Error, Result};
 use crate::image::to_rgb_image;
+use crate::mining::page::{escape, number, write_page};
 use crate::mining::patches::PatchBox;
-use crate::mining::report::{csv_field, escape, save, write_page};
+use crate::mining::report::{csv_field, save};
 use image::{imageops, Rgb, RgbImage};
 
 /// A folder of parallel sets' versions: version `v` of set `s` is the 8-bit RGB PNG `{s:05}_{v}.png`.
@@ -110,11 +111,14 @@ pub fn write_parallel_report(
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     write_elements_csv(result, sources, labels, &out.join("elements.csv"))?;
     let shown = result.clusters.len().min(options.strips);
+    let mut widths = Vec::with_capacity(shown);
     for rank in 0..shown {
-        let strip = cluster_strip(&strip_members(result, rank, options), sources, labels.len(), versions)?;
+        let members = strip_members(result, rank, options);
+        let strip = cluster_strip(&members, sources, labels.len(), versions)?;
         save(&strip, &out.join(strip_name(rank)))?;
+        widths.push(strip.width());
     }
-    write_index(result, sources, labels, options, shown, &out.join("index.html"))?;
+    write_index(result, sources, labels, options, &widths, &out.join("index.html"))?;
     Ok(shown)
 }
 
@@ -195,37 +199,55 @@ fn write_elements_csv(result: &CotypicalResult, sources: &[ReportSource], labels
     crate::io::write_atomic(path, csv.as_bytes())
 }
 
+/// The page: a card per shown cluster (its rank, size and median co-typicality) with its strip,
+/// shown at a whole multiple of its size (`widths`: the strips' widths in pixels) under a header
+/// naming each column's label.
 fn write_index(
     result: &CotypicalResult,
     sources: &[ReportSource],
     labels: &[String],
     options: &ParallelReportOptions,
-    shown: usize,
+    widths: &[u32],
     path: &Path,
 ) -> Result<()> {
     let columns: Vec<String> = labels.iter().map(|l| escape(l)).collect();
-    let mut body = format!(
-        "<h1>Co-typical visual elements</h1>\n<p>{} elements from {} parallel sets in {} clusters; {shown} clusters shown, ranked by median \
-         co-typicality. Every kept element: <a href=\"elements.csv\">elements.csv</a>.</p>\n\
-         <p>Each strip shows a cluster's members closest to its centroid, one per row; the columns are the versions of the member's \
-         parallel set in label order ({}), the source image's own framed in red.</p>\n",
+    let subtitle = format!(
+        "{} elements from {} parallel sets in {} clusters; {} clusters shown, ranked by median co-typicality. \
+         Every kept element: <a href=\"elements.csv\">elements.csv</a>.",
         result.elements.len(),
         sources.len(),
         result.clusters.len(),
+        widths.len()
+    );
+    let mut body = format!(
+        "<section class=\"label\"><p class=\"summary\">Each strip shows a cluster's members closest to its centroid, one per row; \
+         the columns are the versions of the member's parallel set in label order ({}), the source image's own framed in red.</p>\n\
+         <div class=\"clusters\">\n",
         columns.join(", ")
     );
-    for (rank, cluster) in result.clusters.iter().take(shown).enumerate() {
+    for (rank, (cluster, &width)) in result.clusters.iter().zip(widths).enumerate() {
         let rows = cluster.members.len().min(options.per_strip);
-        let _ = write!(
+        // Small crops are enlarged by a whole factor, so that their pixels stay square.
+        let zoom = (480 / width.max(1)).clamp(1, 4);
+        let column = width * zoom / labels.len() as u32;
+        let header: String = columns.iter().map(|c| format!("<span style=\"width:{column}px\">{c}</span>")).collect();
+        let _ = writeln!(
             body,
-            "<section id=\"cluster_{rank:02}\"><h2>Cluster {rank}</h2>\n<p>{} elements, median co-typicality {:.4}; {rows} shown.</p>\n\
-             <img class=\"strip\" alt=\"members of cluster {rank} in every version\" src=\"{}\"></section>\n",
-            cluster.members.len(),
-            cluster.median_typicality,
-            strip_name(rank)
+            "<div class=\"cluster\" id=\"cluster_{rank:02}\" data-rank=\"{rank}\" data-size=\"{size}\" data-median=\"{median}\">\
+             <div class=\"cluster-head\"><span class=\"rank\">#{}</span><span class=\"size\">{size} elements</span>\
+             <span class=\"median\">median co-typicality {}</span><span>{rows} shown</span></div>\
+             <div><div class=\"versions\">{header}</div><img class=\"figure strip\" width=\"{}\" alt=\"members of cluster {} in every version\" src=\"{}\"></div></div>",
+            rank + 1,
+            number(cluster.median_typicality),
+            width * zoom,
+            rank + 1,
+            strip_name(rank),
+            size = cluster.members.len(),
+            median = cluster.median_typicality,
         );
     }
-    write_page(path, "libdiffmine co-typicality report", "", &body)
+    body.push_str("</div></section>\n");
+    write_page(path, "libdiffmine co-typicality report", &subtitle, &body)
 }
 
 #[cfg(test)]
