@@ -10,4 +10,7 @@ source scripts/env.sh
 # The C programs and the Python binding link libdiffmine.so, which `cargo test` alone does not build;
 # both commands share the release profile, so this is one build.
 cargo build --release
+# Formatting and lints first: a style failure stops the run before the long tests.
+cargo fmt --check
+cargo clippy --release --all-targets -- -D warnings
 cargo test --release --no-fail-fast

@@ -10,6 +10,7 @@ pub mod finetune;
 pub mod image;
 pub mod mining;
 pub mod model;
+pub mod npy;
 pub mod rng;
 pub mod synthetic;
 pub mod translate;

@@ -62,6 +62,25 @@ pub fn parse_dtype(name: &str) -> Result<Kind> {
     }
 }
 
+/// The name [`parse_device`] reads back: cpu, cuda:N (other devices by their debug name).
+pub fn device_name(device: Device) -> String {
+    match device {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(index) => format!("cuda:{index}"),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// The name [`parse_dtype`] reads back (float32, float16, bfloat16; other kinds by their debug name).
+pub fn dtype_name(kind: Kind) -> String {
+    match kind {
+        Kind::Float => "float32".into(),
+        Kind::Half => "float16".into(),
+        Kind::BFloat16 => "bfloat16".into(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
 /// Folders to take single components from instead of the pipeline folder's own (e.g. CLIP
 /// ViT-L/14-336's text encoder and tokenizer, or a finetuned UNet with a base model's other parts).
 /// Each points at the component folder itself (the one holding its `config.json`).
