@@ -4,9 +4,10 @@
 //! built binary on the demo models (models/demo) and a small generated set.
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use diffmine::autoencoder::AutoencoderOptions;
@@ -105,11 +106,19 @@ fn every_command_answers_help() {
 
 /// The entry of `option` in `command --help`: its name line, description and default, trimmed.
 fn help_entry(command: &str, option: &str) -> String {
-    let help = stdout(&diffmine(&[command, "--help"]));
-    let mut lines = help.lines().skip_while(|line| !(starts_entry(line) && line.trim_start().split([' ', ',']).any(|word| word == option)));
+    let help = help_text(command);
+    let names = |line: &str| line.trim_start().split("  ").next().unwrap_or_default().split([' ', ',']).any(|word| word == option);
+    let mut lines = help.lines().skip_while(|line| !(starts_entry(line) && names(line)));
     let first = lines.next().unwrap_or_else(|| panic!("`{command} --help` lists {option}:\n{help}"));
     let rest = lines.take_while(|line| !starts_entry(line));
     std::iter::once(first).chain(rest).map(str::trim).collect::<Vec<_>>().join("\n")
+}
+
+/// `command --help`, run once per command (each run loads libtorch).
+fn help_text(command: &str) -> String {
+    static TEXTS: Mutex<BTreeMap<String, String>> = Mutex::new(BTreeMap::new());
+    let mut texts = TEXTS.lock().unwrap();
+    texts.entry(command.to_string()).or_insert_with(|| stdout(&diffmine(&[command, "--help"]))).clone()
 }
 
 /// Whether a help line starts an option's entry or a heading.
@@ -172,10 +181,10 @@ fn help_shows_the_librarys_defaults() {
     assert_default("parallel-mine", "--strips", ParallelReportOptions::default().strips);
     let e = EvaluationOptions::default();
     assert_default("cxr8-eval", "--size", e.working_size);
-    assert_default("cxr8-eval", "--disease", e.diseases.join(", "));
+    assert_default("cxr8-eval", "--disease", e.diseases.join(" "));
     // Flags take no value.
     let antithetic = help_entry("typicality", "--antithetic");
-    assert_eq!(antithetic.lines().next(), Some("--antithetic"), "{antithetic}");
+    assert_eq!(antithetic.lines().next().and_then(|line| line.split("  ").next()), Some("--antithetic"), "{antithetic}");
 }
 
 #[test]
@@ -303,7 +312,20 @@ fn typicality_writes_a_map_numpy_reads() {
     let dir = scratch("typicality");
     let prefix = dir.join("map").display().to_string();
     let model = model_args();
-    let args = ["typicality", "--image", &an_image(), "--prompt", "Chest X-Ray with Nodule.", "--null-prompt", "Chest X-Ray.", "--samples", "4", "--antithetic", "--out", &prefix];
+    let args = [
+        "typicality",
+        "--image",
+        &an_image(),
+        "--prompt",
+        "Chest X-Ray with Nodule.",
+        "--null-prompt",
+        "Chest X-Ray.",
+        "--samples",
+        "4",
+        "--antithetic",
+        "--out",
+        &prefix,
+    ];
     let out = diffmine(&with_model(&model, &args));
     assert_exit(&out, 0);
     let text = stdout(&out);
@@ -323,7 +345,21 @@ fn ctrl_c_cancels_typicality_with_130_and_no_output() {
     let dir = scratch("cancel");
     let prefix = dir.join("map").display().to_string();
     let model = model_args();
-    let args = ["typicality", "--image", &an_image(), "--prompt", "Chest X-Ray with Nodule.", "--null-prompt", "Chest X-Ray.", "--samples", "1000", "--batch", "1", "--out", &prefix];
+    let args = [
+        "typicality",
+        "--image",
+        &an_image(),
+        "--prompt",
+        "Chest X-Ray with Nodule.",
+        "--null-prompt",
+        "Chest X-Ray.",
+        "--samples",
+        "1000",
+        "--batch",
+        "1",
+        "--out",
+        &prefix,
+    ];
     let mut child = Command::new(env!("CARGO_BIN_EXE_diffmine")).args(with_model(&model, &args)).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     // Long enough for the model to load and the sampling to start.
     std::thread::sleep(Duration::from_secs(3));

@@ -128,7 +128,7 @@ impl Progress {
             Display::Lines { what, started, last_line } => {
                 if done == total || last_line.elapsed() >= PLAIN_LINE_EVERY {
                     *last_line = Instant::now();
-                    eprintln!("{}", plain_line(done, total, *what, started.elapsed(), &loss));
+                    eprintln!("{}", plain_line(done, total, what, started.elapsed(), &loss));
                 }
             }
         }
