@@ -106,8 +106,7 @@ impl DenoiseArgs {
         let eps = schedule.to_epsilon(&output, &noisy, &timesteps)?;
         let loss = (&eps - &noise).square().mean(Kind::Float).double_value(&[]);
         println!("t = {}: noise prediction mse {loss:.5}", self.t);
-        let abar = schedule.alphas_cumprod().double_value(&[self.t]);
-        let estimate = (&noisy - eps * (1.0 - abar).sqrt()) / abar.sqrt();
+        let estimate = schedule.clean_estimate(&noisy, &eps, &timesteps)?;
         write_png(&model.decode(&estimate)?, &self.out)
     }
 }

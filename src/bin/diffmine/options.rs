@@ -31,18 +31,11 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     pub fn options(&self) -> Result<ModelOptions> {
-        let from_base = |name: &str| self.base.as_ref().filter(|_| !self.model.join(name).exists()).map(|b| b.join(name));
         Ok(ModelOptions {
             device: parse_device(&self.device)?,
             dtype: parse_dtype(&self.dtype)?,
             variant: self.variant.clone(),
-            overrides: ComponentOverrides {
-                unet: from_base("unet"),
-                vae: from_base("vae"),
-                text_encoder: from_base("text_encoder"),
-                tokenizer: from_base("tokenizer"),
-                scheduler: from_base("scheduler"),
-            },
+            overrides: self.base.as_deref().map(|base| ComponentOverrides::from_base(&self.model, base)).unwrap_or_default(),
         })
     }
 
