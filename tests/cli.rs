@@ -14,8 +14,8 @@ use diffmine::autoencoder::AutoencoderOptions;
 use diffmine::cxr8::EvaluationOptions;
 use diffmine::finetune::FinetuneOptions;
 use diffmine::mining::miner::MiningOptions;
-use diffmine::translate::parallel::ParallelMiningOptions;
-use diffmine::translate::report::ParallelReportOptions;
+use diffmine::mining::cotypicality::ParallelMiningOptions;
+use diffmine::mining::cotypicality::report::ParallelReportOptions;
 use diffmine::translate::{GenerateOptions, TranslateOptions};
 use diffmine::typicality::TypicalityOptions;
 

@@ -4,12 +4,14 @@
 //!
 //! Exit status: 0 done, 2 usage, 3 bad input, 4 unusable model, 5 I/O, 130 cancelled (Ctrl-C), 1 other
 //! failures (out of memory, libtorch).
-mod data;
+mod cxr8;
 mod files;
 mod inspect;
 mod mining;
 mod options;
 mod progress;
+#[cfg(feature = "synthetic")]
+mod synth;
 mod training;
 mod translation;
 mod typicality;
@@ -50,13 +52,21 @@ enum Command {
     /// Trains a model's VAE as an autoencoder (for models built from scratch).
     TrainVae(training::TrainVaeArgs),
     /// A labelled radiograph-like set with planted, boxed elements.
-    Synth(data::SynthArgs),
+    #[cfg(feature = "synthetic")]
+    Synth(synth::SynthArgs),
+    /// A labelled radiograph-like set (not in this build: it needs the cargo feature `synthetic`).
+    #[cfg(not(feature = "synthetic"))]
+    #[command(disable_help_flag = true)]
+    Synth {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        ignored: Vec<String>,
+    },
     /// Mines every label of a labelled set and writes the visual summary (index.html).
     Mine(mining::MineArgs),
     /// A DICOM file's metadata and decoded size.
     DicomInfo(inspect::DicomInfoArgs),
     /// ChestX-ray8 AUC-PR of typicality maps against the boxes, per disease.
-    Cxr8Eval(data::Cxr8EvalArgs),
+    Cxr8Eval(cxr8::Cxr8EvalArgs),
     /// Plug-and-Play translation of an image to each target prompt.
     Translate(translation::TranslateArgs),
     /// Text-to-image DDIM sampling.
@@ -79,7 +89,12 @@ fn run(command: Command) -> Result<()> {
         Command::Typicality(args) => args.run(),
         Command::Finetune(args) => args.run(),
         Command::TrainVae(args) => args.run(),
+        #[cfg(feature = "synthetic")]
         Command::Synth(args) => args.run(),
+        #[cfg(not(feature = "synthetic"))]
+        Command::Synth { .. } => Err(Error::InvalidArgument(
+            "this diffmine was built without the synthetic data generator: build it with `cargo build --release --features synthetic`".into(),
+        )),
         Command::Mine(args) => args.run(),
         Command::DicomInfo(args) => args.run(),
         Command::Cxr8Eval(args) => args.run(),

@@ -8,8 +8,8 @@ use diffmine::mining::cluster::ClusterOptions;
 use diffmine::mining::dift::DiftOptions;
 use diffmine::mining::miner::{mine, MiningOptions, StageTimes};
 use diffmine::mining::report::{write_comparison, write_report, ReportOptions};
-use diffmine::translate::parallel::{parallel_set, CotypicalMiner, ParallelMiningOptions, Projection};
-use diffmine::translate::report::{write_parallel_report, ParallelReportOptions, ReportSource, VersionStore};
+use diffmine::mining::cotypicality::{parallel_set, CotypicalMiner, ParallelMiningOptions, Projection};
+use diffmine::mining::cotypicality::report::{write_parallel_report, ParallelReportOptions, ReportSource, VersionStore};
 use diffmine::typicality::TypicalityOptions;
 use diffmine::Result;
 
