@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use diffmine::autoencoder::AutoencoderOptions;
 use diffmine::cxr8::EvaluationOptions;
 use diffmine::finetune::FinetuneOptions;
-use diffmine::mining::miner::MiningOptions;
-use diffmine::mining::cotypicality::ParallelMiningOptions;
 use diffmine::mining::cotypicality::report::ParallelReportOptions;
+use diffmine::mining::cotypicality::ParallelMiningOptions;
+use diffmine::mining::miner::MiningOptions;
 use diffmine::translate::{GenerateOptions, TranslateOptions};
 use diffmine::typicality::TypicalityOptions;
 

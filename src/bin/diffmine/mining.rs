@@ -5,11 +5,11 @@ use std::time::{Duration, Instant};
 use clap::{Args, ValueEnum};
 use diffmine::dataset::LabelledSet;
 use diffmine::mining::cluster::ClusterOptions;
+use diffmine::mining::cotypicality::report::{write_parallel_report, ParallelReportOptions, ReportSource, VersionStore};
+use diffmine::mining::cotypicality::{parallel_set, CotypicalMiner, ParallelMiningOptions, Projection};
 use diffmine::mining::dift::DiftOptions;
 use diffmine::mining::miner::{mine, MiningOptions, StageTimes};
 use diffmine::mining::report::{write_comparison, write_report, ReportOptions};
-use diffmine::mining::cotypicality::{parallel_set, CotypicalMiner, ParallelMiningOptions, Projection};
-use diffmine::mining::cotypicality::report::{write_parallel_report, ParallelReportOptions, ReportSource, VersionStore};
 use diffmine::typicality::TypicalityOptions;
 use diffmine::Result;
 
