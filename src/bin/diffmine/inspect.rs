@@ -77,6 +77,7 @@ pub struct DenoiseArgs {
     /// The image: PNG, JPEG, BMP or DICOM.
     #[arg(long, value_name = "FILE")]
     image: PathBuf,
+    /// The prompt the noise is predicted under.
     #[arg(long)]
     prompt: String,
     /// The timestep the image is noised to.

@@ -23,8 +23,10 @@ pub struct FinetuneArgs {
     /// The finetuned model folder (checkpoints in OUT/checkpoints).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
+    /// Training steps.
     #[arg(long, default_value_t = FinetuneOptions::default().steps)]
     steps: usize,
+    /// Images per step.
     #[arg(long, default_value_t = FinetuneOptions::default().batch_size)]
     batch: usize,
     /// Images are resized (shorter side) and centre-cropped to this size.
@@ -33,9 +35,10 @@ pub struct FinetuneArgs {
     /// An image's caption, `{label}` standing for its labels.
     #[arg(long, default_value_t = FinetuneOptions::default().caption_template)]
     caption: String,
-    /// The caption that replaces an image's with probability --dropout.
+    /// The caption that replaces an image's with probability --dropout (the unconditional caption).
     #[arg(long, default_value_t = FinetuneOptions::default().null_prompt)]
     null_prompt: String,
+    /// Probability that a caption is replaced by --null-prompt.
     #[arg(long, default_value_t = FinetuneOptions::default().condition_dropout)]
     dropout: f64,
     /// AdamW learning rate.
@@ -110,8 +113,10 @@ pub struct TrainVaeArgs {
     /// The model folder written, with the trained VAE and its measured scaling factor.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
+    /// Training steps.
     #[arg(long, default_value_t = AutoencoderOptions::default().steps)]
     steps: usize,
+    /// Images per step.
     #[arg(long, default_value_t = AutoencoderOptions::default().batch_size)]
     batch: usize,
     /// Images are resized (shorter side) and centre-cropped to this size.

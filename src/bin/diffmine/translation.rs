@@ -59,8 +59,10 @@ impl TranslateArgs {
 pub struct GenerateArgs {
     #[command(flatten)]
     model: ModelArgs,
+    /// What the image shows.
     #[arg(long)]
     prompt: String,
+    /// The generated image.
     #[arg(long, value_name = "FILE.png")]
     out: PathBuf,
     /// DDIM sampling steps.
