@@ -1,6 +1,5 @@
 //! NumPy `.npy` files (format version 1.0, little-endian float32, C order): how maps leave the library
 //! for Python and other tools (`numpy.load` reads them).
-use std::io::Write;
 use std::path::Path;
 
 use crate::{Error, Result};
@@ -30,15 +29,9 @@ pub fn npy_bytes(values: &[f32], shape: &[usize]) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Writes the array to `path` through a temporary file in the same folder, renamed into place once
-/// complete, so a failed or interrupted write never leaves a partial file under the final name.
+/// Writes the array to `path` whole or not at all (through [`crate::io::write_atomic`]).
 pub fn write_npy(path: &Path, values: &[f32], shape: &[usize]) -> Result<()> {
-    let bytes = npy_bytes(values, shape)?;
-    let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut file = tempfile::NamedTempFile::new_in(folder).map_err(|e| Error::io(folder, e))?;
-    file.write_all(&bytes).map_err(|e| Error::io(path, e))?;
-    file.persist(path).map_err(|e| Error::io(path, e.error))?;
-    Ok(())
+    crate::io::write_atomic(path, &npy_bytes(values, shape)?)
 }
 
 #[cfg(test)]

@@ -3,7 +3,8 @@ use std::path::Path;
 
 use diffmine::dicom::{open_image, DicomOptions};
 use diffmine::image::to_rgb_image;
-use diffmine::{Error, Result};
+use diffmine::io::write_image;
+use diffmine::Result;
 use tch::Tensor;
 
 /// A PNG, JPEG, BMP or DICOM file (DICOM frame 0 through its own window) as the model's input,
@@ -12,8 +13,9 @@ pub fn image_tensor(path: &Path, short_side: Option<usize>) -> Result<Tensor> {
     open_image(path, &DicomOptions::default())?.view().to_model_input_resized(short_side)
 }
 
+/// Writes the image whole or not at all.
 pub fn write_png(images: &Tensor, path: &Path) -> Result<()> {
-    to_rgb_image(images)?.save(path).map_err(|e| Error::io(path, e))?;
+    write_image(&to_rgb_image(images)?, path)?;
     println!("wrote {}", path.display());
     Ok(())
 }

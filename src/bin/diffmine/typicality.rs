@@ -6,6 +6,7 @@ use std::time::Instant;
 use clap::{Args, ValueEnum};
 use diffmine::dicom::{DicomFile, MapKind};
 use diffmine::image::to_rgb8;
+use diffmine::io::write_image;
 use diffmine::mining::miner::MiningOptions;
 use diffmine::mining::patches::select_patches;
 use diffmine::npy::write_npy;
@@ -154,7 +155,7 @@ fn overlay(image: &Tensor, map: &[f32], path: &Path) -> Result<()> {
         }
     }
     let buffer = image::RgbImage::from_raw(w as u32, h as u32, out).ok_or_else(|| Error::InvalidArgument("overlay size".into()))?;
-    buffer.save(path).map_err(|e| Error::io(path, e))?;
+    write_image(&buffer, path)?;
     println!("wrote {}", path.display());
     Ok(())
 }
