@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
@@ -360,9 +361,17 @@ fn ctrl_c_cancels_typicality_with_130_and_no_output() {
         "--out",
         &prefix,
     ];
-    let mut child = Command::new(env!("CARGO_BIN_EXE_diffmine")).args(with_model(&model, &args)).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    // Long enough for the model to load and the sampling to start.
-    std::thread::sleep(Duration::from_secs(3));
+    let mut child =
+        Command::new(env!("CARGO_BIN_EXE_diffmine")).arg("-v").args(with_model(&model, &args)).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    // Interrupted once the model is loaded (its log line) and the sampling has had a moment to start.
+    let mut log = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("model loaded") {
+        let mut line = String::new();
+        assert!(log.read_line(&mut line).unwrap() > 0, "diffmine ended before loading the model:\n{seen}");
+        seen.push_str(&line);
+    }
+    std::thread::sleep(Duration::from_secs(1));
     assert!(child.try_wait().unwrap().is_none(), "typicality finished before it could be interrupted");
     // SAFETY: kill(2) with the child's own process id and a valid signal number.
     assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) }, 0);
@@ -379,9 +388,9 @@ fn ctrl_c_cancels_typicality_with_130_and_no_output() {
         std::thread::sleep(Duration::from_millis(20));
     };
     println!("stopped {:.2} s after SIGINT", signalled.elapsed().as_secs_f64());
-    let output = child.wait_with_output().unwrap();
-    assert_eq!(status.code(), Some(130), "stderr:\n{}", stderr(&output));
-    assert!(stderr(&output).contains("cancelled"), "{}", stderr(&output));
+    log.read_to_string(&mut seen).unwrap();
+    assert_eq!(status.code(), Some(130), "stderr:\n{seen}");
+    assert!(seen.contains("cancelled"), "{seen}");
     let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
     assert!(left.is_empty(), "a cancelled run left {left:?}");
 }
