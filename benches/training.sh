@@ -41,9 +41,9 @@ record() { # IMPL MODE ROUND SECONDS_PER_STEP PEAK_GIB
 cli_flags() { # MODE
   case "$1" in
     f32) echo "" ;;
-    f32-checkpointing) echo "--gradient-checkpointing true" ;;
+    f32-checkpointing) echo "--gradient-checkpointing" ;;
     bf16-autocast) echo "--autocast bfloat16" ;;
-    bf16-autocast-checkpointing) echo "--autocast bfloat16 --gradient-checkpointing true" ;;
+    bf16-autocast-checkpointing) echo "--autocast bfloat16 --gradient-checkpointing" ;;
   esac
 }
 run_rust() { # MODE ROUND

@@ -30,17 +30,20 @@ STEPS=${STEPS:-50}
 GUIDANCE=${GUIDANCE:-7.5}
 NICE=${NICE:--20}
 SOURCE="Image of a car."
-TARGETS="Image of a truck.,Image of a bicycle.,Image of a horse."
+TARGETS=("Image of a truck." "Image of a bicycle." "Image of a horse.")
 source benches/timing.sh translate
 
+target_options=()
+for target in "${TARGETS[@]}"; do target_options+=(--target "$target"); done
+
 run_rust() {
-  RUST_LOG=diffmine=info timed "$cli" translate --model "$model" --image "$image" --source-prompt "$SOURCE" --target "$TARGETS" \
+  RUST_LOG=diffmine=info timed "$cli" translate --model "$model" --image "$image" --source-prompt "$SOURCE" "${target_options[@]}" \
     --out "$work/diffmine" --steps "$STEPS" --inversion-steps "$INVERSION_STEPS" --guidance "$GUIDANCE"
   local seconds; seconds=$(echo "$run_out" | sed -n 's/^[0-9]* translations in \([0-9.]*\) s$/\1/p')
   echo "{\"impl\": \"libdiffmine\", \"round\": $1, \"seconds\": $seconds, \"process_seconds\": $run_wall, \"cpu_seconds\": $run_cpu, \"others_cpu_seconds\": $run_others}" | tee -a "$results"
 }
 run_python() {
-  timed python benches/translate_diffusers.py "$model" "$image" "$SOURCE" "$TARGETS" "$INVERSION_STEPS" "$STEPS" "$GUIDANCE"
+  timed python benches/translate_diffusers.py "$model" "$image" "$SOURCE" "$(IFS=,; echo "${TARGETS[*]}")" "$INVERSION_STEPS" "$STEPS" "$GUIDANCE"
   echo "$run_out" | python -c 'import json,sys; r=json.loads(sys.stdin.read()); r.update(round=int(sys.argv[1]), process_seconds=float(sys.argv[2]), cpu_seconds=float(sys.argv[3]), others_cpu_seconds=float(sys.argv[4])); print(json.dumps(r))' \
     "$1" "$run_wall" "$run_cpu" "$run_others" | tee -a "$results"
 }

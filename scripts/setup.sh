@@ -50,6 +50,11 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
   echo "$wanted" > "$stamp"
 fi
 
+# The formatting and lint checks scripts/test.sh runs.
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  retry rustup component add rustfmt clippy
+fi
+
 if ! command -v cbindgen >/dev/null 2>&1 || ! cbindgen --version | grep -q '0.29.4'; then
   retry cargo install --locked --quiet cbindgen --version 0.29.4
 fi

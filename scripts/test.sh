@@ -11,4 +11,7 @@ source scripts/env.sh
 # both commands share the release profile and the features (the tests' dev-dependency on the crate
 # turns on `synthetic`), so this is one build.
 cargo build --release --features synthetic
+# Formatting and lints first: a style failure stops the run before the long tests.
+cargo fmt --check
+cargo clippy --release --all-targets --features synthetic -- -D warnings
 cargo test --release --no-fail-fast

@@ -12,6 +12,7 @@ pub mod image;
 pub mod io;
 pub mod mining;
 pub mod model;
+pub mod npy;
 pub mod rng;
 #[cfg(feature = "synthetic")]
 pub mod synthetic;

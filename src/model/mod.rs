@@ -62,6 +62,25 @@ pub fn parse_dtype(name: &str) -> Result<Kind> {
     }
 }
 
+/// The name [`parse_device`] reads back: cpu, cuda:N (other devices by their debug name).
+pub fn device_name(device: Device) -> String {
+    match device {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(index) => format!("cuda:{index}"),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// The name [`parse_dtype`] reads back (float32, float16, bfloat16; other kinds by their debug name).
+pub fn dtype_name(kind: Kind) -> String {
+    match kind {
+        Kind::Float => "float32".into(),
+        Kind::Half => "float16".into(),
+        Kind::BFloat16 => "bfloat16".into(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
 /// Folders to take single components from instead of the pipeline folder's own (e.g. CLIP
 /// ViT-L/14-336's text encoder and tokenizer, or a finetuned UNet with a base model's other parts).
 /// Each points at the component folder itself (the one holding its `config.json`).
@@ -97,6 +116,19 @@ impl Component {
 }
 
 impl ComponentOverrides {
+    /// Every component the pipeline folder `root` lacks, from the pipeline folder `base` (a finetuned
+    /// folder may hold only its UNet).
+    pub fn from_base(root: &Path, base: &Path) -> Self {
+        let missing = |component: Component| Some(base.join(component.folder_name())).filter(|_| !root.join(component.folder_name()).exists());
+        ComponentOverrides {
+            unet: missing(Component::Unet),
+            vae: missing(Component::Vae),
+            text_encoder: missing(Component::TextEncoder),
+            tokenizer: missing(Component::Tokenizer),
+            scheduler: missing(Component::Scheduler),
+        }
+    }
+
     /// The folder a component is read from: its override, else the pipeline folder's own subfolder.
     pub fn component_dir(&self, root: &Path, component: Component) -> PathBuf {
         let own = match component {
@@ -377,5 +409,29 @@ impl StableDiffusion {
 
     fn to_compute(&self, t: &Tensor) -> Result<Tensor> {
         Ok(t.f_to_device(self.device)?.f_to_kind(self.dtype)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_and_dtype_names_read_back() {
+        assert_eq!(parse_device(&device_name(Device::Cpu)).unwrap(), Device::Cpu);
+        for kind in [Kind::Float, Kind::Half, Kind::BFloat16] {
+            assert_eq!(parse_dtype(&dtype_name(kind)).unwrap(), kind);
+        }
+        assert_eq!(device_name(Device::Cuda(1)), "cuda:1");
+    }
+
+    #[test]
+    fn a_base_gives_only_the_components_the_folder_lacks() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("unet")).unwrap();
+        let overrides = ComponentOverrides::from_base(root.path(), Path::new("/base"));
+        assert_eq!(overrides.unet, None);
+        assert_eq!(overrides.vae, Some(PathBuf::from("/base/vae")));
+        assert_eq!(overrides.scheduler, Some(PathBuf::from("/base/scheduler")));
     }
 }

@@ -67,6 +67,13 @@ impl NoiseSchedule {
         Ok(noise.f_mul(&a)?.f_sub(&x0.f_mul(&s)?)?)
     }
 
+    /// The one-step estimate of x₀ from z_t and a noise prediction ε: (z_t − √(1-ᾱ_t) ε) / √ᾱ_t, the
+    /// inverse of [`Self::add_noise`].
+    pub fn clean_estimate(&self, noisy: &Tensor, epsilon: &Tensor, timesteps: &Tensor) -> Result<Tensor> {
+        let (a, s) = self.coefficients(timesteps, noisy)?;
+        Ok(noisy.f_sub(&epsilon.f_mul(&s)?)?.f_div(&a)?)
+    }
+
     /// Turns the UNet's raw output into a noise prediction: unchanged for ε-models, and
     /// ε = √ᾱ_t v + √(1-ᾱ_t) z_t for v-models (SD 2.x 768 px).
     pub fn to_epsilon(&self, output: &Tensor, noisy: &Tensor, timesteps: &Tensor) -> Result<Tensor> {
@@ -110,4 +117,21 @@ fn squared_cosine_betas(steps: i64) -> Tensor {
         })
         .collect();
     Tensor::from_slice(&betas)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_clean_estimate_undoes_add_noise() {
+        let schedule = NoiseSchedule::new(serde_json::from_str("{}").unwrap()).unwrap();
+        let x0 = Tensor::f_randn([2, 4, 3, 3], (Kind::Float, Device::Cpu)).unwrap();
+        let noise = Tensor::f_randn([2, 4, 3, 3], (Kind::Float, Device::Cpu)).unwrap();
+        let timesteps = Tensor::from_slice(&[10i64, 900]);
+        let noisy = schedule.add_noise(&x0, &noise, &timesteps).unwrap();
+        let estimate = schedule.clean_estimate(&noisy, &noise, &timesteps).unwrap();
+        let error = (estimate - &x0).abs().max().double_value(&[]);
+        assert!(error < 1e-4, "largest error {error}");
+    }
 }
