@@ -5,13 +5,13 @@ use std::time::Instant;
 
 use clap::{Args, ValueEnum};
 use diffmine::dicom::{DicomFile, MapKind};
-use diffmine::image::to_rgb8;
+use diffmine::image::to_rgb_image;
 use diffmine::io::write_image;
 use diffmine::mining::miner::MiningOptions;
 use diffmine::mining::patches::select_patches;
 use diffmine::npy::write_npy;
 use diffmine::typicality::{typicality, TypicalityOptions};
-use diffmine::{Error, Result};
+use diffmine::Result;
 use tch::Tensor;
 
 use crate::files::image_tensor;
@@ -140,21 +140,9 @@ impl TypicalityArgs {
     }
 }
 
-/// Blends a diverging colour map of the typicality (red: typical of the label, blue: atypical,
-/// scaled by the largest magnitude) over the image.
+/// The library's heat map of the typicality blended over the image.
 fn overlay(image: &Tensor, map: &[f32], path: &Path) -> Result<()> {
-    let (_, _, h, w) = image.size4()?;
-    let rgb = to_rgb8(image)?;
-    let scale = map.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
-    let mut out = Vec::with_capacity(rgb.len());
-    for (i, v) in map.iter().enumerate() {
-        let s = (v / scale).clamp(-1.0, 1.0);
-        let heat = if s >= 0.0 { [255.0, 255.0 * (1.0 - s), 255.0 * (1.0 - s)] } else { [255.0 * (1.0 + s), 255.0 * (1.0 + s), 255.0] };
-        for c in 0..3 {
-            out.push((0.5 * rgb[3 * i + c] as f32 + 0.5 * heat[c]).round() as u8);
-        }
-    }
-    let buffer = image::RgbImage::from_raw(w as u32, h as u32, out).ok_or_else(|| Error::InvalidArgument("overlay size".into()))?;
+    let buffer = diffmine::heatmap::overlay(&to_rgb_image(image)?, map)?;
     write_image(&buffer, path)?;
     println!("wrote {}", path.display());
     Ok(())
