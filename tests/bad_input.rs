@@ -499,6 +499,28 @@ fn huge_counts_are_refused_before_anything_is_allocated_and_memory_stays_one_bat
     // SAFETY: valid handle, options whose strings live, writable out pointer.
     assert_eq!(unsafe { ffi::dm_miner_create(model, &options, &mut miner) }, dm_status::DM_ERR_INVALID_ARGUMENT, "{}", last_error());
     assert!(last_error().contains("samples"), "{}", last_error());
+    // A DIFT ensemble of 2^32 − 1 members, run as one batch: refused when its size is known.
+    (options.samples, options.batch, options.patch_size, options.dift_ensemble) = (2, 2, 16, u32::MAX);
+    // SAFETY: as above.
+    assert_eq!(unsafe { ffi::dm_miner_create(model, &options, &mut miner) }, dm_status::DM_OK, "{}", last_error());
+    let pixels = vec![128u8; 32 * 32 * 3];
+    let view = ffi::dm_image_view {
+        data: pixels.as_ptr().cast(),
+        data_len: pixels.len(),
+        width: 32,
+        height: 32,
+        channels: 3,
+        pixel_type: ffi::DM_PIXEL_U8,
+        stride: 96,
+    };
+    let label = CString::new("cat").unwrap();
+    // SAFETY: live miner, valid view and label; NULL name (generated), no progress callback.
+    unsafe {
+        assert_eq!(ffi::dm_miner_add_image(miner, &view, std::ptr::null(), label.as_ptr()), dm_status::DM_OK, "{}", last_error());
+        assert_eq!(ffi::dm_miner_run(miner, None, std::ptr::null_mut()), dm_status::DM_ERR_OUT_OF_MEMORY, "{}", last_error());
+    }
+    assert!(last_error().contains("DIFT"), "{}", last_error());
+    assert_eq!(ffi::dm_miner_free(miner), dm_status::DM_OK);
 
     // As many boxes as a u32 can ask for: as many as the map has room for.
     let map: Vec<f32> = (0..64 * 64).map(|i| (i as f32 * 0.37).sin()).collect();

@@ -197,8 +197,9 @@ fn map_size(height: usize, width: usize, resize_short_side: u32) -> (usize, usiz
 /// `out_sample_losses` is not NULL it also receives the N × 2 × h × w per-sample losses at latent
 /// resolution (index 0: label prompt, 1: null prompt), written batch by batch (after a failure its
 /// contents are unspecified). `progress` (may be NULL) is called after each UNet batch with (samples
-/// done, N, NaN). N is at most `DM_TYPICALITY_MAX_SAMPLES`; memory does not grow with it. An image, model or explicit noise
-/// that makes a value NaN or infinite is `DM_ERR_INVALID_DATA`, with the message naming where.
+/// done, N, NaN). N is at most `DM_TYPICALITY_MAX_SAMPLES`; memory does not grow with it. An image,
+/// model or explicit noise that makes a value NaN or infinite is `DM_ERR_INVALID_DATA`, with the
+/// message naming where.
 ///
 /// # Safety
 /// Strings NUL-terminated; `image` and `options` valid or NULL (options); output buffers NULL or
