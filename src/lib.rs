@@ -13,6 +13,7 @@ pub mod memory;
 pub mod mining;
 pub mod model;
 pub mod rng;
+#[cfg(feature = "synthetic")]
 pub mod synthetic;
 pub mod translate;
 pub mod typicality;

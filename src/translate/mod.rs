@@ -6,32 +6,27 @@
 //! inverted latent (the noisiest: t = 999 with the defaults), as the paper's authors did, and runs DDIM
 //! (eta 0) from the first sampling timestep (981) with classifier-free guidance towards each target
 //! prompt. (The original Plug-and-Play code starts from the stored latent of the first sampling
-//! timestep instead, which gives another result.) In the same UNet call a source branch runs the stored inverted latent of
-//! the step under the null prompt; during the first `resnet_injection` fraction of the steps its
-//! residual hidden state of `up_blocks[1].resnets[1]` replaces the other rows', and during the first
-//! `attention_injection` fraction its self-attention queries and keys do in `up_blocks[1].attentions[1,2]`,
-//! `up_blocks[2].attentions[0..2]` and `up_blocks[3].attentions[0..2]` (the first transformer block of
-//! each). All targets of one image share one batch: [source branch, unconditional × N, conditional × N].
+//! timestep instead, which gives another result.) In the same UNet call a source branch runs the
+//! stored inverted latent of the step under the null prompt; during the first `resnet_injection`
+//! fraction of the steps its residual hidden state of `up_blocks[1].resnets[1]` replaces the other
+//! rows', and during the first `attention_injection` fraction its self-attention queries and keys do in
+//! `up_blocks[1].attentions[1,2]`, `up_blocks[2].attentions[0..2]` and `up_blocks[3].attentions[0..2]`
+//! (the first transformer block of each). All targets of one image share one batch: [source branch, unconditional × N, conditional × N].
 //! The authors' code did the same; rows only meet through the injection, which copies the source row
 //! alone, so one target per batch would give the same result.
-pub mod cotypicality;
 mod generate;
-pub mod parallel;
-pub mod report;
-mod sampler;
-pub mod umap;
 
 use tch::{Kind, Tensor};
 
 pub use generate::{generate, GenerateOptions, Generation};
 
 use crate::error::{Error, Result};
+use crate::model::ddim::guided::{GuidedSampler, SourceBranch};
 use crate::model::ddim::{self, Ddim};
 use crate::model::unet::Injection;
 use crate::model::StableDiffusion;
 use crate::rng::SplitMix64;
 use crate::typicality::{LatentMode, Progress};
-use sampler::{GuidedSampler, SourceBranch};
 
 /// The injection sites of the Plug-and-Play authors for Stable Diffusion's UNet.
 pub fn default_injection_sites() -> Injection {
