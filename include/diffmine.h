@@ -1132,8 +1132,9 @@ enum dm_status dm_typicality_map_size(const struct dm_image_view *image,
 // `out_sample_losses` is not NULL it also receives the N × 2 × h × w per-sample losses at latent
 // resolution (index 0: label prompt, 1: null prompt), written batch by batch (after a failure its
 // contents are unspecified). `progress` (may be NULL) is called after each UNet batch with (samples
-// done, N, NaN). N is at most `DM_TYPICALITY_MAX_SAMPLES`; memory does not grow with it. An image, model or explicit noise
-// that makes a value NaN or infinite is `DM_ERR_INVALID_DATA`, with the message naming where.
+// done, N, NaN). N is at most `DM_TYPICALITY_MAX_SAMPLES`; memory does not grow with it. An image,
+// model or explicit noise that makes a value NaN or infinite is `DM_ERR_INVALID_DATA`, with the
+// message naming where.
 //
 // # Safety
 // Strings NUL-terminated; `image` and `options` valid or NULL (options); output buffers NULL or
