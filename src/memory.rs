@@ -25,7 +25,7 @@ fn address_space_limit() -> u64 {
     if !ok || limit.rlim_cur == libc::RLIM_INFINITY {
         return u64::MAX;
     }
-    limit.rlim_cur as u64
+    limit.rlim_cur
 }
 
 /// Refuses `count` elements of `element_bytes` each for `what` when they cannot fit in memory at all
