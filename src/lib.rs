@@ -9,6 +9,7 @@ pub mod ffi;
 pub mod finetune;
 pub mod finite;
 pub mod image;
+pub mod io;
 pub mod memory;
 pub mod mining;
 pub mod model;
