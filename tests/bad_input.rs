@@ -531,6 +531,7 @@ fn huge_counts_are_refused_before_anything_is_allocated_and_memory_stays_one_bat
     assert_eq!(status, dm_status::DM_OK, "{}", last_error());
     assert!((1..=16).contains(&count), "{count} boxes");
     ffi::dm_model_free(model);
+}
 
 /// An empty model path says so, rather than naming nothing before ": no such model folder".
 #[test]
