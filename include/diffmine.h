@@ -80,6 +80,9 @@
 // `dm_parallel_miner_options.projection`: principal component analysis.
 #define DM_PROJECTION_PCA 1
 
+// The most samples (`options.samples`) one map may draw; more is `DM_ERR_INVALID_ARGUMENT`.
+#define DM_TYPICALITY_MAX_SAMPLES 1048576
+
 // Noise a sample of the VAE posterior (the authors' choice).
 #define DM_LATENT_SAMPLE 0
 
@@ -91,10 +94,6 @@
 #define DM_VERSION_MINOR 1
 
 #define DM_VERSION_PATCH 0
-
-// The largest graph laid out spectrally: a dense n × n eigendecomposition costs O(n³) (on 2 busy
-// cores libtorch's f64 `linalg_eigh` took 6 s at 2000 points and 117 s at 4000).
-#define SPECTRAL_MAX_POINTS 2000
 
 // The result of every call. `DM_OK` is 0; on anything else `dm_last_error()` says why.
 typedef enum dm_status {
@@ -482,7 +481,7 @@ typedef struct dm_generate_options {
 // How to compute a typicality map. Fill with `dm_typicality_options_default`.
 typedef struct dm_typicality_options {
   size_t struct_size;
-  // Number N of (noise, t) samples (100).
+  // Number N of (noise, t) samples (100; at most `DM_TYPICALITY_MAX_SAMPLES`).
   uint32_t samples;
   // Samples per UNet call, each call running both prompts (10).
   uint32_t batch;
@@ -1134,8 +1133,11 @@ enum dm_status dm_typicality_map_size(const struct dm_image_view *image,
 // Computes the typicality map of `image` for `prompt` against `null_prompt` (both UTF-8; the null
 // prompt may be ""), writing H × W floats (`dm_typicality_map_size`) into `out_map`. When
 // `out_sample_losses` is not NULL it also receives the N × 2 × h × w per-sample losses at latent
-// resolution (index 0: label prompt, 1: null prompt). `progress` (may be NULL) is called after each
-// UNet batch with (samples done, N, NaN).
+// resolution (index 0: label prompt, 1: null prompt), written batch by batch (after a failure its
+// contents are unspecified). `progress` (may be NULL) is called after each UNet batch with (samples
+// done, N, NaN). N is at most `DM_TYPICALITY_MAX_SAMPLES`; memory does not grow with it. An image,
+// model or explicit noise that makes a value NaN or infinite is `DM_ERR_INVALID_DATA`, with the
+// message naming where.
 //
 // # Safety
 // Strings NUL-terminated; `image` and `options` valid or NULL (options); output buffers NULL or

@@ -16,11 +16,21 @@
 //! reuses the previous sample's t with its noise negated (−ε), so the generator draws only the even
 //! samples, in the order above; with `stratified`, the k-th drawn t is uniform within the k-th of
 //! equal strata of the t range (one stratum per drawn sample) instead of over the whole range.
-use tch::{Kind, Tensor};
+//!
+//! Memory does not grow with N: the samples are drawn batch by batch and their loss differences summed
+//! as they come; the per-sample losses are kept only when asked for.
+use std::ops::Range;
+
+use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
 use crate::model::StableDiffusion;
 use crate::rng::SplitMix64;
+use crate::{finite, memory};
+
+/// The most samples one map may draw. A million UNet evaluations of one image are already days of
+/// work on any machine; a larger count is a caller's mistake and is refused before the work starts.
+pub const MAX_SAMPLES: usize = 1 << 20;
 
 /// Which latent of the VAE posterior is noised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,7 +43,7 @@ pub enum LatentMode {
 
 #[derive(Debug)]
 pub struct TypicalityOptions {
-    /// Number N of (ε, t) samples (default 100).
+    /// Number N of (ε, t) samples (default 100, at most [`MAX_SAMPLES`]).
     pub samples: usize,
     /// Range of t as fractions of the training steps T (default 0.1 .. 0.7, i.e. t in [100, 699]).
     pub t_min: f64,
@@ -51,6 +61,8 @@ pub struct TypicalityOptions {
     pub antithetic: bool,
     /// Each drawn t in its own stratum of the t range instead of over the whole range (default false).
     pub stratified: bool,
+    /// Return the per-sample losses too (default false: they take N times a map's memory).
+    pub keep_sample_losses: bool,
 }
 
 impl Default for TypicalityOptions {
@@ -66,20 +78,43 @@ impl Default for TypicalityOptions {
             noise: None,
             antithetic: false,
             stratified: false,
+            keep_sample_losses: false,
         }
+    }
+}
+
+impl TypicalityOptions {
+    /// Refuses counts and ranges out of their domain before any work is done.
+    pub fn check(&self) -> Result<()> {
+        if !(1..=MAX_SAMPLES).contains(&self.samples) {
+            return Err(Error::InvalidArgument(format!("the number of samples N = {} must be at least 1 and at most {MAX_SAMPLES}", self.samples)));
+        }
+        if self.batch == 0 {
+            return Err(Error::InvalidArgument("the batch size must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// Samples per UNet call: the batch size, or N when that is smaller.
+    fn effective_batch(&self) -> usize {
+        self.batch.min(self.samples)
     }
 }
 
 pub struct TypicalityMap {
     /// H × W, f32, on the CPU.
     pub map: Tensor,
-    /// N × 2 × h × w per-sample losses at latent resolution, averaged over channels:
-    /// index 0 under the label prompt, 1 under the null prompt.
-    pub sample_losses: Tensor,
+    /// With `keep_sample_losses`: N × 2 × h × w per-sample losses at latent resolution, averaged over
+    /// channels, f32 on the CPU: index 0 under the label prompt, 1 under the null prompt.
+    pub sample_losses: Option<Tensor>,
 }
 
 /// Progress after each UNet batch: (samples done, samples in all). Returning false cancels.
 pub type Progress<'a> = &'a mut dyn FnMut(u64, u64) -> bool;
+
+/// Receives the per-sample losses batch by batch: the batch's first sample index and its losses
+/// (b, 2, h, w) as in [`TypicalityMap::sample_losses`], on the model's device.
+pub type LossSink<'a> = &'a mut dyn FnMut(usize, &Tensor) -> Result<()>;
 
 /// The typicality map of one image (1, 3, H, W) in [-1, 1] for `prompt` against `null_prompt`.
 pub fn typicality(
@@ -90,30 +125,75 @@ pub fn typicality(
     options: &TypicalityOptions,
     progress: Progress,
 ) -> Result<TypicalityMap> {
+    if !options.keep_sample_losses {
+        let map = typicality_streamed(model, image, prompt, null_prompt, options, progress, &mut |_, _| Ok(()))?;
+        return Ok(TypicalityMap { map, sample_losses: None });
+    }
+    options.check()?;
+    let (_, lh, lw) = latent_shape_of(model, image)?;
+    memory::check_fits(options.samples as u128 * 2 * (lh * lw) as u128, 4 * 2, "the per-sample losses")?;
+    let mut batches = memory::vec_with_capacity::<Tensor>(options.samples.div_ceil(options.effective_batch()), "the per-sample loss batches")?;
+    let map = typicality_streamed(model, image, prompt, null_prompt, options, progress, &mut |_, losses| {
+        batches.push(losses.f_to_device(Device::Cpu)?);
+        Ok(())
+    })?;
+    Ok(TypicalityMap { map, sample_losses: Some(Tensor::f_cat(&batches, 0)?) })
+}
+
+/// The latent's (C, h, w) for an image tensor (1, 3, H, W).
+fn latent_shape_of(model: &StableDiffusion, image: &Tensor) -> Result<(i64, i64, i64)> {
+    let (_, _, height, width) = image_size(image)?;
+    let (lh, lw) = model.latent_size(height, width)?;
+    Ok((model.latent_channels(), lh, lw))
+}
+
+fn image_size(image: &Tensor) -> Result<(i64, i64, i64, i64)> {
+    image.size4().map_err(|_| Error::InvalidArgument(format!("image must be (1, 3, H, W), got {:?}", image.size())))
+}
+
+/// [`typicality`] with the per-sample losses handed to `losses` batch by batch instead of kept: memory
+/// stays what one batch needs whatever N. Returns the map, H × W f32 on the CPU.
+pub fn typicality_streamed(
+    model: &StableDiffusion,
+    image: &Tensor,
+    prompt: &str,
+    null_prompt: &str,
+    options: &TypicalityOptions,
+    progress: Progress,
+    losses: LossSink,
+) -> Result<Tensor> {
     let _span = tracing::info_span!("typicality", samples = options.samples).entered();
+    options.check()?;
     if prompt.is_empty() {
         return Err(Error::InvalidArgument("the label prompt is empty".into()));
     }
-    let (_, _, height, width) = image.size4().map_err(|_| Error::InvalidArgument(format!("image must be (1, 3, H, W), got {:?}", image.size())))?;
+    let (_, _, height, width) = image_size(image)?;
     let mut rng = SplitMix64::new(options.seed);
     let latent = encode_latent(model, image, options.latent, &mut rng)?;
-    let draws = Draws::new(options, &latent, model.schedule().train_steps(), &mut rng)?;
+    let latent_shape = latent.size()[1..].to_vec();
+    let batch = options.effective_batch();
+    // The batch's own tensors: its noise, the noised rows of both prompts and their targets.
+    memory::check_fits(batch as u128 * 5, latent_shape.iter().product::<i64>() as u128 * 4, "one batch of samples")?;
+    let mut draws = Draws::new(options, &latent_shape, model.schedule().train_steps(), rng)?;
     let contexts = model.text_embeddings(&[prompt, null_prompt])?;
-    let mut losses = Vec::with_capacity(options.samples);
-    let total = options.samples as u64;
-    for start in (0..options.samples).step_by(options.batch.max(1)) {
-        let end = (start + options.batch).min(options.samples);
-        losses.push(batch_losses(model, &latent, &contexts, &draws, start..end)?);
-        if !progress(end as u64, total) {
+    let n = options.samples;
+    let mut sum = Tensor::f_zeros([latent_shape[1], latent_shape[2]], (Kind::Double, Device::Cpu))?;
+    for start in (0..n).step_by(batch) {
+        let end = (start + batch).min(n);
+        let (noise, timesteps) = draws.take(start..end)?;
+        let batch_losses = batch_losses(model, &latent, &contexts, &noise, &timesteps)?;
+        losses(start, &batch_losses)?;
+        let difference = batch_losses.f_select(1, 1)?.f_sub(&batch_losses.f_select(1, 0)?)?;
+        sum = sum.f_add(&difference.f_sum_dim_intlist(0, false, Kind::Double)?.f_to_device(Device::Cpu)?)?;
+        if !progress(end as u64, n as u64) {
             return Err(Error::Cancelled);
         }
     }
-    let sample_losses = Tensor::f_cat(&losses, 0)?;
-    let difference = sample_losses.f_select(1, 1)?.f_sub(&sample_losses.f_select(1, 0)?)?;
     // Averaging before upsampling equals the reverse (both are linear) and upsamples once.
-    let mean = difference.f_mean_dim(0, true, Kind::Float)?.f_unsqueeze(0)?;
-    let map = mean.f_upsample_bilinear2d([height, width], false, None, None)?.f_squeeze()?.f_reshape([height, width])?;
-    Ok(TypicalityMap { map: map.f_to_device(tch::Device::Cpu)?, sample_losses: sample_losses.f_to_device(tch::Device::Cpu)? })
+    let mean = sum.f_div_scalar(n as f64)?.f_to_kind(Kind::Float)?.f_reshape([1, 1, latent_shape[1], latent_shape[2]])?;
+    let map = mean.f_upsample_bilinear2d([height, width], false, None, None)?.f_reshape([height, width])?;
+    finite::check_tensor(&map, "the typicality map")?;
+    Ok(map)
 }
 
 /// The scaled latent (1, C, h, w), f32, on the model's device.
@@ -129,61 +209,108 @@ fn encode_latent(model: &StableDiffusion, image: &Tensor, mode: LatentMode, rng:
     Ok(unscaled.f_mul_scalar(model.vae().config().scaling_factor)?)
 }
 
-/// The (ε, t) of every sample: drawn from the generator, or given by the caller.
-struct Draws {
-    noise: Tensor,
-    timesteps: Vec<i64>,
+/// The (ε, t) of the samples, handed out batch by batch in sample order: given by the caller, or drawn
+/// from the generator as they are needed.
+enum Draws<'a> {
+    Given { noise: &'a Tensor, timesteps: &'a [i64] },
+    Drawn(Drawer),
 }
 
-impl Draws {
-    fn new(options: &TypicalityOptions, latent: &Tensor, train_steps: i64, rng: &mut SplitMix64) -> Result<Self> {
-        let n = options.samples;
-        if n == 0 {
-            return Err(Error::InvalidArgument("the number of samples N must be at least 1".into()));
-        }
-        if options.batch == 0 {
-            return Err(Error::InvalidArgument("the batch size must be at least 1".into()));
-        }
-        let latent_shape = latent.size()[1..].to_vec();
+impl<'a> Draws<'a> {
+    fn new(options: &'a TypicalityOptions, latent_shape: &[i64], train_steps: i64, rng: SplitMix64) -> Result<Self> {
         match (&options.noise, &options.timesteps) {
-            (Some(noise), Some(timesteps)) => Self::given(noise, timesteps, n, &latent_shape, train_steps),
-            (None, None) => Self::drawn(options, &latent_shape, train_steps, rng),
+            (Some(noise), Some(timesteps)) => {
+                check_given(noise, timesteps, options.samples, latent_shape, train_steps)?;
+                Ok(Draws::Given { noise, timesteps })
+            }
+            (None, None) => Ok(Draws::Drawn(Drawer::new(options, latent_shape, train_steps, rng)?)),
             _ => Err(Error::InvalidArgument("explicit noise and timesteps must be given together".into())),
         }
     }
 
-    fn given(noise: &Tensor, timesteps: &[i64], n: usize, latent_shape: &[i64], train_steps: i64) -> Result<Self> {
-        let expected: Vec<i64> = std::iter::once(n as i64).chain(latent_shape.iter().copied()).collect();
-        if noise.size() != expected {
-            return Err(Error::InvalidArgument(format!("noise must be {expected:?} (N × latent), got {:?}", noise.size())));
+    /// The noise (b, C, h, w), f32 on the CPU, and timesteps of samples `range`, which must follow the
+    /// previous call's.
+    fn take(&mut self, range: Range<usize>) -> Result<(Tensor, Vec<i64>)> {
+        match self {
+            Draws::Given { noise, timesteps } => {
+                let noise = noise.f_narrow(0, range.start as i64, range.len() as i64)?.f_to_kind(Kind::Float)?.f_to_device(Device::Cpu)?;
+                Ok((noise, timesteps[range].to_vec()))
+            }
+            Draws::Drawn(drawer) => drawer.take(range),
         }
-        if timesteps.len() != n {
-            return Err(Error::InvalidArgument(format!("{} timesteps given for N = {n} samples", timesteps.len())));
-        }
-        if let Some(t) = timesteps.iter().find(|&&t| !(0..train_steps).contains(&t)) {
-            return Err(Error::InvalidArgument(format!("timestep {t} is outside [0, {}]", train_steps - 1)));
-        }
-        Ok(Draws { noise: noise.f_to_kind(Kind::Float)?.f_to_device(tch::Device::Cpu)?, timesteps: timesteps.to_vec() })
     }
+}
 
-    fn drawn(options: &TypicalityOptions, latent_shape: &[i64], train_steps: i64, rng: &mut SplitMix64) -> Result<Self> {
+fn check_given(noise: &Tensor, timesteps: &[i64], n: usize, latent_shape: &[i64], train_steps: i64) -> Result<()> {
+    let expected: Vec<i64> = std::iter::once(n as i64).chain(latent_shape.iter().copied()).collect();
+    if noise.size() != expected {
+        return Err(Error::InvalidArgument(format!("noise must be {expected:?} (N × latent), got {:?}", noise.size())));
+    }
+    if timesteps.len() != n {
+        return Err(Error::InvalidArgument(format!("{} timesteps given for N = {n} samples", timesteps.len())));
+    }
+    if let Some(t) = timesteps.iter().find(|&&t| !(0..train_steps).contains(&t)) {
+        return Err(Error::InvalidArgument(format!("timestep {t} is outside [0, {}]", train_steps - 1)));
+    }
+    finite::check_tensor(noise, "the given noise")
+}
+
+/// Draws the samples from the image's generator in the documented order.
+struct Drawer {
+    rng: SplitMix64,
+    latent_shape: Vec<i64>,
+    /// The t range [lo, hi).
+    lo: i64,
+    hi: i64,
+    antithetic: bool,
+    stratified: bool,
+    /// Samples the generator draws (the others negate one): the number of strata.
+    distinct: usize,
+    /// The last sample drawn, which an antithetic odd sample negates (it may end the previous batch).
+    previous: Option<(Tensor, i64)>,
+}
+
+impl Drawer {
+    fn new(options: &TypicalityOptions, latent_shape: &[i64], train_steps: i64, rng: SplitMix64) -> Result<Self> {
         let (lo, hi) = timestep_range(options.t_min, options.t_max, train_steps)?;
         let n = options.samples;
-        let distinct = if options.antithetic { n.div_ceil(2) } else { n };
-        let mut noise: Vec<Tensor> = Vec::with_capacity(n);
-        let mut timesteps = Vec::with_capacity(n);
-        for i in 0..n {
-            if options.antithetic && i % 2 == 1 {
-                noise.push(noise[i - 1].f_neg()?);
-                timesteps.push(timesteps[i - 1]);
-                continue;
-            }
-            noise.push(rng.normal_tensor(latent_shape));
-            let draw = if options.antithetic { i / 2 } else { i };
-            let (start, end) = if options.stratified { stratum(lo, hi, draw, distinct) } else { (lo, hi) };
-            timesteps.push(start + rng.below((end - start) as u64) as i64);
+        Ok(Drawer {
+            rng,
+            latent_shape: latent_shape.to_vec(),
+            lo,
+            hi,
+            antithetic: options.antithetic,
+            stratified: options.stratified,
+            distinct: if options.antithetic { n.div_ceil(2) } else { n },
+            previous: None,
+        })
+    }
+
+    fn take(&mut self, range: Range<usize>) -> Result<(Tensor, Vec<i64>)> {
+        let mut noise = memory::vec_with_capacity::<Tensor>(range.len(), "the batch's noise")?;
+        let mut timesteps = memory::vec_with_capacity(range.len(), "the batch's timesteps")?;
+        for i in range {
+            let (eps, t) = self.sample(i)?;
+            noise.push(eps);
+            timesteps.push(t);
         }
-        Ok(Draws { noise: Tensor::f_stack(&noise, 0)?, timesteps })
+        Ok((Tensor::f_stack(&noise, 0)?, timesteps))
+    }
+
+    /// Sample `i`; samples must be asked for in order.
+    fn sample(&mut self, i: usize) -> Result<(Tensor, i64)> {
+        if self.antithetic && i % 2 == 1 {
+            let (eps, t) = self.previous.take().ok_or_else(|| Error::InvalidArgument("antithetic samples must be drawn in order".into()))?;
+            return Ok((eps.f_neg()?, t));
+        }
+        let eps = self.rng.normal_tensor(&self.latent_shape);
+        let draw = if self.antithetic { i / 2 } else { i };
+        let (start, end) = if self.stratified { stratum(self.lo, self.hi, draw, self.distinct) } else { (self.lo, self.hi) };
+        let t = start + self.rng.below((end - start) as u64) as i64;
+        if self.antithetic {
+            self.previous = Some((eps.shallow_clone(), t));
+        }
+        Ok((eps, t))
     }
 }
 
@@ -209,12 +336,12 @@ pub fn timestep_range(t_min: f64, t_max: f64, train_steps: i64) -> Result<(i64, 
     Ok((lo, hi))
 }
 
-/// Losses (b, 2, h, w) of samples `range`: both prompts in one UNet call of 2b rows.
-fn batch_losses(model: &StableDiffusion, latent: &Tensor, contexts: &Tensor, draws: &Draws, range: std::ops::Range<usize>) -> Result<Tensor> {
-    let b = range.len() as i64;
-    let device = model.device();
-    let eps = draws.noise.f_narrow(0, range.start as i64, b)?.f_to_device(device)?;
-    let t = Tensor::from_slice(&draws.timesteps[range]);
+/// Losses (b, 2, h, w) of one batch of samples, noise `eps` (b, C, h, w) on the CPU at `timesteps`:
+/// both prompts in one UNet call of 2b rows.
+fn batch_losses(model: &StableDiffusion, latent: &Tensor, contexts: &Tensor, eps: &Tensor, timesteps: &[i64]) -> Result<Tensor> {
+    let b = timesteps.len() as i64;
+    let eps = eps.f_to_device(model.device())?;
+    let t = Tensor::from_slice(timesteps);
     let schedule = model.schedule();
     let noisy = schedule.add_noise(&latent.f_expand([b, -1, -1, -1], false)?, &eps, &t)?;
     let rows = Tensor::f_cat(&[&noisy, &noisy], 0)?;
@@ -235,36 +362,51 @@ fn batch_losses(model: &StableDiffusion, latent: &Tensor, contexts: &Tensor, dra
 mod tests {
     use super::*;
 
-    fn draws(samples: usize, antithetic: bool, stratified: bool) -> Draws {
+    /// The noise and timesteps of `samples` samples, drawn `batch` at a time.
+    fn draws(samples: usize, antithetic: bool, stratified: bool, batch: usize) -> (Tensor, Vec<i64>) {
         let options = TypicalityOptions { samples, antithetic, stratified, ..TypicalityOptions::default() };
-        Draws::drawn(&options, &[4, 3, 3], 1000, &mut SplitMix64::new(42)).unwrap()
+        let mut drawer = Drawer::new(&options, &[4, 3, 3], 1000, SplitMix64::new(42)).unwrap();
+        let batches: Vec<(Tensor, Vec<i64>)> = (0..samples).step_by(batch).map(|start| drawer.take(start..(start + batch).min(samples)).unwrap()).collect();
+        let noise = Tensor::cat(&batches.iter().map(|(n, _)| n).collect::<Vec<_>>(), 0);
+        (noise, batches.into_iter().flat_map(|(_, t)| t).collect())
     }
 
     #[test]
     fn antithetic_samples_come_in_pairs_of_negated_noise_at_one_timestep() {
-        let d = draws(7, true, false);
+        let (noise, timesteps) = draws(7, true, false, 7);
         for pair in [0usize, 2, 4] {
-            let (a, b) = (d.noise.get(pair as i64), d.noise.get(pair as i64 + 1));
+            let (a, b) = (noise.get(pair as i64), noise.get(pair as i64 + 1));
             assert!(a.f_add(&b).unwrap().abs().max().double_value(&[]) == 0.0, "sample {} is −ε of sample {pair}", pair + 1);
-            assert_eq!(d.timesteps[pair], d.timesteps[pair + 1]);
+            assert_eq!(timesteps[pair], timesteps[pair + 1]);
         }
         // The generator draws only the even samples: they equal the first draws of an i.i.d. stream.
-        let iid = draws(4, false, false);
+        let (iid_noise, iid_timesteps) = draws(4, false, false, 4);
         for (k, i) in [0usize, 2, 4, 6].into_iter().enumerate() {
-            assert!(d.noise.get(i as i64).equal(&iid.noise.get(k as i64)));
-            assert_eq!(d.timesteps[i], iid.timesteps[k]);
+            assert!(noise.get(i as i64).equal(&iid_noise.get(k as i64)));
+            assert_eq!(timesteps[i], iid_timesteps[k]);
+        }
+    }
+
+    #[test]
+    fn drawing_batch_by_batch_gives_the_samples_of_one_draw_whatever_the_batch() {
+        for (antithetic, stratified) in [(false, false), (true, false), (true, true)] {
+            let (noise, timesteps) = draws(7, antithetic, stratified, 7);
+            for batch in [1, 2, 3] {
+                let (batched_noise, batched_timesteps) = draws(7, antithetic, stratified, batch);
+                assert!(batched_noise.equal(&noise) && batched_timesteps == timesteps, "batch {batch}, antithetic {antithetic}");
+            }
         }
     }
 
     #[test]
     fn stratified_timesteps_fall_one_in_each_stratum_of_the_range() {
-        let d = draws(6, false, true);
-        for (k, &t) in d.timesteps.iter().enumerate() {
+        let (_, timesteps) = draws(6, false, true, 6);
+        for (k, &t) in timesteps.iter().enumerate() {
             let stratum_start = 100 + 100 * k as i64;
             assert!((stratum_start..stratum_start + 100).contains(&t), "t {t} of sample {k}");
         }
-        let paired = draws(6, true, true);
-        for (k, pair) in paired.timesteps.chunks(2).enumerate() {
+        let (_, paired) = draws(6, true, true, 6);
+        for (k, pair) in paired.chunks(2).enumerate() {
             let stratum_start = 100 + 200 * k as i64;
             assert!(pair[0] == pair[1] && (stratum_start..stratum_start + 200).contains(&pair[0]), "pair {k}: {pair:?}");
         }

@@ -304,6 +304,235 @@ fn overflowing_or_too_small_images_are_invalid_arguments() {
     ffi::dm_model_free(model);
 }
 
+/// Rewrites the JSON file `relative` of a pipeline folder with `edit` applied.
+fn edit_json(dir: &Path, relative: &str, edit: fn(&mut serde_json::Value)) {
+    let path = dir.join(relative);
+    let mut value: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut value);
+    std::fs::write(&path, value.to_string()).unwrap();
+}
+
+#[test]
+fn configuration_values_out_of_their_domain_are_refused_at_open_naming_the_key() {
+    type Edit = fn(&mut serde_json::Value);
+    let cases: [(&str, Edit, &str); 11] = [
+        ("unet/config.json", |c| c["norm_eps"] = (-1.0).into(), "norm_eps"),
+        ("unet/config.json", |c| c["attention_head_dim"] = 0.into(), "attention_head_dim"),
+        ("unet/config.json", |c| c["norm_num_groups"] = 0.into(), "norm_num_groups"),
+        (
+            "unet/config.json",
+            |c| {
+                for key in ["block_out_channels", "down_block_types", "up_block_types"] {
+                    c[key] = serde_json::json!([]);
+                }
+            },
+            "block_out_channels",
+        ),
+        (
+            "vae/config.json",
+            |c| {
+                for key in ["block_out_channels", "down_block_types", "up_block_types"] {
+                    c[key] = serde_json::json!([]);
+                }
+            },
+            "block_out_channels",
+        ),
+        ("vae/config.json", |c| c["scaling_factor"] = 0.0.into(), "scaling_factor"),
+        ("text_encoder/config.json", |c| c["layer_norm_eps"] = 0.0.into(), "layer_norm_eps"),
+        ("scheduler/scheduler_config.json", |c| c["beta_end"] = 1.5.into(), "beta_end"),
+        ("scheduler/scheduler_config.json", |c| c["beta_start"] = 0.0.into(), "beta_start"),
+        ("scheduler/scheduler_config.json", |c| c["num_train_timesteps"] = (1u64 << 40).into(), "num_train_timesteps"),
+        ("scheduler/scheduler_config.json", |c| c["trained_betas"] = serde_json::json!([0.5, 0.5]), "trained_betas"),
+    ];
+    for (file, edit, key) in cases {
+        let dir = scratch_copy("sd15_tiny");
+        edit_json(dir.path(), file, edit);
+        let err = open_err(dir.path());
+        assert!(matches!(err, Error::InvalidModel(_)) && err.to_string().contains(key), "{file} {key}: {err}");
+        let (status, message) = c_open(dir.path());
+        assert_eq!(status, dm_status::DM_ERR_INVALID_MODEL, "{file} {key}: {message}");
+    }
+}
+
+#[test]
+fn an_empty_vocabulary_is_refused_at_open() {
+    let dir = scratch_copy("sd15_tiny");
+    std::fs::write(dir.path().join("tokenizer/vocab.json"), "{}").unwrap();
+    std::fs::write(dir.path().join("tokenizer/merges.txt"), "#version: 0.2\n").unwrap();
+    let err = open_err(dir.path());
+    assert!(matches!(err, Error::InvalidModel(_)) && err.to_string().contains("vocabulary is empty"), "{err}");
+}
+
+/// A typicality map through the C ABI of a 32 × 32 grey image: its status.
+fn c_typicality(model: *const ffi::dm_model, samples: u32, batch: u32, progress: ffi::dm_progress_fn) -> dm_status {
+    let pixels = vec![128u8; 32 * 32 * 3];
+    let view = ffi::dm_image_view {
+        data: pixels.as_ptr().cast(),
+        data_len: pixels.len(),
+        width: 32,
+        height: 32,
+        channels: 3,
+        pixel_type: ffi::DM_PIXEL_U8,
+        stride: 96,
+    };
+    let mut options = std::mem::MaybeUninit::<ffi::dm_typicality_options>::uninit();
+    // SAFETY: `options` is writable; filled before it is read.
+    let mut options = unsafe {
+        assert_eq!(ffi::dm_typicality_options_default(options.as_mut_ptr()), dm_status::DM_OK);
+        options.assume_init()
+    };
+    (options.samples, options.batch) = (samples, batch);
+    let mut map = vec![0f32; 32 * 32];
+    let (prompt, null) = (CString::new("Chest X-Ray with Effusion.").unwrap(), CString::new("").unwrap());
+    // SAFETY: valid handle, view, strings, options and map buffer; no losses buffer.
+    unsafe {
+        ffi::dm_typicality_map(
+            model,
+            &view,
+            prompt.as_ptr(),
+            null.as_ptr(),
+            &options,
+            progress,
+            std::ptr::null_mut(),
+            map.as_mut_ptr(),
+            map.len(),
+            std::ptr::null_mut(),
+            0,
+        )
+    }
+}
+
+#[test]
+fn a_nan_weight_or_pixel_is_invalid_data_naming_where_it_came_from_not_a_nan_map() {
+    let dir = scratch_copy("sd15_tiny");
+    edit_unet_tensors(dir.path(), |tensors| {
+        let (_, bias) = tensors.iter_mut().find(|(name, _)| name == "conv_in.bias").unwrap();
+        *bias = bias.copy().index_fill(0, &Tensor::from_slice(&[0i64]), f64::NAN);
+    });
+    let model = c_open_model(dir.path());
+    assert_eq!(c_typicality(model, 2, 2, None), dm_status::DM_ERR_INVALID_DATA, "{}", last_error());
+    assert!(last_error().contains("UNet"), "{}", last_error());
+    ffi::dm_model_free(model);
+
+    let model = open(&pipeline("sd15_tiny")).unwrap();
+    let image = Tensor::zeros([1, 3, 32, 32], (tch::Kind::Float, tch::Device::Cpu));
+    let _ = image.get(0).get(1).get(5).get(7).fill_(f64::NAN);
+    let options = diffmine::typicality::TypicalityOptions { samples: 2, batch: 2, ..Default::default() };
+    match diffmine::typicality::typicality(&model, &image, "a", "", &options, &mut |_, _| true) {
+        Err(Error::InvalidData(message)) => assert!(message.contains("image") && message.contains("NaN"), "{message}"),
+        Err(other) => panic!("expected invalid data, got {other}"),
+        Ok(_) => panic!("a map of an image with a NaN pixel"),
+    }
+}
+
+/// `dm_patches_select` on a 64 × 64 map with `bad` at one pixel: its status.
+fn c_patches_with(bad: f32) -> dm_status {
+    let mut map: Vec<f32> = (0..64 * 64).map(|i| ((i % 64) as f32 * 0.37).sin()).collect();
+    map[20 * 64 + 30] = bad;
+    let mut boxes = vec![ffi::dm_box { x: 0, y: 0, size: 0, score: 0.0 }; 4];
+    let mut count = 0usize;
+    // SAFETY: the map, boxes and count are valid for their lengths.
+    unsafe { ffi::dm_patches_select(map.as_ptr(), map.len(), 64, 64, 16, 4, boxes.as_mut_ptr(), boxes.len(), &mut count) }
+}
+
+#[test]
+fn a_map_with_a_nan_or_an_infinity_gives_no_boxes_but_invalid_data_naming_the_pixel() {
+    assert_eq!(c_patches_with(0.5), dm_status::DM_OK);
+    for bad in [f32::NAN, f32::INFINITY] {
+        assert_eq!(c_patches_with(bad), dm_status::DM_ERR_INVALID_DATA, "{bad}: {}", last_error());
+        assert!(last_error().contains("row 20, column 30"), "{}", last_error());
+    }
+}
+
+/// Set in a child process of this test binary that runs a test's body under limits.
+const LIMITED_CHILD: &str = "DIFFMINE_LIMITED_CHILD";
+
+/// The address space of the limited child: a few GiB above what libtorch maps at start.
+const CHILD_ADDRESS_SPACE: u64 = 8 << 30;
+
+/// Runs this binary's test `name` again in a child process under `prlimit --as` and a time limit, with
+/// [`LIMITED_CHILD`] set so that the body runs there: what would exhaust the machine's memory before a
+/// fix only fails the child.
+fn run_limited(name: &str, seconds: u32) -> std::process::Output {
+    std::process::Command::new("timeout")
+        .args([seconds.to_string(), "prlimit".into(), format!("--as={CHILD_ADDRESS_SPACE}"), "--".into()])
+        .arg(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(LIMITED_CHILD, "1")
+        .output()
+        .expect("run timeout and prlimit")
+}
+
+unsafe extern "C" fn cancel_at_once(_done: u64, _total: u64, _value: f64, _user_data: *mut std::ffi::c_void) -> i32 {
+    1
+}
+
+#[test]
+fn huge_counts_are_refused_before_anything_is_allocated_and_memory_stays_one_batch() {
+    if std::env::var_os(LIMITED_CHILD).is_none() {
+        let output = run_limited("huge_counts_are_refused_before_anything_is_allocated_and_memory_stays_one_batch", 300);
+        let show = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        assert!(output.status.success(), "the limited child failed ({}):\n{}\n{}", output.status, show(&output.stdout), show(&output.stderr));
+        return;
+    }
+    let model = c_open_model(&pipeline("sd15_tiny"));
+    for (samples, batch) in [(u32::MAX, u32::MAX), (1 << 31, 4)] {
+        assert_eq!(c_typicality(model, samples, batch, None), dm_status::DM_ERR_INVALID_ARGUMENT, "{samples} samples: {}", last_error());
+        assert!(last_error().contains("samples"), "{}", last_error());
+    }
+    let most = ffi::DM_TYPICALITY_MAX_SAMPLES;
+    // A batch of a million samples needs more than the child may hold: refused before it is allocated.
+    assert_eq!(c_typicality(model, most, most, None), dm_status::DM_ERR_OUT_OF_MEMORY, "{}", last_error());
+    // In small batches memory stays one batch's whatever N, and the run stops at the first callback.
+    assert_eq!(c_typicality(model, most, 4, Some(cancel_at_once)), dm_status::DM_ERR_CANCELLED, "{}", last_error());
+    assert_eq!(c_typicality(model, 2, 2, None), dm_status::DM_OK, "{}", last_error());
+
+    let template = CString::new("A photo of {label}.").unwrap();
+    let mut options = std::mem::MaybeUninit::<ffi::dm_miner_options>::uninit();
+    // SAFETY: `options` is writable; filled before it is read.
+    let mut options = unsafe {
+        assert_eq!(ffi::dm_miner_options_default(options.as_mut_ptr()), dm_status::DM_OK);
+        options.assume_init()
+    };
+    (options.prompt_template, options.samples) = (template.as_ptr(), 1 << 31);
+    let mut miner = std::ptr::null_mut();
+    // SAFETY: valid handle, options whose strings live, writable out pointer.
+    assert_eq!(unsafe { ffi::dm_miner_create(model, &options, &mut miner) }, dm_status::DM_ERR_INVALID_ARGUMENT, "{}", last_error());
+    assert!(last_error().contains("samples"), "{}", last_error());
+    // A DIFT ensemble of 2^32 − 1 members, run as one batch: refused when its size is known.
+    (options.samples, options.batch, options.patch_size, options.dift_ensemble) = (2, 2, 16, u32::MAX);
+    // SAFETY: as above.
+    assert_eq!(unsafe { ffi::dm_miner_create(model, &options, &mut miner) }, dm_status::DM_OK, "{}", last_error());
+    let pixels = vec![128u8; 32 * 32 * 3];
+    let view = ffi::dm_image_view {
+        data: pixels.as_ptr().cast(),
+        data_len: pixels.len(),
+        width: 32,
+        height: 32,
+        channels: 3,
+        pixel_type: ffi::DM_PIXEL_U8,
+        stride: 96,
+    };
+    let label = CString::new("cat").unwrap();
+    // SAFETY: live miner, valid view and label; NULL name (generated), no progress callback.
+    unsafe {
+        assert_eq!(ffi::dm_miner_add_image(miner, &view, std::ptr::null(), label.as_ptr()), dm_status::DM_OK, "{}", last_error());
+        assert_eq!(ffi::dm_miner_run(miner, None, std::ptr::null_mut()), dm_status::DM_ERR_OUT_OF_MEMORY, "{}", last_error());
+    }
+    assert!(last_error().contains("DIFT"), "{}", last_error());
+    assert_eq!(ffi::dm_miner_free(miner), dm_status::DM_OK);
+
+    // As many boxes as a u32 can ask for: as many as the map has room for.
+    let map: Vec<f32> = (0..64 * 64).map(|i| (i as f32 * 0.37).sin()).collect();
+    let mut boxes = vec![ffi::dm_box { x: 0, y: 0, size: 0, score: 0.0 }; 64];
+    let mut count = 0usize;
+    // SAFETY: the map, boxes and count are valid for their lengths.
+    let status = unsafe { ffi::dm_patches_select(map.as_ptr(), map.len(), 64, 64, 16, u32::MAX, boxes.as_mut_ptr(), boxes.len(), &mut count) };
+    assert_eq!(status, dm_status::DM_OK, "{}", last_error());
+    assert!((1..=16).contains(&count), "{count} boxes");
+    ffi::dm_model_free(model);
+}
+
 /// An empty model path says so, rather than naming nothing before ": no such model folder".
 #[test]
 fn an_empty_model_path_is_named_as_empty() {

@@ -91,10 +91,14 @@ fn bf16_autocast_step_against_pytorch(gradient_checkpointing: bool) -> (f64, Str
     let expected_norm = reference.get("train_bf16.grad_norm").double_value(&[0]);
     assert!((report.loss - expected_loss).abs() <= TOLERANCE * expected_loss, "loss {} vs {expected_loss}", report.loss);
     assert!((report.grad_norm - expected_norm).abs() <= TOLERANCE * expected_norm, "norm {} vs {expected_norm}", report.grad_norm);
-    // The f32 step's loss differs by 8e-4, over five times what is allowed here.
-    let f32_loss = reference.get("train.0.loss").double_value(&[0]);
-    assert!((report.loss - f32_loss).abs() > 5.0 * TOLERANCE * expected_loss, "the loss is the f32 step's: autocast did not run");
-    worst_error(&trainer.gradients(), &reference, "train_bf16.grad.")
+    // That autocast ran shows in the gradients: the f32 step's are within 1e-4 of PyTorch's (above),
+    // bf16 rounding moves the worst tensor's by about 6e-2. (The loss alone cannot tell: it moves by
+    // 8e-4 of itself on an Intel CPU with AMX but 4.7e-4 on an AMD one without.)
+    let gradients = trainer.gradients();
+    let (from_f32, name) = worst_error(&gradients, &reference, "train.grad.");
+    println!("bf16 autocast step: worst clipped gradient {from_f32:.2e} from the f32 step's ({name})");
+    assert!(from_f32 > 10.0 * TOLERANCE, "the gradients are the f32 step's (worst {name}: {from_f32:.2e}): autocast did not run");
+    worst_error(&gradients, &reference, "train_bf16.grad.")
 }
 
 #[test]

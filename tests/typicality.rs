@@ -4,7 +4,7 @@ mod common;
 
 use common::{assert_close, pipeline, Reference};
 use diffmine::model::{ModelOptions, StableDiffusion};
-use diffmine::typicality::{typicality, LatentMode, TypicalityOptions};
+use diffmine::typicality::{typicality, typicality_streamed, LatentMode, TypicalityOptions};
 use diffmine::Error;
 use tch::Tensor;
 
@@ -34,10 +34,12 @@ fn map_and_sample_losses_equal_the_diffusers_loop_with_the_same_noise_and_timest
             latent: LatentMode::Mean,
             noise: Some(reference.get("typicality.noise").shallow_clone()),
             timesteps: Some(timesteps),
+            keep_sample_losses: true,
             ..TypicalityOptions::default()
         };
         let result = typicality(&model, reference.get("vae.0.image"), &prompt, &null, &options, &mut no_progress()).unwrap();
-        assert_close(&result.sample_losses, reference.get("typicality.sample_losses"), 1e-4, &format!("{config} sample losses"));
+        let sample_losses = result.sample_losses.as_ref().expect("the losses were asked for");
+        assert_close(sample_losses, reference.get("typicality.sample_losses"), 1e-4, &format!("{config} sample losses"));
         assert_close(&result.map, reference.get("typicality.map"), 1e-4, &format!("{config} map"));
     }
 }
@@ -45,6 +47,28 @@ fn map_and_sample_losses_equal_the_diffusers_loop_with_the_same_noise_and_timest
 fn drawn_map(model: &StableDiffusion, image: &Tensor, batch: usize, seed: u64) -> Tensor {
     let options = TypicalityOptions { samples: 10, batch, seed, ..TypicalityOptions::default() };
     typicality(model, image, "Chest X-Ray with Effusion.", "Chest X-Ray.", &options, &mut no_progress()).unwrap().map
+}
+
+#[test]
+fn the_per_sample_losses_are_kept_only_when_asked_for_and_streamed_batch_by_batch() {
+    let model = open("sd15_tiny");
+    let image = Reference::load("sd15_tiny").get("vae.0.image").shallow_clone();
+    let options = |keep_sample_losses| TypicalityOptions { samples: 5, batch: 2, keep_sample_losses, ..TypicalityOptions::default() };
+    let plain = typicality(&model, &image, "a", "", &options(false), &mut no_progress()).unwrap();
+    assert!(plain.sample_losses.is_none());
+    let kept = typicality(&model, &image, "a", "", &options(true), &mut no_progress()).unwrap();
+    let kept_losses = kept.sample_losses.expect("asked for");
+    assert_eq!(kept_losses.size()[..2], [5, 2]);
+    assert!(kept.map.equal(&plain.map), "keeping the losses does not change the map");
+    let mut batches = Vec::new();
+    let map = typicality_streamed(&model, &image, "a", "", &options(false), &mut no_progress(), &mut |first, losses| {
+        batches.push((first, losses.copy()));
+        Ok(())
+    })
+    .unwrap();
+    assert!(map.equal(&plain.map));
+    assert_eq!(batches.iter().map(|(first, l)| (*first, l.size()[0])).collect::<Vec<_>>(), vec![(0, 2), (2, 2), (4, 1)]);
+    assert!(Tensor::cat(&batches.iter().map(|(_, l)| l).collect::<Vec<_>>(), 0).equal(&kept_losses));
 }
 
 #[test]
@@ -89,6 +113,7 @@ fn bad_options_are_invalid_arguments_that_say_what_is_wrong() {
         }
     };
     assert!(run(TypicalityOptions { samples: 0, ..TypicalityOptions::default() }, "a").contains("at least 1"));
+    assert!(run(TypicalityOptions { samples: diffmine::typicality::MAX_SAMPLES + 1, ..TypicalityOptions::default() }, "a").contains("at most 1048576"));
     assert!(run(TypicalityOptions { t_min: 0.7, t_max: 0.1, ..TypicalityOptions::default() }, "a").contains("t_min < t_max"));
     assert!(run(TypicalityOptions { t_max: 1.5, ..TypicalityOptions::default() }, "a").contains("t_max <= 1"));
     assert!(run(TypicalityOptions { t_min: 0.1, t_max: 0.1005, ..TypicalityOptions::default() }, "a").contains("no integer timestep"));

@@ -3,6 +3,7 @@
 use std::ffi::{c_char, CStr};
 
 use super::error::{FfiError, FfiResult};
+use crate::typicality::TypicalityOptions;
 
 /// A required NUL-terminated UTF-8 string.
 ///
@@ -162,4 +163,11 @@ pub(crate) fn at_least_one(value: u32, what: &str) -> FfiResult<usize> {
         0 => Err(FfiError::Invalid(format!("`options.{what}` must be at least 1"))),
         v => Ok(v as usize),
     }
+}
+
+/// Typicality options whose counts lie in their domain (`options.samples` at most the library's
+/// maximum), checked when a miner is created rather than when it runs.
+pub(crate) fn checked_typicality(options: TypicalityOptions) -> FfiResult<TypicalityOptions> {
+    options.check()?;
+    Ok(options)
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::ptr::null;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::args::{at_least_one, optional_str, read_options, required_str, write_array, write_text, write_value};
+use super::args::{at_least_one, checked_typicality, optional_str, read_options, required_str, write_array, write_text, write_value};
 use super::error::{guard, FfiError, FfiResult};
 use super::handle;
 use super::image::{borrow_view, dm_image_view};
@@ -247,7 +247,12 @@ unsafe fn mining_options(o: &dm_miner_options) -> FfiResult<MiningOptions> {
     Ok(MiningOptions {
         prompt_template: template.to_string(),
         null_prompt: null_prompt.unwrap_or_default().to_string(),
-        typicality: TypicalityOptions { samples: at_least_one(o.samples, "samples")?, batch: at_least_one(o.batch, "batch")?, seed: o.seed, ..d.typicality },
+        typicality: checked_typicality(TypicalityOptions {
+            samples: at_least_one(o.samples, "samples")?,
+            batch: at_least_one(o.batch, "batch")?,
+            seed: o.seed,
+            ..d.typicality
+        })?,
         resize: (o.resize_short_side > 0).then_some(o.resize_short_side as usize),
         patch_size: at_least_one(o.patch_size, "patch_size")?,
         per_image: at_least_one(o.per_image, "per_image")?,

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::ptr::null;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::args::{at_least_one, optional_str, read_options, required_str, write_array, write_text, write_value};
+use super::args::{at_least_one, checked_typicality, optional_str, read_options, required_str, write_array, write_text, write_value};
 use super::error::{guard, FfiError, FfiResult};
 use super::handle;
 use super::image::{borrow_view, dm_image_view};
@@ -325,7 +325,12 @@ unsafe fn parallel_options(o: &dm_parallel_miner_options) -> FfiResult<ParallelM
         null_prompt: null_prompt.unwrap_or_default().to_string(),
         // SAFETY: its null prompt is the caller's, or `o.null_prompt`, both NULL or NUL-terminated.
         translate: unsafe { translate_options(&translate) }?,
-        typicality: TypicalityOptions { samples: at_least_one(o.samples, "samples")?, batch: at_least_one(o.batch, "batch")?, seed: o.seed, ..d.typicality },
+        typicality: checked_typicality(TypicalityOptions {
+            samples: at_least_one(o.samples, "samples")?,
+            batch: at_least_one(o.batch, "batch")?,
+            seed: o.seed,
+            ..d.typicality
+        })?,
         dift: DiftOptions { ensemble: at_least_one(o.dift_ensemble, "dift_ensemble")?, ..d.dift },
         cluster: ClusterOptions { clusters: at_least_one(o.clusters, "clusters")?, restarts: at_least_one(o.restarts, "restarts")?, ..d.cluster },
         patch_size: at_least_one(o.patch_size, "patch_size")?,

@@ -2,7 +2,7 @@
 use std::ffi::{c_char, c_void};
 use std::ptr::null;
 
-use tch::Tensor;
+use tch::{Device, Kind, Tensor};
 
 use super::args::{input_slice, read_options, required_str, write_array, write_value};
 use super::error::{guard, FfiError, FfiResult};
@@ -10,8 +10,9 @@ use super::image::{borrow_view, dm_image_view};
 use super::model::{dm_model, model_ref, write_tensor};
 use super::status::dm_status;
 use crate::image::resized_size;
+use crate::memory;
 use crate::mining::patches::select_patches;
-use crate::typicality::{typicality, LatentMode, TypicalityOptions};
+use crate::typicality::{typicality_streamed, LatentMode, TypicalityOptions};
 
 /// Progress of long work: `done` of `total` units, `value` the current loss or NaN where there is none.
 /// Returning non-zero cancels the work, which then fails with `DM_ERR_CANCELLED` and leaves every
@@ -29,6 +30,10 @@ pub(crate) fn progress_adapter(progress: dm_progress_fn, user_data: *mut c_void)
     }
 }
 
+/// The most samples (`options.samples`) one map may draw; more is `DM_ERR_INVALID_ARGUMENT`.
+pub const DM_TYPICALITY_MAX_SAMPLES: u32 = 1048576;
+const _: () = assert!(DM_TYPICALITY_MAX_SAMPLES as usize == crate::typicality::MAX_SAMPLES);
+
 /// Noise a sample of the VAE posterior (the authors' choice).
 pub const DM_LATENT_SAMPLE: u32 = 0;
 /// Noise the posterior mean.
@@ -40,7 +45,7 @@ pub const DM_LATENT_MEAN: u32 = 1;
 #[derive(Debug, Clone, Copy)]
 pub struct dm_typicality_options {
     pub struct_size: usize,
-    /// Number N of (noise, t) samples (100).
+    /// Number N of (noise, t) samples (100; at most `DM_TYPICALITY_MAX_SAMPLES`).
     pub samples: u32,
     /// Samples per UNet call, each call running both prompts (10).
     pub batch: u32,
@@ -120,18 +125,21 @@ unsafe fn typicality_options(o: &dm_typicality_options, latent_shape: [i64; 3]) 
     let (timesteps, noise) = match (o.timesteps.is_null(), o.noise.is_null()) {
         (true, true) => (None, None),
         (false, false) => {
-            let n = o.timesteps_len as i64;
-            let [c, h, w] = latent_shape;
-            if o.noise_len as i64 != n * c * h * w {
+            let n = o.timesteps_len as u128;
+            let [c, h, w] = latent_shape.map(|side| side as u128);
+            if o.noise_len as u128 != n * c * h * w {
                 return Err(FfiError::Invalid(format!(
                     "`options.noise` holds {} floats; {n} samples of a {c} × {h} × {w} latent need {}",
                     o.noise_len,
                     n * c * h * w
                 )));
             }
+            // The library's copy of the caller's arrays.
+            memory::check_fits(o.noise_len as u128 + o.timesteps_len as u128 * 2, 4, "a copy of the explicit draws")?;
             // SAFETY: the caller's contract covers both arrays and their lengths.
             let (t, e) = unsafe { (input_slice(o.timesteps, o.timesteps_len, "options.timesteps")?, input_slice(o.noise, o.noise_len, "options.noise")?) };
-            (Some(t.to_vec()), Some(Tensor::from_slice(e).f_reshape([n, c, h, w])?))
+            let [c, h, w] = latent_shape;
+            (Some(t.to_vec()), Some(Tensor::from_slice(e).f_reshape([o.timesteps_len as i64, c, h, w])?))
         }
         _ => return Err(FfiError::Invalid("`options.timesteps` and `options.noise` must be given together".into())),
     };
@@ -146,6 +154,7 @@ unsafe fn typicality_options(o: &dm_typicality_options, latent_shape: [i64; 3]) 
         noise,
         antithetic: o.antithetic != 0,
         stratified: o.stratified != 0,
+        keep_sample_losses: false,
     })
 }
 
@@ -186,8 +195,11 @@ fn map_size(height: usize, width: usize, resize_short_side: u32) -> Result<(usiz
 /// Computes the typicality map of `image` for `prompt` against `null_prompt` (both UTF-8; the null
 /// prompt may be ""), writing H × W floats (`dm_typicality_map_size`) into `out_map`. When
 /// `out_sample_losses` is not NULL it also receives the N × 2 × h × w per-sample losses at latent
-/// resolution (index 0: label prompt, 1: null prompt). `progress` (may be NULL) is called after each
-/// UNet batch with (samples done, N, NaN).
+/// resolution (index 0: label prompt, 1: null prompt), written batch by batch (after a failure its
+/// contents are unspecified). `progress` (may be NULL) is called after each UNet batch with (samples
+/// done, N, NaN). N is at most `DM_TYPICALITY_MAX_SAMPLES`; memory does not grow with it. An image,
+/// model or explicit noise that makes a value NaN or infinite is `DM_ERR_INVALID_DATA`, with the
+/// message naming where.
 ///
 /// # Safety
 /// Strings NUL-terminated; `image` and `options` valid or NULL (options); output buffers NULL or
@@ -211,7 +223,8 @@ pub unsafe extern "C" fn dm_typicality_map(
         // SAFETY: the caller's contract covers each pointer.
         let (view, prompt, null_prompt, o) =
             unsafe { (borrow_view(image)?, required_str(prompt, "prompt")?, required_str(null_prompt, "null_prompt")?, c_options(options)?) };
-        // Every output is checked before the work starts, so a wrong buffer fails at once.
+        // The counts, then every output, are checked before the work starts, so a wrong one fails at once.
+        TypicalityOptions { samples: o.samples as usize, batch: o.batch as usize, ..TypicalityOptions::default() }.check()?;
         let (h, w) = map_size(view.height, view.width, o.resize_short_side)?;
         if out_map.is_null() {
             return Err(FfiError::Null("out_map"));
@@ -220,20 +233,29 @@ pub unsafe extern "C" fn dm_typicality_map(
             return Err(FfiError::BufferTooSmall { what: "out_map", needed: h * w, given: out_map_len });
         }
         let (lh, lw) = m.latent_size(h as i64, w as i64)?;
-        let losses_needed = o.samples as usize * 2 * (lh * lw) as usize;
+        let losses_per_sample = 2 * (lh * lw) as usize;
+        let losses_needed = o.samples as usize * losses_per_sample;
         if !out_sample_losses.is_null() && out_sample_losses_len < losses_needed {
             return Err(FfiError::BufferTooSmall { what: "out_sample_losses", needed: losses_needed, given: out_sample_losses_len });
         }
         let input = view.to_model_input_resized((o.resize_short_side > 0).then_some(o.resize_short_side as usize))?;
         // SAFETY: the caller's contract covers the explicit draws.
         let options = unsafe { typicality_options(&o, [m.latent_channels(), lh, lw]) }?;
-        let result = typicality(&m, &input, prompt, null_prompt, &options, &mut progress_adapter(progress, user_data))?;
-        if !out_sample_losses.is_null() {
-            // SAFETY: non-NULL and large enough (checked above); writable by the caller's contract.
-            unsafe { write_tensor(&result.sample_losses, out_sample_losses, out_sample_losses_len, "out_sample_losses") }?;
-        }
+        let mut write_losses = |first: usize, losses: &Tensor| -> crate::Result<()> {
+            if out_sample_losses.is_null() {
+                return Ok(());
+            }
+            let values = Vec::<f32>::try_from(losses.f_to_kind(Kind::Float)?.f_to_device(Device::Cpu)?.f_flatten(0, -1)?)?;
+            let offset = first * losses_per_sample;
+            assert!(offset + values.len() <= losses_needed, "a batch of losses beyond the N samples");
+            // SAFETY: the buffer holds N samples' losses (checked above) and this batch lies within
+            // them (asserted); writable by the caller's contract.
+            unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), out_sample_losses.add(offset), values.len()) };
+            Ok(())
+        };
+        let map = typicality_streamed(&m, &input, prompt, null_prompt, &options, &mut progress_adapter(progress, user_data), &mut write_losses)?;
         // SAFETY: the caller's contract covers `out_map`.
-        unsafe { write_tensor(&result.map, out_map, out_map_len, "out_map") }
+        unsafe { write_tensor(&map, out_map, out_map_len, "out_map") }
     })
 }
 

@@ -9,6 +9,7 @@ use tch::{Kind, Tensor};
 
 use super::patches::PatchBox;
 use crate::error::{Error, Result};
+use crate::memory;
 use crate::model::StableDiffusion;
 use crate::rng::SplitMix64;
 use crate::typicality::LatentMode;
@@ -43,9 +44,11 @@ pub fn dift_features(model: &StableDiffusion, image: &Tensor, prompt: &str, opti
     }
     let posterior = model.encode(image)?;
     let shape = posterior.mean.size();
+    // The members run as one UNet batch: their latents, noise and noised rows at least.
+    memory::check_fits(options.ensemble as u128 * 3, shape.iter().product::<i64>() as u128 * 4, "the DIFT ensemble's batch")?;
     let mut rng = SplitMix64::new(options.seed);
-    let mut latents = Vec::with_capacity(options.ensemble);
-    let mut noises = Vec::with_capacity(options.ensemble);
+    let mut latents = memory::vec_with_capacity(options.ensemble, "the DIFT ensemble's latents")?;
+    let mut noises = memory::vec_with_capacity(options.ensemble, "the DIFT ensemble's noise")?;
     for _ in 0..options.ensemble {
         latents.push(match options.latent {
             LatentMode::Mean => posterior.mean.shallow_clone(),

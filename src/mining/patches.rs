@@ -53,9 +53,11 @@ pub fn pooled_scores(map: &[f32], height: usize, width: usize, k: usize) -> Resu
 }
 
 /// The image's best windows, best first: greedy non-maximum suppression over the pooled scores, up to
-/// `max_boxes`. NaN scores never win.
+/// `max_boxes`. A map holding NaN or an infinity is `Error::InvalidData` (it would poison every window
+/// sum after it).
 pub fn select_patches(map: &[f32], height: usize, width: usize, k: usize, max_boxes: usize) -> Result<Vec<PatchBox>> {
     let scores = pooled_scores(map, height, width, k)?;
+    crate::finite::check_values(map, width, "the typicality map")?;
     Ok(select_from_scores(&scores, width - k + 1, k, max_boxes))
 }
 
@@ -63,7 +65,8 @@ pub fn select_patches(map: &[f32], height: usize, width: usize, k: usize, max_bo
 /// wide), best first, up to `max_boxes`. NaN scores never win.
 pub fn select_from_scores(scores: &[f32], cols: usize, k: usize, max_boxes: usize) -> Vec<PatchBox> {
     let mut available: Vec<bool> = scores.iter().map(|s| !s.is_nan()).collect();
-    let mut chosen = Vec::with_capacity(max_boxes);
+    // Every kept box removes at least its own window, so there are never more boxes than windows.
+    let mut chosen = Vec::with_capacity(max_boxes.min(scores.len()));
     while chosen.len() < max_boxes {
         // Strictly greater keeps the first maximum in row-major order: the lowest (row, column).
         let best = (0..scores.len()).filter(|&i| available[i]).fold(None, |best: Option<usize>, i| match best {

@@ -44,6 +44,24 @@ fn d_true() -> bool {
     true
 }
 
+/// `InvalidModel` naming `component`'s `key` unless `value` is a finite number above 0 (an epsilon, a
+/// scale): anything else makes the model compute NaN or infinity, or divide by zero.
+fn check_positive(component: &str, key: &str, value: f64) -> Result<()> {
+    if value.is_finite() && value > 0.0 {
+        return Ok(());
+    }
+    Err(Error::InvalidModel(format!("{component} config `{key}` = {value} must be a finite number above 0")))
+}
+
+/// `InvalidModel` naming `component`'s `key` unless every one of `values` (channel or group counts) is
+/// at least 1, and there is at least one.
+fn check_counts(component: &str, key: &str, values: &[i64]) -> Result<()> {
+    if values.is_empty() || values.iter().any(|&v| v < 1) {
+        return Err(Error::InvalidModel(format!("{component} config `{key}` = {values:?} must list at least one value, each at least 1")));
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct UNetConfig {
     #[serde(default = "unet_defaults::in_channels")]
@@ -181,6 +199,9 @@ impl UNetConfig {
         if self.act_fn != "silu" {
             return Err(Error::Unsupported(format!("UNet config `act_fn` = \"{}\" is not supported (only \"silu\")", self.act_fn)));
         }
+        check_counts("UNet", "block_out_channels", &self.block_out_channels)?;
+        check_counts("UNet", "norm_num_groups", &[self.norm_num_groups])?;
+        check_positive("UNet", "norm_eps", self.norm_eps)?;
         if self.down_block_types.len() != self.block_out_channels.len() || self.up_block_types.len() != self.block_out_channels.len() {
             return Err(Error::InvalidModel(format!(
                 "UNet config lists {} down blocks, {} up blocks and {} block_out_channels",
@@ -196,10 +217,12 @@ impl UNetConfig {
     /// (a naming slip kept for compatibility); `num_attention_heads`, when given, takes precedence.
     pub fn heads_per_block(&self) -> Result<Vec<i64>> {
         let blocks = self.block_out_channels.len();
-        match &self.num_attention_heads {
-            Some(heads) => heads.expand("num_attention_heads", blocks),
-            None => self.attention_head_dim.expand("attention_head_dim", blocks),
-        }
+        let (key, heads) = match &self.num_attention_heads {
+            Some(heads) => ("num_attention_heads", heads.expand("num_attention_heads", blocks)?),
+            None => ("attention_head_dim", self.attention_head_dim.expand("attention_head_dim", blocks)?),
+        };
+        check_counts("UNet", key, &heads)?;
+        Ok(heads)
     }
 }
 
@@ -277,7 +300,10 @@ impl VaeConfig {
         if self.down_block_types.len() != self.block_out_channels.len() || self.up_block_types.len() != self.block_out_channels.len() {
             return Err(Error::InvalidModel("VAE config: block type lists and block_out_channels differ in length".into()));
         }
-        Ok(())
+        check_counts("VAE", "block_out_channels", &self.block_out_channels)?;
+        check_counts("VAE", "norm_num_groups", &[self.norm_num_groups])?;
+        check_counts("VAE", "latent_channels", &[self.latent_channels])?;
+        check_positive("VAE", "scaling_factor", self.scaling_factor)
     }
 }
 
@@ -334,7 +360,10 @@ impl ClipTextConfig {
     pub fn read(path: &Path) -> Result<Self> {
         let value: serde_json::Value = read_json(path)?;
         let text = value.get("text_config").cloned().unwrap_or(value);
-        serde_json::from_value(text).map_err(|e| Error::InvalidModel(format!("{}: {e}", path.display())))
+        let config: Self = serde_json::from_value(text).map_err(|e| Error::InvalidModel(format!("{}: {e}", path.display())))?;
+        check_positive("text encoder", "layer_norm_eps", config.layer_norm_eps)?;
+        check_counts("text encoder", "num_attention_heads", &[config.num_attention_heads])?;
+        Ok(config)
     }
 }
 

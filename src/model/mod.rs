@@ -22,6 +22,7 @@ use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
+use crate::finite;
 use clip::ClipTextModel;
 use config::{read_json, ClipTextConfig, SchedulerConfig, UNetConfig, VaeConfig};
 use scheduler::NoiseSchedule;
@@ -330,7 +331,9 @@ impl StableDiffusion {
     pub fn text_embeddings(&self, texts: &[&str]) -> Result<Tensor> {
         let ids: Vec<Tensor> = texts.iter().map(|t| Tensor::from_slice(&self.tokenize(t))).collect();
         let ids = Tensor::f_stack(&ids, 0)?.f_to_device(self.device)?;
-        tch::no_grad(|| self.text_encoder.forward(&ids))
+        let embeddings = tch::no_grad(|| self.text_encoder.forward(&ids))?;
+        finite::check_tensor(&embeddings, "the text encoder's output (check its weights)")?;
+        Ok(embeddings)
     }
 
     /// Encodes images (B, 3, H, W) with values in [-1, 1] (any device and float dtype) to the VAE
@@ -342,9 +345,12 @@ impl StableDiffusion {
             return Err(Error::InvalidArgument(format!("images must be (B, {expected}, H, W) with H, W > 0, got {:?}", images.size())));
         }
         self.latent_size(h, w)?;
+        finite::check_tensor(images, "the image")?;
         let input = self.to_compute(images)?;
         let dist = tch::no_grad(|| self.vae.encode(&input))?;
-        Ok(LatentDistribution { mean: dist.mean.f_to_kind(Kind::Float)?, std: dist.std.f_to_kind(Kind::Float)? })
+        let (mean, std) = (dist.mean.f_to_kind(Kind::Float)?, dist.std.f_to_kind(Kind::Float)?);
+        finite::check_tensor(&mean.f_add(&std)?, "the VAE encoder's output (check its weights)")?;
+        Ok(LatentDistribution { mean, std })
     }
 
     /// The posterior mean × `scaling_factor`: the latents the UNet works on.
@@ -355,8 +361,11 @@ impl StableDiffusion {
     /// Decodes scaled latents (B, C, h, w) to images (B, 3, H, W), about [-1, 1], unclamped, f32.
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
         self.check_latents(latents, "latents")?;
+        finite::check_tensor(latents, "the latents")?;
         let z = self.to_compute(latents)?.f_div_scalar(self.vae.config().scaling_factor)?;
-        Ok(tch::no_grad(|| self.vae.decode(&z))?.f_to_kind(Kind::Float)?)
+        let images = tch::no_grad(|| self.vae.decode(&z))?.f_to_kind(Kind::Float)?;
+        finite::check_tensor(&images, "the VAE decoder's output (check its weights)")?;
+        Ok(images)
     }
 
     /// The UNet's raw output for scaled latents (B, C, h, w) at integer `timesteps` (B,) conditioned on
@@ -389,13 +398,17 @@ impl StableDiffusion {
         if context_shape.len() != 3 || context_shape[0] != batch || context_shape[2] != width {
             return Err(Error::InvalidArgument(format!("text embeddings must be ({batch}, L, {width}), got {context_shape:?}")));
         }
+        finite::check_tensor(latents, "the latents")?;
+        finite::check_tensor(context, "the text embeddings")?;
         let (x, c) = (self.to_compute(latents)?, self.to_compute(context)?);
         let t = timesteps.f_to_kind(Kind::Int64)?.f_to_device(self.device)?;
         let output = tch::no_grad(|| match injection {
             Some(injection) => self.unet.forward_injected(&x, &t, &c, injection),
             None => self.unet.forward(&x, &t, &c),
-        })?;
-        Ok(output.f_to_kind(Kind::Float)?)
+        })?
+        .f_to_kind(Kind::Float)?;
+        finite::check_tensor(&output, "the UNet's output (check its weights)")?;
+        Ok(output)
     }
 
     fn check_latents(&self, latents: &Tensor, what: &str) -> Result<()> {

@@ -87,13 +87,36 @@ impl NoiseSchedule {
     }
 }
 
+/// The most training steps a schedule may have: diffusion models train with about a thousand, and
+/// the schedule's tables take memory in proportion.
+pub const MAX_TRAIN_STEPS: i64 = 1_000_000;
+
+/// The betas, each of which must lie in (0, 1): 0 or less would make ᾱ grow, 1 or more zero or negative,
+/// and every step divides by √ᾱ or √(1 − ᾱ).
 fn betas(config: &SchedulerConfig) -> Result<Tensor> {
+    let betas = unchecked_betas(config)?;
+    let in_domain = betas.f_gt(0.0)?.f_logical_and(&betas.f_lt(1.0)?)?.f_all()?.int64_value(&[]) != 0;
+    if !in_domain {
+        let keys = if config.trained_betas.is_some() {
+            "`trained_betas`".to_string()
+        } else {
+            format!("`beta_start` = {}, `beta_end` = {}", config.beta_start, config.beta_end)
+        };
+        return Err(Error::InvalidModel(format!("scheduler config {keys}: every beta must lie strictly between 0 and 1")));
+    }
+    Ok(betas)
+}
+
+fn unchecked_betas(config: &SchedulerConfig) -> Result<Tensor> {
     let steps = config.num_train_timesteps;
-    if steps <= 0 {
-        return Err(Error::InvalidModel(format!("scheduler `num_train_timesteps` = {steps} must be positive")));
+    if !(1..=MAX_TRAIN_STEPS).contains(&steps) {
+        return Err(Error::InvalidModel(format!("scheduler config `num_train_timesteps` = {steps} must be between 1 and {MAX_TRAIN_STEPS}")));
     }
     let options = (Kind::Float, Device::Cpu);
     if let Some(trained) = &config.trained_betas {
+        if trained.len() != steps as usize {
+            return Err(Error::InvalidModel(format!("scheduler config `trained_betas` lists {} values for {steps} `num_train_timesteps`", trained.len())));
+        }
         let values: Vec<f32> = trained.iter().map(|&b| b as f32).collect();
         return Ok(Tensor::from_slice(&values));
     }

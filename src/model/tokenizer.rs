@@ -348,6 +348,10 @@ fn read_json_if_present(path: &Path) -> Result<Option<Value>> {
 
 fn vocab_from_json(value: &Value, path: &Path) -> Result<Vocab> {
     let object = value.as_object().ok_or_else(|| Error::InvalidModel(format!("{}: the vocabulary is not a JSON object", path.display())))?;
+    // Without one, every text would become the same ids (the special tokens alone).
+    if object.is_empty() {
+        return Err(Error::InvalidModel(format!("{}: the vocabulary is empty", path.display())));
+    }
     object
         .iter()
         .map(|(token, id)| match id.as_i64() {

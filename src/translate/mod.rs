@@ -2,16 +2,18 @@
 //! Section 5.1 uses it, and text-to-image DDIM sampling from the same code.
 //!
 //! Plug-and-Play: the source image's latent (the VAE posterior mean × scaling factor) is inverted with
-//! DDIM under the source prompt, keeping the latent of every step. Sampling then starts from the
-//! inverted latent at the first sampling timestep and runs DDIM (eta 0) with classifier-free guidance
-//! towards each target prompt. In the same UNet call a source branch runs the stored inverted latent of
-//! the step under the null prompt; during the first `resnet_injection` fraction of the steps its
-//! residual hidden state of `up_blocks[1].resnets[1]` replaces the other rows', and during the first
-//! `attention_injection` fraction its self-attention queries and keys do in `up_blocks[1].attentions[1,2]`,
-//! `up_blocks[2].attentions[0..2]` and `up_blocks[3].attentions[0..2]` (the first transformer block of
-//! each). All targets of one image share one batch: [source branch, unconditional × N, conditional × N].
-//! The authors' code ran one target per batch; rows only meet through the injection, which copies the
-//! source row alone, so the result is the same.
+//! DDIM under the source prompt, keeping the latent of every step. Sampling then starts from the last
+//! inverted latent (the noisiest: t = 999 with the defaults), as the paper's authors did, and runs DDIM
+//! (eta 0) from the first sampling timestep (981) with classifier-free guidance towards each target
+//! prompt. (The original Plug-and-Play code starts from the stored latent of the first sampling
+//! timestep instead, which gives another result.) In the same UNet call a source branch runs the
+//! stored inverted latent of the step under the null prompt; during the first `resnet_injection`
+//! fraction of the steps its residual hidden state of `up_blocks[1].resnets[1]` replaces the other
+//! rows', and during the first `attention_injection` fraction its self-attention queries and keys do in
+//! `up_blocks[1].attentions[1,2]`, `up_blocks[2].attentions[0..2]` and `up_blocks[3].attentions[0..2]`
+//! (the first transformer block of each). All targets of one image share one batch: [source branch, unconditional × N, conditional × N].
+//! The authors' code did the same; rows only meet through the injection, which copies the source row
+//! alone, so one target per batch would give the same result.
 mod generate;
 
 use tch::{Kind, Tensor};
@@ -168,7 +170,8 @@ pub fn plug_and_play(model: &StableDiffusion, inversion: &Inversion, targets: &[
     let sources: Vec<&Tensor> = timesteps.iter().filter_map(|&t| inversion.latent_at(t)).collect();
     let ddim = Ddim::new(model.schedule(), options.steps)?;
     let sampler = GuidedSampler::new(model, ddim, targets, &options.null_prompt, options.guidance, Some(options.null_prompt.as_str()))?;
-    let mut x = sources[0].f_expand([targets.len() as i64, -1, -1, -1], false)?;
+    let start = inversion.latents.last().ok_or_else(|| Error::InvalidArgument("the inversion holds no latent".into()))?;
+    let mut x = start.f_expand([targets.len() as i64, -1, -1, -1], false)?;
     for (i, (&t, source)) in timesteps.iter().zip(&sources).enumerate() {
         let injection = options.injection_at(i);
         tracing::debug!(step = i, t, resnets = injection.resnets.len(), attentions = injection.attentions.len(), "pnp step");

@@ -12,8 +12,8 @@ reference.json and reference.safetensors:
 - DDIM timestep lists for several spacings and step counts, and single DDIMScheduler /
   DDIMInverseScheduler steps on random tensors for several scheduler configs;
 - a Plug-and-Play run written over diffusers: the authors' DDIM inversion of the image's posterior mean
-  under the source prompt, then their sampling loop, one target per batch [source, unconditional,
-  conditional], with a forward hook on up_blocks[1].resnets[1].conv2 and an attention processor on the
+  under the source prompt, then their sampling loop from the last inverted latent, one target per
+  batch [source, unconditional, conditional] (the library batches all targets: the same result), with a forward hook on up_blocks[1].resnets[1].conv2 and an attention processor on the
   attn1 of the injected transformer blocks;
 - text-to-image latents from StableDiffusionPipeline with given initial noise.
 
@@ -196,15 +196,17 @@ def invert(pipe, latent: torch.Tensor, context: torch.Tensor) -> tuple[list, lis
 
 
 @torch.no_grad()
-def plug_and_play(pipe, inverted: dict, target: str, switches) -> torch.Tensor:
-    """The authors' sampling loop for one target: rows [source, unconditional, conditional]."""
+def plug_and_play(pipe, inverted: dict, start: torch.Tensor, target: str, switches) -> torch.Tensor:
+    """The authors' sampling loop for one target: rows [source, unconditional, conditional], from
+    `start`, the last inverted latent (as the paper's authors; the original Plug-and-Play code starts
+    from the inverted latent at the first sampling timestep)."""
     resnet_switch, attention_switch = switches
     scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     scheduler.set_timesteps(SAMPLING_STEPS)
     null, cond = embed(pipe, ""), embed(pipe, target)
     context = torch.cat([null, null, cond])
     resnet_steps, attention_steps = int(SAMPLING_STEPS * RESNET_FRACTION), int(SAMPLING_STEPS * ATTENTION_FRACTION)
-    x = inverted[int(scheduler.timesteps[0])]
+    x = start
     for i, t in enumerate(scheduler.timesteps):
         resnet_switch.on, attention_switch.on = i < resnet_steps, i < attention_steps
         rows = torch.cat([inverted[int(t)], x, x])
@@ -222,7 +224,7 @@ def pnp_reference(pipe, generator: torch.Generator, tensors: dict) -> None:
     timesteps, latents = invert(pipe, latent, embed(pipe, SOURCE_PROMPT))
     switches = register_injection(pipe.unet)
     inverted = dict(zip(timesteps, latents))
-    finals = torch.cat([plug_and_play(pipe, inverted, target, switches) for target in TARGET_PROMPTS])
+    finals = torch.cat([plug_and_play(pipe, inverted, latents[-1], target, switches) for target in TARGET_PROMPTS])
     tensors["pnp.image"] = image
     tensors["pnp.latent"] = latent
     tensors["pnp.inversion.timesteps"] = torch.tensor(timesteps, dtype=torch.int64)
