@@ -92,10 +92,6 @@
 
 #define DM_VERSION_PATCH 0
 
-// The largest graph laid out spectrally: a dense n × n eigendecomposition costs O(n³) (on 2 busy
-// cores libtorch's f64 `linalg_eigh` took 6 s at 2000 points and 117 s at 4000).
-#define SPECTRAL_MAX_POINTS 2000
-
 // The result of every call. `DM_OK` is 0; on anything else `dm_last_error()` says why.
 typedef enum dm_status {
   DM_OK = 0,

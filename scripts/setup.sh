@@ -5,7 +5,9 @@
 #     the peers of the DICOM and ChestX-ray8 tests (pydicom, scikit-learn);
 #   - cbindgen (to check that include/diffmine.h is current) and cargo-fuzz (the DICOM fuzz target runs
 #     briefly in the test suite, without a sanitizer, which the stable toolchain supports);
-#   - Debian's chromium (tests/report_browser.rs checks the mining report pages in it, headless).
+#   - Debian's chromium (tests/report_browser.rs checks the mining report pages in it, headless);
+#   - Debian's patchelf (scripts/install.sh points the installed library at a torch install) and
+#     abigail-tools (tests/abi.rs compares the C ABI with its baseline).
 # `source scripts/env.sh` then sets the environment variables the build needs.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -56,3 +58,4 @@ if ! cargo fuzz --version 2>/dev/null | grep -q '0.13.2'; then
 fi
 
 retry bash "$root/scripts/install_chromium.sh"
+retry bash "$root/scripts/install_debian.sh" patchelf:patchelf abidw:abigail-tools
