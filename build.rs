@@ -4,12 +4,16 @@
 //! reported unavailable even on a GPU machine (tch's own `-ltorch_cuda` does not reach dependent crates).
 //!
 //! Also names the shared library by its ABI version (see `soname`), so that programs linked against one
-//! release refuse to load an incompatible one.
+//! release refuse to load an incompatible one, and exports only the C API.
 use std::path::PathBuf;
 
 fn main() {
     let soname = soname();
     println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,{soname}");
+    // rustc exports every `#[no_mangle]` function of every crate it links (OpenJPEG's `opj_*` from the
+    // openjp2 port, tch's `tch_*` stream helpers): they would interpose on a host's own libopenjp2.
+    // The dependencies arrive as archives, our crate's code as objects, so this keeps exactly `dm_*`.
+    println!("cargo:rustc-cdylib-link-arg=-Wl,--exclude-libs,ALL");
     link_soname_to_library(&soname);
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
