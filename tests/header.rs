@@ -52,10 +52,8 @@ fn declared_names(header: &str) -> Vec<String> {
         r"(?m)^typedef\s+(?:struct|enum|union)\s+\w+\s+(\w+)\s*;",
         r"(?m)^[a-z][^(;#\n]*?\b(\w+)\(",
     ];
-    let mut names: Vec<String> = patterns
-        .iter()
-        .flat_map(|p| regex::Regex::new(p).unwrap().captures_iter(&code).map(|c| c[1].to_string()).collect::<Vec<_>>())
-        .collect();
+    let mut names: Vec<String> =
+        patterns.iter().flat_map(|p| regex::Regex::new(p).unwrap().captures_iter(&code).map(|c| c[1].to_string()).collect::<Vec<_>>()).collect();
     let enum_body = regex::Regex::new(r"enum\s+\w*\s*\{([^}]*)\}").unwrap();
     for body in enum_body.captures_iter(&code) {
         names.extend(body[1].split(',').filter_map(|item| item.split('=').next()).map(str::trim).filter(|n| !n.is_empty()).map(str::to_string));

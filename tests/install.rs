@@ -57,10 +57,7 @@ fn run_ok(command: &mut Command, what: &str) -> Output {
 
 /// The `torch` package folder of the build's Python environment.
 fn build_torch() -> PathBuf {
-    let output = run_ok(
-        Command::new(python()).args(["-c", "import os, torch; print(os.path.dirname(torch.__file__))"]),
-        "find the venv's torch",
-    );
+    let output = run_ok(Command::new(python()).args(["-c", "import os, torch; print(os.path.dirname(torch.__file__))"]), "find the venv's torch");
     PathBuf::from(String::from_utf8(output.stdout).unwrap().trim()).canonicalize().unwrap()
 }
 
