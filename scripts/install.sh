@@ -21,7 +21,7 @@ usage: bash scripts/install.sh --prefix DIR --torch DIR [--from DIR] [--debug]
                 (.../site-packages/torch) or an unpacked libtorch archive; outside this checkout
   --from DIR    take libdiffmine.so and the diffmine CLI from this build folder instead of
                 running 'cargo build --release'
-  --debug       keep the line tables (about 105 MB instead of 8 MB)
+  --debug       keep the line tables (a library of about 105 MB instead of 10 MB)
 EOF
 }
 
