@@ -23,7 +23,7 @@ use crate::rng::SplitMix64;
 
 /// The largest graph laid out spectrally: a dense n × n eigendecomposition costs O(n³) (on 2 busy
 /// cores libtorch's f64 `linalg_eigh` took 6 s at 2000 points and 117 s at 4000).
-pub const SPECTRAL_MAX_POINTS: usize = 2000;
+pub(crate) const SPECTRAL_MAX_POINTS: usize = 2000;
 
 /// umap-learn's floor on sigma, as a fraction of the mean neighbour distance.
 const MIN_K_DIST_SCALE: f64 = 1e-3;

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs Debian packages for the commands named, each given as COMMAND:PACKAGE (for instance
+# abidw:abigail-tools). Idempotent: does nothing when every command is already on PATH. Refreshes the
+# package lists only when the install fails on them (stale lists give 404s).
+set -euo pipefail
+
+missing=()
+for pair in "$@"; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+done
+[ ${#missing[@]} -gt 0 ] || exit 0
+
+if [ "$(id -u)" -eq 0 ]; then
+    as_root=()
+elif command -v sudo >/dev/null 2>&1; then
+    as_root=(sudo env DEBIAN_FRONTEND=noninteractive)
+else
+    echo "install_debian.sh: not root and no sudo; install the Debian packages ${missing[*]} by hand" >&2
+    exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt_install() {
+    "${as_root[@]}" apt-get install -y --no-install-recommends "${missing[@]}"
+}
+if ! apt_install; then
+    "${as_root[@]}" apt-get update
+    apt_install
+fi
