@@ -39,6 +39,7 @@ use diffmine::mining::dift::DiftOptions;
 use diffmine::mining::miner::{mine, MiningOptions, StageTimes};
 use diffmine::mining::patches::select_patches;
 use diffmine::mining::report::{write_comparison, write_report, ReportOptions};
+use diffmine::model::single_file::SingleFileOptions;
 use diffmine::model::{parse_device, parse_dtype, ComponentOverrides, ModelOptions, StableDiffusion};
 use diffmine::synthetic::{write_dataset, write_dicom_copies, SyntheticOptions};
 use diffmine::translate::parallel::{parallel_set, CotypicalMiner, ParallelMiningOptions, Projection};
@@ -50,7 +51,8 @@ use tch::{Kind, Tensor};
 
 const USAGE: &str = "usage:
   diffmine info      --model DIR [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16] [--variant fp16]
-                     [--base DIR]   (every command: components the model folder lacks come from DIR)
+                     [--base DIR]   (every command: components the model folder lacks come from DIR;
+                                    for a single-file MODEL.safetensors, DIR gives its configs and tokenizer)
   diffmine tokenize  --model DIR --text TEXT
   diffmine roundtrip --model DIR --image FILE --out FILE.png
   diffmine denoise   --model DIR --image FILE --prompt TEXT --t STEP --out FILE.png [--seed N]
@@ -165,6 +167,16 @@ impl Args {
 fn model_options(args: &Args) -> Result<ModelOptions> {
     let model = Path::new(args.required("model")?);
     let base = args.optional("base").map(PathBuf::from);
+    if model.is_file() {
+        // A single-file checkpoint: DIR describes it (configs, tokenizer, scheduler), as diffusers'
+        // `from_single_file(config=DIR)`.
+        return Ok(ModelOptions {
+            device: parse_device(args.optional("device").unwrap_or("cpu"))?,
+            dtype: parse_dtype(args.optional("dtype").unwrap_or("float32"))?,
+            single_file: SingleFileOptions { config: base, ..SingleFileOptions::default() },
+            ..ModelOptions::default()
+        });
+    }
     let from_base = |name: &str| base.as_ref().filter(|_| !model.join(name).exists()).map(|b| b.join(name));
     Ok(ModelOptions {
         device: parse_device(args.optional("device").unwrap_or("cpu"))?,
@@ -177,6 +189,7 @@ fn model_options(args: &Args) -> Result<ModelOptions> {
             tokenizer: from_base("tokenizer"),
             scheduler: from_base("scheduler"),
         },
+        ..ModelOptions::default()
     })
 }
 

@@ -11,6 +11,7 @@ use super::handle;
 use super::image::{borrow_view, dm_image_view};
 use super::status::dm_status;
 use crate::model::scheduler::PredictionType;
+use crate::model::single_file::{SdVersion, SingleFileOptions};
 use crate::model::{parse_device, ComponentOverrides, ModelOptions, StableDiffusion};
 
 /// A loaded model. May be used from several threads at once: every operation only reads it, and
@@ -53,6 +54,16 @@ pub struct dm_model_options {
     pub text_encoder_path: *const c_char,
     pub tokenizer_path: *const c_char,
     pub scheduler_path: *const c_char,
+    /// For a single-file checkpoint: a diffusers folder whose component configs (and tokenizer,
+    /// scheduler) describe it; NULL uses the original SD 1.x/2.x configs.
+    pub config_path: *const c_char,
+    /// For a single-file checkpoint: one of `DM_SD_VERSION_*` (default: detected from the weights).
+    pub sd_version: u32,
+    /// For a single-file checkpoint: `DM_PREDICTION_EPSILON` or `DM_PREDICTION_V` to override the
+    /// scheduler's prediction type, `DM_PREDICTION_FROM_MODEL` (default) to keep it.
+    pub prediction_type: u32,
+    /// For a single-file checkpoint: non-zero reads the UNet's EMA weights instead of the plain ones.
+    pub use_ema: u32,
 }
 
 impl Default for dm_model_options {
@@ -67,12 +78,39 @@ impl Default for dm_model_options {
             text_encoder_path: null(),
             tokenizer_path: null(),
             scheduler_path: null(),
+            config_path: null(),
+            sd_version: DM_SD_VERSION_DETECT,
+            prediction_type: DM_PREDICTION_FROM_MODEL,
+            use_ema: 0,
         }
     }
 }
 
 pub const DM_PREDICTION_EPSILON: u32 = 0;
 pub const DM_PREDICTION_V: u32 = 1;
+/// Options only: keep the prediction type the model's scheduler (or version) gives.
+pub const DM_PREDICTION_FROM_MODEL: u32 = 2;
+
+/// A single-file checkpoint's model family: detected from its weights, SD 1.x, or SD 2.x.
+pub const DM_SD_VERSION_DETECT: u32 = 0;
+pub const DM_SD_VERSION_1: u32 = 1;
+pub const DM_SD_VERSION_2: u32 = 2;
+
+fn single_file_options(o: &dm_model_options, config: Option<PathBuf>) -> FfiResult<SingleFileOptions> {
+    let version = match o.sd_version {
+        DM_SD_VERSION_DETECT => None,
+        DM_SD_VERSION_1 => Some(SdVersion::V1),
+        DM_SD_VERSION_2 => Some(SdVersion::V2),
+        other => return Err(FfiError::Invalid(format!("`options.sd_version` = {other} is not a DM_SD_VERSION_* value"))),
+    };
+    let prediction = match o.prediction_type {
+        DM_PREDICTION_FROM_MODEL => None,
+        DM_PREDICTION_EPSILON => Some(PredictionType::Epsilon),
+        DM_PREDICTION_V => Some(PredictionType::VPrediction),
+        other => return Err(FfiError::Invalid(format!("`options.prediction_type` = {other} is not a DM_PREDICTION_* value"))),
+    };
+    Ok(SingleFileOptions { config, version, prediction, ema: o.use_ema != 0 })
+}
 
 /// What a caller needs to size buffers for a model's operations.
 #[allow(non_camel_case_types)]
@@ -128,10 +166,12 @@ pub(crate) unsafe fn model_options(o: &dm_model_options) -> FfiResult<ModelOptio
             tokenizer: path(o.tokenizer_path, "options.tokenizer_path")?,
             scheduler: path(o.scheduler_path, "options.scheduler_path")?,
         },
+        single_file: single_file_options(o, path(o.config_path, "options.config_path")?)?,
     })
 }
 
-/// Loads the diffusers folder at `path` (UTF-8). `options` may be NULL for the defaults. On success
+/// Loads the diffusers folder, or the single-file checkpoint (`.safetensors` in the original SD
+/// layout; a tokenizer folder is then required), at `path` (UTF-8). `options` may be NULL for the defaults. On success
 /// `*out_model` owns a new model, released with `dm_model_free`.
 ///
 /// # Safety
