@@ -118,3 +118,131 @@ fn bad_single_files_are_refused_with_the_reason() {
     let err = StableDiffusion::open(&single_file("sd15_tiny"), &no_tokenizer).err().expect("no tokenizer");
     assert!(err.to_string().contains("tokenizer"), "{err}");
 }
+
+// LoRA: a random adapter made with peft (both factors random) on sd15_tiny's UNet and text encoder,
+// saved by diffusers, and a kohya-named copy of it; diffusers' outputs with it fused at the same scale.
+
+/// Float32 merging against diffusers' fused float32 weights: rounding only.
+const LORA_TOLERANCE: f64 = 1e-4;
+
+struct LoraReference {
+    tensors: std::collections::HashMap<String, Tensor>,
+    scale: f64,
+    prompt: String,
+}
+
+impl LoraReference {
+    fn load() -> Self {
+        let dir = models_fixture_dir().join("lora");
+        let tensors = Tensor::read_safetensors(dir.join("reference.safetensors")).unwrap().into_iter().collect();
+        let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+        LoraReference { tensors, scale: json["scale"].as_f64().unwrap(), prompt: json["prompt"].as_str().unwrap().to_string() }
+    }
+
+    fn get(&self, name: &str) -> &Tensor {
+        &self.tensors[name]
+    }
+
+    /// The model's UNet output and text embeddings on the reference inputs.
+    fn outputs(&self, model: &StableDiffusion) -> (Tensor, Tensor) {
+        let unet = model.predict_noise(self.get("latents"), self.get("timesteps"), self.get("context")).unwrap();
+        (unet, model.text_embeddings(&[self.prompt.as_str()]).unwrap())
+    }
+}
+
+fn peft_lora() -> PathBuf {
+    models_fixture_dir().join("lora/peft/pytorch_lora_weights.safetensors")
+}
+
+fn kohya_lora() -> PathBuf {
+    models_fixture_dir().join("lora/kohya.safetensors")
+}
+
+/// Every UNet and text-encoder weight's values, to compare bit for bit.
+fn snapshot(model: &StableDiffusion) -> Vec<Tensor> {
+    let unet = model.unet_weights().parameters.iter().map(|(_, t)| t.copy());
+    let text = model.text_encoder_parameters().iter().map(|(_, t)| t.copy());
+    unet.chain(text).collect()
+}
+
+fn assert_identical(before: &[Tensor], after: &[Tensor], what: &str) {
+    assert_eq!(before.len(), after.len());
+    for (i, (a, b)) in before.iter().zip(after).enumerate() {
+        assert!(a.equal(b), "{what}: weight {i} changed");
+    }
+}
+
+#[test]
+fn lora_in_peft_and_kohya_naming_equals_diffusers_load_lora_weights_and_unloads_exactly() {
+    let reference = LoraReference::load();
+    let mut model = StableDiffusion::open(&pipeline("sd15_tiny"), &ModelOptions::default()).unwrap();
+    let before = snapshot(&model);
+    let (base_unet, base_text) = reference.outputs(&model);
+    assert!(max_difference(&base_unet, reference.get("base.unet_output")) <= LORA_TOLERANCE);
+    for file in [peft_lora(), kohya_lora()] {
+        model.load_lora(&file, reference.scale).unwrap();
+        assert!(model.has_lora());
+        let (unet, text) = reference.outputs(&model);
+        let (unet_error, text_error) = (max_difference(&unet, reference.get("adapted.unet_output")), max_difference(&text, reference.get("adapted.text_embeddings")));
+        let (unet_change, text_change) = (max_difference(&unet, &base_unet), max_difference(&text, &base_text));
+        println!("{}: UNet {unet_error:.2e} from diffusers (adapter changes it by {unet_change:.3}), text {text_error:.2e} (by {text_change:.3})", file.display());
+        assert!(unet_error <= LORA_TOLERANCE && text_error <= LORA_TOLERANCE, "{}", file.display());
+        assert!(unet_change > 1000.0 * LORA_TOLERANCE && text_change > 1000.0 * LORA_TOLERANCE, "the adapter must change the outputs");
+        model.unload_lora();
+        assert!(!model.has_lora());
+        assert_identical(&before, &snapshot(&model), "after unloading");
+    }
+}
+
+#[test]
+fn a_second_lora_stacks_on_the_first() {
+    let reference = LoraReference::load();
+    let mut twice = StableDiffusion::open(&pipeline("sd15_tiny"), &ModelOptions::default()).unwrap();
+    twice.load_lora(&peft_lora(), reference.scale).unwrap();
+    twice.load_lora(&kohya_lora(), reference.scale).unwrap();
+    let mut double = StableDiffusion::open(&pipeline("sd15_tiny"), &ModelOptions::default()).unwrap();
+    double.load_lora(&peft_lora(), 2.0 * reference.scale).unwrap();
+    let (a, b) = (reference.outputs(&twice).0, reference.outputs(&double).0);
+    assert!(max_difference(&a, &b) <= LORA_TOLERANCE, "{}", max_difference(&a, &b));
+    let before = snapshot(&StableDiffusion::open(&pipeline("sd15_tiny"), &ModelOptions::default()).unwrap());
+    twice.unload_lora();
+    assert_identical(&before, &snapshot(&twice), "after unloading two adapters");
+}
+
+#[test]
+fn a_lora_for_another_model_is_refused_by_name_and_changes_nothing() {
+    // sd15_tiny's adapter on sd2_tiny: other layers, other shapes.
+    let mut model = StableDiffusion::open(&pipeline("sd2_tiny"), &ModelOptions::default()).unwrap();
+    let before = snapshot(&model);
+    let err = model.load_lora(&peft_lora(), 1.0).err().expect("another base");
+    assert!(err.to_string().contains("unet.") && err.to_string().contains("another base model"), "{err}");
+    assert_identical(&before, &snapshot(&model), "after a refused adapter");
+    assert!(!model.has_lora());
+
+    // One unknown module among known ones: refused as a whole.
+    let mut model = StableDiffusion::open(&pipeline("sd15_tiny"), &ModelOptions::default()).unwrap();
+    let before = snapshot(&model);
+    let dir = tempfile::tempdir().unwrap();
+    let renamed = dir.path().join("renamed.safetensors");
+    let tensors: Vec<(String, Tensor)> = Tensor::read_safetensors(peft_lora())
+        .unwrap()
+        .into_iter()
+        .map(|(name, t)| (name.replace("unet.mid_block.attentions.0.proj_in", "unet.mid_block.attentions.0.proj_sideways"), t))
+        .collect();
+    Tensor::write_safetensors(&tensors, &renamed).unwrap();
+    let err = model.load_lora(&renamed, 1.0).err().expect("unknown module");
+    assert!(err.to_string().contains("unet.mid_block.attentions.0.proj_sideways"), "{err}");
+    assert_identical(&before, &snapshot(&model), "after a refused adapter");
+
+    // Misshapen factors for a known module.
+    let misshapen = dir.path().join("misshapen.safetensors");
+    let tensors: Vec<(String, Tensor)> = Tensor::read_safetensors(peft_lora())
+        .unwrap()
+        .into_iter()
+        .map(|(name, t)| if name.ends_with("attn1.to_q.lora_A.weight") { (name, Tensor::zeros([4, 7], (tch::Kind::Float, tch::Device::Cpu))) } else { (name, t) })
+        .collect();
+    Tensor::write_safetensors(&tensors, &misshapen).unwrap();
+    let err = model.load_lora(&misshapen, 1.0).err().expect("misshapen factors");
+    assert!(err.to_string().contains("to_q") && err.to_string().contains("[4, 7]"), "{err}");
+    assert_identical(&before, &snapshot(&model), "after a refused adapter");
+}

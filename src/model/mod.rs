@@ -7,6 +7,7 @@ pub mod config;
 pub mod ddim;
 pub mod embeddings;
 pub mod loading;
+pub mod lora;
 pub mod nn;
 pub mod resnet;
 pub mod scheduler;
@@ -16,6 +17,7 @@ pub mod unet;
 pub mod vae;
 pub mod weights;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,6 +26,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
 use clip::ClipTextModel;
+use lora::{LoraState, Target};
 use config::{read_json, ClipTextConfig, UNetConfig, VaeConfig};
 use scheduler::NoiseSchedule;
 use single_file::{Layout, SingleFileOptions};
@@ -151,13 +154,17 @@ fn read_config<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<(serde_json
     Ok((raw, typed))
 }
 
-/// A loaded Stable Diffusion model. All operations take `&self`, and a model may be shared between
-/// threads: the weights are never written after loading.
+/// A loaded Stable Diffusion model. All operations but loading and unloading LoRA adapters take
+/// `&self`, and a model may be shared between threads: the weights are only written through `&mut self`.
 pub struct StableDiffusion {
     unet: UNet2DConditionModel,
     /// The trainable components' tensors and configs: what training updates and saves.
     unet_weights: ComponentWeights,
     vae_weights: ComponentWeights,
+    /// The text encoder's tensors by name: what LoRA adapters update.
+    text_encoder_parameters: Vec<(String, Tensor)>,
+    /// The base weights that loaded LoRA adapters replaced.
+    lora: LoraState,
     vae: AutoencoderKL,
     text_encoder: ClipTextModel,
     tokenizer: ClipTokenizer,
@@ -171,8 +178,9 @@ pub struct StableDiffusion {
 }
 
 // SAFETY: while a model is shared its tensors are only read: every operation takes `&self` and feeds
-// them to libtorch operators that allocate new outputs and never write their inputs. The one writer,
-// finetuning's `Trainer`, owns the model, so no other thread can see it then (its writes to tensors
+// them to libtorch operators that allocate new outputs and never write their inputs. The writers,
+// finetuning's `Trainer` (which owns the model) and LoRA loading and unloading (`&mut self`), have it
+// to themselves, so no other thread can see it then (its writes to tensors
 // that view a weight file's private mapping land in copy-on-write pages of this process). libtorch tensors'
 // reference counts are atomic, so concurrent shallow copies are sound as well.
 unsafe impl Sync for StableDiffusion {}
@@ -300,7 +308,7 @@ impl StableDiffusion {
     fn load(sources: Sources, device: Device, dtype: Kind) -> Result<Self> {
         let Sources { tokenizer, schedule, unet: (unet_json, unet_config, unet_files), vae: (vae_json, vae_config, vae_files), text_encoder: (text_config, text_files) } = sources;
         let mut mappings = Vec::new();
-        let (unet, unet_weights, vae, vae_weights, text_encoder) = tch::no_grad(|| -> Result<_> {
+        let (unet, unet_weights, vae, vae_weights, text_encoder, text_encoder_parameters) = tch::no_grad(|| -> Result<_> {
             let unet = UNet2DConditionModel::load(&WeightPath::root(&unet_files), unet_config)?;
             mappings.extend(unet_files.mappings_in_use());
             let unet_weights = ComponentWeights { parameters: unet_files.into_parameters(), config: unet_json };
@@ -309,9 +317,40 @@ impl StableDiffusion {
             let vae_weights = ComponentWeights { parameters: vae_files.into_parameters(), config: vae_json };
             let text_encoder = ClipTextModel::load(&WeightPath::root(&text_files), text_config)?;
             mappings.extend(text_files.mappings_in_use());
-            Ok((unet, unet_weights, vae, vae_weights, text_encoder))
+            Ok((unet, unet_weights, vae, vae_weights, text_encoder, text_files.into_parameters()))
         })?;
-        Ok(StableDiffusion { unet, unet_weights, vae_weights, vae, text_encoder, tokenizer, schedule, device, dtype, _mappings: mappings })
+        let lora = LoraState::default();
+        Ok(StableDiffusion { unet, unet_weights, vae_weights, text_encoder_parameters, lora, vae, text_encoder, tokenizer, schedule, device, dtype, _mappings: mappings })
+    }
+
+    /// Merges the LoRA adapter at `path` (a `.safetensors` file in diffusers/peft or kohya naming, for
+    /// the UNet and/or the text encoder) into the weights at `scale`, on top of any adapter already
+    /// loaded (see [`lora`]). An adapter that names layers this model lacks, or whose shapes do not fit,
+    /// is refused with their names and leaves the model unchanged.
+    pub fn load_lora(&mut self, path: &Path, scale: f64) -> Result<()> {
+        if !scale.is_finite() {
+            return Err(Error::InvalidArgument(format!("LoRA scale must be finite, got {scale}")));
+        }
+        let updates = tch::no_grad(|| {
+            let parameters = HashMap::from([(Target::Unet, self.unet_weights.parameters.as_slice()), (Target::TextEncoder, self.text_encoder_parameters.as_slice())]);
+            lora::merged_weights(path, scale, &parameters)
+        })?;
+        let layers = updates.len();
+        let mut parameters = HashMap::from([(Target::Unet, self.unet_weights.parameters.as_mut_slice()), (Target::TextEncoder, self.text_encoder_parameters.as_mut_slice())]);
+        tch::no_grad(|| lora::install(updates, &mut parameters, &mut self.lora))?;
+        tracing::info!(path = %path.display(), scale, layers, "LoRA merged");
+        Ok(())
+    }
+
+    /// Removes every loaded LoRA adapter: the weights are the base model's again, bit for bit.
+    pub fn unload_lora(&mut self) {
+        let mut parameters = HashMap::from([(Target::Unet, self.unet_weights.parameters.as_mut_slice()), (Target::TextEncoder, self.text_encoder_parameters.as_mut_slice())]);
+        tch::no_grad(|| lora::uninstall(&mut parameters, &mut self.lora));
+    }
+
+    /// Whether a LoRA adapter is merged into the weights.
+    pub fn has_lora(&self) -> bool {
+        !self.lora.is_empty()
     }
 
     pub fn device(&self) -> Device {
@@ -332,6 +371,11 @@ impl StableDiffusion {
 
     pub fn vae_weights(&self) -> &ComponentWeights {
         &self.vae_weights
+    }
+
+    /// The text encoder's tensors by name (as its weight files name them).
+    pub fn text_encoder_parameters(&self) -> &[(String, Tensor)] {
+        &self.text_encoder_parameters
     }
 
     pub fn vae(&self) -> &AutoencoderKL {
