@@ -246,3 +246,52 @@ fn a_lora_for_another_model_is_refused_by_name_and_changes_nothing() {
     assert!(err.to_string().contains("to_q") && err.to_string().contains("[4, 7]"), "{err}");
     assert_identical(&before, &snapshot(&model), "after a refused adapter");
 }
+
+// The C API: a single file opened with options, a LoRA loaded and unloaded through the handle.
+
+fn c_text_embeddings(model: *const diffmine::ffi::dm_model, prompt: &str) -> Vec<f32> {
+    let text = std::ffi::CString::new(prompt).unwrap();
+    let mut out = vec![0f32; 77 * 32];
+    // SAFETY: NUL-terminated text, `out` holds `out.len()` floats.
+    let status = unsafe { diffmine::ffi::dm_model_text_embeddings(model, text.as_ptr(), out.as_mut_ptr(), out.len()) };
+    assert_eq!(status, diffmine::ffi::dm_status::DM_OK, "{}", common::c_last_error());
+    out
+}
+
+#[test]
+fn the_c_api_opens_single_files_and_loads_and_unloads_lora() {
+    use diffmine::ffi::{dm_model_load_lora, dm_model_open, dm_model_options, dm_model_options_default, dm_model_unload_lora, dm_status};
+    let reference = LoraReference::load();
+    let c = |p: &Path| std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+    let (file, config) = (c(&single_file("sd15_tiny")), c(&pipeline("sd15_tiny")));
+    // SAFETY: a zeroed options struct is filled by dm_model_options_default before use.
+    let mut options: dm_model_options = unsafe { std::mem::zeroed() };
+    // SAFETY: a writable options struct.
+    assert_eq!(unsafe { dm_model_options_default(&mut options) }, dm_status::DM_OK);
+    options.config_path = config.as_ptr();
+    let mut model = std::ptr::null_mut();
+    // SAFETY: NUL-terminated strings that outlive the call, a valid out pointer.
+    assert_eq!(unsafe { dm_model_open(file.as_ptr(), &options, &mut model) }, dm_status::DM_OK, "{}", common::c_last_error());
+    let model = common::CModel(model);
+
+    let base = c_text_embeddings(model.0, &reference.prompt);
+    let lora = c(&kohya_lora());
+    // SAFETY: a live model and a NUL-terminated path.
+    assert_eq!(unsafe { dm_model_load_lora(model.0, lora.as_ptr(), reference.scale as f32) }, dm_status::DM_OK, "{}", common::c_last_error());
+    let adapted = Tensor::from_slice(&c_text_embeddings(model.0, &reference.prompt)).reshape([1, 77, 32]);
+    assert!(max_difference(&adapted, reference.get("adapted.text_embeddings")) <= LORA_TOLERANCE);
+    assert_eq!(dm_model_unload_lora(model.0), dm_status::DM_OK);
+    assert_eq!(c_text_embeddings(model.0, &reference.prompt), base, "unloading restores the base exactly");
+
+    let other = c(&models_fixture_dir().join("single/sd2_tiny.safetensors"));
+    // SAFETY: as above.
+    assert_eq!(unsafe { dm_model_load_lora(model.0, other.as_ptr(), 1.0) }, dm_status::DM_ERR_INVALID_ARGUMENT, "a whole model is no LoRA");
+    // SAFETY: NULL model, valid path.
+    assert_eq!(unsafe { dm_model_load_lora(std::ptr::null_mut(), lora.as_ptr(), 1.0) }, dm_status::DM_ERR_NULL_ARGUMENT);
+    // SAFETY: valid model, NULL path.
+    assert_eq!(unsafe { dm_model_load_lora(model.0, std::ptr::null(), 1.0) }, dm_status::DM_ERR_NULL_ARGUMENT);
+    let pickle = c(Path::new("/nonexistent/model.ckpt"));
+    let mut other_model = std::ptr::null_mut();
+    // SAFETY: as above.
+    assert_eq!(unsafe { dm_model_open(pickle.as_ptr(), &options, &mut other_model) }, dm_status::DM_ERR_IO);
+}

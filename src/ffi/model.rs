@@ -203,6 +203,37 @@ pub extern "C" fn dm_model_free(model: *mut dm_model) -> dm_status {
     guard(|| handle::release::<StableDiffusion, dm_model>(model, "model"))
 }
 
+/// Merges the LoRA adapter at `path` (UTF-8; a `.safetensors` file in diffusers/peft or kohya naming,
+/// for the UNet and/or the text encoder) into the model's weights at `scale` (1.0: as trained). A
+/// second adapter stacks on the first. An adapter naming layers the model lacks, or whose shapes do
+/// not fit, gives `DM_ERR_INVALID_ARGUMENT` with their names and leaves the model unchanged. The model
+/// must not be in use meanwhile: a call running on it on another thread, or a miner made from it,
+/// gives `DM_ERR_INVALID_ARGUMENT` (free the miner first).
+///
+/// # Safety
+/// `path` must be a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn dm_model_load_lora(model: *mut dm_model, path: *const c_char, scale: f32) -> dm_status {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let path = unsafe { required_str(path, "path") }?;
+        handle::with_exclusive::<StableDiffusion, dm_model, _>(model, "model", |model| Ok(model.load_lora(Path::new(path), f64::from(scale))?))
+    })
+}
+
+/// Removes every LoRA adapter loaded into the model: its weights are the base model's again, bit for
+/// bit. Without adapters it does nothing. The model must not be in use meanwhile (see
+/// `dm_model_load_lora`).
+#[no_mangle]
+pub extern "C" fn dm_model_unload_lora(model: *mut dm_model) -> dm_status {
+    guard(|| {
+        handle::with_exclusive::<StableDiffusion, dm_model, _>(model, "model", |model| {
+            model.unload_lora();
+            Ok(())
+        })
+    })
+}
+
 pub(crate) fn model_ref(model: *const dm_model) -> FfiResult<std::sync::Arc<StableDiffusion>> {
     handle::get::<StableDiffusion, dm_model>(model, "model")
 }
