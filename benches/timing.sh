@@ -11,7 +11,7 @@ results="$work/results.jsonl"
 log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
 export OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
 needs_model=$([ "${2:-}" = --no-model ] && echo 0 || echo 1)
-if [ "$needs_model" = 1 ] && [ -z "${SKIP_BUILD:-}" ]; then log "building the CLI (release)"; cargo build --release --bin diffmine >&2; fi
+if [ "$needs_model" = 1 ] && [ -z "${SKIP_BUILD:-}" ]; then log "building the CLI (release)"; cargo build --release --features synthetic --bin diffmine >&2; fi
 cli="$root/target/release/diffmine"
 
 hz=$(getconf CLK_TCK)

@@ -3,7 +3,7 @@
 //!
 //! Usage: umap FEATURES.npy EMBEDDING.npy
 //!
-//! Reads a float32 (n, d) `.npy`, embeds it with `diffmine::translate::umap::embed` as the
+//! Reads a float32 (n, d) `.npy`, embeds it with `diffmine::mining::cotypicality::umap::embed` as the
 //! co-typicality miner does (15 neighbours, 32 components, seed 42, the other options at their
 //! defaults), writes the (n, 32) embedding as `.npy` and prints one JSON line: n, dims, the seconds of
 //! `embed` (reading and writing the files are outside it), the seconds of each of its stages (the
@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use diffmine::translate::umap::{embed, UmapOptions};
+use diffmine::mining::cotypicality::umap::{embed, UmapOptions};
 use tch::Tensor;
 use tracing::span::{Attributes, Id};
 use tracing::Subscriber;

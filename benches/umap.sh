@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Our UMAP (src/translate/umap.rs) at the co-typicality miner's sizes against umap-learn: the miner fits
+# Our UMAP (src/mining/cotypicality/umap.rs) at the co-typicality miner's sizes against umap-learn: the miner fits
 # one UMAP (15 neighbours, 32 components) on the DIFT features (1280 dimensions for SD 1.5) of every
 # version of every kept box, up to 10 000 boxes times the number of labels.
 #

@@ -9,7 +9,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 bash scripts/setup.sh
 source scripts/env.sh
-cargo build --release --quiet
+cargo build --release --quiet --features synthetic
 bin=target/release/diffmine
 finetuned=models/demo/finetuned
 pretrained=models/demo/pretrained

@@ -13,7 +13,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 bash scripts/setup.sh
 source scripts/env.sh
-cargo build --release --quiet
+cargo build --release --quiet --features synthetic
 
 work=${DEMO_WORK:-target/demo-build}
 bin=target/release/diffmine

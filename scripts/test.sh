@@ -8,6 +8,7 @@ cd "$root"
 bash scripts/setup.sh
 source scripts/env.sh
 # The C programs and the Python binding link libdiffmine.so, which `cargo test` alone does not build;
-# both commands share the release profile, so this is one build.
-cargo build --release
+# both commands share the release profile and the features (the tests' dev-dependency on the crate
+# turns on `synthetic`), so this is one build.
+cargo build --release --features synthetic
 cargo test --release --no-fail-fast

@@ -11,6 +11,7 @@ pub mod image;
 pub mod mining;
 pub mod model;
 pub mod rng;
+#[cfg(feature = "synthetic")]
 pub mod synthetic;
 pub mod translate;
 pub mod typicality;

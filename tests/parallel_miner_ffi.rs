@@ -17,9 +17,9 @@ use diffmine::ffi::{
 };
 use diffmine::image::{to_rgb8, ImageView, PixelType};
 use diffmine::mining::cluster::ClusterOptions;
+use diffmine::mining::cotypicality::{parallel_set, CotypicalMiner, CotypicalResult, ParallelMiningOptions, Projection};
 use diffmine::mining::dift::DiftOptions;
 use diffmine::model::{ModelOptions, StableDiffusion};
-use diffmine::translate::parallel::{parallel_set, CotypicalMiner, CotypicalResult, ParallelMiningOptions, Projection};
 use diffmine::translate::TranslateOptions;
 use diffmine::typicality::TypicalityOptions;
 use tch::Tensor;

@@ -16,11 +16,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use diffmine::mining::cluster::RankedCluster;
+use diffmine::mining::cotypicality::report::{write_parallel_report, ParallelReportOptions, ReportSource, VersionStore};
+use diffmine::mining::cotypicality::{CotypicalElement, CotypicalResult};
 use diffmine::mining::miner::{LabelResult, MinedPatch};
 use diffmine::mining::patches::PatchBox;
 use diffmine::mining::report::{write_comparison, write_report, ReportOptions};
-use diffmine::translate::parallel::{CotypicalElement, CotypicalResult};
-use diffmine::translate::report::{write_parallel_report, ParallelReportOptions, ReportSource, VersionStore};
 use serde_json::Value;
 
 const CHECKER: &str = r#"<!DOCTYPE html>

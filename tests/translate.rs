@@ -268,8 +268,8 @@ fn bad_input_is_an_invalid_argument_that_says_what_is_wrong() {
 #[test]
 fn parallel_sets_mine_co_typical_elements_end_to_end() {
     use diffmine::mining::cluster::ClusterOptions;
+    use diffmine::mining::cotypicality::{parallel_set, CotypicalMiner, ParallelMiningOptions};
     use diffmine::mining::dift::DiftOptions;
-    use diffmine::translate::parallel::{parallel_set, CotypicalMiner, ParallelMiningOptions};
     use diffmine::typicality::TypicalityOptions;
 
     let (r, model) = (&reference(), open());

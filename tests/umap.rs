@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use diffmine::translate::umap::{embed, UmapOptions};
+use diffmine::mining::cotypicality::umap::{embed, UmapOptions};
 use serde_json::Value;
 use tch::Tensor;
 

@@ -14,7 +14,7 @@ samples=${2:-100}
 per_label=${3:-1000}
 cd "$root"
 source scripts/env.sh
-cargo build --release --quiet --bin diffmine
+cargo build --release --quiet --features synthetic --bin diffmine
 bin=target/release/diffmine
 $bin synth --out "$out/held-out" --seed 1 --split held-out --per-label "$per_label"
 $bin mine --model models/demo/finetuned --base models/demo/pretrained --data "$out/held-out" \

@@ -35,15 +35,16 @@ use diffmine::dicom::{open_image, DicomFile, DicomOptions, MapKind};
 use diffmine::finetune::{finetune, FinetuneOptions, StepCompute, TrainOptions};
 use diffmine::image::{to_rgb8, to_rgb_image};
 use diffmine::mining::cluster::ClusterOptions;
+use diffmine::mining::cotypicality::report::{write_parallel_report, ParallelReportOptions, ReportSource, VersionStore};
+use diffmine::mining::cotypicality::{parallel_set, CotypicalMiner, ParallelMiningOptions, Projection};
 use diffmine::mining::dift::DiftOptions;
 use diffmine::mining::miner::{mine, MiningOptions, StageTimes};
 use diffmine::mining::patches::select_patches;
 use diffmine::mining::report::{write_comparison, write_report, ReportOptions};
 use diffmine::model::single_file::SingleFileOptions;
 use diffmine::model::{parse_device, parse_dtype, ComponentOverrides, ModelOptions, StableDiffusion};
+#[cfg(feature = "synthetic")]
 use diffmine::synthetic::{write_dataset, write_dicom_copies, SyntheticOptions};
-use diffmine::translate::parallel::{parallel_set, CotypicalMiner, ParallelMiningOptions, Projection};
-use diffmine::translate::report::{write_parallel_report, ParallelReportOptions, ReportSource, VersionStore};
 use diffmine::translate::{generate, translate, GenerateOptions, TranslateOptions};
 use diffmine::typicality::{typicality, LatentMode, TypicalityOptions};
 use diffmine::{Error, Result};
@@ -487,8 +488,16 @@ fn finetune_command(args: &Args) -> Result<()> {
     Ok(())
 }
 
+#[cfg(not(feature = "synthetic"))]
+fn synth_command(_: &Args) -> Result<()> {
+    Err(Error::InvalidArgument(
+        "this diffmine was built without the synthetic data generator: build it with `cargo build --release --features synthetic`".into(),
+    ))
+}
+
 /// Writes the synthetic radiograph set with its planted boxes; `--split held-out` gives the held-out
 /// set of the same options (another seed, patient IDs after the training set's).
+#[cfg(feature = "synthetic")]
 fn synth_command(args: &Args) -> Result<()> {
     let defaults = SyntheticOptions::default();
     let train = SyntheticOptions {

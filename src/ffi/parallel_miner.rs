@@ -21,10 +21,10 @@ use super::typicality::{dm_progress_fn, progress_adapter};
 use crate::dataset::{load_image_or_pixels, Pixels};
 use crate::error::{Error, Result};
 use crate::mining::cluster::ClusterOptions;
+use crate::mining::cotypicality::report::{write_parallel_report, ParallelReportOptions, ReportSource, VersionStore};
+use crate::mining::cotypicality::{parallel_set, CotypicalMiner, CotypicalResult, ParallelMiningOptions, Projection};
 use crate::mining::dift::DiftOptions;
 use crate::model::StableDiffusion;
-use crate::translate::parallel::{parallel_set, CotypicalMiner, CotypicalResult, ParallelMiningOptions, Projection};
-use crate::translate::report::{write_parallel_report, ParallelReportOptions, ReportSource, VersionStore};
 use crate::typicality::{Progress, TypicalityOptions};
 
 /// A co-typicality mining job: its model, labels, options, source images and, once run, its results.

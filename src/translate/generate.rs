@@ -4,8 +4,8 @@
 use tch::Tensor;
 
 use super::check_guidance;
-use super::sampler::GuidedSampler;
 use crate::error::{Error, Result};
+use crate::model::ddim::guided::GuidedSampler;
 use crate::model::ddim::Ddim;
 use crate::model::StableDiffusion;
 use crate::rng::SplitMix64;

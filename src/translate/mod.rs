@@ -12,24 +12,19 @@
 //! each). All targets of one image share one batch: [source branch, unconditional × N, conditional × N].
 //! The authors' code ran one target per batch; rows only meet through the injection, which copies the
 //! source row alone, so the result is the same.
-pub mod cotypicality;
 mod generate;
-pub mod parallel;
-pub mod report;
-mod sampler;
-pub mod umap;
 
 use tch::{Kind, Tensor};
 
 pub use generate::{generate, GenerateOptions, Generation};
 
 use crate::error::{Error, Result};
+use crate::model::ddim::guided::{GuidedSampler, SourceBranch};
 use crate::model::ddim::{self, Ddim};
 use crate::model::unet::Injection;
 use crate::model::StableDiffusion;
 use crate::rng::SplitMix64;
 use crate::typicality::{LatentMode, Progress};
-use sampler::{GuidedSampler, SourceBranch};
 
 /// The injection sites of the Plug-and-Play authors for Stable Diffusion's UNet.
 pub fn default_injection_sites() -> Injection {

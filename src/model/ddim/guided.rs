@@ -3,8 +3,8 @@
 //! then classifier-free guidance and a DDIM step.
 use tch::Tensor;
 
+use super::Ddim;
 use crate::error::Result;
-use crate::model::ddim::Ddim;
 use crate::model::unet::Injection;
 use crate::model::StableDiffusion;
 

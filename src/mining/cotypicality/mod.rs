@@ -7,19 +7,23 @@
 //!
 //! Memory is bounded by the boxes kept (at most `top`, each with one feature per version), not by the
 //! number of images: a set's versions can be dropped once added.
+pub mod elements;
+pub mod report;
+pub mod umap;
+
 use std::collections::HashMap;
 
 use tch::Tensor;
 
-pub use super::cotypicality::Projection;
-use super::cotypicality::{cotypical_patches, sequence_features};
-use super::{translate, TranslateOptions};
 use crate::error::{Error, Result};
 use crate::mining::cluster::{kmeans, rank_clusters, ClusterOptions, RankedCluster};
 use crate::mining::dift::{box_feature, dift_features, DiftOptions};
 use crate::mining::patches::{top_patches, ImagePatch, PatchBox};
 use crate::model::StableDiffusion;
+use crate::translate::{translate, TranslateOptions};
 use crate::typicality::{typicality, Progress, TypicalityOptions};
+pub use elements::Projection;
+use elements::{cotypical_patches, sequence_features};
 
 #[derive(Debug)]
 pub struct ParallelMiningOptions {

@@ -7,6 +7,10 @@
 //! t − T/n (integer division, as diffusers has it even where the spacing is not exactly T/n), and an
 //! inversion step from t − T/n up to t. Below timestep 0 the level is ᾱ = 1 when the config sets
 //! `set_alpha_to_one`, else ᾱ_0.
+//!
+//! `guided` holds the denoising step built on it that translation and text-to-image share.
+pub(crate) mod guided;
+
 use tch::Tensor;
 
 use super::scheduler::{NoiseSchedule, PredictionType};

@@ -5,13 +5,13 @@
 //! order, the source image's own version framed in red) and `index.html` showing them.
 //!
 //! The strips need the versions of every element's parallel set, but a run makes thousands of sets one
-//! at a time and keeps none of them (see [`super::parallel`]). A [`VersionStore`] therefore saves each
+//! at a time and keeps none of them (see [`super`]). A [`VersionStore`] therefore saves each
 //! set's versions as PNGs as the set is made, so memory stays bounded by the miner's kept boxes, and
 //! opens the crops again when the report is written.
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use super::parallel::{CotypicalElement, CotypicalResult, ParallelSet};
+use super::{CotypicalElement, CotypicalResult, ParallelSet};
 use crate::error::{Error, Result};
 use crate::image::to_rgb_image;
 use crate::mining::patches::PatchBox;
