@@ -183,9 +183,13 @@ fn lora_in_peft_and_kohya_naming_equals_diffusers_load_lora_weights_and_unloads_
         model.load_lora(&file, reference.scale).unwrap();
         assert!(model.has_lora());
         let (unet, text) = reference.outputs(&model);
-        let (unet_error, text_error) = (max_difference(&unet, reference.get("adapted.unet_output")), max_difference(&text, reference.get("adapted.text_embeddings")));
+        let (unet_error, text_error) =
+            (max_difference(&unet, reference.get("adapted.unet_output")), max_difference(&text, reference.get("adapted.text_embeddings")));
         let (unet_change, text_change) = (max_difference(&unet, &base_unet), max_difference(&text, &base_text));
-        println!("{}: UNet {unet_error:.2e} from diffusers (adapter changes it by {unet_change:.3}), text {text_error:.2e} (by {text_change:.3})", file.display());
+        println!(
+            "{}: UNet {unet_error:.2e} from diffusers (adapter changes it by {unet_change:.3}), text {text_error:.2e} (by {text_change:.3})",
+            file.display()
+        );
         assert!(unet_error <= LORA_TOLERANCE && text_error <= LORA_TOLERANCE, "{}", file.display());
         assert!(unet_change > 1000.0 * LORA_TOLERANCE && text_change > 1000.0 * LORA_TOLERANCE, "the adapter must change the outputs");
         model.unload_lora();
@@ -214,7 +218,7 @@ fn a_lora_for_another_model_is_refused_by_name_and_changes_nothing() {
     // sd15_tiny's adapter on sd2_tiny: other layers, other shapes.
     let mut model = StableDiffusion::open(&pipeline("sd2_tiny"), &ModelOptions::default()).unwrap();
     let before = snapshot(&model);
-    let err = model.load_lora(&peft_lora(), 1.0).err().expect("another base");
+    let err = model.load_lora(&peft_lora(), 1.0).expect_err("another base");
     assert!(err.to_string().contains("unet.") && err.to_string().contains("another base model"), "{err}");
     assert_identical(&before, &snapshot(&model), "after a refused adapter");
     assert!(!model.has_lora());
@@ -230,7 +234,7 @@ fn a_lora_for_another_model_is_refused_by_name_and_changes_nothing() {
         .map(|(name, t)| (name.replace("unet.mid_block.attentions.0.proj_in", "unet.mid_block.attentions.0.proj_sideways"), t))
         .collect();
     Tensor::write_safetensors(&tensors, &renamed).unwrap();
-    let err = model.load_lora(&renamed, 1.0).err().expect("unknown module");
+    let err = model.load_lora(&renamed, 1.0).expect_err("unknown module");
     assert!(err.to_string().contains("unet.mid_block.attentions.0.proj_sideways"), "{err}");
     assert_identical(&before, &snapshot(&model), "after a refused adapter");
 
@@ -239,10 +243,18 @@ fn a_lora_for_another_model_is_refused_by_name_and_changes_nothing() {
     let tensors: Vec<(String, Tensor)> = Tensor::read_safetensors(peft_lora())
         .unwrap()
         .into_iter()
-        .map(|(name, t)| if name.ends_with("attn1.to_q.lora_A.weight") { (name, Tensor::zeros([4, 7], (tch::Kind::Float, tch::Device::Cpu))) } else { (name, t) })
+        .map(
+            |(name, t)| {
+                if name.ends_with("attn1.to_q.lora_A.weight") {
+                    (name, Tensor::zeros([4, 7], (tch::Kind::Float, tch::Device::Cpu)))
+                } else {
+                    (name, t)
+                }
+            },
+        )
         .collect();
     Tensor::write_safetensors(&tensors, &misshapen).unwrap();
-    let err = model.load_lora(&misshapen, 1.0).err().expect("misshapen factors");
+    let err = model.load_lora(&misshapen, 1.0).expect_err("misshapen factors");
     assert!(err.to_string().contains("to_q") && err.to_string().contains("[4, 7]"), "{err}");
     assert_identical(&before, &snapshot(&model), "after a refused adapter");
 }
@@ -293,5 +305,5 @@ fn the_c_api_opens_single_files_and_loads_and_unloads_lora() {
     let pickle = c(Path::new("/nonexistent/model.ckpt"));
     let mut other_model = std::ptr::null_mut();
     // SAFETY: as above.
-    assert_eq!(unsafe { dm_model_open(pickle.as_ptr(), &options, &mut other_model) }, dm_status::DM_ERR_IO);
+    assert_eq!(unsafe { dm_model_open(pickle.as_ptr(), &options, &mut other_model) }, dm_status::DM_ERR_UNSUPPORTED, "refused by its name");
 }

@@ -54,6 +54,8 @@ const USAGE: &str = "usage:
   diffmine info      --model DIR [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16] [--variant fp16]
                      [--base DIR]   (every command: components the model folder lacks come from DIR;
                                     for a single-file MODEL.safetensors, DIR gives its configs and tokenizer)
+                     [--lora FILE.safetensors [--lora-scale 1.0]]   (every command: a LoRA adapter,
+                                    diffusers/peft or kohya naming, merged into the model's weights)
   diffmine tokenize  --model DIR --text TEXT
   diffmine roundtrip --model DIR --image FILE --out FILE.png
   diffmine denoise   --model DIR --image FILE --prompt TEXT --t STEP --out FILE.png [--seed N]
@@ -94,7 +96,7 @@ const USAGE: &str = "usage:
   DICOM with --dicom-out overlay|raw (a Secondary Capture in the source's study, at PREFIX.dcm).";
 
 /// The options every command that opens a model takes besides the ones its usage block lists.
-const MODEL_OPTIONS: [&str; 4] = ["device", "dtype", "variant", "base"];
+const MODEL_OPTIONS: [&str; 6] = ["device", "dtype", "variant", "base", "lora", "lora-scale"];
 
 /// The options `command` takes, read from its block in [`USAGE`] (the line that starts with
 /// `diffmine <command>` and the indented lines under it), so the help text is the one list of them.
@@ -195,7 +197,13 @@ fn model_options(args: &Args) -> Result<ModelOptions> {
 }
 
 fn open_model(args: &Args) -> Result<StableDiffusion> {
-    StableDiffusion::open(Path::new(args.required("model")?), &model_options(args)?)
+    let mut model = StableDiffusion::open(Path::new(args.required("model")?), &model_options(args)?)?;
+    if let Some(lora) = args.optional("lora") {
+        model.load_lora(Path::new(lora), args.parsed("lora-scale", 1.0)?)?;
+    } else if args.optional("lora-scale").is_some() {
+        return Err(Error::InvalidArgument("--lora-scale needs --lora FILE".into()));
+    }
+    Ok(model)
 }
 
 /// The model of `--baseline DIR` (components it lacks from `--baseline-base DIR`), on the same
@@ -207,6 +215,9 @@ fn open_baseline(args: &Args) -> Result<StableDiffusion> {
         Some(base) => baseline_args.0.insert("base".into(), base.into()),
         None => baseline_args.0.remove("base"),
     };
+    // The adapter belongs to --model, not to the baseline it is compared with.
+    baseline_args.0.remove("lora");
+    baseline_args.0.remove("lora-scale");
     open_model(&baseline_args)
 }
 

@@ -237,7 +237,11 @@ pub fn merged_weights(path: &Path, scale: f64, parameters: &HashMap<Target, &[(S
         return Err(Error::InvalidArgument(format!("{}: the model has no layers named {} (a LoRA for another base model?)", path.display(), listed(&unknown))));
     }
     if !problems.is_empty() {
-        return Err(Error::InvalidArgument(format!("{}: the adapter does not fit this model: {} (a LoRA for another base model?)", path.display(), listed(&problems))));
+        return Err(Error::InvalidArgument(format!(
+            "{}: the adapter does not fit this model: {} (a LoRA for another base model?)",
+            path.display(),
+            listed(&problems)
+        )));
     }
     Ok(updates)
 }
@@ -304,7 +308,10 @@ mod tests {
 
     #[test]
     fn older_attention_processor_names_map_to_the_modules() {
-        assert_eq!(processor_module(Target::Unet, "down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_out_lora"), "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0");
+        assert_eq!(
+            processor_module(Target::Unet, "down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_out_lora"),
+            "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0"
+        );
         assert_eq!(processor_module(Target::TextEncoder, "text_model.encoder.layers.0.self_attn.to_k_lora"), "text_model.encoder.layers.0.self_attn.k_proj");
         assert_eq!(processor_module(Target::Unet, "mid_block.attentions.0.proj_in"), "mid_block.attentions.0.proj_in");
     }

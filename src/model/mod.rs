@@ -26,8 +26,8 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
 use clip::ClipTextModel;
-use lora::{LoraState, Target};
 use config::{read_json, ClipTextConfig, UNetConfig, VaeConfig};
+use lora::{LoraState, Target};
 use scheduler::NoiseSchedule;
 use single_file::{Layout, SingleFileOptions};
 use tokenizer::ClipTokenizer;
@@ -135,7 +135,13 @@ pub struct ModelOptions {
 
 impl Default for ModelOptions {
     fn default() -> Self {
-        ModelOptions { device: Device::Cpu, dtype: Kind::Float, variant: None, overrides: ComponentOverrides::default(), single_file: SingleFileOptions::default() }
+        ModelOptions {
+            device: Device::Cpu,
+            dtype: Kind::Float,
+            variant: None,
+            overrides: ComponentOverrides::default(),
+            single_file: SingleFileOptions::default(),
+        }
     }
 }
 
@@ -298,7 +304,7 @@ impl StableDiffusion {
     pub fn open(root: &Path, options: &ModelOptions) -> Result<Self> {
         let started = Instant::now();
         check_dtype_on_device(options.device, options.dtype)?;
-        let sources = if root.is_file() { Sources::single_file(root, options)? } else { Sources::folder(root, options)? };
+        let sources = if single_file::is_single_file(root) { Sources::single_file(root, options)? } else { Sources::folder(root, options)? };
         let model = Self::load(sources, options.device, options.dtype)?;
         tracing::info!(path = %root.display(), device = ?options.device, dtype = ?options.dtype, seconds = started.elapsed().as_secs_f64(), "model loaded");
         Ok(model)
@@ -306,7 +312,13 @@ impl StableDiffusion {
 
     /// Builds the networks from their weight files (tensors mapped or converted one by one).
     fn load(sources: Sources, device: Device, dtype: Kind) -> Result<Self> {
-        let Sources { tokenizer, schedule, unet: (unet_json, unet_config, unet_files), vae: (vae_json, vae_config, vae_files), text_encoder: (text_config, text_files) } = sources;
+        let Sources {
+            tokenizer,
+            schedule,
+            unet: (unet_json, unet_config, unet_files),
+            vae: (vae_json, vae_config, vae_files),
+            text_encoder: (text_config, text_files),
+        } = sources;
         let mut mappings = Vec::new();
         let (unet, unet_weights, vae, vae_weights, text_encoder, text_encoder_parameters) = tch::no_grad(|| -> Result<_> {
             let unet = UNet2DConditionModel::load(&WeightPath::root(&unet_files), unet_config)?;
@@ -320,7 +332,20 @@ impl StableDiffusion {
             Ok((unet, unet_weights, vae, vae_weights, text_encoder, text_files.into_parameters()))
         })?;
         let lora = LoraState::default();
-        Ok(StableDiffusion { unet, unet_weights, vae_weights, text_encoder_parameters, lora, vae, text_encoder, tokenizer, schedule, device, dtype, _mappings: mappings })
+        Ok(StableDiffusion {
+            unet,
+            unet_weights,
+            vae_weights,
+            text_encoder_parameters,
+            lora,
+            vae,
+            text_encoder,
+            tokenizer,
+            schedule,
+            device,
+            dtype,
+            _mappings: mappings,
+        })
     }
 
     /// Merges the LoRA adapter at `path` (a `.safetensors` file in diffusers/peft or kohya naming, for
@@ -332,11 +357,13 @@ impl StableDiffusion {
             return Err(Error::InvalidArgument(format!("LoRA scale must be finite, got {scale}")));
         }
         let updates = tch::no_grad(|| {
-            let parameters = HashMap::from([(Target::Unet, self.unet_weights.parameters.as_slice()), (Target::TextEncoder, self.text_encoder_parameters.as_slice())]);
+            let parameters =
+                HashMap::from([(Target::Unet, self.unet_weights.parameters.as_slice()), (Target::TextEncoder, self.text_encoder_parameters.as_slice())]);
             lora::merged_weights(path, scale, &parameters)
         })?;
         let layers = updates.len();
-        let mut parameters = HashMap::from([(Target::Unet, self.unet_weights.parameters.as_mut_slice()), (Target::TextEncoder, self.text_encoder_parameters.as_mut_slice())]);
+        let mut parameters =
+            HashMap::from([(Target::Unet, self.unet_weights.parameters.as_mut_slice()), (Target::TextEncoder, self.text_encoder_parameters.as_mut_slice())]);
         tch::no_grad(|| lora::install(updates, &mut parameters, &mut self.lora))?;
         tracing::info!(path = %path.display(), scale, layers, "LoRA merged");
         Ok(())
@@ -344,7 +371,8 @@ impl StableDiffusion {
 
     /// Removes every loaded LoRA adapter: the weights are the base model's again, bit for bit.
     pub fn unload_lora(&mut self) {
-        let mut parameters = HashMap::from([(Target::Unet, self.unet_weights.parameters.as_mut_slice()), (Target::TextEncoder, self.text_encoder_parameters.as_mut_slice())]);
+        let mut parameters =
+            HashMap::from([(Target::Unet, self.unet_weights.parameters.as_mut_slice()), (Target::TextEncoder, self.text_encoder_parameters.as_mut_slice())]);
         tch::no_grad(|| lora::uninstall(&mut parameters, &mut self.lora));
     }
 

@@ -55,6 +55,13 @@ pub struct SingleFileOptions {
 /// PyTorch pickle checkpoints: executing code on load, they are refused with a way to convert them.
 const PICKLE_EXTENSIONS: [&str; 4] = ["ckpt", "pt", "pth", "bin"];
 
+/// Whether `path` is meant as a single file: it is one, or it is named like a checkpoint file (so that
+/// a missing `model.safetensors` or a `.ckpt` gets a message about files, not folders).
+pub fn is_single_file(path: &Path) -> bool {
+    let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    path.is_file() || (!path.is_dir() && (extension == "safetensors" || PICKLE_EXTENSIONS.contains(&extension.as_str())))
+}
+
 /// Refuses a file that is not a safetensors single-file checkpoint, saying how to make one.
 pub fn check_single_file(path: &Path) -> Result<()> {
     let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
@@ -239,7 +246,9 @@ fn vae_original_name(name: &str, levels: usize) -> Option<String> {
         ["mid_block", "attentions", "0", rest @ ..] => format!("mid.attn_1.{}", vae_attention_name(&rest.join("."))?),
         ["down_blocks", level, "resnets", index, rest] => format!("down.{level}.block.{index}.{}", vae_resnet_name(rest)),
         ["down_blocks", level, "downsamplers", "0", rest] => format!("down.{level}.downsample.{rest}"),
-        ["up_blocks", level, "resnets", index, rest] => format!("up.{}.block.{index}.{}", levels.checked_sub(1 + level.parse::<usize>().ok()?)?, vae_resnet_name(rest)),
+        ["up_blocks", level, "resnets", index, rest] => {
+            format!("up.{}.block.{index}.{}", levels.checked_sub(1 + level.parse::<usize>().ok()?)?, vae_resnet_name(rest))
+        }
         ["up_blocks", level, "upsamplers", "0", rest] => format!("up.{}.upsample.{rest}", levels.checked_sub(1 + level.parse::<usize>().ok()?)?),
         _ => return None,
     };
@@ -260,8 +269,11 @@ fn vae_attention_name(rest: &str) -> Option<String> {
 /// Where the OpenCLIP text encoder keeps the CLIP text model tensor diffusers calls `name`.
 fn open_clip_source(name: &str) -> Option<SourceKey> {
     let rest = name.strip_prefix("text_model.")?;
-    const TOP: [(&str, &str); 3] =
-        [("embeddings.position_embedding.weight", "positional_embedding"), ("embeddings.token_embedding.", "token_embedding."), ("final_layer_norm.", "ln_final.")];
+    const TOP: [(&str, &str); 3] = [
+        ("embeddings.position_embedding.weight", "positional_embedding"),
+        ("embeddings.token_embedding.", "token_embedding."),
+        ("final_layer_norm.", "ln_final."),
+    ];
     if let Some(found) = replace_prefix(rest, &TOP) {
         return Some(SourceKey::whole(format!("{OPEN_CLIP_PREFIX}{found}")));
     }
@@ -273,8 +285,13 @@ fn open_clip_source(name: &str) -> Option<SourceKey> {
             return Some(SourceKey { key: format!("{block}.attn.in_proj_{leaf}"), slice: Some((index as u64, 3)) });
         }
     }
-    const NAMES: [(&str, &str); 5] =
-        [("layer_norm1.", "ln_1."), ("layer_norm2.", "ln_2."), ("mlp.fc1.", "mlp.c_fc."), ("mlp.fc2.", "mlp.c_proj."), ("self_attn.out_proj.", "attn.out_proj.")];
+    const NAMES: [(&str, &str); 5] = [
+        ("layer_norm1.", "ln_1."),
+        ("layer_norm2.", "ln_2."),
+        ("mlp.fc1.", "mlp.c_fc."),
+        ("mlp.fc2.", "mlp.c_proj."),
+        ("self_attn.out_proj.", "attn.out_proj."),
+    ];
     Some(SourceKey::whole(format!("{block}.{}", replace_prefix(inner, &NAMES)?)))
 }
 
@@ -329,8 +346,12 @@ pub fn builtin_vae_config(version: SdVersion) -> serde_json::Value {
 /// penultimate layer's output).
 pub fn builtin_text_config(version: SdVersion) -> Result<ClipTextConfig> {
     let value = match version {
-        SdVersion::V1 => serde_json::json!({"hidden_act": "quick_gelu", "hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12, "num_hidden_layers": 12}),
-        SdVersion::V2 => serde_json::json!({"hidden_act": "gelu", "hidden_size": 1024, "intermediate_size": 4096, "num_attention_heads": 16, "num_hidden_layers": 23}),
+        SdVersion::V1 => {
+            serde_json::json!({"hidden_act": "quick_gelu", "hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12, "num_hidden_layers": 12})
+        }
+        SdVersion::V2 => {
+            serde_json::json!({"hidden_act": "gelu", "hidden_size": 1024, "intermediate_size": 4096, "num_attention_heads": 16, "num_hidden_layers": 23})
+        }
     };
     let defaults = serde_json::json!({"vocab_size": 49408, "max_position_embeddings": 77, "layer_norm_eps": 1e-5});
     let mut merged = defaults.as_object().cloned().unwrap_or_default();
