@@ -152,8 +152,9 @@ typedef struct dm_image dm_image;
 // several threads are serialised (a call waits while another, such as `dm_miner_run`, holds it).
 typedef struct dm_miner dm_miner;
 
-// A loaded model. May be used from several threads at once: every operation only reads it, and
-// results do not depend on which thread runs them.
+// A loaded model. May be used from several threads at once: every operation but
+// `dm_model_load_lora` / `dm_model_unload_lora` only reads it, and results do not depend on which
+// thread runs them. Those two change the weights and are refused while anything else uses the model.
 typedef struct dm_model dm_model;
 
 // A co-typicality mining job: its model, labels, options, source images and, once run, its results.

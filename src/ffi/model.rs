@@ -14,8 +14,9 @@ use crate::model::scheduler::PredictionType;
 use crate::model::single_file::{SdVersion, SingleFileOptions};
 use crate::model::{parse_device, ComponentOverrides, ModelOptions, StableDiffusion};
 
-/// A loaded model. May be used from several threads at once: every operation only reads it, and
-/// results do not depend on which thread runs them.
+/// A loaded model. May be used from several threads at once: every operation but
+/// `dm_model_load_lora` / `dm_model_unload_lora` only reads it, and results do not depend on which
+/// thread runs them. Those two change the weights and are refused while anything else uses the model.
 #[allow(non_camel_case_types)]
 pub struct dm_model {
     _opaque: [u8; 0],
