@@ -5,7 +5,8 @@
 #     the peers of the DICOM and ChestX-ray8 tests (pydicom, scikit-learn);
 #   - cbindgen (to check that include/diffmine.h is current) and cargo-fuzz (the DICOM fuzz target runs
 #     briefly in the test suite, without a sanitizer, which the stable toolchain supports);
-#   - Debian's chromium (tests/report_browser.rs checks the mining report pages in it, headless).
+#   - Debian's chromium (tests/report_browser.rs checks the mining report pages in it, headless);
+#   - Debian's patchelf (scripts/build_wheel.sh sets the rpath of the wheel's library).
 # `source scripts/env.sh` then sets the environment variables the build needs.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -56,3 +57,11 @@ if ! cargo fuzz --version 2>/dev/null | grep -q '0.13.2'; then
 fi
 
 retry bash "$root/scripts/install_chromium.sh"
+
+# patchelf gives the wheel's copy of the library its rpath into the torch package (scripts/build_wheel.sh).
+if ! command -v patchelf >/dev/null 2>&1; then
+  sudo_if_needed=()
+  [ "$(id -u)" -eq 0 ] || sudo_if_needed=(sudo)
+  retry "${sudo_if_needed[@]}" env DEBIAN_FRONTEND=noninteractive sh -c \
+    'apt-get update -qq && apt-get install -y -qq --no-install-recommends patchelf'
+fi

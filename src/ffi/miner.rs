@@ -302,7 +302,8 @@ pub(crate) unsafe fn label_arg(label: *const c_char) -> FfiResult<String> {
     Ok(label.to_string())
 }
 
-/// Adds the image file at `path` (UTF-8; PNG, JPEG or BMP) under `label` (UTF-8). Adding the same
+/// Adds the image file at `path` (UTF-8; PNG, JPEG, BMP or DICOM, recognised by content and read as
+/// `dm_image_open` reads it with the default options) under `label` (UTF-8). Adding the same
 /// path again with another label gives the image both labels. The file must exist now; it is read
 /// during `dm_miner_run`.
 ///
@@ -458,7 +459,7 @@ pub unsafe extern "C" fn dm_miner_patches(miner: *const dm_miner, label: u32, ou
         let mined = state.mined()?;
         let patches = &mined.patches[mined.label(label)?];
         // SAFETY: forwarded to the caller's contract.
-        unsafe { write_array(patches, out, out_len, out_count) }
+        unsafe { write_array(patches, out, out_len, out_count, "out") }
     })
 }
 
@@ -491,7 +492,7 @@ pub unsafe extern "C" fn dm_miner_clusters(miner: *const dm_miner, label: u32, o
         let mined = state.mined()?;
         let clusters = &mined.clusters[mined.label(label)?];
         // SAFETY: forwarded to the caller's contract.
-        unsafe { write_array(clusters, out, out_len, out_count) }
+        unsafe { write_array(clusters, out, out_len, out_count, "out") }
     })
 }
 

@@ -549,7 +549,7 @@ pub unsafe extern "C" fn dm_parallel_miner_elements(
         let m = parallel_miner_ref(miner)?;
         let state = m.lock();
         // SAFETY: forwarded to the caller's contract.
-        unsafe { write_array(&state.mined()?.elements, out, out_len, out_count) }
+        unsafe { write_array(&state.mined()?.elements, out, out_len, out_count, "out") }
     })
 }
 
@@ -583,7 +583,7 @@ pub unsafe extern "C" fn dm_parallel_miner_clusters(
         let m = parallel_miner_ref(miner)?;
         let state = m.lock();
         // SAFETY: forwarded to the caller's contract.
-        unsafe { write_array(&state.mined()?.clusters, out, out_len, out_count) }
+        unsafe { write_array(&state.mined()?.clusters, out, out_len, out_count, "out") }
     })
 }
 

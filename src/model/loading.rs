@@ -15,6 +15,9 @@ pub const SUPPORTED_FORMATS: &str =
 
 /// Checks that `root` is a folder (single files take the single-file path).
 pub fn check_pipeline_folder(root: &Path) -> Result<()> {
+    if root.as_os_str().is_empty() {
+        return Err(Error::InvalidArgument("the model path is empty".into()));
+    }
     if !root.is_dir() {
         return Err(Error::io(root, "no such model folder"));
     }

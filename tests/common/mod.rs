@@ -18,6 +18,16 @@ pub fn python() -> PathBuf {
     std::env::var_os("DIFFMINE_VENV").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".deps/venv")).join("bin/python")
 }
 
+/// The libdiffmine.so of this build: the test executable is `target/<profile>/deps/<name>-<hash>`,
+/// and cargo puts the cdylib in `target/<profile>/`.
+pub fn built_library() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps/<test>");
+    let lib = profile_dir.join("libdiffmine.so");
+    assert!(lib.is_file(), "{} is missing (cargo builds the cdylib with the tests)", lib.display());
+    lib
+}
+
 /// The fixtures folder, built on first use (the script is idempotent and serialises concurrent runs).
 pub fn fixtures() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -124,7 +134,7 @@ pub fn scratch_copy(config: &str) -> tempfile::TempDir {
     dir
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
     for entry in std::fs::read_dir(from).expect("read_dir") {
         let entry = entry.expect("entry");
@@ -160,5 +170,57 @@ impl CModel {
 impl Drop for CModel {
     fn drop(&mut self) {
         diffmine::ffi::dm_model_free(self.0);
+    }
+}
+
+/// A tmpfs of a few KiB mounted on a fresh temporary folder, for writing onto a full or read-only
+/// disk; unmounted when dropped, whether the test passed or not. Mounting needs root (the test
+/// machines run as root); elsewhere `mount` returns None and the caller skips, saying so.
+pub struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    pub fn mount(kib: usize) -> Option<Self> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"]).arg(dir.path()).status();
+        match mounted {
+            Ok(status) if status.success() => Some(SmallDisk { dir }),
+            _ => {
+                eprintln!("skipped: cannot mount a tmpfs (needs root)");
+                None
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Fills the free space with a file of zeros, so that the next write fails with ENOSPC.
+    pub fn fill(&self) {
+        use std::io::Write;
+        let mut filler = std::fs::File::create(self.path().join("filler")).expect("filler");
+        while filler.write_all(&[0u8; 4096]).is_ok() {}
+        let _ = filler.sync_all();
+    }
+
+    /// Makes the file system read-only (a remount: the files on it stay).
+    pub fn make_read_only(&self) {
+        let status = Command::new("mount").args(["-o", "remount,ro"]).arg(self.path()).status().expect("mount");
+        assert!(status.success(), "remount read-only");
+    }
+
+    /// The names in the disk's root, sorted (to see that no temporary was left behind).
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
     }
 }

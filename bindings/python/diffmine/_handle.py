@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Optional
 
 from . import _lib
-from ._lib import Error, Status, check
+from ._errors import InvalidHandle, Status
+from ._lib import check
 
 
 class Handle:
@@ -20,7 +21,7 @@ class Handle:
         self._handle: Optional[int] = None
 
     def close(self) -> None:
-        """Releases the handle; later calls raise :class:`Error` (DM_ERR_INVALID_HANDLE). Idempotent."""
+        """Releases the handle; later calls raise :class:`diffmine.InvalidHandle` (DM_ERR_INVALID_HANDLE). Idempotent."""
         handle, self._handle = self._handle, None
         if handle is not None:
             check(getattr(_lib.lib(), self._free)(handle))
@@ -43,5 +44,5 @@ class Handle:
 
     def _h(self) -> int:
         if self._handle is None:
-            raise Error(Status.ERR_INVALID_HANDLE, f"the {self._kind} is closed")
+            raise InvalidHandle(Status.ERR_INVALID_HANDLE, f"the {self._kind} is closed")
         return self._handle

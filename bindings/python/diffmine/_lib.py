@@ -1,60 +1,29 @@
-"""ctypes declarations of libdiffmine's C API (include/diffmine.h) and the library lookup.
+"""ctypes declarations of libdiffmine's C API (include/diffmine.h), the library lookup, and the
+forwarding of the library's log to Python's ``logging``.
 
-Everything here mirrors the header one to one; the Pythonic layer is in ``model.py``.
+Everything here mirrors the header one to one (tests/option_structs.rs checks every struct's layout and
+the defaults against C); the Pythonic layer is in ``model.py``.
 """
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import ctypes.util
-import enum
+import logging
 import os
 import threading
 from pathlib import Path
 from typing import Optional
 
+from ._errors import Error, Status, error_for
+
 __all__ = [
     "Error", "Status", "lib", "check", "library_path", "CModelOptions", "CModelInfo", "CImageView",
     "CTypicalityOptions", "CBox", "CFinetuneOptions", "CImageOptions", "CImageInfo", "CTranslateOptions",
     "CGenerateOptions", "CMinerOptions", "CMinedPatch", "CMinedCluster", "CParallelMinerOptions", "CCotypicalElement",
-    "CParallelReportOptions", "PROGRESS_FN",
+    "CParallelReportOptions", "PROGRESS_FN", "LOG_FN",
 ]
-
-
-class Status(enum.IntEnum):
-    """``dm_status``: the result of every C call (the numbers are part of the ABI)."""
-
-    OK = 0
-    ERR_NULL_ARGUMENT = 1
-    ERR_INVALID_HANDLE = 2
-    ERR_INVALID_ARGUMENT = 3
-    ERR_BUFFER_TOO_SMALL = 4
-    ERR_IO = 5
-    ERR_INVALID_MODEL = 6
-    ERR_CORRUPT_WEIGHTS = 7
-    ERR_MISSING_TENSOR = 8
-    ERR_SHAPE_MISMATCH = 9
-    ERR_UNSUPPORTED = 10
-    ERR_DEVICE = 11
-    ERR_OUT_OF_MEMORY = 12
-    ERR_CANCELLED = 13
-    ERR_TORCH = 14
-    ERR_INTERNAL = 15
-    ERR_INVALID_DATA = 16
-
-
-class Error(Exception):
-    """A failed libdiffmine call: ``status`` is the ``dm_status`` (an int), ``message`` the library's
-    explanation (``dm_last_error()``)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        try:
-            name = "DM_" + Status(status).name
-        except ValueError:
-            name = f"status {status}"
-        super().__init__(f"{message} [{name}]")
-        self.status = int(status)
-        self.message = message
 
 
 # --- C structs -----------------------------------------------------------------------------------
@@ -348,6 +317,8 @@ class CGenerateOptions(ctypes.Structure):
 
 # ``dm_progress_fn``: (done, total, value, user_data) -> non-zero to cancel.
 PROGRESS_FN = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_double, ctypes.c_void_p)
+# ``dm_log_fn``: (level, target, message, user_data).
+LOG_FN = ctypes.CFUNCTYPE(None, ctypes.c_int32, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p)
 
 PIXEL_U8, PIXEL_U16, PIXEL_F32 = 0, 1, 2
 DTYPE_FLOAT32, DTYPE_FLOAT16, DTYPE_BFLOAT16 = 0, 1, 2
@@ -361,6 +332,7 @@ _PROTOTYPES = {
     "dm_last_error": (ctypes.c_char_p, []),
     "dm_last_error_copy": (ctypes.c_size_t, [ctypes.c_char_p, ctypes.c_size_t]),
     "dm_version": (ctypes.c_char_p, []),
+    "dm_log_set_callback": (_c_status, [LOG_FN, ctypes.c_int32, ctypes.c_void_p]),
     "dm_model_options_default": (_c_status, [_p(CModelOptions)]),
     "dm_model_open": (_c_status, [ctypes.c_char_p, _p(CModelOptions), _p(ctypes.c_void_p)]),
     "dm_model_free": (_c_status, [ctypes.c_void_p]),
@@ -470,34 +442,130 @@ _PROTOTYPES = {
 
 # --- library lookup ------------------------------------------------------------------------------
 
-_REPO_BUILD = Path(__file__).resolve().parents[3] / "target" / "release" / "libdiffmine.so"
+# Where a wheel puts the library: inside this package, with an rpath to the torch package beside it.
+_BUNDLED = Path(__file__).resolve().parent / "libdiffmine.so"
 
 
 def library_path() -> str:
-    """Where libdiffmine is loaded from: ``$DIFFMINE_LIB`` if set, else the repository's
-    ``target/release/libdiffmine.so``, else what ``ctypes.util.find_library("diffmine")`` finds."""
+    """Where libdiffmine is loaded from: ``$DIFFMINE_LIB`` if set, else the copy inside this package
+    (a wheel's), else what ``ctypes.util.find_library("diffmine")`` finds (a system install)."""
     explicit = os.environ.get("DIFFMINE_LIB")
     if explicit:
         if not Path(explicit).is_file():
             raise OSError(f"DIFFMINE_LIB={explicit!r} is not a file")
         return explicit
-    if _REPO_BUILD.is_file():
-        return str(_REPO_BUILD)
+    if _BUNDLED.is_file():
+        return str(_BUNDLED)
     found = ctypes.util.find_library("diffmine")
     if found:
         return found
     raise OSError(
-        "libdiffmine not found: set DIFFMINE_LIB to the path of libdiffmine.so, build it with "
-        f"`cargo build --release` (looked for {_REPO_BUILD}), or install it where the dynamic linker finds it"
+        "libdiffmine not found: install the diffmine wheel (bash scripts/build_wheel.sh builds it), set "
+        "DIFFMINE_LIB to the path of libdiffmine.so, or install the library where the dynamic linker finds it"
     )
 
+
+def check_torch() -> None:
+    """Raises ImportError, naming the torch version it needs, where the bundled library could not load
+    its libtorch: torch missing, of another version, or installed in another folder than this package
+    (the library finds libtorch through its rpath ``$ORIGIN/../torch/lib``). Without this the failure
+    would be the dynamic loader's message about a missing ``libtorch_cpu.so`` or an undefined symbol.
+    A library named by ``$DIFFMINE_LIB`` brings its own way to libtorch and is not checked."""
+    try:
+        from ._build import TORCH_LIBRARIES, TORCH_VERSION
+    except ImportError:  # a source checkout: no bundled library
+        return
+    if os.environ.get("DIFFMINE_LIB"):
+        return
+    from importlib import metadata
+
+    needed = f"torch=={TORCH_VERSION}"
+    why = "the libtorch its libdiffmine.so was built against"
+    try:
+        found = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        raise ImportError(f"diffmine needs {needed} ({why}), and torch is not installed: pip install {needed}") from None
+    if found.split("+")[0] != TORCH_VERSION:
+        raise ImportError(f"diffmine needs {needed} ({why}), but torch {found} is installed: pip install {needed}")
+    torch_lib = _BUNDLED.parent.parent / "torch" / "lib"
+    missing = [name for name in TORCH_LIBRARIES if not (torch_lib / name).is_file()]
+    if missing:
+        raise ImportError(f"diffmine needs {needed} ({why}) with {', '.join(missing)} in {torch_lib}, where its "
+                          f"libdiffmine.so looks for them; torch {found} is installed without them there (another "
+                          "site-packages folder, or a build without CUDA)")
+
+
+# --- logging -------------------------------------------------------------------------------------
+
+logger = logging.getLogger("diffmine")
+
+# DM_LOG_ERROR .. DM_LOG_TRACE and Python's levels; Python has no TRACE, so it gets the number below DEBUG.
+TRACE = 5
+_PYTHON_LEVEL = {1: logging.ERROR, 2: logging.WARNING, 3: logging.INFO, 4: logging.DEBUG, 5: TRACE}
+
+
+def _library_level(python_level: int) -> int:
+    """The most verbose DM_LOG_* level that a logger at ``python_level`` shows."""
+    shown = [dm for dm, py in _PYTHON_LEVEL.items() if py >= python_level]
+    return max(shown) if shown else 1
+
+
+def _forward_log(level: int, target: Optional[bytes], message: Optional[bytes], _user_data: Optional[int]) -> None:
+    """The ``dm_log_fn``: one library event as a record of the "diffmine" logger, or of its child named
+    after the Rust module ("diffmine.mining.miner"). Called from whichever thread the library logs on
+    (ctypes takes the GIL); an exception must not reach the library's frames, so none leaves."""
+    try:
+        module = (target or b"").decode("utf-8", errors="replace").replace("::", ".")
+        name = module if module == "diffmine" or module.startswith("diffmine.") else f"diffmine.{module}".rstrip(".")
+        python_level = _PYTHON_LEVEL.get(level, logging.INFO)
+        record_logger = logging.getLogger(name)
+        if record_logger.isEnabledFor(python_level):
+            record_logger.log(python_level, "%s", (message or b"").decode("utf-8", errors="replace"))
+    except Exception:  # noqa: BLE001 - see above
+        pass
+
+
+# Kept for the life of the process: the library holds this function pointer.
+_LOG_CALLBACK = LOG_FN(_forward_log)
+_NO_LOG_CALLBACK = ctypes.cast(None, LOG_FN)
+
+
+def set_log_level(level: int) -> None:
+    """Sets the "diffmine" logger's level, and the library's: it sends events down to DEBUG always
+    (``logging`` then filters them), and TRACE events (:data:`TRACE`, 5) only when the logger's level
+    was at most TRACE when it was loaded or is set so here, as they can be many, each crossing into
+    Python under the GIL."""
+    logger.setLevel(level)
+    _install_log_callback(lib())
+
+
+def _install_log_callback(handle: ctypes.CDLL) -> None:
+    """Forwards the library's events down to DEBUG, or TRACE if the logger shows it. A failure (another
+    tracing subscriber already installed in this process by a Rust host) is a warning, not an error:
+    the library works without its log."""
+    max_level = _library_level(min(logger.getEffectiveLevel(), logging.DEBUG))
+    status = handle.dm_log_set_callback(_LOG_CALLBACK, max_level, None)
+    if status != Status.OK:
+        message = handle.dm_last_error()
+        logger.warning("the library's log is not forwarded: %s", message.decode("utf-8", errors="replace") if message else status)
+
+
+def _stop_log_callback() -> None:
+    """At exit: the library's threads must not call into an interpreter that is shutting down."""
+    if _lib is not None:
+        _lib.dm_log_set_callback(_NO_LOG_CALLBACK, 0, None)
+
+
+atexit.register(_stop_log_callback)
+
+# --- loading -------------------------------------------------------------------------------------
 
 _lib: Optional[ctypes.CDLL] = None
 _lock = threading.Lock()
 
 
 def lib() -> ctypes.CDLL:
-    """The loaded library with its prototypes declared (loaded on first use)."""
+    """The loaded library with its prototypes declared and its log forwarded (loaded on first use)."""
     global _lib
     with _lock:
         if _lib is None:
@@ -510,6 +578,7 @@ def lib() -> ctypes.CDLL:
                 function = getattr(handle, name)
                 function.restype = restype
                 function.argtypes = argtypes
+            _install_log_callback(handle)
             _lib = handle
         return _lib
 
@@ -521,6 +590,7 @@ def last_error() -> str:
 
 
 def check(status: int) -> None:
-    """Raises :class:`Error` with this thread's last error message unless ``status`` is DM_OK."""
+    """Raises the :class:`Error` subclass of ``status`` with this thread's last error message unless
+    ``status`` is DM_OK."""
     if status != Status.OK:
-        raise Error(status, last_error())
+        raise error_for(status, last_error())

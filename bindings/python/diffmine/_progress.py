@@ -30,7 +30,7 @@ class Progress:
 
     def __init__(self, callback: Optional[Callable[..., Any]], with_value: bool = False) -> None:
         if callback is not None and not callable(callback):
-            raise _lib.Error(_lib.Status.ERR_INVALID_ARGUMENT, f"progress must be callable, got {type(callback).__name__}")
+            raise TypeError(f"progress must be callable, got {type(callback).__name__}")
         self._callback = callback
         self._with_value = with_value
         self._error: Optional[BaseException] = None

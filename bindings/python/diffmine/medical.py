@@ -15,7 +15,7 @@ import numpy as np
 from . import _lib
 from ._lib import check
 from ._progress import Progress
-from .model import Model, PathLike, _c_string, _invalid, _path_bytes, _ptr, _real, _uint
+from .model import Model, PathLike, _c_string, _invalid, _override, _path_bytes, _ptr, _real, _uint
 
 __all__ = ["Image", "read_image", "new_uid", "write_map_dicom", "auc_pr", "cxr8_evaluate"]
 
@@ -167,8 +167,9 @@ def auc_pr(map: np.ndarray, boxes: Sequence[Sequence[float]]) -> Tuple[float, fl
 
 
 def cxr8_evaluate(model: Model, images: PathLike, bbox_csv: PathLike, out: PathLike, baseline: Optional[Model] = None,
-                  data_entry_csv: Optional[PathLike] = None, working_size: int = 512, samples: int = 100,
-                  batch: int = 10, t_min: float = 0.0, t_max: float = 1.0, seed: int = 42,
+                  data_entry_csv: Optional[PathLike] = None, working_size: Optional[int] = None,
+                  samples: Optional[int] = None, batch: Optional[int] = None, t_min: Optional[float] = None,
+                  t_max: Optional[float] = None, seed: Optional[int] = None,
                   limit: Optional[int] = None, diseases: Optional[Sequence[str]] = None,
                   progress: Optional[Callable[[int, int], Any]] = None) -> Dict[str, Any]:
     """The ChestX-ray8 evaluation (``dm_cxr8_evaluate``): for every image and disease of the box list
@@ -181,9 +182,7 @@ def cxr8_evaluate(model: Model, images: PathLike, bbox_csv: PathLike, out: PathL
     options = _lib.CCxr8Options()
     options.struct_size = ctypes.sizeof(options)
     check(_lib.lib().dm_cxr8_options_default(ctypes.byref(options)))
-    options.working_size, options.samples = _uint(working_size, "working_size"), _uint(samples, "samples")
-    options.batch, options.seed = _uint(batch, "batch"), _uint(seed, "seed", 64)
-    options.t_min, options.t_max = _real(t_min, "t_min"), _real(t_max, "t_max")
+    _override(options, working_size=working_size, samples=samples, batch=batch, t_min=t_min, t_max=t_max, seed=seed)
     options.limit = 0 if limit is None else _uint(limit, "limit")
     disease_list = None if diseases is None else _c_string(",".join(diseases), "diseases")
     options.diseases = disease_list

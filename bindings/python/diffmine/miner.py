@@ -95,7 +95,7 @@ class Miner(Handle):
 
     def run(self, progress: Optional[Callable[[int, int], Any]] = None) -> None:
         """Mines every label. ``progress(done, total)`` is called after each image's typicality and each
-        image's DIFT; returning False cancels (:class:`Error` DM_ERR_CANCELLED), after which the miner
+        image's DIFT; returning False cancels (:class:`diffmine.Cancelled`), after which the miner
         may run again. A second run after a successful one is an error."""
         callback = Progress(progress)
         callback.finish(_lib.lib().dm_miner_run(self._h(), callback.function, None))

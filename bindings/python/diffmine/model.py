@@ -11,7 +11,8 @@ import numpy as np
 
 from . import _lib
 from ._handle import Handle
-from ._lib import Error, Status, check
+from ._errors import InvalidArgument, Status
+from ._lib import check
 from ._progress import Progress
 
 __all__ = ["Model", "ModelInfo", "version"]
@@ -32,8 +33,8 @@ def version() -> str:
     return _lib.lib().dm_version().decode()
 
 
-def _invalid(message: str) -> Error:
-    return Error(Status.ERR_INVALID_ARGUMENT, message)
+def _invalid(message: str) -> InvalidArgument:
+    return InvalidArgument(Status.ERR_INVALID_ARGUMENT, message)
 
 
 def _dtype_value(name: str, what: str) -> int:
@@ -87,6 +88,30 @@ def _real(value: Any, what: str) -> float:
 
 _LATENTS = {"sample": _lib.LATENT_SAMPLE, "mean": _lib.LATENT_MEAN}
 
+_CONVERTERS: Dict[Any, Callable[[Any, str], Any]] = {
+    ctypes.c_uint32: _uint,
+    ctypes.c_uint64: lambda value, what: _uint(value, what, 64),
+    ctypes.c_double: _real,
+}
+
+
+def _set_latent(options: ctypes.Structure, latent: Optional[str]) -> None:
+    """``options.latent`` from "sample" or "mean"; None keeps the library's default."""
+    if latent is None:
+        return
+    if latent not in _LATENTS:
+        raise _invalid(f"unknown latent {latent!r} (use \"sample\" or \"mean\")")
+    options.latent = _LATENTS[latent]
+
+
+def _override(options: ctypes.Structure, **values: Any) -> None:
+    """Sets the numeric fields of ``options`` given a value; None keeps the library's default (which
+    ``dm_*_options_default`` filled in), so no default is written twice."""
+    types = dict(options._fields_)
+    for field, value in values.items():
+        if value is not None:
+            setattr(options, field, _CONVERTERS[types[field]](value, field))
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -124,7 +149,7 @@ class Model(Handle):
     EMA weights. Release it with :meth:`close` or a ``with`` block. A model may be used
     from several threads at once (the library releases the GIL while it computes).
 
-    Every failure of the library raises :class:`diffmine.Error` with its ``status`` and message.
+    Every failure of the library raises a :class:`diffmine.Error` subclass with its ``status`` and message.
     """
 
     _free = "dm_model_free"
@@ -294,10 +319,10 @@ class Model(Handle):
         prompt: str,
         null_prompt: str = "",
         samples: Optional[int] = None,
-        t_range: Tuple[float, float] = (0.1, 0.7),
-        seed: int = 42,
-        batch: int = 10,
-        latent: str = "sample",
+        t_range: Optional[Tuple[float, float]] = None,
+        seed: Optional[int] = None,
+        batch: Optional[int] = None,
+        latent: Optional[str] = None,
         timesteps: Optional[Union[Sequence[int], np.ndarray]] = None,
         noise: Optional[np.ndarray] = None,
         resize: Optional[int] = None,
@@ -310,10 +335,11 @@ class Model(Handle):
         how much better the model predicts the noise with the label than without, per pixel. Returns an
         H×W float32 map (the image's size after ``resize``); positive means typical of the label.
 
-        ``image`` is as for :meth:`encode`. ``samples`` is the number N of (noise, t) draws (100, or
+        Options left as None keep the library's defaults (``dm_typicality_options_default``, shown in
+        brackets). ``image`` is as for :meth:`encode`. ``samples`` is the number N of (noise, t) draws (100, or
         the number of ``timesteps`` when they are given); ``t_range`` the range of t as fractions of the
-        training steps; ``seed`` the image's random stream; ``batch`` samples per UNet call (the map
-        does not depend on it beyond float rounding); ``latent`` "sample" (noise a sample of the VAE
+        training steps ((0.1, 0.7)); ``seed`` the image's random stream (42); ``batch`` samples per UNet
+        call (10; the map does not depend on it beyond float rounding); ``latent`` "sample" (noise a sample of the VAE
         posterior, the authors' choice) or "mean". ``timesteps`` (N integers) and ``noise``
         (N × latent_channels × h × w float32, h × w the latent size of the map) replace the random
         draws; give both or neither. ``resize`` resizes the image first so its shorter side has that
@@ -322,7 +348,7 @@ class Model(Handle):
         i.i.d. draws).
 
         ``progress(done, total)`` is called after each UNet batch with the samples done; returning
-        ``False`` cancels (:class:`diffmine.Error` with DM_ERR_CANCELLED; the model stays usable), and
+        ``False`` cancels (:class:`diffmine.Cancelled`; the model stays usable), and
         an exception it raises cancels and is re-raised here. With ``return_losses`` the result is
         ``(map, losses)``, ``losses`` the N × 2 × h × w per-sample losses at latent resolution
         (index 0 under the label prompt, 1 under the null prompt).
@@ -331,16 +357,14 @@ class Model(Handle):
         handle = self._h()
         options = _lib.CTypicalityOptions()
         check(lib.dm_typicality_options_default(ctypes.byref(options)))
-        if latent not in _LATENTS:
-            raise _invalid(f"unknown latent {latent!r} (use \"sample\" or \"mean\")")
-        options.latent = _LATENTS[latent]
-        try:
-            t_min, t_max = t_range
-        except (TypeError, ValueError):
-            raise _invalid(f"t_range must be a pair (t_min, t_max), got {t_range!r}") from None
-        options.t_min, options.t_max = _real(t_min, "t_range[0]"), _real(t_max, "t_range[1]")
-        options.seed = _uint(seed, "seed", 64)
-        options.batch = _uint(batch, "batch")
+        _set_latent(options, latent)
+        if t_range is not None:
+            try:
+                t_min, t_max = t_range
+            except (TypeError, ValueError):
+                raise _invalid(f"t_range must be a pair (t_min, t_max), got {t_range!r}") from None
+            options.t_min, options.t_max = _real(t_min, "t_range[0]"), _real(t_max, "t_range[1]")
+        _override(options, seed=seed, batch=batch)
         options.resize_short_side = 0 if resize is None else _uint(resize, "resize")
         options.antithetic, options.stratified = bool(antithetic), bool(stratified)
         prompt_bytes = _c_string(prompt, "prompt")
@@ -387,14 +411,14 @@ class Model(Handle):
         image: np.ndarray,
         source_prompt: str,
         targets: Union[str, Sequence[str]],
-        steps: int = 50,
-        inversion_steps: int = 999,
-        guidance: float = 7.5,
-        resnet_injection: float = 0.8,
-        attention_injection: float = 0.5,
+        steps: Optional[int] = None,
+        inversion_steps: Optional[int] = None,
+        guidance: Optional[float] = None,
+        resnet_injection: Optional[float] = None,
+        attention_injection: Optional[float] = None,
         null_prompt: str = "",
-        latent: str = "mean",
-        seed: int = 42,
+        latent: Optional[str] = None,
+        seed: Optional[int] = None,
         progress: Optional[Callable[[int, int], Optional[bool]]] = None,
         return_reconstruction: bool = False,
     ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
@@ -403,6 +427,8 @@ class Model(Handle):
         under the source prompt, then guided DDIM sampling towards each target while a source branch
         injects its features. Returns N×H×W×3 uint8, one RGB image per target at the image's size.
 
+        Options left as None keep the library's defaults (``dm_translate_options_default``: 50 steps,
+        999 inversion steps, guidance 7.5, injections 0.8 and 0.5, latent "mean", seed 42).
         ``image`` is as for :meth:`encode`. ``steps`` DDIM sampling steps; ``inversion_steps`` DDIM
         inversion steps (every sampling timestep must be one of the inversion's: 999, or equal to
         ``steps``, always works); ``guidance`` the classifier-free guidance scale (1: none);
@@ -413,7 +439,7 @@ class Model(Handle):
         ``seed``).
 
         ``progress(done, total)`` is called after each UNet call (total: inversion + sampling steps);
-        returning ``False`` cancels (:class:`diffmine.Error` with DM_ERR_CANCELLED). With
+        returning ``False`` cancels (:class:`diffmine.Cancelled`). With
         ``return_reconstruction`` the result is ``(images, reconstruction)``, the latter the H×W×3
         source decoded without edits: what the translations are to be compared with.
         """
@@ -421,15 +447,9 @@ class Model(Handle):
         handle = self._h()
         options = _lib.CTranslateOptions()
         check(lib.dm_translate_options_default(ctypes.byref(options)))
-        if latent not in _LATENTS:
-            raise _invalid(f"unknown latent {latent!r} (use \"mean\" or \"sample\")")
-        options.latent = _LATENTS[latent]
-        options.steps = _uint(steps, "steps")
-        options.inversion_steps = _uint(inversion_steps, "inversion_steps")
-        options.guidance = _real(guidance, "guidance")
-        options.resnet_injection = _real(resnet_injection, "resnet_injection")
-        options.attention_injection = _real(attention_injection, "attention_injection")
-        options.seed = _uint(seed, "seed", 64)
+        _set_latent(options, latent)
+        _override(options, steps=steps, inversion_steps=inversion_steps, guidance=guidance,
+                  resnet_injection=resnet_injection, attention_injection=attention_injection, seed=seed)
         options.null_prompt = _c_string(null_prompt, "null_prompt")
         source_bytes = _c_string(source_prompt, "source_prompt")
         target_array = _prompt_array(targets, "targets")
@@ -450,18 +470,19 @@ class Model(Handle):
     def generate(
         self,
         prompts: Union[str, Sequence[str]],
-        steps: int = 50,
-        guidance: float = 7.5,
-        height: int = 512,
-        width: int = 512,
-        seed: int = 42,
+        steps: Optional[int] = None,
+        guidance: Optional[float] = None,
+        height: Optional[int] = None,
+        width: Optional[int] = None,
+        seed: Optional[int] = None,
         null_prompt: str = "",
         progress: Optional[Callable[[int, int], Optional[bool]]] = None,
     ) -> np.ndarray:
         """Samples one image per prompt (a prompt or a sequence of prompts) with DDIM and classifier-free
         guidance, to see what a (finetuned) model has learnt. Returns N×height×width×3 uint8.
 
-        ``seed`` seeds the initial noise (the library's own generator: the same on every machine);
+        Options left as None keep the library's defaults (``dm_generate_options_default``: 50 steps,
+        guidance 7.5, 512×512, seed 42). ``seed`` seeds the initial noise (the library's own generator: the same on every machine);
         ``null_prompt`` is the prompt of the unconditional rows. ``progress(done, total)`` is called
         after each step; returning ``False`` cancels (DM_ERR_CANCELLED).
         """
@@ -469,10 +490,7 @@ class Model(Handle):
         handle = self._h()
         options = _lib.CGenerateOptions()
         check(lib.dm_generate_options_default(ctypes.byref(options)))
-        options.steps = _uint(steps, "steps")
-        options.guidance = _real(guidance, "guidance")
-        options.height, options.width = _uint(height, "height"), _uint(width, "width")
-        options.seed = _uint(seed, "seed", 64)
+        _override(options, steps=steps, guidance=guidance, height=height, width=width, seed=seed)
         options.null_prompt = _c_string(null_prompt, "null_prompt")
         prompt_array = _prompt_array(prompts, "prompts")
         out = np.empty((len(prompt_array), options.height, options.width, 3), dtype=np.uint8)

@@ -134,7 +134,7 @@ class ParallelMiner(Handle):
         """Translates each source to every other label and mines the parallel sets. ``progress(done,
         total)`` is called after each UNet call of a translation and each version's typicality and
         DIFT (total: sources × (inversion steps + steps + 2 × labels)); returning False cancels
-        (:class:`Error` DM_ERR_CANCELLED), after which the miner may run again. A second run after a
+        (:class:`diffmine.Cancelled`), after which the miner may run again. A second run after a
         successful one is an error."""
         callback = Progress(progress)
         callback.finish(_lib.lib().dm_parallel_miner_run(self._h(), callback.function, None))

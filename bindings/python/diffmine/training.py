@@ -55,7 +55,7 @@ def finetune(
     backward pass to save memory.
 
     ``progress(step, total, loss)`` is called after each step; returning ``False`` cancels
-    (:class:`diffmine.Error` with DM_ERR_CANCELLED), and an exception it raises cancels and is
+    (:class:`diffmine.Cancelled`), and an exception it raises cancels and is
     re-raised here.
     """
     lib = _lib.lib()

@@ -1,7 +1,7 @@
 """The binding's medical calls: DICOM/PNG ingestion against pydicom and Pillow, maps written back as
 DICOM and read by pydicom, AUC-PR against scikit-learn, and the errors of bad files.
 
-Run: python -m unittest discover -s bindings/python/tests -v
+Run: DIFFMINE_LIB=target/release/libdiffmine.so python -m unittest discover -s bindings/python/tests -v
 """
 
 from __future__ import annotations
@@ -64,12 +64,14 @@ class ReadImageTest(unittest.TestCase):
         self.assertLess(np.abs(image.pixels - rgb / 255.0).max(), 1e-6)
 
     def test_bad_files_fail_with_the_file_and_the_problem(self) -> None:
-        with self.assertRaises(Error) as missing:
+        with self.assertRaises(diffmine.FileError) as missing:
             diffmine.read_image("/nonexistent/x.dcm")
         self.assertEqual(missing.exception.status, int(Status.ERR_IO))
-        with self.assertRaises(Error) as garbage:
+        self.assertIsInstance(missing.exception, OSError)
+        with self.assertRaises(diffmine.InvalidData) as garbage:
             diffmine.read_image(b"not an image at all")
         self.assertEqual(garbage.exception.status, int(Status.ERR_INVALID_DATA))
+        self.assertIsInstance(garbage.exception, ValueError)
         truncated = Path(CT).read_bytes()[:2000]
         with self.assertRaises(Error) as cut:
             diffmine.read_image(truncated)

@@ -3,7 +3,7 @@ pipelines (same noise and timesteps), progress and cancellation (also by an exce
 bad arguments, patch selection against a brute-force NumPy reference, and finetuning on a tiny
 generated image set.
 
-Run: python -m unittest discover -s bindings/python/tests -v
+Run: DIFFMINE_LIB=target/release/libdiffmine.so python -m unittest discover -s bindings/python/tests -v
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
-from test_model import CONFIGS, Case, fixtures, relative_error, to_unit_image
+from test_model import CONFIGS, Case, assert_family, fixtures, relative_error, to_unit_image
 
 import diffmine
 from diffmine import Error, Status
@@ -47,6 +47,7 @@ class Assertions(unittest.TestCase):
             call()
         err = caught.exception
         self.assertEqual(err.status, int(status), str(err))
+        assert_family(self, err, status)
         self.assertTrue(err.message, "the library gave no message")
         for needle in needles:
             self.assertIn(needle, err.message)
@@ -162,7 +163,8 @@ class TypicalityTest(Assertions):
         self.assertFails(invalid, lambda: model.typicality(image, PROMPT, samples=-1), "samples")
         self.assertFails(invalid, lambda: model.typicality(image, PROMPT, samples=2.5), "samples")
         self.assertFails(invalid, lambda: model.typicality(image, "a\0b", samples=2), "NUL")
-        self.assertFails(invalid, lambda: model.typicality(image, PROMPT, samples=2, progress=42), "callable")
+        with self.assertRaisesRegex(TypeError, "callable"):
+            model.typicality(image, PROMPT, samples=2, progress=42)
         self.assertFails(invalid, lambda: model.typicality(np.zeros((8, 0, 3), np.uint8), PROMPT, samples=2))
         self.assertTrue(np.isfinite(model.typicality(image, PROMPT, samples=1)).all(), "still usable")
 

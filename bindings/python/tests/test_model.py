@@ -1,7 +1,7 @@
 """The Python binding against the reference outputs of diffusers/transformers on the random-weight
 fixture pipelines (tests/reference/make_fixtures.py), and its error reporting.
 
-Run: python -m unittest discover -s bindings/python/tests -v
+Run: DIFFMINE_LIB=target/release/libdiffmine.so python -m unittest discover -s bindings/python/tests -v
 Fixtures: $DIFFMINE_FIXTURES, else the repository's target/fixtures (built here if missing).
 """
 
@@ -29,6 +29,34 @@ from diffmine import Error, Status, _lib  # noqa: E402
 
 CONFIGS = ("sd15_tiny", "sd2_tiny")
 TOLERANCE = 1e-4
+
+# The exception class of each status and the built-in it also derives from (None: Error alone).
+FAMILIES = {
+    Status.ERR_NULL_ARGUMENT: (diffmine.InvalidArgument, ValueError),
+    Status.ERR_INVALID_HANDLE: (diffmine.InvalidHandle, ValueError),
+    Status.ERR_INVALID_ARGUMENT: (diffmine.InvalidArgument, ValueError),
+    Status.ERR_BUFFER_TOO_SMALL: (diffmine.BufferTooSmall, BufferError),
+    Status.ERR_IO: (diffmine.FileError, OSError),
+    Status.ERR_INVALID_MODEL: (diffmine.ModelError, None),
+    Status.ERR_CORRUPT_WEIGHTS: (diffmine.ModelError, None),
+    Status.ERR_MISSING_TENSOR: (diffmine.ModelError, None),
+    Status.ERR_SHAPE_MISMATCH: (diffmine.ModelError, None),
+    Status.ERR_UNSUPPORTED: (diffmine.Unsupported, NotImplementedError),
+    Status.ERR_DEVICE: (diffmine.DeviceError, RuntimeError),
+    Status.ERR_OUT_OF_MEMORY: (diffmine.OutOfMemory, MemoryError),
+    Status.ERR_CANCELLED: (diffmine.Cancelled, None),
+    Status.ERR_TORCH: (diffmine.TorchError, RuntimeError),
+    Status.ERR_INTERNAL: (diffmine.InternalError, RuntimeError),
+    Status.ERR_INVALID_DATA: (diffmine.InvalidData, ValueError),
+}
+
+
+def assert_family(test: unittest.TestCase, err: BaseException, status: Status) -> None:
+    """``err`` is the exception class of ``status`` and its built-in."""
+    family, builtin = FAMILIES[status]
+    test.assertIsInstance(err, family, f"{err!r} for {status.name}")
+    if builtin is not None:
+        test.assertIsInstance(err, builtin, f"{err!r} for {status.name}")
 
 
 def fixtures() -> Path:
@@ -231,6 +259,7 @@ class ErrorTest(unittest.TestCase):
             call()
         err = caught.exception
         self.assertEqual(err.status, int(status), str(err))
+        assert_family(self, err, status)
         self.assertTrue(err.message, "the library gave no message")
         for needle in needles:
             self.assertIn(needle, err.message)
@@ -327,8 +356,12 @@ class ErrorTest(unittest.TestCase):
         else:
             self.assertTrue(_lib.library_path())
 
-    def test_version(self) -> None:
-        self.assertEqual(diffmine.version(), diffmine.__version__)
+    def test_version_is_cargo_tomls(self) -> None:
+        import tomllib
+
+        cargo = tomllib.loads((REPO / "Cargo.toml").read_text())["package"]["version"]
+        self.assertEqual(diffmine.version(), cargo)
+        self.assertEqual(diffmine.__version__, cargo)
 
 
 if __name__ == "__main__":
