@@ -74,6 +74,16 @@
 
 #define DM_PREDICTION_V 1
 
+// Options only: keep the prediction type the model's scheduler (or version) gives.
+#define DM_PREDICTION_FROM_MODEL 2
+
+// A single-file checkpoint's model family: detected from its weights, SD 1.x, or SD 2.x.
+#define DM_SD_VERSION_DETECT 0
+
+#define DM_SD_VERSION_1 1
+
+#define DM_SD_VERSION_2 2
+
 // `dm_parallel_miner_options.projection`: UMAP, as the authors (the default).
 #define DM_PROJECTION_UMAP 0
 
@@ -143,8 +153,9 @@ typedef struct dm_image dm_image;
 // several threads are serialised (a call waits while another, such as `dm_miner_run`, holds it).
 typedef struct dm_miner dm_miner;
 
-// A loaded model. May be used from several threads at once: every operation only reads it, and
-// results do not depend on which thread runs them.
+// A loaded model. May be used from several threads at once: every operation but
+// `dm_model_load_lora` / `dm_model_unload_lora` only reads it, and results do not depend on which
+// thread runs them. Those two change the weights and are refused while anything else uses the model.
 typedef struct dm_model dm_model;
 
 // A co-typicality mining job: its model, labels, options, source images and, once run, its results.
@@ -227,6 +238,16 @@ typedef struct dm_model_options {
   const char *text_encoder_path;
   const char *tokenizer_path;
   const char *scheduler_path;
+  // For a single-file checkpoint: a diffusers folder whose component configs (and tokenizer,
+  // scheduler) describe it; NULL uses the original SD 1.x/2.x configs.
+  const char *config_path;
+  // For a single-file checkpoint: one of `DM_SD_VERSION_*` (default: detected from the weights).
+  uint32_t sd_version;
+  // For a single-file checkpoint: `DM_PREDICTION_EPSILON` or `DM_PREDICTION_V` to override the
+  // scheduler's prediction type, `DM_PREDICTION_FROM_MODEL` (default) to keep it.
+  uint32_t prediction_type;
+  // For a single-file checkpoint: non-zero reads the UNet's EMA weights instead of the plain ones.
+  uint32_t use_ema;
 } dm_model_options;
 
 // How to read a DICOM image (ignored for PNG and JPEG). Fill with `dm_image_options_default`.
@@ -826,7 +847,8 @@ enum dm_status dm_miner_free(struct dm_miner *miner);
 // `options` must be NULL or point to a writable `dm_model_options`.
 enum dm_status dm_model_options_default(struct dm_model_options *options);
 
-// Loads the diffusers folder at `path` (UTF-8). `options` may be NULL for the defaults. On success
+// Loads the diffusers folder, or the single-file checkpoint (`.safetensors` in the original SD
+// layout; a tokenizer folder is then required), at `path` (UTF-8). `options` may be NULL for the defaults. On success
 // `*out_model` owns a new model, released with `dm_model_free`.
 //
 // # Safety
@@ -839,6 +861,24 @@ enum dm_status dm_model_open(const char *path,
 // Releases a model. NULL is accepted; a handle that is not a live model gives
 // `DM_ERR_INVALID_HANDLE`. Calls still running on other threads finish first.
 enum dm_status dm_model_free(struct dm_model *model);
+
+// Merges the LoRA adapter at `path` (UTF-8; a `.safetensors` file in diffusers/peft or kohya naming,
+// for the UNet and/or the text encoder) into the model's weights at `scale` (1.0: as trained). A
+// second adapter stacks on the first. An adapter naming layers the model lacks, or whose shapes do
+// not fit, gives `DM_ERR_INVALID_ARGUMENT` with their names and leaves the model unchanged. The model
+// must not be in use meanwhile: a call running on it on another thread, or a miner made from it,
+// gives `DM_ERR_INVALID_ARGUMENT` (free the miner first).
+//
+// # Safety
+// `path` must be a NUL-terminated string.
+enum dm_status dm_model_load_lora(struct dm_model *model,
+                                  const char *path,
+                                  float scale);
+
+// Removes every LoRA adapter loaded into the model: its weights are the base model's again, bit for
+// bit. Without adapters it does nothing. The model must not be in use meanwhile (see
+// `dm_model_load_lora`).
+enum dm_status dm_model_unload_lora(struct dm_model *model);
 
 // Writes the model's sizes and constants into `*out_info`, whose `struct_size` the caller sets
 // (`sizeof(dm_model_info)`); only that many bytes are written.

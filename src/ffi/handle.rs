@@ -43,6 +43,22 @@ pub(crate) fn get<T: Send + Sync + 'static, H>(handle: *const H, what: &'static 
     object.downcast::<T>().map_err(|_| FfiError::InvalidHandle(what))
 }
 
+/// Runs `f` on the object behind `handle` with exclusive access, which it has only while no other
+/// call runs on it and no other object holds it (a miner keeps its model): then the registry's
+/// reference is the only one. The registry stays locked meanwhile, so no call can take a new
+/// reference; calls on other handles wait, and `f` must not reach the registry.
+pub(crate) fn with_exclusive<T: Send + Sync + 'static, H, R>(handle: *mut H, what: &'static str, f: impl FnOnce(&mut T) -> FfiResult<R>) -> FfiResult<R> {
+    if handle.is_null() {
+        return Err(FfiError::Null(what));
+    }
+    let mut live = lock();
+    let object = live.get_mut(&(handle as usize)).filter(|o| o.is::<T>()).ok_or(FfiError::InvalidHandle(what))?;
+    let object = Arc::get_mut(object).ok_or_else(|| {
+        FfiError::Invalid(format!("`{what}` is in use (by a call on another thread, or by an object made from it such as a miner): it can only be changed while nothing else holds it"))
+    })?;
+    f(object.downcast_mut::<T>().ok_or(FfiError::InvalidHandle(what))?)
+}
+
 /// Removes a handle of type `T`; NULL is accepted and does nothing.
 pub(crate) fn release<T: Send + Sync + 'static, H>(handle: *mut H, what: &'static str) -> FfiResult<()> {
     if handle.is_null() {

@@ -11,10 +11,12 @@ use super::handle;
 use super::image::{borrow_view, dm_image_view};
 use super::status::dm_status;
 use crate::model::scheduler::PredictionType;
+use crate::model::single_file::{SdVersion, SingleFileOptions};
 use crate::model::{parse_device, ComponentOverrides, ModelOptions, StableDiffusion};
 
-/// A loaded model. May be used from several threads at once: every operation only reads it, and
-/// results do not depend on which thread runs them.
+/// A loaded model. May be used from several threads at once: every operation but
+/// `dm_model_load_lora` / `dm_model_unload_lora` only reads it, and results do not depend on which
+/// thread runs them. Those two change the weights and are refused while anything else uses the model.
 #[allow(non_camel_case_types)]
 pub struct dm_model {
     _opaque: [u8; 0],
@@ -53,6 +55,16 @@ pub struct dm_model_options {
     pub text_encoder_path: *const c_char,
     pub tokenizer_path: *const c_char,
     pub scheduler_path: *const c_char,
+    /// For a single-file checkpoint: a diffusers folder whose component configs (and tokenizer,
+    /// scheduler) describe it; NULL uses the original SD 1.x/2.x configs.
+    pub config_path: *const c_char,
+    /// For a single-file checkpoint: one of `DM_SD_VERSION_*` (default: detected from the weights).
+    pub sd_version: u32,
+    /// For a single-file checkpoint: `DM_PREDICTION_EPSILON` or `DM_PREDICTION_V` to override the
+    /// scheduler's prediction type, `DM_PREDICTION_FROM_MODEL` (default) to keep it.
+    pub prediction_type: u32,
+    /// For a single-file checkpoint: non-zero reads the UNet's EMA weights instead of the plain ones.
+    pub use_ema: u32,
 }
 
 impl Default for dm_model_options {
@@ -67,12 +79,39 @@ impl Default for dm_model_options {
             text_encoder_path: null(),
             tokenizer_path: null(),
             scheduler_path: null(),
+            config_path: null(),
+            sd_version: DM_SD_VERSION_DETECT,
+            prediction_type: DM_PREDICTION_FROM_MODEL,
+            use_ema: 0,
         }
     }
 }
 
 pub const DM_PREDICTION_EPSILON: u32 = 0;
 pub const DM_PREDICTION_V: u32 = 1;
+/// Options only: keep the prediction type the model's scheduler (or version) gives.
+pub const DM_PREDICTION_FROM_MODEL: u32 = 2;
+
+/// A single-file checkpoint's model family: detected from its weights, SD 1.x, or SD 2.x.
+pub const DM_SD_VERSION_DETECT: u32 = 0;
+pub const DM_SD_VERSION_1: u32 = 1;
+pub const DM_SD_VERSION_2: u32 = 2;
+
+fn single_file_options(o: &dm_model_options, config: Option<PathBuf>) -> FfiResult<SingleFileOptions> {
+    let version = match o.sd_version {
+        DM_SD_VERSION_DETECT => None,
+        DM_SD_VERSION_1 => Some(SdVersion::V1),
+        DM_SD_VERSION_2 => Some(SdVersion::V2),
+        other => return Err(FfiError::Invalid(format!("`options.sd_version` = {other} is not a DM_SD_VERSION_* value"))),
+    };
+    let prediction = match o.prediction_type {
+        DM_PREDICTION_FROM_MODEL => None,
+        DM_PREDICTION_EPSILON => Some(PredictionType::Epsilon),
+        DM_PREDICTION_V => Some(PredictionType::VPrediction),
+        other => return Err(FfiError::Invalid(format!("`options.prediction_type` = {other} is not a DM_PREDICTION_* value"))),
+    };
+    Ok(SingleFileOptions { config, version, prediction, ema: o.use_ema != 0 })
+}
 
 /// What a caller needs to size buffers for a model's operations.
 #[allow(non_camel_case_types)]
@@ -128,10 +167,12 @@ pub(crate) unsafe fn model_options(o: &dm_model_options) -> FfiResult<ModelOptio
             tokenizer: path(o.tokenizer_path, "options.tokenizer_path")?,
             scheduler: path(o.scheduler_path, "options.scheduler_path")?,
         },
+        single_file: single_file_options(o, path(o.config_path, "options.config_path")?)?,
     })
 }
 
-/// Loads the diffusers folder at `path` (UTF-8). `options` may be NULL for the defaults. On success
+/// Loads the diffusers folder, or the single-file checkpoint (`.safetensors` in the original SD
+/// layout; a tokenizer folder is then required), at `path` (UTF-8). `options` may be NULL for the defaults. On success
 /// `*out_model` owns a new model, released with `dm_model_free`.
 ///
 /// # Safety
@@ -161,6 +202,37 @@ pub unsafe extern "C" fn dm_model_open(path: *const c_char, options: *const dm_m
 #[no_mangle]
 pub extern "C" fn dm_model_free(model: *mut dm_model) -> dm_status {
     guard(|| handle::release::<StableDiffusion, dm_model>(model, "model"))
+}
+
+/// Merges the LoRA adapter at `path` (UTF-8; a `.safetensors` file in diffusers/peft or kohya naming,
+/// for the UNet and/or the text encoder) into the model's weights at `scale` (1.0: as trained). A
+/// second adapter stacks on the first. An adapter naming layers the model lacks, or whose shapes do
+/// not fit, gives `DM_ERR_INVALID_ARGUMENT` with their names and leaves the model unchanged. The model
+/// must not be in use meanwhile: a call running on it on another thread, or a miner made from it,
+/// gives `DM_ERR_INVALID_ARGUMENT` (free the miner first).
+///
+/// # Safety
+/// `path` must be a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn dm_model_load_lora(model: *mut dm_model, path: *const c_char, scale: f32) -> dm_status {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let path = unsafe { required_str(path, "path") }?;
+        handle::with_exclusive::<StableDiffusion, dm_model, _>(model, "model", |model| Ok(model.load_lora(Path::new(path), f64::from(scale))?))
+    })
+}
+
+/// Removes every LoRA adapter loaded into the model: its weights are the base model's again, bit for
+/// bit. Without adapters it does nothing. The model must not be in use meanwhile (see
+/// `dm_model_load_lora`).
+#[no_mangle]
+pub extern "C" fn dm_model_unload_lora(model: *mut dm_model) -> dm_status {
+    guard(|| {
+        handle::with_exclusive::<StableDiffusion, dm_model, _>(model, "model", |model| {
+            model.unload_lora();
+            Ok(())
+        })
+    })
 }
 
 pub(crate) fn model_ref(model: *const dm_model) -> FfiResult<std::sync::Arc<StableDiffusion>> {

@@ -10,13 +10,11 @@ const WEIGHT_STEMS: [&str; 2] = ["diffusion_pytorch_model", "model"];
 /// Formats we recognise but do not read: pickles execute code on load and cannot be mapped.
 const PICKLE_EXTENSIONS: [&str; 4] = [".bin", ".ckpt", ".pt", ".pth"];
 
-pub const SUPPORTED_FORMATS: &str = "libdiffmine reads diffusers folders with *.safetensors weights (optionally the *.<variant>.safetensors files)";
+pub const SUPPORTED_FORMATS: &str =
+    "libdiffmine reads diffusers folders with *.safetensors weights (optionally the *.<variant>.safetensors files) and single-file .safetensors checkpoints";
 
-/// Checks that `root` is a diffusers pipeline folder (not a single-file checkpoint).
+/// Checks that `root` is a folder (single files take the single-file path).
 pub fn check_pipeline_folder(root: &Path) -> Result<()> {
-    if root.is_file() {
-        return Err(Error::Unsupported(format!("{} is a single file; single-file checkpoints are not supported: {SUPPORTED_FORMATS}", root.display())));
-    }
     if root.as_os_str().is_empty() {
         return Err(Error::InvalidArgument("the model path is empty".into()));
     }

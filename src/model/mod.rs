@@ -7,14 +7,17 @@ pub mod config;
 pub mod ddim;
 pub mod embeddings;
 pub mod loading;
+pub mod lora;
 pub mod nn;
 pub mod resnet;
 pub mod scheduler;
+pub mod single_file;
 pub mod tokenizer;
 pub mod unet;
 pub mod vae;
 pub mod weights;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,8 +27,10 @@ use tch::{Device, Kind, Tensor};
 use crate::error::{Error, Result};
 use crate::finite;
 use clip::ClipTextModel;
-use config::{read_json, ClipTextConfig, SchedulerConfig, UNetConfig, VaeConfig};
+use config::{read_json, ClipTextConfig, UNetConfig, VaeConfig};
+use lora::{LoraState, Target};
 use scheduler::NoiseSchedule;
+use single_file::{Layout, SingleFileOptions};
 use tokenizer::ClipTokenizer;
 use unet::{Injection, UNet2DConditionModel};
 use vae::{AutoencoderKL, LatentDistribution};
@@ -157,11 +162,19 @@ pub struct ModelOptions {
     /// Weight file variant to read (`fp16` reads `*.fp16.safetensors`); independent of `dtype`.
     pub variant: Option<String>,
     pub overrides: ComponentOverrides,
+    /// How to read a single-file checkpoint.
+    pub single_file: SingleFileOptions,
 }
 
 impl Default for ModelOptions {
     fn default() -> Self {
-        ModelOptions { device: Device::Cpu, dtype: Kind::Float, variant: None, overrides: ComponentOverrides::default() }
+        ModelOptions {
+            device: Device::Cpu,
+            dtype: Kind::Float,
+            variant: None,
+            overrides: ComponentOverrides::default(),
+            single_file: SingleFileOptions::default(),
+        }
     }
 }
 
@@ -180,13 +193,17 @@ fn read_config<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<(serde_json
     Ok((raw, typed))
 }
 
-/// A loaded Stable Diffusion model. All operations take `&self`, and a model may be shared between
-/// threads: the weights are never written after loading.
+/// A loaded Stable Diffusion model. All operations but loading and unloading LoRA adapters take
+/// `&self`, and a model may be shared between threads: the weights are only written through `&mut self`.
 pub struct StableDiffusion {
     unet: UNet2DConditionModel,
     /// The trainable components' tensors and configs: what training updates and saves.
     unet_weights: ComponentWeights,
     vae_weights: ComponentWeights,
+    /// The text encoder's tensors by name: what LoRA adapters update.
+    text_encoder_parameters: Vec<(String, Tensor)>,
+    /// The base weights that loaded LoRA adapters replaced.
+    lora: LoraState,
     vae: AutoencoderKL,
     text_encoder: ClipTextModel,
     tokenizer: ClipTokenizer,
@@ -200,11 +217,111 @@ pub struct StableDiffusion {
 }
 
 // SAFETY: while a model is shared its tensors are only read: every operation takes `&self` and feeds
-// them to libtorch operators that allocate new outputs and never write their inputs. The one writer,
-// finetuning's `Trainer`, owns the model, so no other thread can see it then (its writes to tensors
+// them to libtorch operators that allocate new outputs and never write their inputs. The writers,
+// finetuning's `Trainer` (which owns the model) and LoRA loading and unloading (`&mut self`), have it
+// to themselves, so no other thread can see it then (its writes to tensors
 // that view a weight file's private mapping land in copy-on-write pages of this process). libtorch tensors'
 // reference counts are atomic, so concurrent shallow copies are sound as well.
 unsafe impl Sync for StableDiffusion {}
+
+/// Where each part of a model comes from: configs read, weight files opened (not yet read).
+struct Sources {
+    tokenizer: ClipTokenizer,
+    schedule: NoiseSchedule,
+    unet: (serde_json::Value, UNetConfig, WeightFiles),
+    vae: (serde_json::Value, VaeConfig, WeightFiles),
+    text_encoder: (ClipTextConfig, WeightFiles),
+}
+
+/// A component read whole from its diffusers folder: config and weight files.
+fn folder_component<T: serde::de::DeserializeOwned>(dir: &Path, options: &ModelOptions) -> Result<(serde_json::Value, T, WeightFiles)> {
+    let (json, config) = read_config(dir)?;
+    let files = WeightFiles::open(&loading::weight_files(dir, options.variant.as_deref())?, options.device, options.dtype)?;
+    Ok((json, config, files))
+}
+
+fn folder_text_encoder(dir: &Path, options: &ModelOptions) -> Result<(ClipTextConfig, WeightFiles)> {
+    let config = ClipTextConfig::read(&loading::component_config(dir, "config.json")?)?;
+    let files = WeightFiles::open(&loading::weight_files(dir, options.variant.as_deref())?, options.device, options.dtype)?;
+    Ok((config, files))
+}
+
+fn read_schedule(dir: &Path) -> Result<NoiseSchedule> {
+    NoiseSchedule::new(read_json(&loading::component_config(dir, "scheduler_config.json")?)?)
+}
+
+impl Sources {
+    fn folder(root: &Path, options: &ModelOptions) -> Result<Self> {
+        loading::check_pipeline_folder(root)?;
+        let dir = |component| options.overrides.component_dir(root, component);
+        Ok(Sources {
+            tokenizer: ClipTokenizer::from_dir(&dir(Component::Tokenizer))?,
+            schedule: read_schedule(&dir(Component::Scheduler))?,
+            unet: folder_component(&dir(Component::Unet), options)?,
+            vae: folder_component(&dir(Component::Vae), options)?,
+            text_encoder: folder_text_encoder(&dir(Component::TextEncoder), options)?,
+        })
+    }
+
+    /// A single-file checkpoint's components: configs from the config folder or the original
+    /// inference configs, weights through the original layout's key maps. Overridden components come
+    /// whole from their folders; the tokenizer must be given (the file holds no vocabulary).
+    fn single_file(path: &Path, options: &ModelOptions) -> Result<Self> {
+        single_file::check_single_file(path)?;
+        let o = &options.single_file;
+        let layout = Layout::detect(path, o.version)?;
+        let overrides = &options.overrides;
+        let config_dir = |component: Component| o.config.as_ref().map(|root| root.join(component.folder_name()));
+        let tokenizer_dir = overrides.tokenizer.clone().or_else(|| config_dir(Component::Tokenizer).filter(|d| d.is_dir())).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "{} is a single-file checkpoint, which holds no tokenizer: give a tokenizer folder (or a config folder with a tokenizer/ subfolder)",
+                path.display()
+            ))
+        })?;
+        let mapped = |key_map| WeightFiles::open_mapped(path, options.device, options.dtype, key_map);
+        let unet = match &overrides.unet {
+            Some(dir) => folder_component(dir, options)?,
+            None => {
+                let (json, config): (_, UNetConfig) = single_file_config(config_dir(Component::Unet), single_file::builtin_unet_config(layout.version))?;
+                let files = mapped(layout.unet_keys(&config, o.ema, path)?)?;
+                (json, config, files)
+            }
+        };
+        let vae = match &overrides.vae {
+            Some(dir) => folder_component(dir, options)?,
+            None => {
+                let (json, config): (_, VaeConfig) = single_file_config(config_dir(Component::Vae), single_file::builtin_vae_config(layout.version))?;
+                let files = mapped(layout.vae_keys(&config))?;
+                (json, config, files)
+            }
+        };
+        let text_encoder = match (&overrides.text_encoder, config_dir(Component::TextEncoder)) {
+            (Some(dir), _) => folder_text_encoder(dir, options)?,
+            (None, Some(dir)) => (ClipTextConfig::read(&loading::component_config(&dir, "config.json")?)?, mapped(layout.text_encoder_keys())?),
+            (None, None) => (single_file::builtin_text_config(layout.version)?, mapped(layout.text_encoder_keys())?),
+        };
+        let scheduler_dir = overrides.scheduler.clone().or_else(|| config_dir(Component::Scheduler).filter(|d| d.is_dir()));
+        let mut scheduler_config = match scheduler_dir {
+            Some(dir) => read_json(&loading::component_config(&dir, "scheduler_config.json")?)?,
+            None => single_file::builtin_scheduler_config(single_file::default_prediction(layout.version))?,
+        };
+        if let Some(prediction) = o.prediction {
+            scheduler_config.prediction_type = single_file::builtin_scheduler_config(prediction)?.prediction_type;
+        }
+        Ok(Sources { tokenizer: ClipTokenizer::from_dir(&tokenizer_dir)?, schedule: NoiseSchedule::new(scheduler_config)?, unet, vae, text_encoder })
+    }
+}
+
+/// A component's config for a single file: from the config folder's component folder, else built in.
+fn single_file_config<T: serde::de::DeserializeOwned>(dir: Option<PathBuf>, builtin: serde_json::Value) -> Result<(serde_json::Value, T)> {
+    match dir {
+        Some(dir) => read_config(&dir),
+        None => {
+            let typed = serde_json::from_value(builtin.clone()).map_err(|e| Error::InvalidModel(format!("built-in config: {e}")))?;
+            Ok((builtin, typed))
+        }
+    }
+}
 
 fn check_dtype_on_device(device: Device, dtype: Kind) -> Result<()> {
     if device == Device::Cpu && dtype == Kind::Half {
@@ -215,38 +332,86 @@ fn check_dtype_on_device(device: Device, dtype: Kind) -> Result<()> {
 
 impl StableDiffusion {
     /// Loads a diffusers pipeline folder (`model_index.json`, `unet/`, `vae/`, `text_encoder/`,
-    /// `tokenizer/`, `scheduler/`), taking overridden components from their own folders.
+    /// `tokenizer/`, `scheduler/`), taking overridden components from their own folders; or a
+    /// single-file checkpoint in the original layout (a `.safetensors` file, see [`single_file`]).
     pub fn open(root: &Path, options: &ModelOptions) -> Result<Self> {
         let started = Instant::now();
-        loading::check_pipeline_folder(root)?;
         check_dtype_on_device(options.device, options.dtype)?;
-        let dir = |component| options.overrides.component_dir(root, component);
-        let (unet_dir, vae_dir, text_dir) = (dir(Component::Unet), dir(Component::Vae), dir(Component::TextEncoder));
-        let tokenizer = ClipTokenizer::from_dir(&dir(Component::Tokenizer))?;
-        let scheduler_config: SchedulerConfig = read_json(&loading::component_config(&dir(Component::Scheduler), "scheduler_config.json")?)?;
-        let schedule = NoiseSchedule::new(scheduler_config)?;
-        let (unet_json, unet_config): (_, UNetConfig) = read_config(&unet_dir)?;
-        let (vae_json, vae_config): (_, VaeConfig) = read_config(&vae_dir)?;
-        let text_config = ClipTextConfig::read(&loading::component_config(&text_dir, "config.json")?)?;
-        let (device, dtype, variant) = (options.device, options.dtype, options.variant.as_deref());
-        let load_weights = |dir: &Path| -> Result<WeightFiles> { WeightFiles::open(&loading::weight_files(dir, variant)?, device, dtype) };
+        let sources = if single_file::is_single_file(root) { Sources::single_file(root, options)? } else { Sources::folder(root, options)? };
+        let model = Self::load(sources, options.device, options.dtype)?;
+        tracing::info!(path = %root.display(), device = ?options.device, dtype = ?options.dtype, seconds = started.elapsed().as_secs_f64(), "model loaded");
+        Ok(model)
+    }
+
+    /// Builds the networks from their weight files (tensors mapped or converted one by one).
+    fn load(sources: Sources, device: Device, dtype: Kind) -> Result<Self> {
+        let Sources {
+            tokenizer,
+            schedule,
+            unet: (unet_json, unet_config, unet_files),
+            vae: (vae_json, vae_config, vae_files),
+            text_encoder: (text_config, text_files),
+        } = sources;
         let mut mappings = Vec::new();
-        let (unet, unet_weights, vae, vae_weights, text_encoder) = tch::no_grad(|| -> Result<_> {
-            let files = load_weights(&unet_dir)?;
-            let unet = UNet2DConditionModel::load(&WeightPath::root(&files), unet_config)?;
-            mappings.extend(files.mappings_in_use());
-            let unet_weights = ComponentWeights { parameters: files.into_parameters(), config: unet_json };
-            let files = load_weights(&vae_dir)?;
-            let vae = AutoencoderKL::load(&WeightPath::root(&files), vae_config)?;
-            mappings.extend(files.mappings_in_use());
-            let vae_weights = ComponentWeights { parameters: files.into_parameters(), config: vae_json };
-            let files = load_weights(&text_dir)?;
-            let text_encoder = ClipTextModel::load(&WeightPath::root(&files), text_config)?;
-            mappings.extend(files.mappings_in_use());
-            Ok((unet, unet_weights, vae, vae_weights, text_encoder))
+        let (unet, unet_weights, vae, vae_weights, text_encoder, text_encoder_parameters) = tch::no_grad(|| -> Result<_> {
+            let unet = UNet2DConditionModel::load(&WeightPath::root(&unet_files), unet_config)?;
+            mappings.extend(unet_files.mappings_in_use());
+            let unet_weights = ComponentWeights { parameters: unet_files.into_parameters(), config: unet_json };
+            let vae = AutoencoderKL::load(&WeightPath::root(&vae_files), vae_config)?;
+            mappings.extend(vae_files.mappings_in_use());
+            let vae_weights = ComponentWeights { parameters: vae_files.into_parameters(), config: vae_json };
+            let text_encoder = ClipTextModel::load(&WeightPath::root(&text_files), text_config)?;
+            mappings.extend(text_files.mappings_in_use());
+            Ok((unet, unet_weights, vae, vae_weights, text_encoder, text_files.into_parameters()))
         })?;
-        tracing::info!(path = %root.display(), ?device, ?dtype, seconds = started.elapsed().as_secs_f64(), "model loaded");
-        Ok(StableDiffusion { unet, unet_weights, vae_weights, vae, text_encoder, tokenizer, schedule, device, dtype, _mappings: mappings })
+        let lora = LoraState::default();
+        Ok(StableDiffusion {
+            unet,
+            unet_weights,
+            vae_weights,
+            text_encoder_parameters,
+            lora,
+            vae,
+            text_encoder,
+            tokenizer,
+            schedule,
+            device,
+            dtype,
+            _mappings: mappings,
+        })
+    }
+
+    /// Merges the LoRA adapter at `path` (a `.safetensors` file in diffusers/peft or kohya naming, for
+    /// the UNet and/or the text encoder) into the weights at `scale`, on top of any adapter already
+    /// loaded (see [`lora`]). An adapter that names layers this model lacks, or whose shapes do not fit,
+    /// is refused with their names and leaves the model unchanged.
+    pub fn load_lora(&mut self, path: &Path, scale: f64) -> Result<()> {
+        if !scale.is_finite() {
+            return Err(Error::InvalidArgument(format!("LoRA scale must be finite, got {scale}")));
+        }
+        let updates = tch::no_grad(|| {
+            let parameters =
+                HashMap::from([(Target::Unet, self.unet_weights.parameters.as_slice()), (Target::TextEncoder, self.text_encoder_parameters.as_slice())]);
+            lora::merged_weights(path, scale, &parameters)
+        })?;
+        let layers = updates.len();
+        let mut parameters =
+            HashMap::from([(Target::Unet, self.unet_weights.parameters.as_mut_slice()), (Target::TextEncoder, self.text_encoder_parameters.as_mut_slice())]);
+        tch::no_grad(|| lora::install(updates, &mut parameters, &mut self.lora))?;
+        tracing::info!(path = %path.display(), scale, layers, "LoRA merged");
+        Ok(())
+    }
+
+    /// Removes every loaded LoRA adapter: the weights are the base model's again, bit for bit.
+    pub fn unload_lora(&mut self) {
+        let mut parameters =
+            HashMap::from([(Target::Unet, self.unet_weights.parameters.as_mut_slice()), (Target::TextEncoder, self.text_encoder_parameters.as_mut_slice())]);
+        tch::no_grad(|| lora::uninstall(&mut parameters, &mut self.lora));
+    }
+
+    /// Whether a LoRA adapter is merged into the weights.
+    pub fn has_lora(&self) -> bool {
+        !self.lora.is_empty()
     }
 
     pub fn device(&self) -> Device {
@@ -267,6 +432,11 @@ impl StableDiffusion {
 
     pub fn vae_weights(&self) -> &ComponentWeights {
         &self.vae_weights
+    }
+
+    /// The text encoder's tensors by name (as its weight files name them).
+    pub fn text_encoder_parameters(&self) -> &[(String, Tensor)] {
+        &self.text_encoder_parameters
     }
 
     pub fn vae(&self) -> &AutoencoderKL {

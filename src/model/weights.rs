@@ -139,7 +139,27 @@ pub struct WeightFiles {
     dtype: Kind,
     /// Every tensor handed out, under its name: the component's parameters, for training and saving.
     loaded: RefCell<Vec<(String, Tensor)>>,
+    /// For a file in another layout than diffusers' (a single-file checkpoint): where each tensor a
+    /// layer asks for lies in it.
+    key_map: Option<KeyMap>,
 }
+
+/// Where a tensor asked for under diffusers' name lies in a file of another layout: the file's key,
+/// and, for a fused tensor, which of `count` equal slices along its first dimension it is.
+pub struct SourceKey {
+    pub key: String,
+    pub slice: Option<(u64, u64)>,
+}
+
+impl SourceKey {
+    pub fn whole(key: String) -> Self {
+        SourceKey { key, slice: None }
+    }
+}
+
+/// Maps a diffusers tensor name to its place in a file of another layout; None where no key of that
+/// layout corresponds.
+pub type KeyMap = Box<dyn Fn(&str) -> Option<SourceKey>>;
 
 #[derive(serde::Deserialize)]
 struct HeaderEntry {
@@ -172,7 +192,24 @@ impl WeightFiles {
             let map = Arc::new(MappedFile::map(path, &file, file_len)?);
             files.push(WeightFile { path: path.clone(), map, viewed: Cell::new(false) });
         }
-        Ok(WeightFiles { files, entries, device, dtype, loaded: RefCell::new(Vec::new()) })
+        Ok(WeightFiles { files, entries, device, dtype, loaded: RefCell::new(Vec::new()), key_map: None })
+    }
+
+    /// Opens one file of another layout, whose tensors are found through `key_map`. A tensor may then
+    /// also be a fused tensor's slice, and a 1×1 convolution kernel serves a linear layer and the
+    /// other way round (the same bytes).
+    pub fn open_mapped(path: &Path, device: Device, dtype: Kind, key_map: KeyMap) -> Result<Self> {
+        Ok(WeightFiles { key_map: Some(key_map), ..Self::open(&[path.to_path_buf()], device, dtype)? })
+    }
+
+    /// The shape of the file's tensor `key` (its own name, not mapped).
+    pub fn shape_of(&self, key: &str) -> Option<&[i64]> {
+        self.entries.get(key).map(|e| e.shape.as_slice())
+    }
+
+    /// Whether any of the file's keys (not mapped) starts with `prefix`.
+    pub fn has_key_prefix(&self, prefix: &str) -> bool {
+        self.entries.keys().any(|k| k.starts_with(prefix))
     }
 
     /// The files' names, for error messages.
@@ -182,19 +219,51 @@ impl WeightFiles {
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.entries.contains_key(name)
+        match &self.key_map {
+            Some(key_map) => key_map(name).is_some_and(|source| self.entries.contains_key(&source.key)),
+            None => self.entries.contains_key(name),
+        }
     }
 
     /// Tensor `name`, after checking that its shape is `expected`, in the compute dtype on the compute
     /// device: a view of the file's mapping where no conversion is needed (see the module doc).
     pub fn get(&self, name: &str, expected: &[i64]) -> Result<Tensor> {
-        let entry = self.entries.get(name).ok_or_else(|| Error::MissingTensor { name: name.to_string(), file: self.describe() })?;
-        if entry.shape != expected {
-            return Err(Error::ShapeMismatch { name: name.to_string(), expected: expected.to_vec(), found: entry.shape.clone() });
-        }
-        let tensor = self.load(entry)?;
+        let entry = match &self.key_map {
+            Some(key_map) => self.mapped_entry(key_map, name, expected)?,
+            None => {
+                let entry = self.entries.get(name).ok_or_else(|| Error::MissingTensor { name: name.to_string(), file: self.describe() })?;
+                if entry.shape != expected {
+                    return Err(Error::ShapeMismatch { name: name.to_string(), expected: expected.to_vec(), found: entry.shape.clone() });
+                }
+                entry.clone()
+            }
+        };
+        let tensor = self.load(&entry)?;
         self.loaded.borrow_mut().push((name.to_string(), tensor.shallow_clone()));
         Ok(tensor)
+    }
+
+    /// The entry of the file's tensor that `name` maps to, cut to its slice and shaped as `expected`.
+    /// Errors name the file's key (and the name asked for) and both shapes.
+    fn mapped_entry(&self, key_map: &KeyMap, name: &str, expected: &[i64]) -> Result<TensorEntry> {
+        let missing = |key: String| Error::MissingTensor { name: key, file: self.describe() };
+        let source = key_map(name).ok_or_else(|| missing(format!("{name} (no key of the file's layout corresponds to it)")))?;
+        let entry = self.entries.get(&source.key).ok_or_else(|| missing(format!("{} (for {name})", source.key)))?;
+        let count = source.slice.map_or(1, |(_, count)| count);
+        let mut wanted = expected.to_vec();
+        if let Some(first) = wanted.first_mut() {
+            *first *= count as i64;
+        }
+        if entry.shape != wanted && without_unit_kernel(&entry.shape) != without_unit_kernel(&wanted) {
+            return Err(Error::ShapeMismatch { name: format!("{} (for {name})", source.key), expected: wanted, found: entry.shape.clone() });
+        }
+        let mut entry = entry.clone();
+        if let Some((index, count)) = source.slice {
+            entry.len /= count;
+            entry.offset += index * entry.len;
+        }
+        entry.shape = expected.to_vec();
+        Ok(entry)
     }
 
     /// The mappings that tensors handed out are views of. Whoever keeps those tensors must keep these
@@ -207,8 +276,9 @@ impl WeightFiles {
     /// for (e.g. CLIP's `position_ids` buffer) are logged, not kept.
     pub fn into_parameters(self) -> Vec<(String, Tensor)> {
         let loaded = self.loaded.into_inner();
-        let unused = self.entries.len() - loaded.len();
-        if unused > 0 {
+        let unused = self.entries.len().saturating_sub(loaded.len());
+        // A mapped file holds other components' tensors too: its unused ones say nothing.
+        if unused > 0 && self.key_map.is_none() {
             let taken: std::collections::HashSet<&str> = loaded.iter().map(|(n, _)| n.as_str()).collect();
             let names: Vec<&String> = self.entries.keys().filter(|n| !taken.contains(n.as_str())).take(5).collect();
             tracing::debug!(unused, ?names, "tensors in the weight files that the model does not use");
@@ -272,6 +342,15 @@ impl WeightFiles {
             unsafe { std::ptr::copy_nonoverlapping(self.files[entry.file].map.at(entry.offset), tensor.data_ptr() as *mut u8, entry.len as usize) };
         }
         Ok(tensor)
+    }
+}
+
+/// A shape without a trailing 1×1 kernel: (out, in, 1, 1) → (out, in), so that a 1×1 convolution's
+/// kernel and a linear layer's weight (the same bytes) compare equal.
+fn without_unit_kernel(shape: &[i64]) -> &[i64] {
+    match shape {
+        [_, _, 1, 1] => &shape[..2],
+        _ => shape,
     }
 }
 

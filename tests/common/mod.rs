@@ -65,6 +65,23 @@ pub fn translate_fixture_dir() -> &'static Path {
     })
 }
 
+/// The single-file and LoRA reference folder (tests/reference/models_reference.py, built on first use
+/// from the fixtures): `single/<pipeline>.safetensors` and `lora/`.
+pub fn models_fixture_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = repo_root().join("target/models_fixtures");
+        let status = Command::new(python())
+            .arg(repo_root().join("tests/reference/models_reference.py"))
+            .arg(fixtures())
+            .arg(&out)
+            .status()
+            .expect("run tests/reference/models_reference.py (run scripts/setup.sh first)");
+        assert!(status.success(), "models_reference.py failed");
+        out
+    })
+}
+
 pub struct Reference {
     pub tensors: HashMap<String, Tensor>,
     pub json: serde_json::Value,

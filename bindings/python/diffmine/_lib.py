@@ -41,6 +41,10 @@ class CModelOptions(ctypes.Structure):
         ("text_encoder_path", ctypes.c_char_p),
         ("tokenizer_path", ctypes.c_char_p),
         ("scheduler_path", ctypes.c_char_p),
+        ("config_path", ctypes.c_char_p),
+        ("sd_version", ctypes.c_uint32),
+        ("prediction_type", ctypes.c_uint32),
+        ("use_ema", ctypes.c_uint32),
     ]
 
 
@@ -318,7 +322,8 @@ LOG_FN = ctypes.CFUNCTYPE(None, ctypes.c_int32, ctypes.c_char_p, ctypes.c_char_p
 
 PIXEL_U8, PIXEL_U16, PIXEL_F32 = 0, 1, 2
 DTYPE_FLOAT32, DTYPE_FLOAT16, DTYPE_BFLOAT16 = 0, 1, 2
-PREDICTION_EPSILON, PREDICTION_V = 0, 1
+PREDICTION_EPSILON, PREDICTION_V, PREDICTION_FROM_MODEL = 0, 1, 2
+SD_VERSION_DETECT, SD_VERSION_1, SD_VERSION_2 = 0, 1, 2
 LATENT_SAMPLE, LATENT_MEAN = 0, 1
 
 _p = ctypes.POINTER
@@ -331,6 +336,8 @@ _PROTOTYPES = {
     "dm_model_options_default": (_c_status, [_p(CModelOptions)]),
     "dm_model_open": (_c_status, [ctypes.c_char_p, _p(CModelOptions), _p(ctypes.c_void_p)]),
     "dm_model_free": (_c_status, [ctypes.c_void_p]),
+    "dm_model_load_lora": (_c_status, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_float]),
+    "dm_model_unload_lora": (_c_status, [ctypes.c_void_p]),
     "dm_model_get_info": (_c_status, [ctypes.c_void_p, _p(CModelInfo)]),
     "dm_model_latent_size": (
         _c_status, [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32, _p(ctypes.c_uint32), _p(ctypes.c_uint32)]),

@@ -134,12 +134,19 @@ class ModelInfo:
 
 
 class Model(Handle):
-    """A Stable Diffusion pipeline loaded from a diffusers folder.
+    """A Stable Diffusion pipeline loaded from a diffusers folder or a single-file checkpoint.
 
     ``device`` is "cpu", "cuda" or "cuda:N"; ``dtype`` the compute dtype ("float32", "float16" (CUDA
     only) or "bfloat16"); ``variant`` a weight file variant such as "fp16" (``*.fp16.safetensors``);
     ``unet``, ``vae``, ``text_encoder``, ``tokenizer`` and ``scheduler`` component folders to use instead
-    of the pipeline folder's own. Release it with :meth:`close` or a ``with`` block. A model may be used
+    of the pipeline folder's own.
+
+    ``path`` may also be a single ``.safetensors`` file in the original SD 1.x/2.x layout. ``config``
+    then names a diffusers folder whose configs (and tokenizer, scheduler) describe it, as diffusers'
+    ``from_single_file(config=...)``; without it the original SD configs are used and ``tokenizer`` is
+    required. ``sd_version`` (1 or 2) overrides the family detected from the weights,
+    ``prediction_type`` ("epsilon" or "v_prediction") the scheduler's, and ``use_ema`` reads the UNet's
+    EMA weights. Release it with :meth:`close` or a ``with`` block. A model may be used
     from several threads at once (the library releases the GIL while it computes).
 
     Every failure of the library raises a :class:`diffmine.Error` subclass with its ``status`` and message.
@@ -159,6 +166,10 @@ class Model(Handle):
         text_encoder: Optional[PathLike] = None,
         tokenizer: Optional[PathLike] = None,
         scheduler: Optional[PathLike] = None,
+        config: Optional[PathLike] = None,
+        sd_version: Optional[int] = None,
+        prediction_type: Optional[str] = None,
+        use_ema: bool = False,
     ) -> None:
         super().__init__()
         self.path = os.fspath(path)
@@ -175,10 +186,20 @@ class Model(Handle):
             "text_encoder_path": _path_bytes(text_encoder, "text_encoder"),
             "tokenizer_path": _path_bytes(tokenizer, "tokenizer"),
             "scheduler_path": _path_bytes(scheduler, "scheduler"),
+            "config_path": _path_bytes(config, "config"),
         }
         for field, value in strings.items():
             setattr(options, field, value)
         options.dtype = _dtype_value(dtype, "dtype")
+        versions = {None: _lib.SD_VERSION_DETECT, 1: _lib.SD_VERSION_1, 2: _lib.SD_VERSION_2}
+        predictions = {None: _lib.PREDICTION_FROM_MODEL, "epsilon": _lib.PREDICTION_EPSILON, "v_prediction": _lib.PREDICTION_V}
+        if sd_version not in versions:
+            raise _invalid(f"sd_version must be 1, 2 or None, got {sd_version!r}")
+        if prediction_type not in predictions:
+            raise _invalid(f"prediction_type must be \"epsilon\", \"v_prediction\" or None, got {prediction_type!r}")
+        options.sd_version = versions[sd_version]
+        options.prediction_type = predictions[prediction_type]
+        options.use_ema = 1 if use_ema else 0
         handle = ctypes.c_void_p()
         check(lib.dm_model_open(_path_bytes(path, "path"), ctypes.byref(options), ctypes.byref(handle)))
         self._handle = handle.value
@@ -197,6 +218,19 @@ class Model(Handle):
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"device={self.device!r}"
         return f"Model({self.path!r}, {state})"
+
+    # --- LoRA adapters ------------------------------------------------------------------------------
+
+    def load_lora(self, path: PathLike, scale: float = 1.0) -> None:
+        """Merges the LoRA adapter at ``path`` (``.safetensors``, diffusers/peft or kohya naming; UNet
+        and/or text encoder) into the weights at ``scale``. A second adapter stacks on the first. An
+        adapter for another model is refused with the layers' names, the model unchanged. Nothing else
+        (a call on another thread, a miner made from this model) may use the model meanwhile."""
+        check(_lib.lib().dm_model_load_lora(self._h(), _path_bytes(path, "path"), float(scale)))
+
+    def unload_lora(self) -> None:
+        """Removes every loaded adapter: the weights are the base model's again, bit for bit."""
+        check(_lib.lib().dm_model_unload_lora(self._h()))
 
     # --- operations -----------------------------------------------------------------------------
 

@@ -366,3 +366,28 @@ class ErrorTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+def models_fixtures() -> Path:
+    """Single files and a LoRA adapter with diffusers' outputs (tests/reference/models_reference.py)."""
+    folder = REPO / "target" / "models_fixtures"
+    subprocess.run([sys.executable, str(REPO / "tests" / "reference" / "models_reference.py"), str(fixtures()), str(folder)], check=True)
+    return folder
+
+
+class SingleFileAndLoraTest(unittest.TestCase):
+    def test_a_single_file_equals_its_folder_and_a_lora_equals_diffusers(self) -> None:
+        models = models_fixtures()
+        folder = fixtures() / "sd15_tiny"
+        reference = load_file(str(models / "lora" / "reference.safetensors"))
+        settings = json.loads((models / "lora" / "reference.json").read_text())
+        with diffmine.Model(folder) as plain, diffmine.Model(models / "single" / "sd15_tiny.safetensors", config=folder) as single:
+            base = plain.text_embeddings(settings["prompt"])
+            np.testing.assert_allclose(single.text_embeddings(settings["prompt"]), base, atol=1e-6)
+            single.load_lora(models / "lora" / "peft" / "pytorch_lora_weights.safetensors", scale=settings["scale"])
+            np.testing.assert_allclose(single.text_embeddings(settings["prompt"]), reference["adapted.text_embeddings"][0], atol=TOLERANCE)
+            single.unload_lora()
+            np.testing.assert_array_equal(single.text_embeddings(settings["prompt"]), base)
+            with self.assertRaises(Error) as raised:
+                single.load_lora(models / "single" / "sd2_tiny.safetensors")
+            self.assertEqual(raised.exception.status, Status.ERR_INVALID_ARGUMENT)

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
+use diffmine::model::single_file::SingleFileOptions;
 use diffmine::model::{device_name, dtype_name, parse_device, parse_dtype, ComponentOverrides, ModelOptions, StableDiffusion};
 use diffmine::translate::TranslateOptions;
 use diffmine::typicality::LatentMode;
@@ -12,8 +13,9 @@ use diffmine::Result;
 /// Where the model is and how it runs.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// The diffusers model folder.
-    #[arg(long, value_name = "DIR", help_heading = "Model")]
+    /// The diffusers model folder, or a single-file checkpoint (MODEL.safetensors in the original
+    /// layout; --base then names the folder with its configs and tokenizer).
+    #[arg(long, value_name = "DIR|FILE", help_heading = "Model")]
     pub model: PathBuf,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value_t = device_name(ModelOptions::default().device), help_heading = "Model")]
@@ -24,28 +26,41 @@ pub struct ModelArgs {
     /// Weight file variant, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors).
     #[arg(long, help_heading = "Model")]
     pub variant: Option<String>,
-    /// Components the model folder lacks (a finetuned folder may hold only its UNet) come from DIR.
+    /// Components the model folder lacks (a finetuned folder may hold only its UNet) come from DIR;
+    /// for a single-file checkpoint, DIR gives its configs, tokenizer and scheduler.
     #[arg(long, value_name = "DIR", help_heading = "Model")]
     pub base: Option<PathBuf>,
+    /// A LoRA adapter (diffusers/peft or kohya naming) merged into the model's weights.
+    #[arg(long, value_name = "FILE", help_heading = "Model")]
+    pub lora: Option<PathBuf>,
+    /// The adapter's scale.
+    #[arg(long, default_value_t = 1.0, requires = "lora", help_heading = "Model")]
+    pub lora_scale: f64,
 }
 
 impl ModelArgs {
     pub fn options(&self) -> Result<ModelOptions> {
-        Ok(ModelOptions {
-            device: parse_device(&self.device)?,
-            dtype: parse_dtype(&self.dtype)?,
-            variant: self.variant.clone(),
-            overrides: self.base.as_deref().map(|base| ComponentOverrides::from_base(&self.model, base)).unwrap_or_default(),
-        })
+        let (device, dtype, variant) = (parse_device(&self.device)?, parse_dtype(&self.dtype)?, self.variant.clone());
+        if self.model.is_file() {
+            // A single-file checkpoint: --base describes it, as diffusers' `from_single_file(config=DIR)`.
+            let single_file = SingleFileOptions { config: self.base.clone(), ..SingleFileOptions::default() };
+            return Ok(ModelOptions { device, dtype, variant, single_file, ..ModelOptions::default() });
+        }
+        let overrides = self.base.as_deref().map(|base| ComponentOverrides::from_base(&self.model, base)).unwrap_or_default();
+        Ok(ModelOptions { device, dtype, variant, overrides, ..ModelOptions::default() })
     }
 
     pub fn open(&self) -> Result<StableDiffusion> {
-        StableDiffusion::open(&self.model, &self.options()?)
+        let mut model = StableDiffusion::open(&self.model, &self.options()?)?;
+        if let Some(lora) = &self.lora {
+            model.load_lora(lora, self.lora_scale)?;
+        }
+        Ok(model)
     }
 
-    /// Another model folder (and its base) on this one's device and dtype.
+    /// Another model folder (and its base) on this one's device and dtype, without this one's adapter.
     pub fn other(&self, model: &Path, base: Option<&Path>) -> Self {
-        ModelArgs { model: model.to_path_buf(), base: base.map(Path::to_path_buf), ..self.clone() }
+        ModelArgs { model: model.to_path_buf(), base: base.map(Path::to_path_buf), lora: None, ..self.clone() }
     }
 }
 
