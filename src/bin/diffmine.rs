@@ -36,7 +36,7 @@ use diffmine::finetune::{finetune, FinetuneOptions, StepCompute, TrainOptions};
 use diffmine::image::{to_rgb8, to_rgb_image};
 use diffmine::mining::cluster::ClusterOptions;
 use diffmine::mining::cotypicality::report::{write_parallel_report, ParallelReportOptions, ReportSource, VersionStore};
-use diffmine::mining::cotypicality::{parallel_set, CotypicalMiner, ParallelMiningOptions, Projection};
+use diffmine::mining::cotypicality::{mine_parallel_sets, ParallelMiningOptions, ParallelSource, Projection};
 use diffmine::mining::dift::DiftOptions;
 use diffmine::mining::miner::{mine, MiningOptions, StageTimes};
 use diffmine::mining::patches::select_patches;
@@ -673,6 +673,7 @@ fn parallel_mining_options(args: &Args) -> Result<ParallelMiningOptions> {
         per_set: args.parsed("per-set", d.per_set)?,
         top: args.parsed("top", d.top)?,
         projection: projection(args)?,
+        resize: args.optional("resize").map(|_| args.parsed("resize", 0usize)).transpose()?,
         ..d
     })
 }
@@ -693,33 +694,21 @@ fn parallel_mine_command(args: &Args) -> Result<()> {
     let labels = data.labels();
     let out = PathBuf::from(args.required("out")?);
     let versions = VersionStore::create(out.join("versions"))?;
-    let resize = args.optional("resize").map(|_| args.parsed("resize", 0usize)).transpose()?;
     let options = parallel_mining_options(args)?;
     let d = ParallelReportOptions::default();
     let report_options = ParallelReportOptions { strips: args.parsed("strips", d.strips)?, per_strip: args.parsed("per-strip", d.per_strip)? };
-    // A parallel set translates from one source label; an image with several has no single source.
-    let items: Vec<_> = data.items.iter().filter(|item| item.labels.len() == 1).collect();
-    if items.len() < data.items.len() {
-        eprintln!("{} images with several labels left out", data.items.len() - items.len());
+    let (sources, left_out) = ParallelSource::from_set(&data, &labels);
+    if left_out > 0 {
+        eprintln!("{left_out} images with several labels left out");
     }
-    let mut miner = CotypicalMiner::new(&model, labels.clone(), &options)?;
-    let mut sources = Vec::with_capacity(items.len());
     let started = Instant::now();
     let mut bar = progress_bar();
-    for (n, item) in items.iter().enumerate() {
-        let source = labels.iter().position(|l| *l == item.labels[0]).expect("labels() lists every item's label");
-        let set = parallel_set(&model, &image_tensor(&item.path, resize)?, source, &labels, &options, &mut |_, _| true)?;
-        // Saved as it is made, so memory stays bounded by the miner's kept boxes.
-        versions.save(n, &set)?;
-        miner.add_set(&set, &mut |_, _| true)?;
-        sources.push(ReportSource { name: item.path.display().to_string(), label: source });
-        bar(n as u64 + 1, items.len() as u64, f64::NAN);
-    }
-    let result = miner.finish()?;
-    let strips = write_parallel_report(&result, &sources, &labels, &versions, &report_options, &out)?;
+    let result = mine_parallel_sets(&model, &labels, &sources, &options, &versions, &mut |done, total| bar(done, total, f64::NAN))?;
+    let report_sources: Vec<ReportSource> = sources.iter().map(ParallelSource::report_source).collect();
+    let strips = write_parallel_report(&result, &report_sources, &labels, &versions, &report_options, &out)?;
     println!(
         "{} parallel sets in {:.0} s: {} elements in {} clusters; wrote {strips} strip figures; report: {}",
-        items.len(),
+        sources.len(),
         started.elapsed().as_secs_f64(),
         result.elements.len(),
         result.clusters.len(),

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::model::StableDiffusion;
 use crate::typicality::{typicality, LatentMode, TypicalityOptions};
 
-/// The spec's X-ray captions.
+/// The caption of an X-ray with `disease`, as the model is finetuned with ("Chest X-Ray with {disease}.").
 pub fn prompt_for(disease: &str) -> String {
     format!("Chest X-Ray with {disease}.")
 }
