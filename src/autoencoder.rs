@@ -6,7 +6,7 @@ use std::path::Path;
 
 use tch::{Kind, Tensor};
 
-use crate::dataset::{center_crop, load_image, LabelledSet};
+use crate::dataset::{center_crop, LabelledSet};
 use crate::error::{Error, Result};
 use crate::finetune::{require_f32, save_component, ComponentSources, Optimization, TrainOptions, TrainProgress};
 use crate::model::{Component, ModelOptions, StableDiffusion};
@@ -70,7 +70,7 @@ pub fn train_autoencoder(model_dir: &Path, set: &LabelledSet, options: &Autoenco
 }
 
 fn load_images(set: &LabelledSet, resolution: usize) -> Result<Tensor> {
-    let images: Vec<Tensor> = set.items.iter().map(|item| center_crop(&load_image(&item.path, Some(resolution))?, resolution as i64)).collect::<Result<_>>()?;
+    let images: Vec<Tensor> = set.items.iter().map(|item| center_crop(&item.load(Some(resolution))?, resolution as i64)).collect::<Result<_>>()?;
     Ok(Tensor::f_cat(&images, 0)?)
 }
 

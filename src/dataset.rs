@@ -1,13 +1,17 @@
-//! Labelled image sets as users hand them in: a folder per label (`ROOT/<label>/*.png|jpg`) or a CSV of
-//! `path,label` rows (paths relative to the CSV; several labels of one image separated by `|`).
+//! Labelled image sets as users hand them in: a folder per label (`ROOT/<label>/*.png|jpg|dcm`) or a
+//! CSV of `path,label` rows (paths relative to the CSV; several labels of one image separated by `|`).
+//! Images are PNG, JPEG, BMP or DICOM; DICOM is recognised by its content (a PACS export often names
+//! its files without an extension) and read as `dicom::open_image` reads it.
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tch::Tensor;
 
+use crate::dicom::{file_is_dicom, open_image, DicomOptions};
 use crate::error::{Error, Result};
 use crate::image::{ImageView, PixelType};
 
+/// The extensions of the non-DICOM image files a label folder lists.
 const IMAGE_EXTENSIONS: [&str; 4] = ["png", "jpg", "jpeg", "bmp"];
 
 #[derive(Debug, Clone, PartialEq)]
@@ -97,7 +101,7 @@ impl LabelledSet {
     }
 
     fn from_csv(csv: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(csv).map_err(|e| Error::io(csv, e))?;
+        let text = crate::io::read_text(csv)?;
         let base = csv.parent().unwrap_or(Path::new("."));
         let mut items = Vec::new();
         for (number, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
@@ -125,8 +129,9 @@ impl LabelledSet {
     }
 }
 
-fn is_image(path: &Path) -> bool {
-    path.is_file() && path.extension().is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_string_lossy().to_lowercase().as_str()))
+/// Whether `path` is a file of an image: DICOM by its content, else PNG, JPEG or BMP by its extension.
+pub(crate) fn is_image(path: &Path) -> bool {
+    path.is_file() && (path.extension().is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_string_lossy().to_lowercase().as_str())) || file_is_dicom(path))
 }
 
 fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -135,13 +140,11 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(entries)
 }
 
-/// Reads an image file as model input (1, 3, H, W) in [-1, 1], its shorter side resized to
-/// `short_side` when given.
+/// Reads an image file (PNG, JPEG, BMP or DICOM, recognised by content; DICOM frame 0 through the
+/// file's window, as `dm_image_open` reads it by default) as model input (1, 3, H, W) in [-1, 1], its
+/// shorter side resized to `short_side` when given.
 pub fn load_image(path: &Path, short_side: Option<usize>) -> Result<Tensor> {
-    let image = image::open(path).map_err(|e| Error::io(path, e))?.to_rgb8();
-    let (width, height) = (image.width() as usize, image.height() as usize);
-    let view = ImageView { data: image.as_raw(), width, height, channels: 3, stride: width * 3, pixel: PixelType::U8 };
-    view.to_model_input_resized(short_side)
+    open_image(path, &DicomOptions::default())?.view().to_model_input_resized(short_side)
 }
 
 /// Model input from `pixels` when the image is held in memory, else from the file at `path`.

@@ -41,7 +41,7 @@ pub use self::format::Photometric;
 use self::format::{Codec, PixelFormat};
 pub use self::lut::VoiFunction;
 use self::lut::{ModalityLut, Palette, Voi};
-pub use self::write::{new_uid, write_grey_image, GreyImageAttributes, MapKind, WrittenInstance};
+pub use self::write::{new_uid, validate_uid, write_grey_image, GreyImageAttributes, MapKind, WrittenInstance};
 use crate::error::{Error, Result};
 use crate::image::{ImageView, PixelType};
 
@@ -135,6 +135,13 @@ pub fn is_dicom(bytes: &[u8]) -> bool {
     bytes.get(128..132) == Some(b"DICM")
 }
 
+/// Whether the file at `path` is DICOM by its content (unreadable files are not).
+pub fn file_is_dicom(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 132];
+    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head)).is_ok() && is_dicom(&head)
+}
+
 /// Opens a DICOM, PNG or JPEG file (recognised by content) as an image; `options` apply to DICOM.
 pub fn open_image(path: &Path, options: &DicomOptions) -> Result<OwnedImage> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
@@ -221,7 +228,9 @@ impl DicomFile {
             let problem = if other { "has float pixel data, which is not supported" } else { "has no Pixel Data" };
             return Err(Error::InvalidData(format!("{}: {problem}", self.source)));
         }
-        PixelFormat::read(&attrs)
+        let format = PixelFormat::read(&attrs)?;
+        frames::check_frame_count(&attrs, &format)?;
+        Ok(format)
     }
 
     /// The number of frames of the image.

@@ -104,20 +104,28 @@ impl<'a> ImageView<'a> {
 }
 
 /// The size (height, width) an image of `height` × `width` has after resizing its shorter side to
-/// `short_side`.
-pub fn resized_size(height: usize, width: usize, short_side: usize) -> (usize, usize) {
+/// `short_side`; an error when that size cannot be computed with: sides beyond the resampler's 32
+/// bits, or an RGB float image larger than the address space.
+pub fn resized_size(height: usize, width: usize, short_side: usize) -> Result<(usize, usize)> {
+    if short_side == 0 {
+        return Err(Error::InvalidArgument("the resize target side must be positive".into()));
+    }
     let scale = short_side as f64 / height.min(width) as f64;
-    let side = |s: usize| ((s as f64 * scale).round() as usize).max(1);
-    (side(height), side(width))
+    let side = |s: usize| (s as f64 * scale).round().max(1.0);
+    let (h, w) = (side(height), side(width));
+    let bytes = 3.0 * 4.0 * h * w;
+    if h > u32::MAX as f64 || w > u32::MAX as f64 || bytes > isize::MAX as f64 {
+        return Err(Error::InvalidArgument(format!(
+            "resizing the {height}×{width} image to a shorter side of {short_side} gives {h}×{w} pixels, more than can be computed"
+        )));
+    }
+    Ok((h as usize, w as usize))
 }
 
 /// Resizes a (1, 3, H, W) model input with Lanczos3 so its shorter side is `short_side`.
 fn resize_short_side(input: &Tensor, short_side: usize) -> Result<Tensor> {
-    if short_side == 0 {
-        return Err(Error::InvalidArgument("the resize target side must be positive".into()));
-    }
     let (_, _, h, w) = input.size4()?;
-    let (new_h, new_w) = resized_size(h as usize, w as usize, short_side);
+    let (new_h, new_w) = resized_size(h as usize, w as usize, short_side)?;
     // The image crate clamps float pixels to [0, 1] while resampling, so resample in that range.
     let unit = input.f_get(0)?.f_add_scalar(1.0)?.f_div_scalar(2.0)?;
     let interleaved = Vec::<f32>::try_from(unit.f_permute([1, 2, 0])?.f_contiguous()?.f_flatten(0, -1)?)?;

@@ -8,6 +8,7 @@ pub mod error;
 pub mod ffi;
 pub mod finetune;
 pub mod image;
+pub mod io;
 pub mod mining;
 pub mod model;
 pub mod rng;

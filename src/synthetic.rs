@@ -270,11 +270,11 @@ fn ensure_empty_folder(dir: &Path) -> Result<()> {
 fn write_png(image: &SyntheticImage, path: &Path) -> Result<()> {
     let side = image.size as u32;
     let buffer = image::GrayImage::from_raw(side, side, image.pixels.clone()).ok_or_else(|| Error::InvalidArgument("synthetic image buffer size".into()))?;
-    buffer.save(path).map_err(|e| Error::io(path, e))
+    crate::io::write_image(&buffer, path)
 }
 
 fn write_text(path: &Path, text: &str) -> Result<()> {
-    std::fs::write(path, text).map_err(|e| Error::io(path, e))
+    crate::io::write_atomic(path, text.as_bytes())
 }
 
 fn labels_csv(entries: &[DatasetEntry]) -> String {

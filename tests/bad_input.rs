@@ -303,3 +303,59 @@ fn overflowing_or_too_small_images_are_invalid_arguments() {
     assert!(last_error().contains("too small"), "{}", last_error());
     ffi::dm_model_free(model);
 }
+
+/// An empty model path says so, rather than naming nothing before ": no such model folder".
+#[test]
+fn an_empty_model_path_is_named_as_empty() {
+    let err = open_err(Path::new(""));
+    assert!(matches!(&err, Error::InvalidArgument(m) if m.contains("path is empty")), "{err:?}");
+    let (status, message) = c_open(Path::new(""));
+    assert_eq!(status, dm_status::DM_ERR_INVALID_ARGUMENT);
+    assert!(message.contains("path is empty"), "{message}");
+}
+
+/// On DM_ERR_BUFFER_TOO_SMALL a function with an out-count or out-needed parameter writes the size
+/// it needs there, so the caller can size a second try: token ids, typical patches, miner names.
+#[test]
+fn a_buffer_too_small_gives_the_needed_size_in_the_out_count() {
+    let model = common::CModel::open(&pipeline("sd15_tiny"));
+    let text = CString::new("a photo").unwrap();
+    let mut ids = [0i64; 2];
+    let mut count = 0usize;
+    // SAFETY: valid handle and string; `ids` holds 2 elements.
+    let status = unsafe { ffi::dm_model_tokenize(model.0, text.as_ptr(), ids.as_mut_ptr(), ids.len(), &mut count) };
+    assert_eq!(status, dm_status::DM_ERR_BUFFER_TOO_SMALL);
+    let needed = count;
+    assert!(needed > 2, "the padded token count is written: {needed}");
+    let mut ids = vec![0i64; needed];
+    // SAFETY: as above, with a buffer of the size given.
+    let status = unsafe { ffi::dm_model_tokenize(model.0, text.as_ptr(), ids.as_mut_ptr(), ids.len(), &mut count) };
+    assert_eq!((status, count), (dm_status::DM_OK, needed));
+
+    let map: Vec<f32> = (0..64 * 64).map(|i| ((i * 7919) % 64) as f32).collect();
+    let mut boxes = [ffi::dm_box { x: 0, y: 0, size: 0, score: 0.0 }; 1];
+    let mut count = 0usize;
+    // SAFETY: `map` holds 64 × 64 floats; `boxes` holds 1 box.
+    let status = unsafe { ffi::dm_patches_select(map.as_ptr(), map.len(), 64, 64, 8, 4, boxes.as_mut_ptr(), boxes.len(), &mut count) };
+    assert_eq!((status, count), (dm_status::DM_ERR_BUFFER_TOO_SMALL, 4), "{}", last_error());
+}
+
+/// A resize target whose map could not even be addressed is refused, not answered with its size.
+#[test]
+fn a_map_size_beyond_what_can_be_computed_is_refused() {
+    let pixels = [0u8; 4 * 2];
+    let view =
+        ffi::dm_image_view { data: pixels.as_ptr().cast(), data_len: pixels.len(), width: 4, height: 2, channels: 1, pixel_type: ffi::DM_PIXEL_U8, stride: 4 };
+    // SAFETY: zeroed, then filled by the library.
+    let mut options: ffi::dm_typicality_options = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer.
+    assert_eq!(unsafe { ffi::dm_typicality_options_default(&mut options) }, dm_status::DM_OK);
+    let (mut h, mut w) = (0u32, 0u32);
+    for (side, expected) in [(u32::MAX, dm_status::DM_ERR_INVALID_ARGUMENT), (1 << 30, dm_status::DM_ERR_INVALID_ARGUMENT), (64, dm_status::DM_OK)] {
+        options.resize_short_side = side;
+        // SAFETY: valid view, options and outputs.
+        let status = unsafe { ffi::dm_typicality_map_size(&view, &options, &mut h, &mut w) };
+        assert_eq!(status, expected, "{side}: {h}×{w}");
+    }
+    assert_eq!((h, w), (64, 128));
+}

@@ -257,3 +257,121 @@ fn evaluation_end_to_end_on_a_synthetic_set() {
     let missing = evaluate(&model, None, &images, &unknown, &eval_options, &mut |_, _| true).map(|e| e.results.len());
     assert!(matches!(&missing, Err(Error::InvalidData(m)) if m.contains("no image named 99999999_000.png")), "{missing:?}");
 }
+
+/// One check of a box on every path: a box of infinite or astronomically large size is refused from
+/// NIH's list and from a caller alike, with the same words.
+#[test]
+fn boxes_are_checked_alike_from_the_box_list_and_from_a_caller() {
+    use diffmine::ffi::{dm_cxr8_auc_pr, dm_status};
+    let from_csv = cxr8::parse_bbox_list("Image Index,Finding Label,Bbox [x,y,w,h]\na.png,Mass,1,2,inf,4\n", "boxes.csv");
+    assert!(matches!(&from_csv, Err(Error::InvalidData(m)) if m.contains("boxes.csv:2") && m.contains("is not a box")), "{from_csv:?}");
+    let map = [0.5f32; 16];
+    let (mut ap, mut area) = (0.0, 0.0);
+    for (boxes, problem) in
+        [([1.0, 1.0, f64::INFINITY, 2.0], "is not a box"), ([1.0, 1.0, 1e308, 2.0], "reaches far beyond"), ([1.0, 1.0, 2.0, f64::NAN], "is not a box")]
+    {
+        // SAFETY: valid buffers and outputs.
+        let status = unsafe { dm_cxr8_auc_pr(map.as_ptr(), 16, 4, 4, boxes.as_ptr(), 4, &mut ap, &mut area) };
+        assert_eq!(status, dm_status::DM_ERR_INVALID_DATA, "{boxes:?}");
+        assert!(common::c_last_error().contains(problem), "{boxes:?}: {}", common::c_last_error());
+    }
+}
+
+/// Table files that are not what they claim: text that is not UTF-8 is invalid data (the file was
+/// read), and a quote left open is reported as such, with its line.
+#[test]
+fn non_utf8_tables_and_unbalanced_quotes_are_invalid_data_naming_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let latin1 = dir.path().join("BBox_List_2017.csv");
+    std::fs::write(&latin1, b"Image Index,Finding Label,Bbox [x,y,w,h]\na.png,Mass\xe9,1,2,3,4\n").unwrap();
+    let read = cxr8::read_bbox_list(&latin1);
+    assert!(matches!(&read, Err(Error::InvalidData(m)) if m.contains("BBox_List_2017.csv:2") && m.contains("UTF-8")), "{read:?}");
+    let entries = cxr8::read_data_entry(&latin1);
+    assert!(matches!(&entries, Err(Error::InvalidData(_))), "{entries:?}");
+    let quote = cxr8::parse_bbox_list("Image Index,Finding Label,Bbox [x,y,w,h]\na.png,Mass,1,2,3,4\n\"b.png,Mass,1,2,3,4\n", "boxes.csv");
+    assert!(matches!(&quote, Err(Error::InvalidData(m)) if m.contains("boxes.csv:3") && m.contains("unbalanced quote")), "{quote:?}");
+}
+
+/// The evaluation refuses, before any work or any file, a report folder path that is empty (it
+/// would write into the current folder) and a disease ChestX-ray8 has no boxes for (it would write
+/// an empty report), through the C API as through Rust.
+#[test]
+fn an_empty_report_path_or_an_unknown_disease_is_refused_before_any_work() {
+    use std::ffi::CString;
+    use std::ptr::{null, null_mut};
+
+    use diffmine::ffi::{dm_cxr8_evaluate, dm_cxr8_options, dm_cxr8_options_default, dm_status};
+    let dir = tempfile::tempdir().unwrap();
+    let set = dir.path().join("set");
+    let options = diffmine::synthetic::SyntheticOptions { images_per_label: 1, size: 32, ..Default::default() };
+    diffmine::synthetic::write_dataset(&options, &set).unwrap();
+    let model = common::CModel::open(&common::pipeline("sd15_tiny"));
+    let c = |s: &std::path::Path| CString::new(s.to_str().unwrap()).unwrap();
+    let (images, boxes, out) = (c(&set), c(&set.join("BBox_List_2017.csv")), c(&dir.path().join("out")));
+    let (empty, missing_boxes) = (CString::new("").unwrap(), c(&dir.path().join("absent.csv")));
+    // SAFETY: zeroed, then filled by the library.
+    let mut o: dm_cxr8_options = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer.
+    assert_eq!(unsafe { dm_cxr8_options_default(&mut o) }, dm_status::DM_OK);
+    (o.working_size, o.samples, o.batch, o.limit) = (32, 2, 2, 1);
+    // SAFETY: valid handle, strings and options; no progress callback.
+    let run = |boxes: &CString, out: &CString, o: &dm_cxr8_options| unsafe {
+        dm_cxr8_evaluate(model.0, null(), images.as_ptr(), boxes.as_ptr(), null(), out.as_ptr(), o, None, null_mut())
+    };
+    // The box list is absent too: the path must be refused before the tables are read.
+    assert_eq!(run(&missing_boxes, &empty, &o), dm_status::DM_ERR_INVALID_ARGUMENT, "{}", common::c_last_error());
+    assert!(common::c_last_error().contains("path is empty"), "{}", common::c_last_error());
+    let unknown = CString::new("Mass,Fracture").unwrap();
+    o.diseases = unknown.as_ptr();
+    assert_eq!(run(&boxes, &out, &o), dm_status::DM_ERR_INVALID_ARGUMENT);
+    assert!(common::c_last_error().contains("unknown disease \"Fracture\""), "{}", common::c_last_error());
+    assert!(!dir.path().join("out").exists(), "no report for an unknown disease");
+    // The box list's own name for a disease is one of them.
+    let infiltrate = CString::new("Infiltrate").unwrap();
+    o.diseases = infiltrate.as_ptr();
+    assert_eq!(run(&boxes, &out, &o), dm_status::DM_OK, "{}", common::c_last_error());
+}
+
+/// The same evaluation over DICOM copies of the images, named `<stem>.dcm` where the box list says
+/// `<stem>.png`: the images are found by their stem and, their pixels being the PNGs', give the same
+/// figures.
+#[test]
+fn an_evaluation_over_dicom_copies_finds_them_by_stem_and_gives_the_pngs_figures() {
+    use diffmine::cxr8::{evaluate, EvaluationOptions};
+    use diffmine::model::{ModelOptions, StableDiffusion};
+    let dir = tempfile::tempdir().unwrap();
+    let options = diffmine::synthetic::SyntheticOptions { images_per_label: 1, size: 32, ..Default::default() };
+    diffmine::synthetic::write_dataset(&options, &dir.path().join("png")).unwrap();
+    diffmine::synthetic::write_dicom_copies(&options, &dir.path().join("dcm")).unwrap();
+    let boxes = cxr8::read_bbox_list(&dir.path().join("png/BBox_List_2017.csv")).unwrap();
+    let model = StableDiffusion::open(&common::pipeline("sd15_tiny"), &ModelOptions::default()).unwrap();
+    let eval_options = EvaluationOptions { working_size: 32, samples: 2, batch: 2, limit: Some(3), ..Default::default() };
+    let run = |folder: &str| evaluate(&model, None, &dir.path().join(folder), &boxes, &eval_options, &mut |_, _| true).unwrap().results;
+    let (png, dcm) = (run("png"), run("dcm"));
+    assert_eq!(png.len(), 3);
+    for (p, d) in png.iter().zip(&dcm) {
+        assert_eq!((&p.image, &p.disease), (&d.image, &d.disease));
+        assert_eq!(p.finetuned, d.finetuned, "{}", p.image);
+    }
+}
+
+/// A report written onto a full disk fails with the operating system's reason and leaves the report
+/// already there whole, with no temporary beside it.
+#[test]
+fn a_report_written_onto_a_full_disk_leaves_the_old_report_whole() {
+    use diffmine::cxr8::{AucPr, ImageResult, Report};
+    let Some(disk) = common::SmallDisk::mount(64) else { return };
+    let figures = Some(AucPr { average_precision: 0.5, authors_area: 0.25 });
+    let results = [ImageResult { image: "a.png".into(), disease: "Mass".into(), finetuned: figures, baseline: None }];
+    let report = Report::from_results(&results);
+    let out = disk.path().join("report");
+    report.write(&results, &out).unwrap();
+    let before = std::fs::read(out.join("report.md")).unwrap();
+    disk.fill();
+    let err = report.write(&results, &out).unwrap_err();
+    assert!(matches!(&err, Error::Io { message, .. } if message.contains("No space left on device")), "{err:?}");
+    assert_eq!(std::fs::read(out.join("report.md")).unwrap(), before);
+    let mut names: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["report.csv", "report.json", "report.md"], "no temporary left");
+}

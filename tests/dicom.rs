@@ -266,6 +266,52 @@ fn synthetic_dicom_copies_hold_the_png_pixels_and_the_patient_record() {
     assert_eq!(uid("dcm"), uid("again"));
 }
 
+/// `name` with `edit` applied to its data set, as the bytes of a Part 10 file.
+fn edited(name: &str, edit: impl FnOnce(&mut dicom_object::DefaultDicomObject)) -> Vec<u8> {
+    let mut object = dicom_object::open_file(test_file(name)).unwrap();
+    edit(&mut object);
+    let mut bytes = Vec::new();
+    object.write_all(&mut bytes).unwrap();
+    bytes
+}
+
+/// The error of reading frame 0 of `name` with one attribute replaced.
+fn error_with(name: &str, tag: dicom_core::Tag, vr: dicom_core::VR, value: dicom_core::PrimitiveValue) -> String {
+    let bytes = edited(name, |object| {
+        object.put(dicom_core::DataElement::new(tag, vr, value));
+    });
+    match DicomFile::from_bytes(&bytes, "edited.dcm").and_then(|f| f.image(&DicomOptions::default())) {
+        Ok(image) => panic!("{name} with {tag} edited opened ({}×{})", image.width, image.height),
+        Err(Error::InvalidData(message)) => message,
+        Err(other) => panic!("{name} with {tag} edited: {other:?}, not invalid data"),
+    }
+}
+
+/// Attribute values the standard does not allow, or that the pixel data cannot hold, are refused
+/// naming the attribute, rather than read as zeros or as whatever the bits happen to say.
+#[test]
+fn attributes_out_of_the_standards_range_are_invalid_data_naming_them() {
+    use dicom_core::{PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+
+    // The unedited file reads (the edits below are what breaks it).
+    open("CT_small.dcm").image(&DicomOptions::default()).unwrap();
+    let slope = error_with("CT_small.dcm", tags::RESCALE_SLOPE, VR::DS, PrimitiveValue::from("NaN"));
+    assert!(slope.contains("Rescale Slope") && slope.contains("edited.dcm"), "{slope}");
+    let window = error_with("CT_small.dcm", tags::WINDOW_WIDTH, VR::DS, PrimitiveValue::from("inf"));
+    assert!(window.contains("Window Width"), "{window}");
+    let representation = error_with("CT_small.dcm", tags::PIXEL_REPRESENTATION, VR::US, PrimitiveValue::from(7u16));
+    assert!(representation.contains("Pixel Representation") && representation.contains('7'), "{representation}");
+    let high_bit = error_with("CT_small.dcm", tags::HIGH_BIT, VR::US, PrimitiveValue::from(40u16));
+    assert!(high_bit.contains("High Bit") && high_bit.contains("40"), "{high_bit}");
+    // 2^31 - 1 frames of 128 × 128 16-bit samples, where Pixel Data holds one.
+    let frames = error_with("CT_small.dcm", tags::NUMBER_OF_FRAMES, VR::IS, PrimitiveValue::from("2147483647"));
+    assert!(frames.contains("Number of Frames") && frames.contains("32768"), "{frames}");
+    // Encapsulated: more frames than fragments.
+    let jpeg_frames = error_with("SC_rgb_jpeg_dcmtk.dcm", tags::NUMBER_OF_FRAMES, VR::IS, PrimitiveValue::from("2147483647"));
+    assert!(jpeg_frames.contains("Number of Frames") && jpeg_frames.contains("fragments"), "{jpeg_frames}");
+}
+
 mod c_api {
     use std::ffi::{CStr, CString};
     use std::ptr::{null, null_mut};
@@ -383,6 +429,76 @@ mod c_api {
             let mut short = [0 as std::ffi::c_char; 8];
             assert_eq!(dm_dicom_new_uid(short.as_mut_ptr(), short.len()), dm_status::DM_ERR_BUFFER_TOO_SMALL);
         }
+    }
+
+    /// A series UID handed in is checked as DICOM defines UIDs, before anything is written.
+    #[test]
+    fn a_series_uid_that_is_not_a_dicom_uid_is_refused() {
+        let source = CString::new(super::test_file("CT_small.dcm").to_str().unwrap()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let out = CString::new(dir.path().join("m.dcm").to_str().unwrap()).unwrap();
+        let map = [0.5f32; 16];
+        let too_long = format!("1.2.{}", "3".repeat(67));
+        for (uid, problem) in [("abc", "\"abc\""), (too_long.as_str(), "71 characters"), ("1.02.3", "\"02\""), ("1..3", "\"\""), ("1.2.", "\"\"")] {
+            let series = CString::new(uid).unwrap();
+            // SAFETY: valid arguments.
+            let status = unsafe { dm_map_write_dicom(source.as_ptr(), 0, map.as_ptr(), 16, 4, 4, DM_MAP_RAW, series.as_ptr(), out.as_ptr(), null_mut(), 0) };
+            assert_eq!(status, dm_status::DM_ERR_INVALID_ARGUMENT, "{uid}");
+            assert!(last_error().contains("Series Instance UID") && last_error().contains(problem), "{uid}: {}", last_error());
+            assert!(!dir.path().join("m.dcm").exists(), "nothing written for {uid}");
+        }
+        let valid = CString::new("1.2.0.840.10008").unwrap();
+        // SAFETY: valid arguments.
+        let status = unsafe { dm_map_write_dicom(source.as_ptr(), 0, map.as_ptr(), 16, 4, 4, DM_MAP_RAW, valid.as_ptr(), out.as_ptr(), null_mut(), 0) };
+        assert_eq!(status, dm_status::DM_OK, "{}", last_error());
+    }
+
+    /// The UID buffer is DM_UID_BUFFER_SIZE bytes, as documented: a smaller one is refused whatever
+    /// the UID written this time, and the message gives the documented size.
+    #[test]
+    fn uid_buffers_are_checked_against_the_documented_size() {
+        let mut buffer = [0 as std::ffi::c_char; DM_UID_BUFFER_SIZE];
+        // SAFETY: `buffer` has the lengths passed (or more).
+        unsafe {
+            for len in [0, 45, DM_UID_BUFFER_SIZE - 1] {
+                assert_eq!(dm_dicom_new_uid(buffer.as_mut_ptr(), len), dm_status::DM_ERR_BUFFER_TOO_SMALL, "{len}");
+                assert!(last_error().contains(&format!("needs {DM_UID_BUFFER_SIZE}")), "{len}: {}", last_error());
+            }
+            assert_eq!(dm_dicom_new_uid(buffer.as_mut_ptr(), DM_UID_BUFFER_SIZE), dm_status::DM_OK);
+            assert!(text(buffer.as_ptr()).unwrap().starts_with("2.25."));
+        }
+    }
+
+    /// A map written onto a full disk, or into a read-only file system, fails with the operating
+    /// system's reason; a map already there stays whole and readable, and no temporary is left.
+    #[test]
+    fn a_map_written_onto_a_full_or_read_only_disk_leaves_the_old_file_whole() {
+        let Some(disk) = super::common::SmallDisk::mount(64) else { return };
+        let source = CString::new(super::test_file("CT_small.dcm").to_str().unwrap()).unwrap();
+        let map: Vec<f32> = (0..64 * 64).map(|i| i as f32 * 1e-3).collect();
+        // The raw map is 2 bytes a pixel, the overlay 3: replacing one by the other needs more room.
+        let write = |path: &std::path::Path, kind| {
+            let out = CString::new(path.to_str().unwrap()).unwrap();
+            // SAFETY: valid arguments.
+            unsafe { dm_map_write_dicom(source.as_ptr(), 0, map.as_ptr(), map.len(), 64, 64, kind, null(), out.as_ptr(), null_mut(), 0) }
+        };
+        let (old, new) = (disk.path().join("old.dcm"), disk.path().join("new.dcm"));
+        assert_eq!(write(&old, DM_MAP_RAW), dm_status::DM_OK, "{}", last_error());
+        let before = std::fs::read(&old).unwrap();
+        disk.fill();
+        for path in [&old, &new] {
+            assert_eq!(write(path, DM_MAP_OVERLAY), dm_status::DM_ERR_IO, "{}", path.display());
+            assert!(last_error().contains("No space left on device"), "{}", last_error());
+        }
+        assert_eq!(disk.names(), ["filler", "old.dcm"], "no temporary, no empty new file");
+        assert_eq!(std::fs::read(&old).unwrap(), before);
+        diffmine::dicom::DicomFile::open(&old).unwrap().image(&diffmine::dicom::DicomOptions::default()).unwrap();
+
+        std::fs::remove_file(disk.path().join("filler")).unwrap();
+        disk.make_read_only();
+        assert_eq!(write(&old, DM_MAP_RAW), dm_status::DM_ERR_IO);
+        assert!(last_error().contains("Read-only file system"), "{}", last_error());
+        assert_eq!(std::fs::read(&old).unwrap(), before);
     }
 }
 

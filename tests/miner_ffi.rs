@@ -249,6 +249,36 @@ fn pixels_in_memory_give_the_patches_of_their_files_and_crops_in_the_report() {
     }
 }
 
+/// DICOM files added through the C API are read by their content, as `dm_image_open` reads them: the
+/// synthetic set's DICOM copies (the PNGs' pixels) give the PNGs' patches. A name buffer one byte
+/// short gets the size it needs in `out_needed`.
+#[test]
+fn dicom_files_added_through_the_c_api_mine_as_their_pngs() {
+    let data = tempfile::tempdir().unwrap();
+    let options = SyntheticOptions { images_per_label: 1, size: 64, labels: vec!["Nodule".into(), "Effusion".into()], ..SyntheticOptions::default() };
+    write_dataset(&options, &data.path().join("png")).unwrap();
+    diffmine::synthetic::write_dicom_copies(&options, &data.path().join("dcm")).unwrap();
+    let set = LabelledSet::open(&data.path().join("png")).unwrap();
+    let model = CModel::open(&pipeline("sd15_tiny"));
+    let (png, dcm) = (CMiner::create(&model), CMiner::create(&model));
+    for item in &set.items {
+        let copy = data.path().join("dcm").join(&item.labels[0]).join(item.path.with_extension("dcm").file_name().unwrap());
+        assert_eq!(png.add_file(&item.path, &item.labels[0]), dm_status::DM_OK, "{}", c_last_error());
+        assert_eq!(dcm.add_file(&copy, &item.labels[0]), dm_status::DM_OK, "{}", c_last_error());
+    }
+    assert_eq!(png.run(), dm_status::DM_OK, "{}", c_last_error());
+    assert_eq!(dcm.run(), dm_status::DM_OK, "{}", c_last_error());
+    for l in 0..2 {
+        assert_eq!(png.patches(l), dcm.patches(l));
+    }
+    let name = dcm.label_name(0);
+    let mut short = vec![0 as c_char; name.len()];
+    let mut needed = 0;
+    // SAFETY: a buffer of `short.len()` bytes, a valid out pointer.
+    let status = unsafe { ffi::dm_miner_label_name(dcm.0, 0, short.as_mut_ptr(), short.len(), &mut needed) };
+    assert_eq!((status, needed), (dm_status::DM_ERR_BUFFER_TOO_SMALL, name.len() + 1));
+}
+
 #[test]
 fn bad_input_gets_a_status_and_a_message_naming_the_problem() {
     let model = CModel::open(&pipeline("sd15_tiny"));

@@ -130,6 +130,48 @@ mod pipeline {
         assert!(comparison.join("three_clusters/index.html").is_file() && comparison.join("two_clusters/patches.csv").is_file());
     }
 
+    /// A PACS export is DICOM: the synthetic set's DICOM copies (the PNGs' pixels, one folder per
+    /// label) are listed as a labelled set by their content, whatever their names, and mine to the
+    /// same patches with the same scores as the PNGs, and finetune to the same weights.
+    #[test]
+    fn a_set_of_dicom_copies_mines_and_finetunes_as_its_pngs() {
+        use diffmine::finetune::{finetune, FinetuneOptions};
+        use diffmine::synthetic::write_dicom_copies;
+        let data = tempfile::tempdir().unwrap();
+        let synthetic = SyntheticOptions { images_per_label: 2, size: 64, labels: vec!["Nodule".into(), "Effusion".into()], ..SyntheticOptions::default() };
+        write_dataset(&synthetic, &data.path().join("png")).unwrap();
+        write_dicom_copies(&synthetic, &data.path().join("dcm")).unwrap();
+        // A PACS names its files without an extension.
+        let plain = std::fs::read_dir(data.path().join("dcm/Nodule")).unwrap().map(|e| e.unwrap().path()).min().unwrap();
+        std::fs::rename(&plain, plain.with_extension("")).unwrap();
+        let (png, dcm) = (LabelledSet::open(&data.path().join("png")).unwrap(), LabelledSet::open(&data.path().join("dcm")).unwrap());
+        assert_eq!(dcm.items.len(), png.items.len());
+        let model = StableDiffusion::open(&pipeline("sd15_tiny"), &ModelOptions::default()).unwrap();
+        let options = MiningOptions { cache_dir: None, ..small_options(data.path(), 2) };
+        let patches = |results: Vec<LabelResult>| -> Vec<_> {
+            results
+                .iter()
+                .flat_map(|r| r.patches.iter().map(|p| (r.label.clone(), p.path.file_stem().unwrap().to_owned(), p.patch.x, p.patch.y, p.patch.score)))
+                .collect()
+        };
+        let from_png = patches(run(&model, &png, &options));
+        assert!(!from_png.is_empty());
+        assert_eq!(patches(run(&model, &dcm, &options)), from_png);
+
+        let work = tempfile::tempdir().unwrap();
+        let train = FinetuneOptions { steps: 2, batch_size: 2, resolution: 32, seed: 7, ..FinetuneOptions::default() };
+        let weights = |set: &LabelledSet, out: &str| {
+            let out = work.path().join(out);
+            finetune(&pipeline("sd15_tiny"), &ModelOptions::default(), set, &train, None, &out, &mut |_, _, _| true).unwrap();
+            let mut tensors = tch::Tensor::read_safetensors(out.join("unet/diffusion_pytorch_model.safetensors")).unwrap();
+            tensors.sort_by(|a, b| a.0.cmp(&b.0));
+            tensors
+        };
+        for ((name, a), (_, b)) in weights(&png, "png").iter().zip(&weights(&dcm, "dcm")) {
+            assert!(a.equal(b), "{name} differs between the PNG and the DICOM set");
+        }
+    }
+
     #[test]
     fn an_unreadable_image_is_an_error_naming_the_file() {
         let data = tempfile::tempdir().unwrap();

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::metrics::auc_pr;
 use super::report::{ImageResult, Report};
-use super::tables::{boxes_by_image, boxes_confirmed_by, read_bbox_list, read_data_entry, BoundingBox, BoxEntry, BOXED_DISEASES};
+use super::tables::{boxes_by_image, boxes_confirmed_by, canonical_finding, read_bbox_list, read_data_entry, BoundingBox, BoxEntry, BOXED_DISEASES};
 use crate::dicom::{open_image, DicomOptions};
 use crate::error::{Error, Result};
 use crate::model::StableDiffusion;
@@ -48,6 +48,21 @@ impl Default for EvaluationOptions {
             t_max: 1.0,
             seed: 42,
             batch: 10,
+        }
+    }
+}
+
+impl EvaluationOptions {
+    /// Checks what the caller asked for before any work: at least one disease, each one ChestX-ray8
+    /// has boxes for (as the data entry or the box list names it). An unknown name would otherwise
+    /// match no box and give an empty report.
+    pub fn validate(&self) -> Result<()> {
+        if self.diseases.is_empty() {
+            return Err(Error::InvalidArgument("no disease to evaluate".into()));
+        }
+        match self.diseases.iter().find(|d| !BOXED_DISEASES.contains(&canonical_finding(d))) {
+            Some(unknown) => Err(Error::InvalidArgument(format!("unknown disease {unknown:?}: ChestX-ray8 has boxes for {}", BOXED_DISEASES.join(", ")))),
+            None => Ok(()),
         }
     }
 }
@@ -105,6 +120,10 @@ pub fn evaluate_files(
     options: &EvaluationOptions,
     progress: &mut dyn FnMut(u64, u64) -> bool,
 ) -> Result<EvaluationRun> {
+    if files.out.as_os_str().is_empty() {
+        return Err(Error::InvalidArgument("the report folder path is empty".into()));
+    }
+    options.validate()?;
     let mut boxes = read_bbox_list(files.bbox_list)?;
     let mut unconfirmed_boxes = 0;
     if let Some(path) = files.data_entry {
@@ -138,21 +157,22 @@ pub fn evaluate(
     options: &EvaluationOptions,
     progress: &mut dyn FnMut(u64, u64) -> bool,
 ) -> Result<Evaluation> {
+    options.validate()?;
     let by_image = boxes_by_image(boxes);
     let files = image_files(images_dir)?;
     let cases: Vec<Case> = by_image
         .iter()
         .flat_map(|(image, diseases)| diseases.iter().map(move |(disease, boxes)| Case { image, disease, boxes }))
-        .filter(|c| options.diseases.iter().any(|d| d == c.disease))
+        .filter(|c| options.diseases.iter().any(|d| canonical_finding(d) == c.disease))
         .take(options.limit.unwrap_or(usize::MAX))
         .collect();
     let models: Vec<&StableDiffusion> = std::iter::once(finetuned).chain(baseline).collect();
     let total = (cases.len() * models.len()) as u64;
     let mut evaluation = Evaluation { results: Vec::new(), extremes: BTreeMap::new() };
     for (i, case) in cases.iter().enumerate() {
-        let path = files
-            .get(case.image)
-            .ok_or_else(|| Error::InvalidData(format!("{}: no image named {} under it (named in the box list)", images_dir.display(), case.image)))?;
+        let path = files.find(case.image).ok_or_else(|| {
+            Error::InvalidData(format!("{}: no image named {} (or of that stem) under it (named in the box list)", images_dir.display(), case.image))
+        })?;
         let image = open_image(path, &DicomOptions::default())?;
         let input = image.view().to_model_input_resized(Some(options.working_size))?;
         let (_, _, height, width) = input.size4()?;
@@ -183,9 +203,28 @@ pub fn evaluate(
     Ok(evaluation)
 }
 
-/// Every file under `dir`, recursively, by file name; a name found twice keeps the first in path order.
-fn image_files(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
-    let mut files = BTreeMap::new();
+/// The files under the images folder, by file name and by stem: the box list names NIH's PNGs, and a
+/// PACS export of the same images names them `<stem>.dcm` or `<stem>` alone.
+struct ImageFiles {
+    by_name: BTreeMap<String, PathBuf>,
+    by_stem: BTreeMap<String, Vec<PathBuf>>,
+}
+
+impl ImageFiles {
+    /// The file named `name`, else the first file of its stem that holds an image (DICOM by content,
+    /// or a PNG/JPEG/BMP).
+    fn find(&self, name: &str) -> Option<&PathBuf> {
+        self.by_name.get(name).or_else(|| self.by_stem.get(stem(Path::new(name)).as_str())?.iter().find(|p| crate::dataset::is_image(p)))
+    }
+}
+
+fn stem(path: &Path) -> String {
+    path.file_stem().map_or_else(String::new, |s| s.to_string_lossy().into_owned())
+}
+
+/// Every file under `dir`, recursively; a name found twice keeps the first in path order.
+fn image_files(dir: &Path) -> Result<ImageFiles> {
+    let mut files = ImageFiles { by_name: BTreeMap::new(), by_stem: BTreeMap::new() };
     let mut pending = vec![dir.to_path_buf()];
     while let Some(folder) = pending.pop() {
         let mut entries: Vec<PathBuf> = std::fs::read_dir(&folder).map_err(|e| Error::io(&folder, e))?.filter_map(|e| e.ok().map(|e| e.path())).collect();
@@ -194,7 +233,8 @@ fn image_files(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
             if path.is_dir() {
                 pending.push(path);
             } else if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
-                files.entry(name.to_string()).or_insert(path);
+                files.by_stem.entry(stem(&path)).or_default().push(path.clone());
+                files.by_name.entry(name.to_string()).or_insert(path);
             }
         }
     }
@@ -240,7 +280,7 @@ impl Evaluation {
             for (shown, which) in [(best, "best"), (worst, "worst")] {
                 let stem = Path::new(&shown.image).file_stem().map_or_else(|| shown.image.clone(), |s| s.to_string_lossy().into_owned());
                 let path = dir.join(format!("{disease}_{which}_{stem}.png"));
-                overlay(shown).save(&path).map_err(|e| Error::io(&path, e))?;
+                crate::io::write_image(&overlay(shown), &path)?;
                 written.push(path);
             }
         }

@@ -22,12 +22,18 @@ pub fn positive_mask(boxes: &[BoundingBox], width: usize, height: usize) -> Vec<
     mask
 }
 
-/// Checks that every box overlaps the `width` × `height` image; `what` names the image in errors.
+/// Checks that every box is a box ([`BoundingBox::validate`]) that overlaps the `width` × `height`
+/// image and reaches at most one image side beyond it (a box of a larger image, or of no image, is
+/// an error in the caller's data, not a region to clip); `what` names the image in errors.
 pub fn check_boxes(boxes: &[BoundingBox], width: usize, height: usize, what: &str) -> Result<()> {
     for b in boxes {
-        let inside = b.x < width as f64 && b.y < height as f64 && b.x + b.w > 0.0 && b.y + b.h > 0.0;
-        if !(inside && b.w > 0.0 && b.h > 0.0) {
-            return Err(Error::InvalidData(format!("{what}: box (x {}, y {}, w {}, h {}) lies outside the {width}×{height} image", b.x, b.y, b.w, b.h)));
+        b.validate().map_err(|problem| Error::InvalidData(format!("{what}: {problem}")))?;
+        let (w, h) = (width as f64, height as f64);
+        let overlaps = b.x < w && b.y < h && b.x + b.w > 0.0 && b.y + b.h > 0.0;
+        let near = b.x >= -w && b.y >= -h && b.x + b.w <= 2.0 * w && b.y + b.h <= 2.0 * h;
+        if !(overlaps && near) {
+            let place = if overlaps { "reaches far beyond" } else { "lies outside" };
+            return Err(Error::InvalidData(format!("{what}: box (x {}, y {}, w {}, h {}) {place} the {width}×{height} image", b.x, b.y, b.w, b.h)));
         }
     }
     Ok(())

@@ -129,7 +129,7 @@ impl Report {
         let json = serde_json::to_string_pretty(&json).map_err(|e| Error::InvalidArgument(format!("report JSON: {e}")))?;
         for (name, text) in [("report.md", self.markdown()), ("report.csv", self.csv()), ("report.json", json)] {
             let path = dir.join(name);
-            std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
+            crate::io::write_atomic(&path, text.as_bytes())?;
         }
         Ok(())
     }

@@ -48,6 +48,18 @@ pub struct BoundingBox {
 }
 
 impl BoundingBox {
+    /// Checks that the box is one: finite coordinates and a positive, finite width and height. The
+    /// one check of every box, read from NIH's list or handed in by a caller.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let BoundingBox { x, y, w, h } = *self;
+        let finite = [x, y, w, h, x + w, y + h].iter().all(|v| v.is_finite());
+        if finite && w > 0.0 && h > 0.0 {
+            Ok(())
+        } else {
+            Err(format!("box (x {x}, y {y}, w {w}, h {h}) is not a box: its corners must be finite numbers and its sides positive"))
+        }
+    }
+
     /// The box in an image resized from `from` (width, height) to `to`.
     pub fn scaled(&self, from: [usize; 2], to: [usize; 2]) -> BoundingBox {
         let (sx, sy) = (to[0] as f64 / from[0] as f64, to[1] as f64 / from[1] as f64);
@@ -64,12 +76,12 @@ pub struct BoxEntry {
 }
 
 pub fn read_data_entry(path: &Path) -> Result<Vec<DataEntry>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::io::read_text(path)?;
     parse_data_entry(&text, &path.display().to_string())
 }
 
 pub fn read_bbox_list(path: &Path) -> Result<Vec<BoxEntry>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::io::read_text(path)?;
     parse_bbox_list(&text, &path.display().to_string())
 }
 
@@ -122,9 +134,7 @@ pub fn parse_bbox_list(text: &str, source: &str) -> Result<Vec<BoxEntry>> {
         .map(|row| {
             let value = |i| row.number::<f64>(Some(bbox), i)?.ok_or_else(|| row.error("has an empty box coordinate"));
             let bbox = BoundingBox { x: value(0)?, y: value(1)?, w: value(2)?, h: value(3)? };
-            if ![bbox.x, bbox.y, bbox.w, bbox.h].iter().all(|v| v.is_finite()) || bbox.w <= 0.0 || bbox.h <= 0.0 {
-                return Err(row.error(&format!("has the degenerate box {bbox:?}")));
-            }
+            bbox.validate().map_err(|problem| row.error(&format!("has a bad box: {problem}")))?;
             Ok(BoxEntry {
                 image: row.required(image, "Image Index")?.to_string(),
                 finding: canonical_finding(row.required(finding, "Finding Label")?).to_string(),
@@ -159,10 +169,14 @@ struct Table<'a> {
 
 impl<'a> Table<'a> {
     fn parse(text: &'a str, source: &'a str) -> Result<Self> {
-        let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
-        let (_, header) = lines.next().ok_or_else(|| Error::InvalidData(format!("{source}: the file is empty")))?;
-        let header = split_line(header.trim_start_matches('\u{feff}'));
-        Ok(Table { source, columns: logical_columns(&header), lines: lines.map(|(n, l)| (n + 1, split_line(l))).collect() })
+        let split = |(n, line): (usize, &str)| {
+            let cells = split_line(line)
+                .ok_or_else(|| Error::InvalidData(format!("{source}:{}: an unbalanced quote (a quoted cell is not closed on its line)", n + 1)))?;
+            Ok((n + 1, cells))
+        };
+        let mut lines = text.trim_start_matches('\u{feff}').lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).map(split);
+        let (_, header) = lines.next().ok_or_else(|| Error::InvalidData(format!("{source}: the file is empty")))??;
+        Ok(Table { source, columns: logical_columns(&header), lines: lines.collect::<Result<_>>()? })
     }
 
     /// The column whose name, before any bracket, is `name`.
@@ -201,8 +215,9 @@ fn logical_columns(header: &[String]) -> Vec<(String, Column)> {
     columns
 }
 
-/// Splits a CSV line into cells; double quotes protect commas, `""` is a quote.
-fn split_line(line: &str) -> Vec<String> {
+/// Splits a CSV line into cells; double quotes protect commas, `""` is a quote. None when a quote
+/// is left open (NIH's tables hold no line breaks inside cells).
+fn split_line(line: &str) -> Option<Vec<String>> {
     let mut cells = vec![String::new()];
     let mut quoted = false;
     let mut chars = line.trim_end_matches('\r').chars().peekable();
@@ -217,7 +232,7 @@ fn split_line(line: &str) -> Vec<String> {
             c => cells.last_mut().expect("one cell").push(c),
         }
     }
-    cells
+    (!quoted).then_some(cells)
 }
 
 struct Row<'a> {
@@ -271,7 +286,7 @@ mod tests {
 
     #[test]
     fn bracketed_headers_span_cells_and_trailing_columns_are_ignored() {
-        let header = split_line("Image Index,Finding Label,Bbox [x,y,w,h],,,");
+        let header = split_line("Image Index,Finding Label,Bbox [x,y,w,h],,,").unwrap();
         let columns = logical_columns(&header);
         let names: Vec<_> = columns.iter().map(|(n, c)| (n.as_str(), c.first, c.cells)).collect();
         assert_eq!(names, [("Image Index", 0, 1), ("Finding Label", 1, 1), ("Bbox", 2, 4)]);
@@ -279,6 +294,7 @@ mod tests {
 
     #[test]
     fn quotes_protect_commas() {
-        assert_eq!(split_line(r#"a,"b,c","d""e",,"#), ["a", "b,c", "d\"e", "", ""]);
+        assert_eq!(split_line(r#"a,"b,c","d""e",,"#).unwrap(), ["a", "b,c", "d\"e", "", ""]);
+        assert_eq!(split_line(r#"a,"b,c"#), None);
     }
 }

@@ -42,14 +42,23 @@ impl<'a> Attributes<'a> {
         (!trimmed.is_empty()).then_some(trimmed)
     }
 
-    /// The values of a decimal-string (DS) or integer-string (IS) attribute; empty when absent.
+    /// The values of a decimal-string (DS) or integer-string (IS) attribute; empty when absent. A DS
+    /// is a fixed or floating point number (PS3.5 6.2): "NaN" and "inf", which a float parser takes,
+    /// are refused.
     pub fn decimals(&self, tag: Tag, what: &str) -> Result<Vec<f64>> {
         let Some(element) = self.element(tag) else { return Ok(Vec::new()) };
-        if element.vr() == VR::UN {
+        let values = if element.vr() == VR::UN {
             let text = self.text(tag).unwrap_or_default();
-            return text.split('\\').map(|part| part.trim().parse::<f64>().map_err(|_| self.invalid(what, format!("holds {part:?}, not a number")))).collect();
+            text.split('\\')
+                .map(|part| part.trim().parse::<f64>().map_err(|_| self.invalid(what, format!("holds {part:?}, not a number"))))
+                .collect::<Result<_>>()?
+        } else {
+            element.to_multi_float64().map_err(|e| self.invalid(what, format!("is not numeric ({e})")))?
+        };
+        match values.iter().find(|v| !v.is_finite()) {
+            Some(bad) => Err(self.invalid(what, format!("holds {bad}, not a finite number"))),
+            None => Ok(values),
         }
-        element.to_multi_float64().map_err(|e| self.invalid(what, format!("is not numeric ({e})")))
     }
 
     /// The first value of a DS/IS attribute, if present.

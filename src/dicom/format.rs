@@ -113,7 +113,11 @@ impl PixelFormat {
         let samples = attrs.optional_u16(tags::SAMPLES_PER_PIXEL, "Samples per Pixel")?.unwrap_or(1) as usize;
         let bits_allocated = attrs.required_u16(tags::BITS_ALLOCATED, "Bits Allocated")?;
         let bits_stored = attrs.optional_u16(tags::BITS_STORED, "Bits Stored")?.unwrap_or(bits_allocated);
-        let signed = attrs.optional_u16(tags::PIXEL_REPRESENTATION, "Pixel Representation")?.unwrap_or(0) == 1;
+        let signed = match attrs.optional_u16(tags::PIXEL_REPRESENTATION, "Pixel Representation")?.unwrap_or(0) {
+            0 => false,
+            1 => true,
+            other => return Err(attrs.invalid("Pixel Representation", format!("= {other} is neither 0 (unsigned) nor 1 (two's complement)"))),
+        };
         let planar = attrs.optional_u16(tags::PLANAR_CONFIGURATION, "Planar Configuration")?.unwrap_or(0) == 1;
         let photometric_text = attrs.text(tags::PHOTOMETRIC_INTERPRETATION).ok_or_else(|| attrs.invalid("has no", "Photometric Interpretation"))?;
         let photometric = Photometric::parse(&photometric_text)
@@ -125,6 +129,14 @@ impl PixelFormat {
         };
         let format = PixelFormat { rows, columns, samples, bits_allocated, bits_stored, signed, planar, photometric, frames };
         format.validate(attrs)?;
+        // PS3.3 C.7.6.3.1: High Bit is one less than Bits Stored (samples sit in the low bits), the
+        // only layout the stored values are read in; older files that put them elsewhere would be read
+        // wrong, so they are refused rather than guessed at.
+        if let Some(high_bit) = attrs.optional_u16(tags::HIGH_BIT, "High Bit")? {
+            if u32::from(high_bit) + 1 != u32::from(bits_stored) {
+                return Err(attrs.invalid("High Bit", format!("= {high_bit} is not Bits Stored - 1 = {}", bits_stored - 1)));
+            }
+        }
         Ok(format)
     }
 

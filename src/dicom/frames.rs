@@ -27,6 +27,25 @@ pub fn frame_bytes<'a>(attrs: &Attributes<'a>, format: &PixelFormat, codec: Code
     }
 }
 
+/// Checks Number of Frames against what Pixel Data holds, before anything is sized by it: native
+/// data must hold every frame's bytes, and encapsulated data a fragment at least per frame (a
+/// fragment never holds parts of two frames, PS3.5 A.4).
+pub fn check_frame_count(attrs: &Attributes, format: &PixelFormat) -> Result<()> {
+    let Some(element) = attrs.element(tags::PIXEL_DATA) else { return Ok(()) };
+    let (held, needed, unit) = match element.value() {
+        Value::Primitive(value) if format.bits_allocated == 1 => {
+            (binary_len(value) as u128 * 8, format.frame_samples() as u128 * format.frames as u128, "bits")
+        }
+        Value::Primitive(value) => (binary_len(value) as u128, format.native_frame_len() as u128 * format.frames as u128, "bytes"),
+        Value::PixelSequence(sequence) => (sequence.fragments().len() as u128, format.frames as u128, "fragments"),
+        _ => return Ok(()),
+    };
+    if held < needed {
+        return Err(attrs.invalid("Number of Frames", format!("= {} needs {needed} {unit} of Pixel Data, which holds {held}", format.frames)));
+    }
+    Ok(())
+}
+
 fn native_frame<'a>(attrs: &Attributes, format: &PixelFormat, value: &'a PrimitiveValue, vr: VR, frame: usize) -> Result<Cow<'a, [u8]>> {
     let all = little_endian_bytes(attrs, value)?;
     let frame_len = format.native_frame_len();
@@ -61,6 +80,18 @@ fn bit_frame(attrs: &Attributes, format: &PixelFormat, value: &PrimitiveValue, f
         );
     }
     Ok(Cow::Owned((first_bit..first_bit + bits).map(|i| (all[i / 8] >> (i % 8)) & 1).collect()))
+}
+
+/// The bytes of a native Pixel Data value (0 for a value that holds no binary samples).
+fn binary_len(value: &PrimitiveValue) -> usize {
+    match value {
+        PrimitiveValue::U8(bytes) => bytes.len(),
+        PrimitiveValue::U16(words) => 2 * words.len(),
+        PrimitiveValue::I16(words) => 2 * words.len(),
+        PrimitiveValue::U32(words) => 4 * words.len(),
+        PrimitiveValue::I32(words) => 4 * words.len(),
+        _ => 0,
+    }
 }
 
 /// A native Pixel Data value as little-endian bytes (dicom-object holds OW as native-endian words).

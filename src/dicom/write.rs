@@ -9,7 +9,7 @@ use dicom_core::value::{DataSetSequence, PrimitiveValue};
 use dicom_core::{DataElement, Tag, VR};
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::meta::FileMetaTableBuilder;
-use dicom_object::InMemDicomObject;
+use dicom_object::{FileDicomObject, InMemDicomObject};
 
 use super::{DicomFile, DicomOptions};
 use crate::error::{Error, Result};
@@ -59,6 +59,21 @@ pub fn new_uid() -> String {
     format!("2.25.{bits}")
 }
 
+/// Checks a UID a caller hands in (PS3.5 9.1): at most 64 characters, components of digits separated
+/// by dots, none empty and none with a leading zero (a lone "0" is a component). A PACS rejects, or
+/// worse files wrongly, an instance whose UIDs break these rules; `what` names the UID in errors.
+pub fn validate_uid(uid: &str, what: &str) -> Result<()> {
+    let component_ok = |c: &str| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()) && (c == "0" || !c.starts_with('0'));
+    let problem = if uid.len() > 64 {
+        format!("has {} characters, at most 64 are allowed", uid.len())
+    } else if let Some(bad) = uid.split('.').find(|c| !component_ok(c)) {
+        format!("has the component {bad:?}; components are numbers without leading zeros, separated by single dots")
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidArgument(format!("{what} {uid:?} is not a DICOM UID: it {problem}")))
+}
+
 /// What a new (not derived) grey image instance says about itself: its identity and the patient,
 /// study and acquisition attributes a PACS files it by.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,6 +97,13 @@ pub struct GreyImageAttributes {
 pub fn write_grey_image(pixels: &[u8], [width, height]: [usize; 2], attributes: &GreyImageAttributes, path: &Path) -> Result<()> {
     if width == 0 || height == 0 || width > u16::MAX as usize || height > u16::MAX as usize || pixels.len() != width * height {
         return Err(Error::InvalidArgument(format!("a {width}×{height} image cannot be written from {} bytes", pixels.len())));
+    }
+    for (uid, what) in [
+        (&attributes.study_instance_uid, "Study Instance UID"),
+        (&attributes.series_instance_uid, "Series Instance UID"),
+        (&attributes.sop_instance_uid, "SOP Instance UID"),
+    ] {
+        validate_uid(uid, what)?;
     }
     let mut object = InMemDicomObject::new_empty();
     let a = attributes;
@@ -118,11 +140,23 @@ pub fn write_grey_image(pixels: &[u8], [width, height]: [usize; 2], attributes: 
     object.put(DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(height as u16)));
     object.put(DataElement::new(tags::COLUMNS, VR::US, PrimitiveValue::from(width as u16)));
     put_image_pixel_module(&mut object, "MONOCHROME2", 1, 8);
+    // The linear window that shows stored value v as v / 255 (PS3.3 C.11.2.1.2.1), so a viewer, and
+    // the readers of this library, see the grey levels of the 8-bit image as written.
+    object.put(DataElement::new(tags::WINDOW_CENTER, VR::DS, PrimitiveValue::from("128")));
+    object.put(DataElement::new(tags::WINDOW_WIDTH, VR::DS, PrimitiveValue::from("256")));
     object.put(DataElement::new(tags::PIXEL_DATA, VR::OB, PrimitiveValue::U8(pixels.to_vec().into())));
     let file = object
         .with_meta(FileMetaTableBuilder::new().transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN))
         .map_err(|e| Error::InvalidArgument(format!("DICOM meta group for {}: {e}", path.display())))?;
-    file.write_to_file(path).map_err(|e| Error::io(path, e))
+    write_part10(&file, path)
+}
+
+/// Writes a Part 10 file (preamble, meta group, data set) atomically: encoded in memory first, so a
+/// failure to write is the operating system's, with its reason.
+fn write_part10(file: &FileDicomObject<InMemDicomObject>, path: &Path) -> Result<()> {
+    let mut bytes = Vec::new();
+    file.write_all(&mut bytes).map_err(|e| Error::InvalidArgument(format!("{}: cannot be encoded as DICOM ({})", path.display(), super::error_chain(&e))))?;
+    crate::io::write_atomic(path, &bytes)
 }
 
 impl DicomFile {
@@ -144,6 +178,9 @@ impl DicomFile {
         if let Some(bad) = map.iter().find(|v| !v.is_finite()) {
             return Err(Error::InvalidArgument(format!("the map holds the non-finite value {bad}")));
         }
+        if let Some(uid) = series_instance_uid {
+            validate_uid(uid, "the Series Instance UID")?;
+        }
         let written = WrittenInstance { series_instance_uid: series_instance_uid.map_or_else(new_uid, str::to_string), sop_instance_uid: new_uid() };
         let mut object = self.derived_header(frame, kind, &written, [width, height])?;
         match kind {
@@ -153,7 +190,7 @@ impl DicomFile {
         let file = object
             .with_meta(FileMetaTableBuilder::new().transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN))
             .map_err(|e| Error::InvalidArgument(format!("DICOM meta group for {}: {e}", path.display())))?;
-        file.write_to_file(path).map_err(|e| Error::io(path, e))?;
+        write_part10(&file, path)?;
         Ok(written)
     }
 
@@ -296,6 +333,7 @@ mod tests {
     fn uids_are_unique_and_valid() {
         let (a, b) = (new_uid(), new_uid());
         assert_ne!(a, b);
+        validate_uid(&a, "new").unwrap();
         assert!(a.len() <= 64 && a.starts_with("2.25.") && a[5..].chars().all(|c| c.is_ascii_digit()));
     }
 

@@ -116,7 +116,8 @@ pub(crate) unsafe fn read_options<T: Copy>(ptr: *const T, defaults: T, min_size:
 }
 
 /// Copies `text` NUL-terminated into `out` (room for `out_len` bytes) and its size with the NUL into
-/// `*out_needed`; with `out` NULL only the size is written.
+/// `*out_needed`; with `out` NULL only the size is written. The size is written when `out` is too
+/// small too (`DM_ERR_BUFFER_TOO_SMALL`), so the caller can size a second try.
 ///
 /// # Safety
 /// `out` NULL or `out_len` writable bytes; `out_needed` NULL or writable.
@@ -127,25 +128,31 @@ pub(crate) unsafe fn write_text(text: &str, out: *mut c_char, out_len: usize, ou
     }
     // SAFETY: the caller's contract covers both outputs.
     unsafe {
+        write_value(bytes.len(), out_needed, "out_needed")?;
         if !out.is_null() {
             write_output(&bytes, out, out_len, "out")?;
         }
-        write_value(bytes.len(), out_needed, "out_needed")
     }
+    Ok(())
 }
 
-/// Copies `items` into the caller's array and their count into `*out_count`.
+/// Copies `items` into the caller's array `what` and their count into `*out_count`; the count is
+/// written when the array is too small too (`DM_ERR_BUFFER_TOO_SMALL`), so the caller can size a
+/// second try.
 ///
 /// # Safety
 /// `out` NULL or `out_len` writable elements; `out_count` NULL or writable.
-pub(crate) unsafe fn write_array<T: Copy>(items: &[T], out: *mut T, out_len: usize, out_count: *mut usize) -> FfiResult<()> {
+pub(crate) unsafe fn write_array<T: Copy>(items: &[T], out: *mut T, out_len: usize, out_count: *mut usize, what: &'static str) -> FfiResult<()> {
     if out_count.is_null() {
         return Err(FfiError::Null("out_count"));
     }
+    if out.is_null() {
+        return Err(FfiError::Null(what));
+    }
     // SAFETY: forwarded to the caller's contract.
     unsafe {
-        write_output(items, out, out_len, "out")?;
-        write_value(items.len(), out_count, "out_count")
+        write_value(items.len(), out_count, "out_count")?;
+        write_output(items, out, out_len, what)
     }
 }
 

@@ -15,11 +15,24 @@ pub const DM_MAP_RAW: u32 = 1;
 /// Bytes a UID buffer needs: 64 characters and the NUL.
 pub const DM_UID_BUFFER_SIZE: usize = 65;
 
-/// Copies `uid` NUL-terminated into the caller's buffer of `len` bytes.
+/// Checks that a UID buffer has the documented `DM_UID_BUFFER_SIZE` bytes: the UIDs written today are
+/// shorter, but a caller sized by the documentation must never meet a longer one.
+fn check_uid_buffer(len: usize, what: &'static str) -> FfiResult<()> {
+    match len {
+        DM_UID_BUFFER_SIZE.. => Ok(()),
+        given => Err(FfiError::BufferTooSmall { what, needed: DM_UID_BUFFER_SIZE, given }),
+    }
+}
+
+/// Copies `uid` NUL-terminated into the caller's buffer of `len` bytes (at least `DM_UID_BUFFER_SIZE`).
 ///
 /// # Safety
 /// `out` must be NULL or point to `len` writable bytes.
 unsafe fn write_uid(uid: &str, out: *mut c_char, len: usize, what: &'static str) -> FfiResult<()> {
+    if out.is_null() {
+        return Err(FfiError::Null(what));
+    }
+    check_uid_buffer(len, what)?;
     let mut bytes: Vec<c_char> = uid.bytes().map(|b| b as c_char).collect();
     bytes.push(0);
     // SAFETY: forwarded to the caller's contract.
@@ -74,8 +87,8 @@ pub unsafe extern "C" fn dm_map_write_dicom(
             DM_MAP_RAW => MapKind::Raw,
             other => return Err(FfiError::Invalid(format!("`kind` = {other} is not a DM_MAP_* value"))),
         };
-        if !out_sop_instance_uid.is_null() && out_sop_instance_uid_len < DM_UID_BUFFER_SIZE {
-            return Err(FfiError::BufferTooSmall { what: "out_sop_instance_uid", needed: DM_UID_BUFFER_SIZE, given: out_sop_instance_uid_len });
+        if !out_sop_instance_uid.is_null() {
+            check_uid_buffer(out_sop_instance_uid_len, "out_sop_instance_uid")?;
         }
         let source = DicomFile::open(Path::new(source_path))?;
         let written = source.write_map(frame as usize, map, [width as usize, height as usize], kind, series, Path::new(out_path))?;

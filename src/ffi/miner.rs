@@ -297,7 +297,8 @@ pub(crate) unsafe fn label_arg(label: *const c_char) -> FfiResult<String> {
     Ok(label.to_string())
 }
 
-/// Adds the image file at `path` (UTF-8; PNG, JPEG or BMP) under `label` (UTF-8). Adding the same
+/// Adds the image file at `path` (UTF-8; PNG, JPEG, BMP or DICOM, recognised by content and read as
+/// `dm_image_open` reads it with the default options) under `label` (UTF-8). Adding the same
 /// path again with another label gives the image both labels. The file must exist now; it is read
 /// during `dm_miner_run`.
 ///
@@ -396,7 +397,7 @@ pub unsafe extern "C" fn dm_miner_patch_count(miner: *const dm_miner, label: u32
 #[no_mangle]
 pub unsafe extern "C" fn dm_miner_patches(miner: *const dm_miner, label: u32, out: *mut dm_mined_patch, out_len: usize, out_count: *mut usize) -> dm_status {
     // SAFETY: forwarded to the caller's contract.
-    guard(|| with_mined(miner, |mined| unsafe { write_array(&mined.patches[mined.label(label)?], out, out_len, out_count) }))
+    guard(|| with_mined(miner, |mined| unsafe { write_array(&mined.patches[mined.label(label)?], out, out_len, out_count, "out") }))
 }
 
 /// The number of clusters of label `label`.
@@ -417,7 +418,7 @@ pub unsafe extern "C" fn dm_miner_cluster_count(miner: *const dm_miner, label: u
 #[no_mangle]
 pub unsafe extern "C" fn dm_miner_clusters(miner: *const dm_miner, label: u32, out: *mut dm_mined_cluster, out_len: usize, out_count: *mut usize) -> dm_status {
     // SAFETY: forwarded to the caller's contract.
-    guard(|| with_mined(miner, |mined| unsafe { write_array(&mined.clusters[mined.label(label)?], out, out_len, out_count) }))
+    guard(|| with_mined(miner, |mined| unsafe { write_array(&mined.clusters[mined.label(label)?], out, out_len, out_count, "out") }))
 }
 
 /// Writes the report of the results into the folder `out_dir` (UTF-8; created if missing):

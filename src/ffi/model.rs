@@ -5,7 +5,7 @@ use std::ptr::null;
 
 use tch::{Kind, Tensor};
 
-use super::args::{input_slice, optional_str, read_options, required_str, write_output, write_sized, write_value};
+use super::args::{input_slice, optional_str, read_options, required_str, write_array, write_output, write_sized, write_value};
 use super::error::{guard, FfiError, FfiResult};
 use super::handle;
 use super::image::{borrow_view, dm_image_view};
@@ -230,15 +230,9 @@ pub unsafe extern "C" fn dm_model_tokenize(model: *const dm_model, text: *const 
         let m = model_ref(model)?;
         // SAFETY: the caller's contract covers each pointer.
         let text = unsafe { required_str(text, "text") }?;
-        if out_count.is_null() {
-            return Err(FfiError::Null("out_count"));
-        }
         let ids = m.tokenize(text);
         // SAFETY: as above.
-        unsafe {
-            write_output(&ids, out_ids, out_len, "out_ids")?;
-            write_value(ids.len(), out_count, "out_count")
-        }
+        unsafe { write_array(&ids, out_ids, out_len, out_count, "out_ids") }
     })
 }
 

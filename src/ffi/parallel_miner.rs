@@ -460,7 +460,7 @@ pub unsafe extern "C" fn dm_parallel_miner_elements(
     out_count: *mut usize,
 ) -> dm_status {
     // SAFETY: forwarded to the caller's contract.
-    guard(|| with_mined(miner, |mined| unsafe { write_array(&mined.elements, out, out_len, out_count) }))
+    guard(|| with_mined(miner, |mined| unsafe { write_array(&mined.elements, out, out_len, out_count, "out") }))
 }
 
 /// The number of clusters. Fails before a successful `dm_parallel_miner_run`.
@@ -487,7 +487,7 @@ pub unsafe extern "C" fn dm_parallel_miner_clusters(
     out_count: *mut usize,
 ) -> dm_status {
     // SAFETY: forwarded to the caller's contract.
-    guard(|| with_mined(miner, |mined| unsafe { write_array(&mined.clusters, out, out_len, out_count) }))
+    guard(|| with_mined(miner, |mined| unsafe { write_array(&mined.clusters, out, out_len, out_count, "out") }))
 }
 
 /// Fills `options` with the defaults (32 strips of 8 rows).

@@ -13,9 +13,11 @@ pub enum dm_status {
     DM_ERR_INVALID_HANDLE = 2,
     /// An argument out of range or inconsistent with another (shapes, sizes, options).
     DM_ERR_INVALID_ARGUMENT = 3,
-    /// A caller-owned output buffer is smaller than the result.
+    /// A caller-owned output buffer is smaller than the result. A function with an `out_count` or
+    /// `out_needed` parameter writes the size it needs there, so the caller can size a second try.
     DM_ERR_BUFFER_TOO_SMALL = 4,
-    /// A file or folder is missing or unreadable.
+    /// A file or folder is missing, unreadable or cannot be written (the message gives the operating
+    /// system's reason, e.g. "No space left on device"); an output file is then left as it was.
     DM_ERR_IO = 5,
     /// A model folder or component is not in a layout the library reads.
     DM_ERR_INVALID_MODEL = 6,

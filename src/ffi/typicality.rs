@@ -4,7 +4,7 @@ use std::ptr::null;
 
 use tch::Tensor;
 
-use super::args::{input_slice, read_options, required_str, write_output, write_value};
+use super::args::{input_slice, read_options, required_str, write_array, write_value};
 use super::error::{guard, FfiError, FfiResult};
 use super::image::{borrow_view, dm_image_view};
 use super::model::{dm_model, model_ref, write_tensor};
@@ -164,7 +164,7 @@ pub unsafe extern "C" fn dm_typicality_map_size(
     guard(|| {
         // SAFETY: the caller's contract covers each pointer.
         let (view, o) = unsafe { (borrow_view(image)?, c_options(options)?) };
-        let (h, w) = map_size(view.height, view.width, o.resize_short_side);
+        let (h, w) = map_size(view.height, view.width, o.resize_short_side)?;
         if out_height.is_null() || out_width.is_null() {
             return Err(FfiError::Null(if out_height.is_null() { "out_height" } else { "out_width" }));
         }
@@ -176,9 +176,9 @@ pub unsafe extern "C" fn dm_typicality_map_size(
     })
 }
 
-fn map_size(height: usize, width: usize, resize_short_side: u32) -> (usize, usize) {
+fn map_size(height: usize, width: usize, resize_short_side: u32) -> Result<(usize, usize), crate::Error> {
     match resize_short_side {
-        0 => (height, width),
+        0 => Ok((height, width)),
         side => resized_size(height, width, side as usize),
     }
 }
@@ -212,7 +212,7 @@ pub unsafe extern "C" fn dm_typicality_map(
         let (view, prompt, null_prompt, o) =
             unsafe { (borrow_view(image)?, required_str(prompt, "prompt")?, required_str(null_prompt, "null_prompt")?, c_options(options)?) };
         // Every output is checked before the work starts, so a wrong buffer fails at once.
-        let (h, w) = map_size(view.height, view.width, o.resize_short_side);
+        let (h, w) = map_size(view.height, view.width, o.resize_short_side)?;
         if out_map.is_null() {
             return Err(FfiError::Null("out_map"));
         }
@@ -272,13 +272,7 @@ pub unsafe extern "C" fn dm_patches_select(
         let values = unsafe { input_slice(map, map_len, "map") }?;
         let boxes = select_patches(values, height as usize, width as usize, patch_size as usize, max_boxes as usize)?;
         let c_boxes: Vec<dm_box> = boxes.iter().map(|b| dm_box { x: b.x as u32, y: b.y as u32, size: b.size as u32, score: b.score }).collect();
-        if out_count.is_null() {
-            return Err(FfiError::Null("out_count"));
-        }
         // SAFETY: the caller's contract covers the outputs.
-        unsafe {
-            write_output(&c_boxes, out_boxes, out_len, "out_boxes")?;
-            write_value(c_boxes.len(), out_count, "out_count")
-        }
+        unsafe { write_array(&c_boxes, out_boxes, out_len, out_count, "out_boxes") }
     })
 }

@@ -19,11 +19,11 @@ impl Trainer {
             .flat_map(|(name, (m, v))| [(format!("m.{name}"), m.shallow_clone()), (format!("v.{name}"), v.shallow_clone())])
             .collect();
         let path = dir.join("optimizer.safetensors");
-        Tensor::write_safetensors(&moments, &path).map_err(|e| Error::io(&path, e))?;
+        crate::io::write_atomic_with(&path, |temporary| Tensor::write_safetensors(&moments, temporary).map_err(|e| Error::io(&path, e)))?;
         let (state, spare) = rng.snapshot();
         let json = serde_json::json!({ "steps_done": steps_done, "optimizer_steps": self.optimization.optimizer.steps, "rng_state": state.to_string(), "rng_spare_normal": spare });
         let path = dir.join("trainer_state.json");
-        std::fs::write(&path, json.to_string()).map_err(|e| Error::io(&path, e))
+        crate::io::write_atomic(&path, json.to_string().as_bytes())
     }
 
     /// Restores a checkpoint's optimiser and random stream; returns the stream and the steps done.

@@ -17,15 +17,13 @@ pub fn save_unet(model: &StableDiffusion, dir: &Path) -> Result<()> {
 pub fn save_component(parameters: &[(String, Tensor)], config: &serde_json::Value, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let text = serde_json::to_string_pretty(config).expect("a JSON value serialises");
-    std::fs::write(dir.join("config.json"), text).map_err(|e| Error::io(dir, e))?;
+    crate::io::write_atomic(&dir.join("config.json"), text.as_bytes())?;
     let tensors: Vec<(String, Tensor)> =
         parameters.iter().map(|(name, t)| Ok((name.clone(), t.f_detach()?.f_to_device(tch::Device::Cpu)?.f_contiguous()?))).collect::<Result<_>>()?;
-    // Written beside and renamed over the old file: a model loaded from this folder maps the old file,
-    // and rewriting it in place would pull the pages from under that mapping (SIGBUS).
+    // Never rewritten in place: a model loaded from this folder maps the old file, and rewriting it
+    // would pull the pages from under that mapping (SIGBUS).
     let path = dir.join("diffusion_pytorch_model.safetensors");
-    let partial = dir.join("diffusion_pytorch_model.safetensors.partial");
-    Tensor::write_safetensors(&tensors, &partial).map_err(|e| Error::io(&partial, e))?;
-    std::fs::rename(&partial, &path).map_err(|e| Error::io(&path, e))
+    crate::io::write_atomic_with(&path, |temporary| Tensor::write_safetensors(&tensors, temporary).map_err(|e| Error::io(&path, e)))
 }
 
 /// The folders a saved pipeline copies its untrained components from: each component's folder as
@@ -56,8 +54,7 @@ impl ComponentSources {
         for (component, dir) in &self.folders {
             copy_dir(dir, &out.join(component.folder_name()))?;
         }
-        std::fs::copy(&self.model_index, out.join("model_index.json")).map_err(|e| Error::io(&self.model_index, e))?;
-        Ok(())
+        copy_file(&self.model_index, &out.join("model_index.json"))
     }
 }
 
@@ -67,8 +64,14 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
         let path = entry.map_err(|e| Error::io(from, e))?.path();
         if path.is_file() {
             let target = to.join(path.file_name().expect("a file has a name"));
-            std::fs::copy(&path, &target).map_err(|e| Error::io(&path, e))?;
+            copy_file(&path, &target)?;
         }
     }
     Ok(())
+}
+
+fn copy_file(from: &Path, to: &Path) -> Result<()> {
+    crate::io::write_atomic_with(to, |temporary| {
+        std::fs::copy(from, temporary).map(drop).map_err(|e| Error::io(to, format!("copying {}: {e}", from.display())))
+    })
 }

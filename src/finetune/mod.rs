@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use tch::Tensor;
 
-use crate::dataset::{center_crop, load_image, LabelledSet};
+use crate::dataset::{center_crop, LabelledSet};
 use crate::error::{Error, Result};
 use crate::model::{Component, ModelOptions, StableDiffusion};
 use crate::rng::SplitMix64;
@@ -137,7 +137,7 @@ fn encode_set(model: &StableDiffusion, set: &LabelledSet, options: &FinetuneOpti
     set.items
         .iter()
         .map(|item| {
-            let image = center_crop(&load_image(&item.path, Some(size))?, size as i64)?;
+            let image = center_crop(&item.load(Some(size))?, size as i64)?;
             let posterior = model.encode(&image)?;
             Ok(EncodedImage { mean: posterior.mean, std: posterior.std, caption: options.caption(&item.labels) })
         })

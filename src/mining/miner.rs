@@ -274,10 +274,7 @@ fn cached(options: &MiningOptions, kind: &str, key: String, compute: impl FnOnce
     }
     let value = compute()?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    // Written beside and renamed, so an interrupted run never leaves a half-written entry.
-    let partial = path.with_extension("partial");
-    Tensor::write_safetensors(&[(kind, &value)], &partial).map_err(|e| Error::io(&partial, e))?;
-    std::fs::rename(&partial, &path).map_err(|e| Error::io(&path, e))?;
+    crate::io::write_atomic_with(&path, |temporary| Tensor::write_safetensors(&[(kind, &value)], temporary).map_err(|e| Error::io(&path, e)))?;
     Ok(value)
 }
 

@@ -104,7 +104,7 @@ pub(crate) fn write_page(path: &Path, title: &str, extra_style: &str, body: &str
          <body>{body}</body></html>\n",
         escape(title)
     );
-    std::fs::write(path, html).map_err(|e| Error::io(path, e))
+    crate::io::write_atomic(path, html.as_bytes())
 }
 
 fn write_section(html: &mut String, result: &LabelResult, slug: &str, shown: usize, strips: &[(&str, Vec<usize>)]) {
@@ -181,7 +181,7 @@ fn crop(image: &RgbImage, p: &MinedPatch, px: u32) -> RgbImage {
 }
 
 pub(crate) fn save(image: &RgbImage, path: &Path) -> Result<()> {
-    image.save(path).map_err(|e| Error::io(path, e))
+    crate::io::write_image(image, path)
 }
 
 fn write_csv(results: &[LabelResult], path: &Path) -> Result<()> {
@@ -203,7 +203,7 @@ fn write_csv(results: &[LabelResult], path: &Path) -> Result<()> {
             );
         }
     }
-    std::fs::write(path, csv).map_err(|e| Error::io(path, e))
+    crate::io::write_atomic(path, csv.as_bytes())
 }
 
 pub(crate) fn csv_field(text: &str) -> String {

@@ -17,6 +17,9 @@ pub fn check_pipeline_folder(root: &Path) -> Result<()> {
     if root.is_file() {
         return Err(Error::Unsupported(format!("{} is a single file; single-file checkpoints are not supported: {SUPPORTED_FORMATS}", root.display())));
     }
+    if root.as_os_str().is_empty() {
+        return Err(Error::InvalidArgument("the model path is empty".into()));
+    }
     if !root.is_dir() {
         return Err(Error::io(root, "no such model folder"));
     }

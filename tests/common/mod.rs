@@ -145,3 +145,55 @@ impl Drop for CModel {
         diffmine::ffi::dm_model_free(self.0);
     }
 }
+
+/// A tmpfs of a few KiB mounted on a fresh temporary folder, for writing onto a full or read-only
+/// disk; unmounted when dropped, whether the test passed or not. Mounting needs root (the test
+/// machines run as root); elsewhere `mount` returns None and the caller skips, saying so.
+pub struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    pub fn mount(kib: usize) -> Option<Self> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"]).arg(dir.path()).status();
+        match mounted {
+            Ok(status) if status.success() => Some(SmallDisk { dir }),
+            _ => {
+                eprintln!("skipped: cannot mount a tmpfs (needs root)");
+                None
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Fills the free space with a file of zeros, so that the next write fails with ENOSPC.
+    pub fn fill(&self) {
+        use std::io::Write;
+        let mut filler = std::fs::File::create(self.path().join("filler")).expect("filler");
+        while filler.write_all(&[0u8; 4096]).is_ok() {}
+        let _ = filler.sync_all();
+    }
+
+    /// Makes the file system read-only (a remount: the files on it stay).
+    pub fn make_read_only(&self) {
+        let status = Command::new("mount").args(["-o", "remount,ro"]).arg(self.path()).status().expect("mount");
+        assert!(status.success(), "remount read-only");
+    }
+
+    /// The names in the disk's root, sorted (to see that no temporary was left behind).
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}

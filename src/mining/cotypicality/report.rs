@@ -192,7 +192,7 @@ fn write_elements_csv(result: &CotypicalResult, sources: &[ReportSource], labels
             e.distance
         );
     }
-    std::fs::write(path, csv).map_err(|e| Error::io(path, e))
+    crate::io::write_atomic(path, csv.as_bytes())
 }
 
 fn write_index(
