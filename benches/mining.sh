@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Mining benchmark (issue 5, Speed): IMAGES synthetic radiographs of SIZE × SIZE (3 labels, made by
+# Mining benchmark: IMAGES synthetic radiographs of SIZE × SIZE (3 labels, made by
 # `diffmine synth`) mined on the random-weight SD 1.5 folder (target/bench/sd15, made by
 # benches/make_sd15.py), CPU, 2 threads, N = SAMPLES typicality samples per image in UNet calls of
 # 2 × BATCH rows, then the library's defaults: 5 boxes per image of PATCH × PATCH, the label's best 1000,
@@ -19,7 +19,7 @@
 # is the compared total. libdiffmine also writes its HTML report (timed apart, not in the total); model
 # load and (Python) import are outside the stages but inside the process wall time, also recorded.
 # Writes target/bench/mining-<time>/results.jsonl (copied to benches/results-mining.jsonl when the
-# setting is the issue's) and prints medians per image and per stage.
+# setting is the recorded one) and prints medians per image and per stage.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -108,6 +108,6 @@ for rust_mode, python_mode in (("float32", "f32"), ("bfloat16", "bf16-autocast")
     ratio = lambda key: f"{median(runs['diffusers'], key) / median(runs['libdiffmine'], key):.2f}x" if median(runs["libdiffmine"], key) > 0 else "-"
     print(f"ratio diffusers / libdiffmine ({rust_mode}): " + ", ".join(f"{s} {ratio(s + '_seconds')}" for s in stages) + f", total {ratio('seconds')}")
 PY
-# Only the issue's setting replaces the kept raw lines; trial settings stay in target/bench.
+# Only the recorded setting replaces the kept raw lines; trial settings stay in target/bench.
 if [ "$IMAGES $SIZE $SAMPLES $PATCH" = "30 256 10 64" ]; then cp "$results" benches/results-mining.jsonl; log "copied to benches/results-mining.jsonl"; fi
 log "results: $results"

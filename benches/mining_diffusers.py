@@ -39,7 +39,7 @@ from typicality_diffusers import typicality_map
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 THREADS = 2
-# libdiffmine's defaults (MiningOptions, DiftOptions, ClusterOptions; ../shared/SPEC.md).
+# libdiffmine's defaults (MiningOptions, DiftOptions, ClusterOptions).
 PER_IMAGE, TOP = 5, 1000
 ENSEMBLE, TIMESTEP, UP_BLOCK = 8, 161, 1
 CLUSTERS, RESTARTS, KMEANS_SEED = 32, 10, 10

@@ -13,20 +13,14 @@
 //!   (written by `bench_diffusers.py parity`), runs the UNet on the same inputs and reports
 //!   max|ours − diffusers| / max|diffusers|.
 //!
-//! - `profile-load`: replays `StableDiffusion::open` step by step (tokenizer, configs, each component's
-//!   header parse and weight reads) and times each step; then reads every tensor of every file with
-//!   `WeightFiles::get` alone (no model built) to separate I/O + conversion from model construction (at
-//!   f32 the tensors are views of the mapped files, so nothing is read until they are used).
-//!   With `RUST_LOG` set, the library's tracing spans are printed to stderr.
+//! With `RUST_LOG` set, the library's tracing spans are printed to stderr with their durations.
 //!
 //! Everything runs on the CPU with libtorch's intra-op threads set to 2; results are JSON lines on
 //! stdout.
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use diffmine::model::config::{read_json, ClipTextConfig, SchedulerConfig, UNetConfig, VaeConfig};
-use diffmine::model::weights::{WeightFiles, WeightPath};
-use diffmine::model::{clip, loading, parse_dtype, scheduler, tokenizer, unet, vae};
+use diffmine::model::parse_dtype;
 use diffmine::{ModelOptions, StableDiffusion};
 use tch::{Device, Kind, Tensor};
 
@@ -58,27 +52,6 @@ fn median(values: &mut [f64]) -> f64 {
     } else {
         (values[n / 2 - 1] + values[n / 2]) / 2.0
     }
-}
-
-/// Names and shapes of a safetensors file's tensors, in file order.
-fn header_entries(path: &Path) -> Vec<(String, Vec<i64>)> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path).expect("weights");
-    let mut len = [0u8; 8];
-    file.read_exact(&mut len).expect("header length");
-    let mut bytes = vec![0u8; u64::from_le_bytes(len) as usize];
-    file.read_exact(&mut bytes).expect("header");
-    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes).expect("header");
-    let mut entries: Vec<(u64, String, Vec<i64>)> = header
-        .into_iter()
-        .filter(|(k, _)| k != "__metadata__")
-        .map(|(k, v)| {
-            let shape = v["shape"].as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect();
-            (v["data_offsets"][0].as_u64().unwrap(), k, shape)
-        })
-        .collect();
-    entries.sort();
-    entries.into_iter().map(|(_, k, s)| (k, s)).collect()
 }
 
 fn open(dir: &Path, dtype: Kind) -> StableDiffusion {
@@ -168,62 +141,6 @@ fn main() {
                 "max_abs_diff": max_diff, "max_abs_ref": max_ref, "relative": max_diff / max_ref, "mean_abs_diff": mean_diff,
                 "shape": ours.size(),
             }));
-        }
-        "profile-load" => {
-            let mut steps: Vec<(String, f64, Option<u64>)> = Vec::new();
-            let mut clock = Instant::now();
-            let mut lap = |name: &str, steps: &mut Vec<(String, f64, Option<u64>)>| {
-                steps.push((name.to_string(), clock.elapsed().as_secs_f64(), status_bytes("VmRSS:")));
-                clock = Instant::now();
-            };
-            let tok = tokenizer::ClipTokenizer::from_dir(&dir.join("tokenizer")).expect("tokenizer");
-            lap("tokenizer", &mut steps);
-            let sched: SchedulerConfig = read_json(&dir.join("scheduler/scheduler_config.json")).expect("scheduler");
-            let schedule = scheduler::NoiseSchedule::new(sched).expect("schedule");
-            let unet_config: UNetConfig = read_json(&dir.join("unet/config.json")).expect("unet config");
-            let vae_config: VaeConfig = read_json(&dir.join("vae/config.json")).expect("vae config");
-            let text_config = ClipTextConfig::read(&dir.join("text_encoder/config.json")).expect("clip config");
-            lap("configs + schedule", &mut steps);
-            let files_of = |name: &str| loading::weight_files(&dir.join(name), None).expect("weight files");
-            let (unet_files, vae_files, text_files) = (files_of("unet"), files_of("vae"), files_of("text_encoder"));
-            // Each `WeightFiles` is kept until its tensors are dropped: f32 tensors view its mappings.
-            let (models, opened) = tch::no_grad(|| {
-                let unet_weights = WeightFiles::open(&unet_files, Device::Cpu, dtype).expect("unet files");
-                lap("unet header", &mut steps);
-                let u = unet::UNet2DConditionModel::load(&WeightPath::root(&unet_weights), unet_config).expect("unet");
-                lap("unet weights", &mut steps);
-                let vae_weights = WeightFiles::open(&vae_files, Device::Cpu, dtype).expect("vae files");
-                let v = vae::AutoencoderKL::load(&WeightPath::root(&vae_weights), vae_config).expect("vae");
-                lap("vae header + weights", &mut steps);
-                let text_weights = WeightFiles::open(&text_files, Device::Cpu, dtype).expect("text files");
-                let t = clip::ClipTextModel::load(&WeightPath::root(&text_weights), text_config).expect("text encoder");
-                lap("text encoder header + weights", &mut steps);
-                ((u, v, t), [unet_weights, vae_weights, text_weights])
-            });
-            let hwm = status_bytes("VmHWM:");
-            drop(models);
-            drop(opened);
-            drop((tok, schedule));
-            lap("drop model", &mut steps);
-            // The reads alone: every tensor of every file through WeightFiles::get, kept alive as a model
-            // would keep it, in file order.
-            let (mut kept, mut opened) = (Vec::new(), Vec::new());
-            for paths in [&unet_files, &vae_files, &text_files] {
-                let files = WeightFiles::open(paths, Device::Cpu, dtype).expect("files");
-                for (name, shape) in header_entries(&paths[0]) {
-                    kept.push(files.get(&name, &shape).expect("tensor"));
-                }
-                opened.push(files);
-            }
-            lap("WeightFiles::get of every tensor (no model)", &mut steps);
-            let hwm_reads = status_bytes("VmHWM:");
-            drop(kept);
-            drop(opened);
-            let total: f64 = steps.iter().take(6).map(|s| s.1).sum();
-            for (name, seconds, rss) in &steps {
-                line(serde_json::json!({ "step": name, "seconds": seconds, "vmrss_bytes": rss }));
-            }
-            line(serde_json::json!({ "step": "open total", "seconds": total, "vmhwm_bytes": hwm, "vmhwm_after_reads_bytes": hwm_reads }));
         }
         other => {
             eprintln!("unknown measurement `{other}` (use load, unet or parity)");

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Training-step benchmark (issue 7): `diffmine finetune` against diffusers' training recipe
+# Training-step benchmark: `diffmine finetune` against diffusers' training recipe
 # (benches/training_diffusers.py) on the random-weight SD 1.5 folder (target/bench/sd15, made by
 # benches/make_sd15.py), CPU, 2 threads, four ways each: f32, f32 with gradient checkpointing, bf16
 # autocast, bf16 autocast with gradient checkpointing. Measured: the mean time of the steps after the

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Speed half of the typicality time-to-quality benchmark (issue 4): one typicality map of a 256 x 256
+# Speed half of the typicality time-to-quality benchmark: one typicality map of a 256 x 256
 # image on the random-weight SD 1.5 folder (target/bench/sd15, made by benches/make_sd15.py), CPU,
 # 2 threads, batches of 10 samples x 2 prompts, four ways:
 #   libdiffmine f32, libdiffmine bf16 (the whole model in bfloat16: `--dtype bfloat16`),

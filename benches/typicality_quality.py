@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Quality half of the typicality time-to-quality benchmark (issue 4): how many samples N each way of
+"""Quality half of the typicality time-to-quality benchmark: how many samples N each way of
 drawing needs to reach the quality of the authors' default (N = 100, f32, i.i.d. noise and t).
 
 Quality of a map = its Pearson correlation with a converged map of the same image: N = CONVERGED

@@ -187,7 +187,7 @@ typedef struct dm_cxr8_options {
 // handle usable.
 typedef int32_t (*dm_progress_fn)(uint64_t done, uint64_t total, double value, void *user_data);
 
-// How to finetune. Fill with `dm_finetune_options_default` (the spec's recipe), then set `steps`,
+// How to finetune. Fill with `dm_finetune_options_default` (the paper's recipe), then set `steps`,
 // `batch_size` and `resolution` for the data at hand.
 typedef struct dm_finetune_options {
   size_t struct_size;

@@ -1,5 +1,6 @@
-//! A labelled, radiograph-like image set whose typical elements are known: the data of the embedded
-//! default model (issue 7). Every image is a synthetic frontal chest radiograph (body, lungs, spine,
+//! A labelled, radiograph-like image set whose typical elements are known, for tests and demos (the
+//! cargo feature `synthetic`; not part of the production library): the data of the embedded
+//! default model. Every image is a synthetic frontal chest radiograph (body, lungs, spine,
 //! heart, ribs, clavicles, smooth noise, exposure jitter) carrying
 //!
 //! - exactly one planted element whose shape depends on the label only ([`Motif`]), at a random place

@@ -1,4 +1,4 @@
-//! ChestX-ray8 evaluation: NIH's CSV files as shipped, the synthetic set's files (issue 7) read
+//! ChestX-ray8 evaluation: NIH's CSV files as shipped, the synthetic set's files read
 //! unchanged, and AUC-PR against scikit-learn (average precision, 1e-9) and a direct NumPy
 //! reimplementation of the authors' curve (tests/reference/cxr8_reference.py), on random maps and boxes.
 mod common;

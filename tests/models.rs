@@ -53,7 +53,7 @@ fn single_files_load_equal_to_their_folders() {
         let difference = max_difference(&single.text_embeddings(&texts).unwrap(), &folder.text_embeddings(&texts).unwrap());
         assert!(difference <= TOLERANCE, "{config} text encoder: {difference}");
         assert_eq!(single.schedule().prediction_type(), folder.schedule().prediction_type(), "{config}");
-        assert_eq!(single.unet_weights().parameters.len(), folder.unet_weights().parameters.len(), "{config}");
+        assert_eq!(single.unet_parameters().unwrap().len(), folder.unet_parameters().unwrap().len(), "{config}");
     }
 }
 
@@ -68,7 +68,7 @@ fn the_model_family_is_detected_from_the_weights() {
 fn ema_weights_are_read_only_when_asked_for() {
     // The writer stored the UNet's weights halved as its EMA.
     let name = "down_blocks.0.resnets.0.conv1.weight";
-    let parameter = |model: &StableDiffusion| model.unet_weights().parameters.iter().find(|(n, _)| n == name).unwrap().1.copy();
+    let parameter = |model: &StableDiffusion| model.unet_parameters().unwrap().into_iter().find(|(n, _)| n == name).unwrap().1;
     let plain = StableDiffusion::open(&single_file("sd15_tiny"), &single_file_options("sd15_tiny")).unwrap();
     let mut options = single_file_options("sd15_tiny");
     options.single_file.ema = true;
@@ -160,8 +160,8 @@ fn kohya_lora() -> PathBuf {
 
 /// Every UNet and text-encoder weight's values, to compare bit for bit.
 fn snapshot(model: &StableDiffusion) -> Vec<Tensor> {
-    let unet = model.unet_weights().parameters.iter().map(|(_, t)| t.copy());
-    let text = model.text_encoder_parameters().iter().map(|(_, t)| t.copy());
+    let unet = model.unet_parameters().unwrap().into_iter().map(|(_, t)| t);
+    let text = model.text_encoder_parameters().unwrap().into_iter().map(|(_, t)| t);
     unet.chain(text).collect()
 }
 

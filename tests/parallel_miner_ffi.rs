@@ -79,6 +79,7 @@ fn safe_options() -> ParallelMiningOptions {
         projection_dims: 2,
         // The C default: UMAP with the authors' 15 neighbours, seeded with the typicality seed.
         projection: Projection::Umap { neighbors: 15, seed: TypicalityOptions::default().seed },
+        resize: None,
     }
 }
 

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Measures issue 7's mining bar on the shipped demo models: generates a held-out set of PER_LABEL
-# images per label, mines it with the spec's defaults (5 boxes per image, the 1000 best per label,
+# Measures the mining bar (models/demo/EVALUATION.md) on the shipped demo models: generates a held-out set of PER_LABEL
+# images per label, mines it with the library's defaults (5 boxes per image, the 1000 best per label,
 # DIFT ensemble of 8, k-means 32 with 10 restarts; 16 px patches on the 64 px images) and runs
 # mining_bar.py on the report. With 1000 images per label the top 1000 keeps a fifth of the 5000
 # candidate boxes, as it does on the paper's sets of thousands of images; with 200 per label it keeps
-# every box, distractors included. About 10 minutes at SAMPLES=20 and 70–90 at the spec's 100 on 2 cores;
+# every box, distractors included. About 10 minutes at SAMPLES=20 and 70–90 at the default 100 on 2 cores;
 # the typicality maps and DIFT features are cached in OUT_DIR, so an interrupted run resumes.
 # Usage: bash scripts/demo/measure_mining.sh OUT_DIR [SAMPLES (100)] [PER_LABEL (1000)]
 set -euo pipefail

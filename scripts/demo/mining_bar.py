@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Issue 7's mining bar, measured on a `diffmine mine` run over a `diffmine synth` held-out set: of the
+"""The mining bar of the demo models, measured on a `diffmine mine` run over a `diffmine synth` held-out set: of the
 patches the report shows in each label's top 6 clusters (clusters of at least 6 members, in rank order,
 up to 20 crops each, closest to the centroid first), the share that lies on a planted element of that
 label (at least a quarter of the patch's area inside the planted box; the bar is 80 %).

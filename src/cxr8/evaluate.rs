@@ -14,7 +14,7 @@ use crate::heatmap;
 use crate::model::StableDiffusion;
 use crate::typicality::{typicality, LatentMode, TypicalityOptions};
 
-/// The spec's X-ray captions.
+/// The caption of an X-ray with `disease`, as the model is finetuned with ("Chest X-Ray with {disease}.").
 pub fn prompt_for(disease: &str) -> String {
     format!("Chest X-Ray with {disease}.")
 }

@@ -1,5 +1,4 @@
-//! AUC-PR of a typicality map against an image's boxes for one disease (the spec's ChestX-ray8
-//! section): positives are the pixels whose centre lies inside any box, scores the map's values.
+//! AUC-PR of a typicality map against an image's boxes for one disease: positives are the pixels whose centre lies inside any box, scores the map's values.
 //! Two figures side by side: the standard average precision (scikit-learn's `average_precision_score`,
 //! the primary figure) and the authors' curve (fixed log-spaced thresholds, trapezoid over recall).
 use super::tables::BoundingBox;

@@ -1,4 +1,4 @@
-//! ChestX-ray8 region-of-interest evaluation (the spec's ChestX-ray8 section, the paper's Fig. 11):
+//! ChestX-ray8 region-of-interest evaluation (the paper's Fig. 11):
 //! NIH's CSV files, boxes scaled to the working resolution, AUC-PR of typicality maps against the
 //! boxes of each disease, the evaluation loop over a finetuned and a baseline model, and the report.
 pub mod evaluate;

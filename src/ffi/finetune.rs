@@ -12,7 +12,7 @@ use super::typicality::dm_progress_fn;
 use crate::dataset::LabelledSet;
 use crate::finetune::{finetune, FinetuneOptions, StepCompute, TrainOptions};
 
-/// How to finetune. Fill with `dm_finetune_options_default` (the spec's recipe), then set `steps`,
+/// How to finetune. Fill with `dm_finetune_options_default` (the paper's recipe), then set `steps`,
 /// `batch_size` and `resolution` for the data at hand.
 #[allow(non_camel_case_types)]
 #[repr(C)]

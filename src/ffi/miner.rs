@@ -4,23 +4,22 @@ use std::collections::HashMap;
 use std::ffi::{c_char, c_void};
 use std::path::{Path, PathBuf};
 use std::ptr::null;
-use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::args::{at_least_one, checked_typicality, optional_str, read_options, required_str, write_array, write_text, write_value};
+use super::args::{at_least_one, checked_typicality, optional_str, required_str, write_array, write_text, write_value};
 use super::error::{guard, FfiError, FfiResult};
-use super::handle;
-use super::image::{borrow_view, dm_image_view};
-use super::model::{dm_model, model_ref};
+use super::image::dm_image_view;
+use super::mining_handle::{self, MiningJob};
+use super::model::dm_model;
 use super::status::dm_status;
-use super::typicality::{dm_progress_fn, progress_adapter};
+use super::typicality::dm_progress_fn;
 use crate::dataset::{LabelledImage, LabelledSet, Pixels};
-use crate::error::Error;
+use crate::error::Result;
 use crate::mining::cluster::{ClusterOptions, RankedCluster};
 use crate::mining::dift::DiftOptions;
 use crate::mining::miner::{mine, LabelResult, MiningOptions};
 use crate::mining::report::{write_report, ReportOptions};
 use crate::model::StableDiffusion;
-use crate::typicality::TypicalityOptions;
+use crate::typicality::{Progress, TypicalityOptions};
 
 /// A mining job: its model, options, images and, once run, its results. Calls on one miner from
 /// several threads are serialised (a call waits while another, such as `dm_miner_run`, holds it).
@@ -121,53 +120,56 @@ struct Mined {
     clusters: Vec<Vec<dm_mined_cluster>>,
 }
 
-struct MinerState {
+/// A `dm_miner`'s job: its options and labelled images.
+struct MinerJob {
     options: MiningOptions,
     set: LabelledSet,
     /// Position in `set.items` of each image by its path or name.
     index: HashMap<PathBuf, usize>,
-    mined: Option<Mined>,
 }
 
-struct Miner {
-    model: Arc<StableDiffusion>,
-    state: Mutex<MinerState>,
-}
+impl MiningJob for MinerJob {
+    type Results = Mined;
+    type Label = String;
+    const C_NAME: &'static str = "dm_miner";
+    const NOUN: &'static str = "miner";
 
-impl Miner {
-    fn lock(&self) -> MutexGuard<'_, MinerState> {
-        // A panic during a run leaves the state as it was before the run (results are only stored
-        // at its end), so a poisoned lock is still usable.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    unsafe fn label(&self, label: *const c_char) -> FfiResult<String> {
+        // SAFETY: forwarded to the caller's contract.
+        unsafe { label_arg(label) }
     }
-}
 
-impl MinerState {
     /// Adds one image with one label. An image already added (same path or name, same pixels) gets
     /// the label as another of its labels.
-    fn add(&mut self, image: LabelledImage) -> FfiResult<()> {
-        if self.mined.is_some() {
-            return Err(FfiError::Invalid("images cannot be added after a successful dm_miner_run; create a new miner".into()));
-        }
-        match self.index.get(&image.path) {
+    fn add(&mut self, path: PathBuf, pixels: Option<Pixels>, label: String) -> FfiResult<()> {
+        match self.index.get(&path) {
             None => {
-                self.index.insert(image.path.clone(), self.set.items.len());
-                self.set.items.push(image);
+                self.index.insert(path.clone(), self.set.items.len());
+                self.set.items.push(LabelledImage { path, labels: vec![label], pixels });
             }
-            Some(&i) if self.set.items[i].pixels == image.pixels => {
+            Some(&i) if self.set.items[i].pixels == pixels => {
                 let labels = &mut self.set.items[i].labels;
-                let new: Vec<String> = image.labels.into_iter().filter(|l| !labels.contains(l)).collect();
-                labels.extend(new);
+                if !labels.contains(&label) {
+                    labels.push(label);
+                }
             }
             Some(_) => {
-                return Err(FfiError::Invalid(format!("an image named `{}` was already added with other pixels or as a file", image.path.display())));
+                return Err(FfiError::Invalid(format!("an image named `{}` was already added with other pixels or as a file", path.display())));
             }
         }
         Ok(())
     }
 
-    fn mined(&self) -> FfiResult<&Mined> {
-        self.mined.as_ref().ok_or_else(|| FfiError::Invalid("the miner has no results yet: call dm_miner_run first".into()))
+    fn image_count(&self) -> usize {
+        self.set.items.len()
+    }
+
+    fn image_name(&self, index: usize) -> Option<String> {
+        self.set.items.get(index).map(|item| item.path.to_string_lossy().into_owned())
+    }
+
+    fn run(&self, model: &StableDiffusion, progress: Progress) -> Result<Mined> {
+        Ok(Mined::new(mine(model, &self.set, &self.options, progress)?, &self.index))
     }
 }
 
@@ -273,25 +275,18 @@ unsafe fn mining_options(o: &dm_miner_options) -> FfiResult<MiningOptions> {
 #[no_mangle]
 pub unsafe extern "C" fn dm_miner_create(model: *const dm_model, options: *const dm_miner_options, out_miner: *mut *mut dm_miner) -> dm_status {
     guard(|| {
-        let model = model_ref(model)?;
-        if options.is_null() {
-            return Err(FfiError::Null("options"));
-        }
-        if out_miner.is_null() {
-            return Err(FfiError::Null("out_miner"));
-        }
-        let min_size = std::mem::size_of::<dm_miner_options>();
-        // SAFETY: the caller's contract covers `options` and its strings.
-        let options = unsafe { mining_options(&read_options(options, dm_miner_options::default(), min_size, "options")?) }?;
-        let state = MinerState { options, set: LabelledSet::default(), index: HashMap::new(), mined: None };
-        let miner = Miner { model, state: Mutex::new(state) };
-        // SAFETY: checked non-NULL above; writable by the caller's contract.
-        unsafe { write_value(handle::register::<Miner, dm_miner>(miner), out_miner, "out_miner") }
+        let make = |_: &StableDiffusion, o: dm_miner_options| {
+            // SAFETY: the caller's contract covers the strings of `options`.
+            Ok(MinerJob { options: unsafe { mining_options(&o) }?, set: LabelledSet::default(), index: HashMap::new() })
+        };
+        // SAFETY: the caller's contract covers `options` and `out_miner`.
+        unsafe { mining_handle::create(model, options, dm_miner_options::default(), out_miner, make) }
     })
 }
 
-fn miner_ref(miner: *const dm_miner) -> FfiResult<Arc<Miner>> {
-    handle::get::<Miner, dm_miner>(miner, "miner")
+/// The results of `miner`'s successful run.
+fn with_mined<T>(miner: *const dm_miner, read: impl FnOnce(&Mined) -> FfiResult<T>) -> FfiResult<T> {
+    mining_handle::with_results::<MinerJob, _, _>(miner, |_, mined| read(mined))
 }
 
 /// A label argument: required, not blank.
@@ -316,15 +311,8 @@ pub(crate) unsafe fn label_arg(label: *const c_char) -> FfiResult<String> {
 /// `path` and `label` NULL or NUL-terminated.
 #[no_mangle]
 pub unsafe extern "C" fn dm_miner_add_file(miner: *mut dm_miner, path: *const c_char, label: *const c_char) -> dm_status {
-    guard(|| {
-        let m = miner_ref(miner)?;
-        // SAFETY: the caller's contract covers each pointer.
-        let (path, label) = unsafe { (required_str(path, "path")?, label_arg(label)?) };
-        std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-        let image = LabelledImage::file(PathBuf::from(path), vec![label]);
-        let added = m.lock().add(image);
-        added
-    })
+    // SAFETY: forwarded to the caller's contract.
+    guard(|| unsafe { mining_handle::add_file::<MinerJob, _>(miner, path, label) })
 }
 
 /// Adds an image held in memory under `label`; its pixels are copied, so the buffer may be reused at
@@ -337,15 +325,8 @@ pub unsafe extern "C" fn dm_miner_add_file(miner: *mut dm_miner, path: *const c_
 /// NUL-terminated.
 #[no_mangle]
 pub unsafe extern "C" fn dm_miner_add_image(miner: *mut dm_miner, image: *const dm_image_view, name: *const c_char, label: *const c_char) -> dm_status {
-    guard(|| {
-        let m = miner_ref(miner)?;
-        // SAFETY: the caller's contract covers each pointer.
-        let (view, name, label) = unsafe { (borrow_view(image)?, optional_str(name, "name")?, label_arg(label)?) };
-        let pixels = Pixels::copy_of(&view)?;
-        let mut state = m.lock();
-        let name = name.map_or_else(|| format!("image-{}", state.set.items.len()), str::to_string);
-        state.add(LabelledImage { path: PathBuf::from(name), labels: vec![label], pixels: Some(pixels) })
-    })
+    // SAFETY: forwarded to the caller's contract.
+    guard(|| unsafe { mining_handle::add_image::<MinerJob, _>(miner, image, name, label) })
 }
 
 /// Mines every label of the images added. `progress` (may be NULL) is called after each image's
@@ -357,21 +338,7 @@ pub unsafe extern "C" fn dm_miner_add_image(miner: *mut dm_miner, image: *const 
 /// `progress` safe to call with `user_data` from this thread.
 #[no_mangle]
 pub unsafe extern "C" fn dm_miner_run(miner: *mut dm_miner, progress: dm_progress_fn, user_data: *mut c_void) -> dm_status {
-    guard(|| {
-        let m = miner_ref(miner)?;
-        let mut state = m.lock();
-        if state.mined.is_some() {
-            return Err(FfiError::Invalid(
-                "dm_miner_run already succeeded on this miner; its results stay readable, and mining again needs a new miner".into(),
-            ));
-        }
-        if state.set.items.is_empty() {
-            return Err(FfiError::Invalid("no images to mine: add some with dm_miner_add_file or dm_miner_add_image".into()));
-        }
-        let results = mine(&m.model, &state.set, &state.options, &mut progress_adapter(progress, user_data))?;
-        state.mined = Some(Mined::new(results, &state.index));
-        Ok(())
-    })
+    guard(|| mining_handle::run::<MinerJob, _>(miner, progress, user_data))
 }
 
 /// The number of images added (each counted once, whatever its labels).
@@ -380,11 +347,8 @@ pub unsafe extern "C" fn dm_miner_run(miner: *mut dm_miner, progress: dm_progres
 /// `out_count` NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn dm_miner_image_count(miner: *const dm_miner, out_count: *mut usize) -> dm_status {
-    guard(|| {
-        let count = miner_ref(miner)?.lock().set.items.len();
-        // SAFETY: forwarded to the caller's contract.
-        unsafe { write_value(count, out_count, "out_count") }
-    })
+    // SAFETY: forwarded to the caller's contract.
+    guard(|| unsafe { mining_handle::write_image_count::<MinerJob, _>(miner, out_count) })
 }
 
 /// The path or name of image `image` (by the order images were first added), as `dm_mined_patch.image`
@@ -395,14 +359,8 @@ pub unsafe extern "C" fn dm_miner_image_count(miner: *const dm_miner, out_count:
 /// `out` NULL or `out_len` writable bytes; `out_needed` NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn dm_miner_image_name(miner: *const dm_miner, image: u32, out: *mut c_char, out_len: usize, out_needed: *mut usize) -> dm_status {
-    guard(|| {
-        let m = miner_ref(miner)?;
-        let state = m.lock();
-        let n = state.set.items.len();
-        let item = state.set.items.get(image as usize).ok_or_else(|| FfiError::Invalid(format!("image index {image} is out of range ({n} images added)")))?;
-        // SAFETY: forwarded to the caller's contract.
-        unsafe { write_text(&item.path.to_string_lossy(), out, out_len, out_needed) }
-    })
+    // SAFETY: forwarded to the caller's contract.
+    guard(|| unsafe { mining_handle::write_image_name::<MinerJob, _>(miner, image, out, out_len, out_needed) })
 }
 
 /// The number of labels in the results (the distinct labels of the images, sorted; label indices of
@@ -412,11 +370,8 @@ pub unsafe extern "C" fn dm_miner_image_name(miner: *const dm_miner, image: u32,
 /// `out_count` NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn dm_miner_label_count(miner: *const dm_miner, out_count: *mut usize) -> dm_status {
-    guard(|| {
-        let count = miner_ref(miner)?.lock().mined()?.labels.len();
-        // SAFETY: forwarded to the caller's contract.
-        unsafe { write_value(count, out_count, "out_count") }
-    })
+    // SAFETY: forwarded to the caller's contract.
+    guard(|| with_mined(miner, |mined| unsafe { write_value(mined.labels.len(), out_count, "out_count") }))
 }
 
 /// The name of label `label`, as `dm_miner_image_name` writes a name.
@@ -425,14 +380,8 @@ pub unsafe extern "C" fn dm_miner_label_count(miner: *const dm_miner, out_count:
 /// `out` NULL or `out_len` writable bytes; `out_needed` NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn dm_miner_label_name(miner: *const dm_miner, label: u32, out: *mut c_char, out_len: usize, out_needed: *mut usize) -> dm_status {
-    guard(|| {
-        let m = miner_ref(miner)?;
-        let state = m.lock();
-        let mined = state.mined()?;
-        let name = &mined.labels[mined.label(label)?].label;
-        // SAFETY: forwarded to the caller's contract.
-        unsafe { write_text(name, out, out_len, out_needed) }
-    })
+    // SAFETY: forwarded to the caller's contract.
+    guard(|| with_mined(miner, |mined| unsafe { write_text(&mined.labels[mined.label(label)?].label, out, out_len, out_needed) }))
 }
 
 /// The number of kept boxes of label `label`.
@@ -441,14 +390,8 @@ pub unsafe extern "C" fn dm_miner_label_name(miner: *const dm_miner, label: u32,
 /// `out_count` NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn dm_miner_patch_count(miner: *const dm_miner, label: u32, out_count: *mut usize) -> dm_status {
-    guard(|| {
-        let m = miner_ref(miner)?;
-        let state = m.lock();
-        let mined = state.mined()?;
-        let count = mined.patches[mined.label(label)?].len();
-        // SAFETY: forwarded to the caller's contract.
-        unsafe { write_value(count, out_count, "out_count") }
-    })
+    // SAFETY: forwarded to the caller's contract.
+    guard(|| with_mined(miner, |mined| unsafe { write_value(mined.patches[mined.label(label)?].len(), out_count, "out_count") }))
 }
 
 /// The kept boxes of label `label` in cluster rank order, then rank in cluster, into `out` (room for
@@ -458,14 +401,8 @@ pub unsafe extern "C" fn dm_miner_patch_count(miner: *const dm_miner, label: u32
 /// `out` NULL or `out_len` writable elements; `out_count` NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn dm_miner_patches(miner: *const dm_miner, label: u32, out: *mut dm_mined_patch, out_len: usize, out_count: *mut usize) -> dm_status {
-    guard(|| {
-        let m = miner_ref(miner)?;
-        let state = m.lock();
-        let mined = state.mined()?;
-        let patches = &mined.patches[mined.label(label)?];
-        // SAFETY: forwarded to the caller's contract.
-        unsafe { write_array(patches, out, out_len, out_count, "out") }
-    })
+    // SAFETY: forwarded to the caller's contract.
+    guard(|| with_mined(miner, |mined| unsafe { write_array(&mined.patches[mined.label(label)?], out, out_len, out_count, "out") }))
 }
 
 /// The number of clusters of label `label`.
@@ -474,14 +411,8 @@ pub unsafe extern "C" fn dm_miner_patches(miner: *const dm_miner, label: u32, ou
 /// `out_count` NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn dm_miner_cluster_count(miner: *const dm_miner, label: u32, out_count: *mut usize) -> dm_status {
-    guard(|| {
-        let m = miner_ref(miner)?;
-        let state = m.lock();
-        let mined = state.mined()?;
-        let count = mined.clusters[mined.label(label)?].len();
-        // SAFETY: forwarded to the caller's contract.
-        unsafe { write_value(count, out_count, "out_count") }
-    })
+    // SAFETY: forwarded to the caller's contract.
+    guard(|| with_mined(miner, |mined| unsafe { write_value(mined.clusters[mined.label(label)?].len(), out_count, "out_count") }))
 }
 
 /// The clusters of label `label` in rank order (highest median typicality first) into `out` (room
@@ -491,14 +422,8 @@ pub unsafe extern "C" fn dm_miner_cluster_count(miner: *const dm_miner, label: u
 /// `out` NULL or `out_len` writable elements; `out_count` NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn dm_miner_clusters(miner: *const dm_miner, label: u32, out: *mut dm_mined_cluster, out_len: usize, out_count: *mut usize) -> dm_status {
-    guard(|| {
-        let m = miner_ref(miner)?;
-        let state = m.lock();
-        let mined = state.mined()?;
-        let clusters = &mined.clusters[mined.label(label)?];
-        // SAFETY: forwarded to the caller's contract.
-        unsafe { write_array(clusters, out, out_len, out_count, "out") }
-    })
+    // SAFETY: forwarded to the caller's contract.
+    guard(|| with_mined(miner, |mined| unsafe { write_array(&mined.clusters[mined.label(label)?], out, out_len, out_count, "out") }))
 }
 
 /// Writes the report of the results into the folder `out_dir` (UTF-8; created if missing):
@@ -509,13 +434,13 @@ pub unsafe extern "C" fn dm_miner_clusters(miner: *const dm_miner, label: u32, o
 #[no_mangle]
 pub unsafe extern "C" fn dm_miner_write_report(miner: *const dm_miner, out_dir: *const c_char) -> dm_status {
     guard(|| {
-        let m = miner_ref(miner)?;
         // SAFETY: forwarded to the caller's contract.
         let out_dir = unsafe { required_str(out_dir, "out_dir") }?;
-        let state = m.lock();
-        let options = ReportOptions { resize: state.options.resize, ..ReportOptions::default() };
-        write_report(&state.mined()?.labels, &options, Path::new(out_dir))?;
-        Ok(())
+        mining_handle::with_results::<MinerJob, _, _>(miner, |job, mined| {
+            let options = ReportOptions { resize: job.options.resize, ..ReportOptions::default() };
+            write_report(&mined.labels, &options, Path::new(out_dir))?;
+            Ok(())
+        })
     })
 }
 
@@ -523,5 +448,5 @@ pub unsafe extern "C" fn dm_miner_write_report(miner: *const dm_miner, out_dir: 
 /// `DM_ERR_INVALID_HANDLE`. A call still running on another thread finishes first.
 #[no_mangle]
 pub extern "C" fn dm_miner_free(miner: *mut dm_miner) -> dm_status {
-    guard(|| handle::release::<Miner, dm_miner>(miner, "miner"))
+    guard(|| mining_handle::release::<MinerJob, _>(miner))
 }

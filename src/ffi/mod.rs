@@ -12,6 +12,7 @@ mod handle;
 mod image;
 mod log;
 mod miner;
+mod mining_handle;
 mod model;
 mod parallel_miner;
 mod status;

@@ -7,22 +7,21 @@
 use std::ffi::{c_char, c_void};
 use std::path::{Path, PathBuf};
 use std::ptr::null;
-use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::args::{at_least_one, checked_typicality, optional_str, read_options, required_str, write_array, write_text, write_value};
+use super::args::{at_least_one, checked_typicality, optional_str, read_options, required_str, write_array, write_value};
 use super::error::{guard, FfiError, FfiResult};
-use super::handle;
-use super::image::{borrow_view, dm_image_view};
+use super::image::dm_image_view;
 use super::miner::{c_clusters, dm_mined_cluster, label_arg};
-use super::model::{dm_model, model_ref};
+use super::mining_handle::{self, MiningJob};
+use super::model::dm_model;
 use super::status::dm_status;
 use super::translate::{dm_translate_options, prompt_list, translate_options};
-use super::typicality::{dm_progress_fn, progress_adapter};
-use crate::dataset::{load_image_or_pixels, Pixels};
+use super::typicality::dm_progress_fn;
+use crate::dataset::Pixels;
 use crate::error::{Error, Result};
 use crate::mining::cluster::ClusterOptions;
 use crate::mining::cotypicality::report::{write_parallel_report, ParallelReportOptions, ReportSource, VersionStore};
-use crate::mining::cotypicality::{parallel_set, CotypicalMiner, CotypicalResult, ParallelMiningOptions, Projection};
+use crate::mining::cotypicality::{mine_parallel_sets, CotypicalMiner, CotypicalResult, ParallelMiningOptions, ParallelSource, Projection};
 use crate::mining::dift::DiftOptions;
 use crate::model::StableDiffusion;
 use crate::typicality::{Progress, TypicalityOptions};
@@ -142,13 +141,6 @@ pub struct dm_cotypical_element {
     pub distance: f32,
 }
 
-/// A source image: the file, or the name of an image held in memory with its pixels.
-struct Source {
-    name: PathBuf,
-    pixels: Option<Pixels>,
-    label: usize,
-}
-
 /// How `dm_parallel_miner_write_report` draws the report. Fill with
 /// `dm_parallel_report_options_default`.
 #[allow(non_camel_case_types)]
@@ -196,7 +188,7 @@ struct Mined {
 }
 
 impl Mined {
-    fn new(result: CotypicalResult, sources: &[Source]) -> Self {
+    fn new(result: CotypicalResult, sources: &[ParallelSource]) -> Self {
         let elements = result
             .elements
             .iter()
@@ -217,72 +209,24 @@ impl Mined {
     }
 }
 
-/// What a run reads and writes. The options are kept here, behind the lock, because they may hold
-/// tensors (explicit noise), which cannot be shared between threads.
-struct State {
-    options: ParallelMiningOptions,
-    resize: Option<usize>,
-    sources: Vec<Source>,
-    versions: Versions,
-    mined: Option<Mined>,
-}
-
-impl State {
-    fn add(&mut self, source: Source) -> FfiResult<()> {
-        if self.mined.is_some() {
-            return Err(FfiError::Invalid("images cannot be added after a successful dm_parallel_miner_run; create a new parallel miner".into()));
-        }
-        self.sources.push(source);
-        Ok(())
-    }
-
-    fn mined(&self) -> FfiResult<&Mined> {
-        self.mined.as_ref().ok_or_else(|| FfiError::Invalid("the parallel miner has no results yet: call dm_parallel_miner_run first".into()))
-    }
-
-    /// Translates each source to every other label, saves the versions and mines the parallel sets.
-    /// Progress: (units done, sources × (inversion steps + sampling steps + 2 × labels)): each UNet
-    /// call of a translation, then each version's typicality and DIFT.
-    fn mine(&self, model: &StableDiffusion, labels: &[String], progress: Progress) -> Result<CotypicalResult> {
-        let options = &self.options;
-        let translation = (options.translate.inversion_steps + options.translate.steps) as u64;
-        let per_set = translation + 2 * labels.len() as u64;
-        let total = per_set * self.sources.len() as u64;
-        let mut miner = CotypicalMiner::new(model, labels.to_vec(), options)?;
-        for (i, source) in self.sources.iter().enumerate() {
-            let offset = i as u64 * per_set;
-            let image = load_image_or_pixels(&source.name, source.pixels.as_ref(), self.resize)?;
-            let set = parallel_set(model, &image, source.label, labels, options, &mut |done, _| progress(offset + done, total))?;
-            self.versions.store.save(i, &set)?;
-            miner.add_set(&set, &mut |done, _| progress(offset + translation + done, total))?;
-        }
-        miner.finish()
-    }
-
-    /// The sources as the report names them: as `dm_parallel_miner_image_name` does.
-    fn report_sources(&self) -> Vec<ReportSource> {
-        self.sources.iter().map(|s| ReportSource { name: s.name.to_string_lossy().into_owned(), label: s.label }).collect()
-    }
-}
-
-struct ParallelMiner {
-    model: Arc<StableDiffusion>,
+/// A `dm_parallel_miner`'s job: its labels, options (which may hold tensors, explicit noise, so they
+/// live behind the handle's lock: tensors cannot be shared between threads), sources and versions
+/// folder.
+struct ParallelJob {
     labels: Vec<String>,
-    state: Mutex<State>,
+    options: ParallelMiningOptions,
+    sources: Vec<ParallelSource>,
+    versions: Versions,
 }
 
-impl ParallelMiner {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic during a run leaves the state as it was before the run (results are only stored at
-        // its end), so a poisoned lock is still usable.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
+impl MiningJob for ParallelJob {
+    type Results = Mined;
+    type Label = usize;
+    const C_NAME: &'static str = "dm_parallel_miner";
+    const NOUN: &'static str = "parallel miner";
 
     /// The index of a label argument among the miner's labels.
-    ///
-    /// # Safety
-    /// `label` NULL or NUL-terminated.
-    unsafe fn label_index(&self, label: *const c_char) -> FfiResult<usize> {
+    unsafe fn label(&self, label: *const c_char) -> FfiResult<usize> {
         // SAFETY: forwarded to the caller's contract.
         let label = unsafe { label_arg(label) }?;
         self.labels
@@ -290,6 +234,29 @@ impl ParallelMiner {
             .position(|l| *l == label)
             .ok_or_else(|| FfiError::Invalid(format!("label `{label}` is not one of the miner's labels ({})", self.labels.join(", "))))
     }
+
+    fn add(&mut self, path: PathBuf, pixels: Option<Pixels>, label: usize) -> FfiResult<()> {
+        self.sources.push(ParallelSource { path, pixels, label });
+        Ok(())
+    }
+
+    fn image_count(&self) -> usize {
+        self.sources.len()
+    }
+
+    fn image_name(&self, index: usize) -> Option<String> {
+        self.sources.get(index).map(|s| s.path.to_string_lossy().into_owned())
+    }
+
+    fn run(&self, model: &StableDiffusion, progress: Progress) -> Result<Mined> {
+        let result = mine_parallel_sets(model, &self.labels, &self.sources, &self.options, &self.versions.store, progress)?;
+        Ok(Mined::new(result, &self.sources))
+    }
+}
+
+/// The results of `miner`'s successful run.
+fn with_mined<T>(miner: *const dm_parallel_miner, read: impl FnOnce(&Mined) -> FfiResult<T>) -> FfiResult<T> {
+    mining_handle::with_results::<ParallelJob, _, _>(miner, |_, mined| read(mined))
 }
 
 /// Fills `options` with the authors' defaults (no prompts, the default translation).
@@ -338,6 +305,7 @@ unsafe fn parallel_options(o: &dm_parallel_miner_options) -> FfiResult<ParallelM
         top: at_least_one(o.top, "top")?,
         projection_dims: at_least_one(o.projection_dims, "projection_dims")?,
         projection: projection(o)?,
+        resize: (o.resize_short_side > 0).then_some(o.resize_short_side as usize),
     })
 }
 
@@ -387,35 +355,20 @@ pub unsafe extern "C" fn dm_parallel_miner_create(
     out_miner: *mut *mut dm_parallel_miner,
 ) -> dm_status {
     guard(|| {
-        let model = model_ref(model)?;
-        if options.is_null() {
-            return Err(FfiError::Null("options"));
-        }
-        if out_miner.is_null() {
-            return Err(FfiError::Null("out_miner"));
-        }
-        let min_size = std::mem::size_of::<dm_parallel_miner_options>();
-        // SAFETY: the caller's contract covers `labels`, `options` and the strings they point to.
-        let (labels, c_options) =
-            unsafe { (label_list(labels, labels_len)?, read_options(options, dm_parallel_miner_options::default(), min_size, "options")?) };
-        // SAFETY: as above.
-        let options = unsafe { parallel_options(&c_options) }?;
-        // Refused now rather than after the first translation: the labels, the counts and the
-        // translation's steps.
-        CotypicalMiner::new(&model, labels.clone(), &options)?;
-        options.translate.check(&model)?;
-        let resize = (c_options.resize_short_side > 0).then_some(c_options.resize_short_side as usize);
-        // SAFETY: as above.
-        let versions = Versions::new(unsafe { optional_str(c_options.versions_dir, "options.versions_dir") }?)?;
-        let state = State { options, resize, sources: Vec::new(), versions, mined: None };
-        let miner = ParallelMiner { model, labels, state: Mutex::new(state) };
-        // SAFETY: checked non-NULL above; writable by the caller's contract.
-        unsafe { write_value(handle::register::<ParallelMiner, dm_parallel_miner>(miner), out_miner, "out_miner") }
+        let make = |model: &StableDiffusion, o: dm_parallel_miner_options| {
+            // SAFETY: the caller's contract covers `labels` and the strings of `options`.
+            let (labels, options) = unsafe { (label_list(labels, labels_len)?, parallel_options(&o)?) };
+            // Refused now rather than after the first translation: the labels, the counts and the
+            // translation's steps.
+            CotypicalMiner::new(model, labels.clone(), &options)?;
+            options.translate.check(model)?;
+            // SAFETY: as above.
+            let versions = Versions::new(unsafe { optional_str(o.versions_dir, "options.versions_dir") }?)?;
+            Ok(ParallelJob { labels, options, sources: Vec::new(), versions })
+        };
+        // SAFETY: the caller's contract covers `options` and `out_miner`.
+        unsafe { mining_handle::create(model, options, dm_parallel_miner_options::default(), out_miner, make) }
     })
-}
-
-fn parallel_miner_ref(miner: *const dm_parallel_miner) -> FfiResult<Arc<ParallelMiner>> {
-    handle::get::<ParallelMiner, dm_parallel_miner>(miner, "miner")
 }
 
 /// Adds the image file at `path` (UTF-8; PNG, JPEG or BMP) as a source of label `label` (UTF-8, one of
@@ -425,14 +378,8 @@ fn parallel_miner_ref(miner: *const dm_parallel_miner) -> FfiResult<Arc<Parallel
 /// `path` and `label` NULL or NUL-terminated.
 #[no_mangle]
 pub unsafe extern "C" fn dm_parallel_miner_add_file(miner: *mut dm_parallel_miner, path: *const c_char, label: *const c_char) -> dm_status {
-    guard(|| {
-        let m = parallel_miner_ref(miner)?;
-        // SAFETY: the caller's contract covers each pointer.
-        let (path, label) = unsafe { (required_str(path, "path")?, m.label_index(label)?) };
-        std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-        let added = m.lock().add(Source { name: PathBuf::from(path), pixels: None, label });
-        added
-    })
+    // SAFETY: forwarded to the caller's contract.
+    guard(|| unsafe { mining_handle::add_file::<ParallelJob, _>(miner, path, label) })
 }
 
 /// Adds an image held in memory as a source of label `label` (UTF-8, one of the miner's labels); its
@@ -449,15 +396,8 @@ pub unsafe extern "C" fn dm_parallel_miner_add_image(
     name: *const c_char,
     label: *const c_char,
 ) -> dm_status {
-    guard(|| {
-        let m = parallel_miner_ref(miner)?;
-        // SAFETY: the caller's contract covers each pointer.
-        let (view, name, label) = unsafe { (borrow_view(image)?, optional_str(name, "name")?, m.label_index(label)?) };
-        let pixels = Pixels::copy_of(&view)?;
-        let mut state = m.lock();
-        let name = name.map_or_else(|| format!("image-{}", state.sources.len()), str::to_string);
-        state.add(Source { name: PathBuf::from(name), pixels: Some(pixels), label })
-    })
+    // SAFETY: forwarded to the caller's contract.
+    guard(|| unsafe { mining_handle::add_image::<ParallelJob, _>(miner, image, name, label) })
 }
 
 /// Translates each source to every other label, scores and describes every version, keeps the best
@@ -471,21 +411,7 @@ pub unsafe extern "C" fn dm_parallel_miner_add_image(
 /// `progress` safe to call with `user_data` from this thread.
 #[no_mangle]
 pub unsafe extern "C" fn dm_parallel_miner_run(miner: *mut dm_parallel_miner, progress: dm_progress_fn, user_data: *mut c_void) -> dm_status {
-    guard(|| {
-        let m = parallel_miner_ref(miner)?;
-        let mut state = m.lock();
-        if state.mined.is_some() {
-            return Err(FfiError::Invalid(
-                "dm_parallel_miner_run already succeeded on this miner; its results stay readable, and mining again needs a new miner".into(),
-            ));
-        }
-        if state.sources.is_empty() {
-            return Err(FfiError::Invalid("no images to mine: add some with dm_parallel_miner_add_file or dm_parallel_miner_add_image".into()));
-        }
-        let result = state.mine(&m.model, &m.labels, &mut progress_adapter(progress, user_data))?;
-        state.mined = Some(Mined::new(result, &state.sources));
-        Ok(())
-    })
+    guard(|| mining_handle::run::<ParallelJob, _>(miner, progress, user_data))
 }
 
 /// The number of source images added.
@@ -494,11 +420,8 @@ pub unsafe extern "C" fn dm_parallel_miner_run(miner: *mut dm_parallel_miner, pr
 /// `out_count` NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn dm_parallel_miner_image_count(miner: *const dm_parallel_miner, out_count: *mut usize) -> dm_status {
-    guard(|| {
-        let count = parallel_miner_ref(miner)?.lock().sources.len();
-        // SAFETY: forwarded to the caller's contract.
-        unsafe { write_value(count, out_count, "out_count") }
-    })
+    // SAFETY: forwarded to the caller's contract.
+    guard(|| unsafe { mining_handle::write_image_count::<ParallelJob, _>(miner, out_count) })
 }
 
 /// The path or name of source image `image` (by the order sources were added), as
@@ -515,14 +438,8 @@ pub unsafe extern "C" fn dm_parallel_miner_image_name(
     out_len: usize,
     out_needed: *mut usize,
 ) -> dm_status {
-    guard(|| {
-        let m = parallel_miner_ref(miner)?;
-        let state = m.lock();
-        let n = state.sources.len();
-        let source = state.sources.get(image as usize).ok_or_else(|| FfiError::Invalid(format!("image index {image} is out of range ({n} images added)")))?;
-        // SAFETY: forwarded to the caller's contract.
-        unsafe { write_text(&source.name.to_string_lossy(), out, out_len, out_needed) }
-    })
+    // SAFETY: forwarded to the caller's contract.
+    guard(|| unsafe { mining_handle::write_image_name::<ParallelJob, _>(miner, image, out, out_len, out_needed) })
 }
 
 /// The number of kept elements. Fails before a successful `dm_parallel_miner_run`.
@@ -531,11 +448,8 @@ pub unsafe extern "C" fn dm_parallel_miner_image_name(
 /// `out_count` NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn dm_parallel_miner_element_count(miner: *const dm_parallel_miner, out_count: *mut usize) -> dm_status {
-    guard(|| {
-        let count = parallel_miner_ref(miner)?.lock().mined()?.elements.len();
-        // SAFETY: forwarded to the caller's contract.
-        unsafe { write_value(count, out_count, "out_count") }
-    })
+    // SAFETY: forwarded to the caller's contract.
+    guard(|| with_mined(miner, |mined| unsafe { write_value(mined.elements.len(), out_count, "out_count") }))
 }
 
 /// The kept elements in cluster rank order, then rank in cluster, into `out` (room for `out_len`;
@@ -550,12 +464,8 @@ pub unsafe extern "C" fn dm_parallel_miner_elements(
     out_len: usize,
     out_count: *mut usize,
 ) -> dm_status {
-    guard(|| {
-        let m = parallel_miner_ref(miner)?;
-        let state = m.lock();
-        // SAFETY: forwarded to the caller's contract.
-        unsafe { write_array(&state.mined()?.elements, out, out_len, out_count, "out") }
-    })
+    // SAFETY: forwarded to the caller's contract.
+    guard(|| with_mined(miner, |mined| unsafe { write_array(&mined.elements, out, out_len, out_count, "out") }))
 }
 
 /// The number of clusters. Fails before a successful `dm_parallel_miner_run`.
@@ -564,11 +474,8 @@ pub unsafe extern "C" fn dm_parallel_miner_elements(
 /// `out_count` NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn dm_parallel_miner_cluster_count(miner: *const dm_parallel_miner, out_count: *mut usize) -> dm_status {
-    guard(|| {
-        let count = parallel_miner_ref(miner)?.lock().mined()?.clusters.len();
-        // SAFETY: forwarded to the caller's contract.
-        unsafe { write_value(count, out_count, "out_count") }
-    })
+    // SAFETY: forwarded to the caller's contract.
+    guard(|| with_mined(miner, |mined| unsafe { write_value(mined.clusters.len(), out_count, "out_count") }))
 }
 
 /// The clusters in rank order (highest median co-typicality first; `median_typicality` holds that
@@ -584,12 +491,8 @@ pub unsafe extern "C" fn dm_parallel_miner_clusters(
     out_len: usize,
     out_count: *mut usize,
 ) -> dm_status {
-    guard(|| {
-        let m = parallel_miner_ref(miner)?;
-        let state = m.lock();
-        // SAFETY: forwarded to the caller's contract.
-        unsafe { write_array(&state.mined()?.clusters, out, out_len, out_count, "out") }
-    })
+    // SAFETY: forwarded to the caller's contract.
+    guard(|| with_mined(miner, |mined| unsafe { write_array(&mined.clusters, out, out_len, out_count, "out") }))
 }
 
 /// Fills `options` with the defaults (32 strips of 8 rows).
@@ -623,16 +526,16 @@ pub unsafe extern "C" fn dm_parallel_miner_write_report(
     options: *const dm_parallel_report_options,
 ) -> dm_status {
     guard(|| {
-        let m = parallel_miner_ref(miner)?;
         let min_size = std::mem::size_of::<dm_parallel_report_options>();
         // SAFETY: forwarded to the caller's contract.
         let (out_dir, options) =
             unsafe { (required_str(out_dir, "out_dir")?, read_options(options, dm_parallel_report_options::default(), min_size, "options")?) };
         let options = report_options(&options)?;
-        let state = m.lock();
-        let mined = state.mined()?;
-        write_parallel_report(&mined.result, &state.report_sources(), &m.labels, &state.versions.store, &options, Path::new(out_dir))?;
-        Ok(())
+        mining_handle::with_results::<ParallelJob, _, _>(miner, |job, mined| {
+            let sources: Vec<ReportSource> = job.sources.iter().map(ParallelSource::report_source).collect();
+            write_parallel_report(&mined.result, &sources, &job.labels, &job.versions.store, &options, Path::new(out_dir))?;
+            Ok(())
+        })
     })
 }
 
@@ -641,5 +544,5 @@ pub unsafe extern "C" fn dm_parallel_miner_write_report(
 /// `DM_ERR_INVALID_HANDLE`. A call still running on another thread finishes first.
 #[no_mangle]
 pub extern "C" fn dm_parallel_miner_free(miner: *mut dm_parallel_miner) -> dm_status {
-    guard(|| handle::release::<ParallelMiner, dm_parallel_miner>(miner, "miner"))
+    guard(|| mining_handle::release::<ParallelJob, _>(miner))
 }

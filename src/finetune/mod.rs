@@ -1,8 +1,12 @@
 //! Finetuning the UNet of a loaded model on labelled images, the paper's first step: the DDPM loss
 //! (MSE between the UNet's prediction and the noise, or v for v-models) at t uniform over the training
 //! steps, AdamW with gradient clipping, constant learning rate, f32 weights (optionally bf16 autocast and
-//! gradient checkpointing); VAE and text encoder frozen. The
-//! result is saved as a diffusers folder that libdiffmine and diffusers both load.
+//! gradient checkpointing); VAE and text encoder frozen. The result is saved as a diffusers folder that
+//! libdiffmine and diffusers both load.
+//!
+//! This module owns the run over a labelled set (images encoded once, batches drawn from one seeded
+//! stream, checkpoints, the saved result); `training` the optimiser step, `adamw` the optimiser,
+//! `checkpoint` the resumable state and `export` the diffusers folders.
 mod adamw;
 mod checkpoint;
 mod export;
@@ -22,7 +26,7 @@ pub use export::{save_component, save_unet, ComponentSources};
 pub(crate) use training::{require_f32, Optimization};
 pub use training::{StepCompute, StepReport, TrainOptions, Trainer};
 
-/// How to finetune on a labelled set (defaults: the spec's recipe; steps and batch are the caller's).
+/// How to finetune on a labelled set (defaults: the paper's recipe; steps and batch are the caller's).
 #[derive(Debug, Clone)]
 pub struct FinetuneOptions {
     pub train: TrainOptions,

@@ -11,7 +11,7 @@ use crate::model::autocast::AutocastGuard;
 use crate::model::scheduler::PredictionType;
 use crate::model::StableDiffusion;
 
-/// The optimiser and loss settings (defaults: the spec's recipe).
+/// The optimiser and loss settings (defaults: the paper's recipe).
 #[derive(Debug, Clone)]
 pub struct TrainOptions {
     pub learning_rate: f64,

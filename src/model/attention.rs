@@ -32,7 +32,7 @@ pub struct AttentionShape {
 }
 
 impl Attention {
-    pub fn load(p: &WeightPath, s: &AttentionShape) -> Result<Self> {
+    pub(crate) fn load(p: &WeightPath, s: &AttentionShape) -> Result<Self> {
         let names = if !p.contains("to_q.weight") && p.contains("query.weight") { LEGACY_NAMES } else { CURRENT_NAMES };
         let inner = s.heads * s.head_dim;
         Ok(Attention {
@@ -164,7 +164,7 @@ pub struct Transformer2D {
 }
 
 impl Transformer2D {
-    pub fn load(p: &WeightPath, s: &Transformer2DShape) -> Result<Self> {
+    pub(crate) fn load(p: &WeightPath, s: &Transformer2DShape) -> Result<Self> {
         let c = s.channels;
         let blocks =
             (0..s.layers).map(|i| TransformerBlock::load(&p.sub("transformer_blocks").sub(i), c, s.heads, s.context_dim, s.upcast)).collect::<Result<_>>()?;

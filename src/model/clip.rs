@@ -82,7 +82,7 @@ impl ClipTextModel {
     /// `p` points at the model root. Tensors live under `text_model.` in CLIPModel checkpoints and in
     /// CLIPTextModel files saved by transformers 4 (SD 1.5's own); transformers 5 saves CLIPTextModel
     /// without that prefix. Both load.
-    pub fn load(p: &WeightPath, config: ClipTextConfig) -> Result<Self> {
+    pub(crate) fn load(p: &WeightPath, config: ClipTextConfig) -> Result<Self> {
         let activation = Activation::parse(&config.hidden_act)?;
         let prefixed = p.sub("text_model");
         let t = if prefixed.contains("final_layer_norm.weight") { prefixed } else { p.clone() };

@@ -26,7 +26,7 @@ pub struct TimestepEmbedding {
 }
 
 impl TimestepEmbedding {
-    pub fn load(p: &WeightPath, in_dim: i64, out_dim: i64) -> Result<Self> {
+    pub(crate) fn load(p: &WeightPath, in_dim: i64, out_dim: i64) -> Result<Self> {
         Ok(TimestepEmbedding {
             linear_1: Linear::load(&p.sub("linear_1"), in_dim, out_dim, true)?,
             linear_2: Linear::load(&p.sub("linear_2"), out_dim, out_dim, true)?,

@@ -15,7 +15,7 @@ pub mod single_file;
 pub mod tokenizer;
 pub mod unet;
 pub mod vae;
-pub mod weights;
+pub(crate) mod weights;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -179,10 +179,11 @@ impl Default for ModelOptions {
 }
 
 /// A component's tensors under diffusers' names (the very tensors its layers use) and its
-/// `config.json` as read.
-pub struct ComponentWeights {
-    pub parameters: Vec<(String, Tensor)>,
-    pub config: serde_json::Value,
+/// `config.json` as read. Crate-private: where the weight files are mapped, these tensors view the
+/// mapping, which only the model keeps alive (see `weights`).
+pub(crate) struct ComponentWeights {
+    pub(crate) parameters: Vec<(String, Tensor)>,
+    pub(crate) config: serde_json::Value,
 }
 
 /// Reads a component's config both as raw JSON (kept for saving) and as its typed struct.
@@ -426,17 +427,25 @@ impl StableDiffusion {
         &self.unet
     }
 
-    pub fn unet_weights(&self) -> &ComponentWeights {
+    /// The UNet's own parameter tensors, for training and saving inside the crate: they may view the
+    /// weight file's mapping, so they must not outlive the model.
+    pub(crate) fn unet_weights(&self) -> &ComponentWeights {
         &self.unet_weights
     }
 
-    pub fn vae_weights(&self) -> &ComponentWeights {
+    pub(crate) fn vae_weights(&self) -> &ComponentWeights {
         &self.vae_weights
     }
 
-    /// The text encoder's tensors by name (as its weight files name them).
-    pub fn text_encoder_parameters(&self) -> &[(String, Tensor)] {
-        &self.text_encoder_parameters
+    /// The UNet's parameters under diffusers' names, in load order, copied: they own their memory, so
+    /// they may outlive the model (its own tensors may view a mapped weight file).
+    pub fn unet_parameters(&self) -> Result<Vec<(String, Tensor)>> {
+        owned_copies(&self.unet_weights.parameters)
+    }
+
+    /// The text encoder's parameters as its weight files name them, copied as [`Self::unet_parameters`].
+    pub fn text_encoder_parameters(&self) -> Result<Vec<(String, Tensor)>> {
+        owned_copies(&self.text_encoder_parameters)
     }
 
     pub fn vae(&self) -> &AutoencoderKL {
@@ -617,4 +626,9 @@ mod tests {
         assert_eq!(overrides.vae, Some(PathBuf::from("/base/vae")));
         assert_eq!(overrides.scheduler, Some(PathBuf::from("/base/scheduler")));
     }
+}
+
+/// Copies of named tensors that own their storage.
+fn owned_copies(parameters: &[(String, Tensor)]) -> Result<Vec<(String, Tensor)>> {
+    parameters.iter().map(|(name, t)| Ok((name.clone(), t.f_detach_copy()?))).collect()
 }

@@ -11,7 +11,7 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn load(p: &WeightPath, in_features: i64, out_features: i64, bias: bool) -> Result<Self> {
+    pub(crate) fn load(p: &WeightPath, in_features: i64, out_features: i64, bias: bool) -> Result<Self> {
         let weight = p.get("weight", &[out_features, in_features])?;
         let bias = if bias { Some(p.get("bias", &[out_features])?) } else { None };
         Ok(Linear { weight, bias })
@@ -30,7 +30,7 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
-    pub fn load(p: &WeightPath, c_in: i64, c_out: i64, kernel: i64, stride: i64, padding: i64) -> Result<Self> {
+    pub(crate) fn load(p: &WeightPath, c_in: i64, c_out: i64, kernel: i64, stride: i64, padding: i64) -> Result<Self> {
         let weight = p.get("weight", &[c_out, c_in, kernel, kernel])?;
         let bias = p.get("bias", &[c_out])?;
         Ok(Conv2d { weight, bias, stride, padding })
@@ -49,7 +49,7 @@ pub struct GroupNorm {
 }
 
 impl GroupNorm {
-    pub fn load(p: &WeightPath, groups: i64, channels: i64, eps: f64) -> Result<Self> {
+    pub(crate) fn load(p: &WeightPath, groups: i64, channels: i64, eps: f64) -> Result<Self> {
         Ok(GroupNorm { weight: p.get("weight", &[channels])?, bias: p.get("bias", &[channels])?, groups, eps })
     }
 
@@ -66,7 +66,7 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
-    pub fn load(p: &WeightPath, dim: i64, eps: f64) -> Result<Self> {
+    pub(crate) fn load(p: &WeightPath, dim: i64, eps: f64) -> Result<Self> {
         Ok(LayerNorm { weight: p.get("weight", &[dim])?, bias: p.get("bias", &[dim])?, dim, eps })
     }
 
@@ -80,7 +80,7 @@ pub struct Embedding {
 }
 
 impl Embedding {
-    pub fn load(p: &WeightPath, count: i64, dim: i64) -> Result<Self> {
+    pub(crate) fn load(p: &WeightPath, count: i64, dim: i64) -> Result<Self> {
         Ok(Embedding { weight: p.get("weight", &[count, dim])? })
     }
 

@@ -27,7 +27,7 @@ pub struct ResnetBlock2D {
 }
 
 impl ResnetBlock2D {
-    pub fn load(p: &WeightPath, s: &ResnetShape) -> Result<Self> {
+    pub(crate) fn load(p: &WeightPath, s: &ResnetShape) -> Result<Self> {
         let time_emb_proj = s.temb.map(|t| Linear::load(&p.sub("time_emb_proj"), t, s.c_out, true)).transpose()?;
         let conv_shortcut = if s.c_in != s.c_out { Some(Conv2d::load(&p.sub("conv_shortcut"), s.c_in, s.c_out, 1, 1, 0)?) } else { None };
         Ok(ResnetBlock2D {
@@ -78,7 +78,7 @@ pub struct Downsample2D {
 }
 
 impl Downsample2D {
-    pub fn load(p: &WeightPath, channels: i64, padding: i64) -> Result<Self> {
+    pub(crate) fn load(p: &WeightPath, channels: i64, padding: i64) -> Result<Self> {
         Ok(Downsample2D { conv: Conv2d::load(&p.sub("conv"), channels, channels, 3, 2, padding)?, asymmetric_pad: padding == 0 })
     }
 
@@ -98,7 +98,7 @@ pub struct Upsample2D {
 }
 
 impl Upsample2D {
-    pub fn load(p: &WeightPath, channels: i64) -> Result<Self> {
+    pub(crate) fn load(p: &WeightPath, channels: i64) -> Result<Self> {
         Ok(Upsample2D { conv: Conv2d::load(&p.sub("conv"), channels, channels, 3, 1, 1)? })
     }
 

@@ -213,7 +213,7 @@ pub struct UNet2DConditionModel {
 }
 
 impl UNet2DConditionModel {
-    pub fn load(p: &WeightPath, config: UNetConfig) -> Result<Self> {
+    pub(crate) fn load(p: &WeightPath, config: UNetConfig) -> Result<Self> {
         config.check_supported()?;
         let specs = block_specs(&config)?;
         let c0 = config.block_out_channels[0];

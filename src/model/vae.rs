@@ -181,7 +181,7 @@ pub struct AutoencoderKL {
 }
 
 impl AutoencoderKL {
-    pub fn load(p: &WeightPath, config: VaeConfig) -> Result<Self> {
+    pub(crate) fn load(p: &WeightPath, config: VaeConfig) -> Result<Self> {
         config.check_supported()?;
         let latent = config.latent_channels;
         let quant_conv = if config.use_quant_conv { Some(Conv2d::load(&p.sub("quant_conv"), 2 * latent, 2 * latent, 1, 1, 0)?) } else { None };

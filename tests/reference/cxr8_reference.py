@@ -7,7 +7,7 @@ CASES.json holds a list of cases {"width", "height", "map": [row-major floats], 
 ...]} in map pixels. For each case this writes to OUT.json, computed independently of libdiffmine:
   positives:          the pixels whose centre (x + 0.5, y + 0.5) lies in any box [x, x+w) x [y, y+h);
   average_precision:  sklearn.metrics.average_precision_score(positives, map) (null with no positive);
-  authors:            the authors' curve, reimplemented directly in NumPy from the spec: thresholds
+  authors:            the authors' curve, reimplemented directly in NumPy: thresholds
                       2 * 10**-s for s in linspace(2, 7, 1000), predicted = map > t, precision
                       tp / (tp + fp) (0 when nothing is above), recall tp / positives, and the area
                       np.trapezoid(precision, recall).

@@ -384,7 +384,7 @@ def typicality_reference(pipe: StableDiffusionPipeline, generator: torch.Generat
     tensors["typicality.sample_losses"] = losses
     tensors["typicality.map"] = upsampled.mean(0)[0]
 
-# The finetuning reference: AdamW steps of the spec's recipe on fixed batches.
+# The finetuning reference: AdamW steps of the paper's recipe on fixed batches.
 TRAIN_STEPS = 3
 TRAIN_BATCH = 2
 

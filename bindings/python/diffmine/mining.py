@@ -23,7 +23,7 @@ class Box(NamedTuple):
     score: float
 
 
-def select_patches(map: np.ndarray, patch: int = 64, max_boxes: int = 5) -> List[Box]:  # noqa: A002 - the spec's name
+def select_patches(map: np.ndarray, patch: int = 64, max_boxes: int = 5) -> List[Box]:  # noqa: A002 - the C API's name
     """The most typical ``patch`` × ``patch`` boxes of an H×W typicality ``map``, best first: every
     window (stride 1) is scored by its mean, then up to ``max_boxes`` are taken greedily, each dropping
     the windows that intersect or touch it (ties: lowest row, then column). Returns a list of

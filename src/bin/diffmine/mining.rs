@@ -6,16 +6,15 @@ use clap::{Args, ValueEnum};
 use diffmine::dataset::LabelledSet;
 use diffmine::mining::cluster::ClusterOptions;
 use diffmine::mining::cotypicality::report::{write_parallel_report, ParallelReportOptions, ReportSource, VersionStore};
-use diffmine::mining::cotypicality::{parallel_set, CotypicalMiner, ParallelMiningOptions, Projection};
+use diffmine::mining::cotypicality::{mine_parallel_sets, ParallelMiningOptions, ParallelSource, Projection};
 use diffmine::mining::dift::DiftOptions;
 use diffmine::mining::miner::{mine, MiningOptions, StageTimes};
 use diffmine::mining::report::{write_comparison, write_report, ReportOptions};
 use diffmine::typicality::TypicalityOptions;
 use diffmine::Result;
 
-use crate::files::image_tensor;
 use crate::options::{ModelArgs, PnpArgs};
-use crate::progress::{cancelled, Progress};
+use crate::progress::Progress;
 use crate::typicality::SamplingArgs;
 
 #[derive(Args, Debug)]
@@ -238,6 +237,7 @@ impl ParallelMineArgs {
             patch_size: self.patch,
             per_set: self.per_set,
             top: self.top,
+            resize: self.resize,
             projection: match self.projection {
                 ProjectionKind::Umap => Projection::Umap { neighbors: self.neighbors, seed: self.seed },
                 ProjectionKind::Pca => Projection::Pca,
@@ -266,32 +266,19 @@ impl ParallelMineArgs {
         let versions = VersionStore::create(versions_dir)?;
         let options = self.options();
         let report_options = ParallelReportOptions { strips: self.strips, per_strip: self.per_strip };
-        let items: Vec<_> = data.items.iter().filter(|item| item.labels.len() == 1).collect();
-        if items.len() < data.items.len() {
-            tracing::warn!("{} images with several labels left out", data.items.len() - items.len());
+        let (sources, left_out) = ParallelSource::from_set(&data, &labels);
+        if left_out > 0 {
+            tracing::warn!("{left_out} images with several labels left out");
         }
-        let mut miner = CotypicalMiner::new(&model, labels.clone(), &options)?;
-        let mut sources = Vec::with_capacity(items.len());
         let started = Instant::now();
-        let mut progress = Progress::new("images");
-        let mut keep_going = |_: u64, _: u64| !cancelled();
-        for (n, item) in items.iter().enumerate() {
-            let source = labels.iter().position(|l| *l == item.labels[0]).expect("labels() lists every item's label");
-            let set = parallel_set(&model, &image_tensor(&item.path, self.resize)?, source, &labels, &options, &mut keep_going)?;
-            // Saved as it is made, so memory stays bounded by the miner's kept boxes.
-            versions.save(n, &set)?;
-            miner.add_set(&set, &mut keep_going)?;
-            sources.push(ReportSource { name: item.path.display().to_string(), label: source });
-            if !progress.update(n as u64 + 1, items.len() as u64, f64::NAN) {
-                return Err(diffmine::Error::Cancelled);
-            }
-        }
+        let mut progress = Progress::new("steps");
+        let result = mine_parallel_sets(&model, &labels, &sources, &options, &versions, &mut progress.callback())?;
         drop(progress);
-        let result = miner.finish()?;
-        let strips = write_parallel_report(&result, &sources, &labels, &versions, &report_options, &self.out)?;
+        let report_sources: Vec<ReportSource> = sources.iter().map(ParallelSource::report_source).collect();
+        let strips = write_parallel_report(&result, &report_sources, &labels, &versions, &report_options, &self.out)?;
         println!(
             "{} parallel sets in {:.0} s: {} elements in {} clusters; wrote {strips} strip figures; report: {}",
-            items.len(),
+            sources.len(),
             started.elapsed().as_secs_f64(),
             result.elements.len(),
             result.clusters.len(),

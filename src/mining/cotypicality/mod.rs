@@ -6,9 +6,11 @@
 //! clusters by the median co-typicality of their members.
 //!
 //! Memory is bounded by the boxes kept (at most `top`, each with one feature per version), not by the
-//! number of images: a set's versions can be dropped once added.
+//! number of images: a set's versions can be dropped once added. [`mine_parallel_sets`] runs the
+//! whole loop over source images.
 pub mod elements;
 pub mod report;
+mod run;
 pub mod umap;
 
 use std::collections::HashMap;
@@ -24,6 +26,7 @@ use crate::translate::{translate, TranslateOptions};
 use crate::typicality::{typicality, Progress, TypicalityOptions};
 pub use elements::Projection;
 use elements::{cotypical_patches, sequence_features};
+pub use run::{mine_parallel_sets, ParallelSource};
 
 #[derive(Debug)]
 pub struct ParallelMiningOptions {
@@ -44,6 +47,8 @@ pub struct ParallelMiningOptions {
     pub projection_dims: usize,
     /// How they are projected: UMAP with 15 neighbours (the authors'), or PCA.
     pub projection: Projection,
+    /// Resize each source so its shorter side has this many pixels first (None: as it is).
+    pub resize: Option<usize>,
 }
 
 impl Default for ParallelMiningOptions {
@@ -60,6 +65,7 @@ impl Default for ParallelMiningOptions {
             top: 10_000,
             projection_dims: 32,
             projection: Projection::default(),
+            resize: None,
         }
     }
 }
