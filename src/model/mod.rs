@@ -604,6 +604,11 @@ impl StableDiffusion {
     }
 }
 
+/// Copies of named tensors that own their storage.
+fn owned_copies(parameters: &[(String, Tensor)]) -> Result<Vec<(String, Tensor)>> {
+    parameters.iter().map(|(name, t)| Ok((name.clone(), t.f_detach_copy()?))).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -626,9 +631,4 @@ mod tests {
         assert_eq!(overrides.vae, Some(PathBuf::from("/base/vae")));
         assert_eq!(overrides.scheduler, Some(PathBuf::from("/base/scheduler")));
     }
-}
-
-/// Copies of named tensors that own their storage.
-fn owned_copies(parameters: &[(String, Tensor)]) -> Result<Vec<(String, Tensor)>> {
-    parameters.iter().map(|(name, t)| Ok((name.clone(), t.f_detach_copy()?))).collect()
 }
