@@ -26,3 +26,6 @@ if ! apt_install; then
     "${as_root[@]}" apt-get update
     apt_install
 fi
+for pair in "$@"; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || { echo "install_debian.sh: ${pair%%:*} still not on PATH after installing ${pair#*:}" >&2; exit 1; }
+done
