@@ -371,8 +371,8 @@ pub unsafe extern "C" fn dm_parallel_miner_create(
     })
 }
 
-/// Adds the image file at `path` (UTF-8; PNG, JPEG or BMP) as a source of label `label` (UTF-8, one of
-/// the miner's labels). The file must exist now; it is read during `dm_parallel_miner_run`.
+/// Adds the image file at `path` (UTF-8; PNG, JPEG, BMP or DICOM, told apart by content) as a source
+/// of label `label` (UTF-8, one of the miner's labels). The file must exist now; it is read during `dm_parallel_miner_run`.
 ///
 /// # Safety
 /// `path` and `label` NULL or NUL-terminated.

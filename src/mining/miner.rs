@@ -89,7 +89,7 @@ pub struct LabelResult {
     pub image_sizes: BTreeMap<PathBuf, (usize, usize)>,
     /// The pixels of the images held in memory rather than in files, by their name, for crops.
     pub in_memory: BTreeMap<PathBuf, Pixels>,
-    /// The typicality map of every image holding a kept box, reduced to at most [`KEPT_MAP_SIDE`]
+    /// The typicality map of every image holding a kept box, reduced to at most `KEPT_MAP_SIDE`
     /// pixels a side, for the report's heat maps.
     pub maps: BTreeMap<PathBuf, Array2<f32>>,
     /// Where mining this label spent its time.
@@ -137,7 +137,7 @@ fn timed<T>(total: &mut Duration, f: impl FnOnce() -> T) -> T {
 /// The longer side of the typicality maps a result keeps: maps are bilinear upsamplings of the
 /// latent's grid (an eighth of the image's side), so for images up to 512 pixels a side this keeps
 /// all of a map, and a label's `top` boxes hold at most `top` maps of 16 KiB.
-pub const KEPT_MAP_SIDE: usize = 64;
+pub(crate) const KEPT_MAP_SIDE: usize = 64;
 
 /// Progress of mining: (units done, units in all), a unit being one image's typicality or DIFT.
 pub type MiningProgress<'a> = &'a mut dyn FnMut(u64, u64) -> bool;
