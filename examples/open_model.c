@@ -5,6 +5,9 @@
  * Build (from the repository root, after `cargo build --release`):
  *   cc -std=c11 -Wall -Wextra -pedantic -I include examples/open_model.c \
  *      -L target/release -ldiffmine -Wl,-rpath,$PWD/target/release -o open_model
+ * or against an installed prefix (scripts/install.sh; see the README's Install section):
+ *   cc -std=c11 -Wall -Wextra -pedantic examples/open_model.c $(pkg-config --cflags --libs diffmine) \
+ *      -Wl,-rpath,$(pkg-config --variable=libdir diffmine) -o open_model
  */
 #include <stdio.h>
 #include <stdlib.h>
