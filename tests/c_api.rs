@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Instant;
 
-use common::{pipeline, repo_root, translate_fixture_dir};
+use common::{compile_c, pipeline, repo_root, translate_fixture_dir, valgrind_options};
 
 /// A C program, by source path relative to the repository root.
 struct Program {
@@ -66,30 +66,11 @@ fn build_all(out: &Path, for_valgrind: bool) -> Vec<Built> {
         .map(|p| {
             let name = Path::new(p.source).file_stem().unwrap().to_string_lossy().into_owned();
             let binary = out.join(&name);
-            compile(&repo_root().join(p.source), &binary, &lib_dir);
+            compile_c(&repo_root().join(p.source), &binary, &lib_dir);
             let args = std::iter::once((p.model)()).chain(p.inputs.iter().map(|input| repo_root().join(input))).collect();
             Built { name, binary, args }
         })
         .collect()
-}
-
-fn compile(source: &Path, binary: &Path, lib_dir: &Path) {
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-    let output = Command::new(&cc)
-        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic", "-g", "-O1"])
-        .arg("-I")
-        .arg(repo_root().join("include"))
-        .arg(source)
-        .arg("-o")
-        .arg(binary)
-        .arg("-L")
-        .arg(lib_dir)
-        .arg("-ldiffmine")
-        .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
-        .arg("-lpthread")
-        .output()
-        .unwrap_or_else(|e| panic!("run {cc}: {e}"));
-    assert!(output.status.success(), "compiling {} failed:\n{}", source.display(), show(&output));
 }
 
 fn show(output: &Output) -> String {
@@ -165,19 +146,7 @@ fn c_programs_pass_under_valgrind() {
         eprintln!("valgrind is not installed: skipped");
         return;
     }
-    let wrapper: Vec<String> = [
-        "valgrind",
-        "--error-exitcode=1",
-        "--leak-check=full",
-        "--errors-for-leak-kinds=definite",
-        "--show-leak-kinds=definite",
-        "--track-origins=no",
-        "--num-callers=30",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([format!("--suppressions={}", repo_root().join("tests/c/valgrind.supp").display())])
-    .collect();
+    let wrapper: Vec<String> = std::iter::once("valgrind".to_string()).chain(valgrind_options(&repo_root().join("tests/c/valgrind.supp"))).collect();
     // bad_input takes about 70 s of CPU, nearly all of it memcheck reading libtorch at start-up,
     // typicality about 100 s (three typicality maps on top) and parallel_miner about 95 s (one source
     // translated and mined); they run side by side.

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Instant;
 
-use common::{python, relative_error, repo_root, scratch_copy, Reference};
+use common::{python, relative_error, repo_root, scratch_copy, valgrind_options, Reference};
 use tch::{Kind, Tensor};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -280,18 +280,7 @@ fn consumer_run(name: &str, program: &Path, model: &Path, case: &Path, expected:
     let command = match valgrind {
         None => hidden(program, &args),
         Some(suppressions) => {
-            let mut wrapper: Vec<std::ffi::OsString> = [
-                "--error-exitcode=1",
-                "--leak-check=full",
-                "--errors-for-leak-kinds=definite",
-                "--show-leak-kinds=definite",
-                "--track-origins=no",
-                "--num-callers=30",
-            ]
-            .iter()
-            .map(|s| s.into())
-            .collect();
-            wrapper.push(format!("--suppressions={}", suppressions.display()).into());
+            let mut wrapper: Vec<std::ffi::OsString> = valgrind_options(suppressions).into_iter().map(Into::into).collect();
             wrapper.push(program.as_os_str().to_owned());
             wrapper.extend(args.iter().map(|a| a.to_os_string()));
             let wrapper_refs: Vec<&std::ffi::OsStr> = wrapper.iter().map(|s| s.as_os_str()).collect();

@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{built_library, python, repo_root};
+use common::{built_library, compile_c, python, repo_root};
 
 /// A field of a struct in the header: its C type (as written, without the name) and name.
 struct Field {
@@ -154,23 +154,7 @@ fn show(output: &Output) -> String {
 }
 
 fn compile_and_run(source: &Path, binary: &Path) -> String {
-    let lib = built_library();
-    let lib_dir = lib.parent().unwrap();
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-    let output = Command::new(&cc)
-        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic"])
-        .arg("-I")
-        .arg(repo_root().join("include"))
-        .arg(source)
-        .arg("-o")
-        .arg(binary)
-        .arg("-L")
-        .arg(lib_dir)
-        .arg("-ldiffmine")
-        .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
-        .output()
-        .unwrap_or_else(|e| panic!("run {cc}: {e}"));
-    assert!(output.status.success(), "compiling the layout program failed:\n{}", show(&output));
+    compile_c(source, binary, built_library().parent().unwrap());
     let output = Command::new(binary).output().expect("run the layout program");
     assert!(output.status.success(), "the layout program failed:\n{}", show(&output));
     String::from_utf8(output.stdout).expect("UTF-8")

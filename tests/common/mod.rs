@@ -29,6 +29,45 @@ pub fn built_library() -> PathBuf {
 }
 
 /// The fixtures folder, built on first use (the script is idempotent and serialises concurrent runs).
+/// Compiles the C program `source` as strictly as the C tests do (C11, every warning an error, line
+/// tables for valgrind's reports) against include/diffmine.h and the libdiffmine.so in `lib_dir`, with
+/// an rpath to it.
+pub fn compile_c(source: &Path, binary: &Path, lib_dir: &Path) {
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let output = Command::new(&cc)
+        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic", "-g", "-O1"])
+        .arg("-I")
+        .arg(repo_root().join("include"))
+        .arg(source)
+        .arg("-o")
+        .arg(binary)
+        .arg("-L")
+        .arg(lib_dir)
+        .arg("-ldiffmine")
+        .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
+        .arg("-lpthread")
+        .output()
+        .unwrap_or_else(|e| panic!("run {cc}: {e}"));
+    assert!(
+        output.status.success(),
+        "compiling {} failed ({}):\n{}{}",
+        source.display(),
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// memcheck's options for the C programs: invalid reads and writes, uses of uninitialised values and
+/// definite leaks fail the run; `suppressions` names libtorch's known reports.
+pub fn valgrind_options(suppressions: &Path) -> Vec<String> {
+    ["--error-exitcode=1", "--leak-check=full", "--errors-for-leak-kinds=definite", "--show-leak-kinds=definite", "--track-origins=no", "--num-callers=30"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([format!("--suppressions={}", suppressions.display())])
+        .collect()
+}
+
 pub fn fixtures() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
