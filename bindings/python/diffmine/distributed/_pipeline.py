@@ -1,0 +1,282 @@
+"""The distributed mining run, as Ray Data stages:
+
+1. the set's (path, label) rows, listed on the driver, stream through tasks that read each image's
+   bytes and key it (a hash of the bytes, of the result-changing options and of the label); images
+   whose key the working folder holds are passed on without their bytes;
+2. an actor pool (the model opened once per actor) computes each new image's typicality map and its
+   best boxes, and writes them to the working folder in Parquet, one file per batch;
+3. the working folder's results are read back block by block, each block keeping only its best
+   ``top`` boxes per label, and the driver merges the blocks' tops (no shuffle of every row);
+4. a second actor pool computes the DIFT features of the kept boxes, one image at a time;
+5. the driver clusters and ranks each label's boxes and writes the report folder, with the library's
+   own code, as ``diffmine mine`` does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Set
+
+import numpy as np
+import pyarrow as pa
+
+from . import _library
+from ._listing import list_set
+from ._workdir import Workdir, result_key
+
+CANDIDATES = "typicality"
+BOX = pa.struct([("x", pa.int32()), ("y", pa.int32()), ("size", pa.int32()), ("score", pa.float32())])
+RESULT_SCHEMA = pa.schema([
+    ("key", pa.string()), ("image_hash", pa.string()), ("label", pa.string()), ("path", pa.string()),
+    ("height", pa.int32()), ("width", pa.int32()), ("boxes", pa.list_(BOX)),
+    ("map", pa.binary()), ("map_height", pa.int32()), ("map_width", pa.int32()), ("error", pa.string()),
+])
+
+
+@dataclass
+class Settings:
+    """A run's settings: the model (as :func:`_library.open_model` takes it), the mining options (the
+    library's keyword names; left out: the library's default), and how the cluster runs it."""
+
+    model: Dict[str, Any]
+    mining: Dict[str, Any]
+    data: str
+    out: str
+    workdir: str
+    address: Optional[str] = None
+    actors_per_node: int = 1
+    gpus_per_actor: float = 0.0
+    batch_size: int = 4
+    log: Any = print
+
+    def result_options(self) -> Dict[str, Any]:
+        """The options a per-image result depends on (and the working folder is keyed by): not
+        ``top``, the DIFT or the clustering, which a re-run may change freely."""
+        per_image = {k: v for k, v in self.mining.items() if k not in ("top", "ensemble", "clusters", "restarts")}
+        return {"format": 1, "model": _library.model_identity(self.model), "mining": per_image}
+
+
+@dataclass
+class Summary:
+    """What a run did: images scored now or found in the working folder, the images skipped as
+    unreadable (path: reason), and where the actors ran."""
+
+    scored: int = 0
+    reused: int = 0
+    skipped: Dict[str, str] = field(default_factory=dict)
+    nodes: Set[str] = field(default_factory=set)
+    libraries: Set[str] = field(default_factory=set)
+    seconds: float = 0.0
+
+
+# --- stage 1: reading and keying ---------------------------------------------------------------------
+
+def read_and_key(batch: Dict[str, np.ndarray], digest: str, done: Set[str]) -> Dict[str, Any]:
+    """Reads each row's image and keys it; the bytes are dropped where the key is done already, and a
+    file that cannot be read at all carries its reason instead."""
+    out: Dict[str, List[Any]] = {"path": [], "label": [], "image_hash": [], "key": [], "image": [], "error": []}
+    for path, label in zip(batch["path"], batch["label"]):
+        image, error, image_hash, key = None, None, "", ""
+        try:
+            with open(path, "rb") as f:
+                image = f.read()
+            image_hash = hashlib.sha256(image).hexdigest()
+            key = result_key(image_hash, digest, label)
+            if key in done:
+                image = None
+        except OSError as e:
+            error = f"{path}: {e.strerror or e}"
+        for name, value in zip(out, (path, label, image_hash, key, image, error)):
+            out[name].append(value)
+    return out
+
+
+# --- stage 2: typicality and each image's boxes -----------------------------------------------------
+
+class CandidatesWorker:
+    """An actor of the typicality pool: opens the model once, then for each image that has bytes
+    computes its map and best boxes, writes them to the working folder and passes on a summary."""
+
+    def __init__(self, model: Dict[str, Any], mining: Dict[str, Any], workdir: str) -> None:
+        import diffmine
+
+        self.model = _library.open_model(model)
+        self.mining = mining
+        self.workdir = Workdir(workdir)
+        self.node = socket.gethostname() + f"/{os.getpid()}"
+        self.library = diffmine.__file__
+
+    def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, Any]:
+        results = []
+        summary: Dict[str, List[Any]] = {"key": [], "path": [], "label": [], "scored": [], "error": [], "worker": [], "library": []}
+        for i in range(len(batch["path"])):
+            row = {name: batch[name][i] for name in batch}
+            scored, error = row["image"] is not None, row["error"]
+            if scored:
+                result = self._candidates(row)
+                results.append(result)
+                error = result["error"]
+            for name, value in zip(summary, (row["key"], row["path"], row["label"], scored, error, self.node, self.library)):
+                summary[name].append(value)
+        if results:
+            self.workdir.write_part(CANDIDATES, pa.Table.from_pylist(results, schema=RESULT_SCHEMA))
+        return summary
+
+    def _candidates(self, row: Dict[str, Any]) -> Dict[str, Any]:
+        result = {name: row[name] for name in ("key", "image_hash", "label", "path")}
+        try:
+            candidates = _library.image_candidates(self.model, row["image"], row["path"], row["label"], self.mining)
+        except Exception as e:  # noqa: BLE001 - the library's errors are sorted by `unreadable`
+            reason = _library.unreadable(e)
+            if reason is None:
+                raise
+            return {**result, "boxes": [], "error": f"{row['path']}: {reason}"}
+        map_values = np.ascontiguousarray(candidates.map, dtype=np.float32)
+        return {**result, "height": candidates.height, "width": candidates.width,
+                "boxes": [{"x": b.x, "y": b.y, "size": b.size, "score": b.score} for b in candidates.boxes],
+                "map": map_values.tobytes(), "map_height": map_values.shape[0], "map_width": map_values.shape[1], "error": None}
+
+
+# --- stage 3: the global top per label --------------------------------------------------------------
+
+def block_top(batch: pa.Table, wanted: Dict[str, List[str]], top: int) -> Dict[str, Any]:
+    """A block's best ``top`` boxes per label, among the results of this run's images (``wanted``: key
+    to the paths with those bytes). A key twice in a block counts once."""
+    rows = [row for row in unique_rows(batch) if row["key"] in wanted and row["error"] is None]
+    candidates = [_library.Candidate(row["label"], path, row["key"], b["x"], b["y"], b["size"], b["score"])
+                  for row in rows for path in wanted[row["key"]] for b in row["boxes"]]
+    kept = _library.top_per_label(candidates, top)
+    return {name: [getattr(c, name) for c in kept] for name in _library.Candidate._fields}
+
+
+def unique_rows(batch: pa.Table) -> List[Dict[str, Any]]:
+    seen: Set[str] = set()
+    rows = []
+    for row in batch.to_pylist():
+        if row["key"] not in seen:
+            seen.add(row["key"])
+            rows.append(row)
+    return rows
+
+
+# --- stage 4: DIFT features of the kept boxes -------------------------------------------------------
+
+class FeaturesWorker:
+    """An actor of the DIFT pool: opens the model once, then computes the features of each image's
+    kept boxes."""
+
+    def __init__(self, model: Dict[str, Any], mining: Dict[str, Any]) -> None:
+        self.model = _library.open_model(model)
+        self.mining = mining
+
+    def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, Any]:
+        out: Dict[str, List[Any]] = {"path": [], "label": [], "features": [], "dim": []}
+        for path, label, boxes in zip(batch["path"], batch["label"], batch["boxes"]):
+            with open(path, "rb") as f:
+                image = f.read()
+            features = _library.box_features(self.model, image, path, label, list(boxes), self.mining)
+            out["path"].append(path)
+            out["label"].append(label)
+            out["features"].append(np.ascontiguousarray(features, dtype=np.float32).tobytes())
+            out["dim"].append(features.shape[1])
+        return out
+
+
+# --- the driver ----------------------------------------------------------------------------------------
+
+def run(settings: Settings) -> Summary:
+    """Mines the set on the Ray cluster at ``settings.address`` (None: a local one) and writes the
+    report; returns what was done."""
+    import ray
+
+    started = time.monotonic()
+    workdir = Workdir(settings.workdir)
+    digest = workdir.claim(settings.result_options())  # before anything else: a mismatch costs nothing
+    rows = list_set(settings.data)
+    if not ray.is_initialized():
+        ray.init(address=settings.address, logging_level="WARNING", log_to_driver=False)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    actors = max(1, settings.actors_per_node * len(nodes))
+    summary = Summary()
+
+    done = set(workdir.read(CANDIDATES, columns=["key"]).column("key").to_pylist())
+    listed = _score_new_images(ray, settings, rows, digest, done, actors, summary)
+    wanted: Dict[str, List[str]] = defaultdict(list)
+    for row in listed:
+        if row["key"] and row["error"] is None:
+            wanted[row["key"]].append(row["path"])
+    results = workdir.read(CANDIDATES, columns=["label", "path", "error"], keys=wanted)
+    for row in results.to_pylist():
+        if row["error"] is not None:
+            summary.skipped[row["path"]] = row["error"]
+    kept = _global_top(ray, settings, workdir, wanted)
+    features = _kept_features(ray, settings, kept, actors)
+    _library.finish(settings, workdir, CANDIDATES, kept, features, summary)
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _actor_args(settings: Settings, actors: int) -> Dict[str, Any]:
+    """An actor pool of ``actors`` actors, each with its share of GPUs. Ray Data restarts a dead actor
+    and retries its batches (its defaults: no limit); the results are keyed, so a retry only writes
+    again what was written."""
+    import ray
+
+    return {"compute": ray.data.ActorPoolStrategy(size=actors), "batch_size": settings.batch_size, "num_cpus": 1,
+            "num_gpus": settings.gpus_per_actor or None}
+
+
+def _score_new_images(ray: Any, settings: Settings, rows: List[Dict[str, str]], digest: str, done: Set[str], actors: int,
+                      summary: Summary) -> List[Dict[str, Any]]:
+    """Stages 1 and 2; returns every row's key (or read error)."""
+    dataset = (ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 4 * actors)))
+               .map_batches(read_and_key, fn_kwargs={"digest": digest, "done": done}, batch_size=settings.batch_size, num_cpus=0.25)
+               .map_batches(CandidatesWorker, fn_constructor_kwargs={"model": settings.model, "mining": settings.mining,
+                                                                     "workdir": settings.workdir}, **_actor_args(settings, actors)))
+    listed = []
+    for row in dataset.iter_rows():
+        listed.append(row)
+        if row["scored"]:
+            summary.scored += 1
+        elif row["error"] is None:
+            summary.reused += 1
+        if row["error"] is not None:
+            summary.skipped[row["path"]] = row["error"]
+        summary.nodes.add(row["worker"].split("/")[0])
+        summary.libraries.add(row["library"])
+    return listed
+
+
+def _global_top(ray: Any, settings: Settings, workdir: Workdir, wanted: Dict[str, List[str]]) -> List["_library.Candidate"]:
+    """Stage 3: each block's top per label, then the merge of the blocks' tops on the driver."""
+    top = settings.mining.get("top", _library.default("top"))
+    parts = workdir.parts(CANDIDATES)
+    blocks = (ray.data.read_parquet(parts, filesystem=workdir.fs, columns=["key", "label", "boxes", "error"])
+              .map_batches(block_top, fn_kwargs={"wanted": dict(wanted), "top": top}, batch_format="pyarrow", batch_size=None))
+    candidates = [_library.Candidate(**row) for row in blocks.iter_rows()]
+    # The same box may reach the merge from two blocks (a result written twice): once is enough.
+    return _library.top_per_label(list(dict.fromkeys(candidates)), top)
+
+
+def _kept_features(ray: Any, settings: Settings, kept: List["_library.Candidate"], actors: int) -> Dict[tuple, np.ndarray]:
+    """Stage 4: the features of the kept boxes, by (path, label), a row per box in ``kept`` order."""
+    by_image: Dict[tuple, List[Dict[str, int]]] = defaultdict(list)
+    for c in kept:
+        by_image[(c.path, c.label)].append({"x": c.x, "y": c.y, "size": c.size, "score": c.score})
+    items = [{"path": path, "label": label, "boxes": boxes} for (path, label), boxes in by_image.items()]
+    dataset = (ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4 * actors)))
+               .map_batches(FeaturesWorker, fn_constructor_kwargs={"model": settings.model, "mining": settings.mining},
+                            **_actor_args(settings, actors)))
+    features = {}
+    for row in dataset.iter_rows():
+        values = np.frombuffer(row["features"], dtype=np.float32)
+        features[(row["path"], row["label"])] = values.reshape(-1, row["dim"])
+    return features
