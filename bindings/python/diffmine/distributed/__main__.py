@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import List, Optional
 
@@ -58,8 +59,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     model = {name: getattr(args, name) for name in ("model", "device", "dtype", "variant", "base", "lora", "lora_scale")}
+    # Workers open the model and the working folder from their own folder: absolute paths.
+    model.update({name: os.path.abspath(model[name]) for name in ("model", "base", "lora") if model[name] is not None})
+    workdir = args.workdir if "://" in args.workdir else os.path.abspath(args.workdir)
     mining = {name: getattr(args, name) for _, name, _, _ in _MINING if getattr(args, name) is not None}
-    settings = Settings(model=model, mining=mining, data=args.data, out=args.out, workdir=args.workdir, address=args.address,
+    settings = Settings(model=model, mining=mining, data=args.data, out=args.out, workdir=workdir, address=args.address,
                         actors_per_node=args.actors_per_node, gpus_per_actor=args.gpus_per_actor, batch_size=args.batch_size)
     try:
         summary = run(settings)

@@ -1,7 +1,8 @@
 """The labelled set as ``diffmine mine`` lists it (a folder per label, or a ``path,label`` CSV with
-paths relative to it and several labels separated by ``|``), as rows of (path, label): one row per
-label an image has. Only paths are listed here; the images themselves are read by the pipeline's
-workers, as a stream."""
+paths relative to it and several labels separated by ``|``), as rows of (path, file, label): one row
+per label an image has; ``path`` names the image as ``diffmine mine`` does (in results and the
+report), ``file`` is its absolute path, which workers on other machines (in other folders) read.
+Only paths are listed here; the images themselves are read by the pipeline's workers, as a stream."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def list_set(data: str) -> List[Dict[str, str]]:
     rows = _from_folders(data) if os.path.isdir(data) else _from_csv(data)
     if not rows:
         raise ValueError(f"{data} holds no labelled images")
-    return rows
+    return [{**row, "file": os.path.abspath(row["path"])} for row in rows]
 
 
 def _is_dicom(path: str) -> bool:

@@ -80,17 +80,17 @@ def read_and_key(batch: Dict[str, np.ndarray], digest: str, done: Set[str]) -> D
     """Reads each row's image and keys it; the bytes are dropped where the key is done already, and a
     file that cannot be read at all carries its reason instead."""
     out: Dict[str, List[Any]] = {"path": [], "label": [], "image_hash": [], "key": [], "image": [], "error": []}
-    for path, label in zip(batch["path"], batch["label"]):
+    for path, file, label in zip(batch["path"], batch["file"], batch["label"]):
         image, error, image_hash, key = None, None, "", ""
         try:
-            with open(path, "rb") as f:
+            with open(file, "rb") as f:
                 image = f.read()
             image_hash = hashlib.sha256(image).hexdigest()
             key = result_key(image_hash, digest, label)
             if key in done:
                 image = None
         except OSError as e:
-            error = f"{path}: {e.strerror or e}"
+            error = e.strerror or str(e)
         for name, value in zip(out, (path, label, image_hash, key, image, error)):
             out[name].append(value)
     return out
@@ -135,7 +135,7 @@ class CandidatesWorker:
             reason = _library.unreadable(e)
             if reason is None:
                 raise
-            return {**result, "boxes": [], "error": f"{row['path']}: {reason}"}
+            return {**result, "boxes": [], "error": reason}
         map_values = np.ascontiguousarray(candidates.map, dtype=np.float32)
         return {**result, "height": candidates.height, "width": candidates.width,
                 "boxes": [{"x": b.x, "y": b.y, "size": b.size, "score": b.score} for b in candidates.boxes],
@@ -144,24 +144,27 @@ class CandidatesWorker:
 
 # --- stage 3: the global top per label --------------------------------------------------------------
 
-def block_top(batch: pa.Table, wanted: Dict[str, List[str]], top: int) -> Dict[str, Any]:
-    """A block's best ``top`` boxes per label, among the results of this run's images (``wanted``: key
-    to the paths with those bytes). A key twice in a block counts once."""
-    rows = [row for row in unique_rows(batch) if row["key"] in wanted and row["error"] is None]
+def block_top(batch: Dict[str, np.ndarray], workdir: str, wanted: Dict[str, List[str]], top: int) -> Dict[str, Any]:
+    """The best ``top`` boxes per label of a block of result files, among the results of this run's
+    images (``wanted``: key to the paths with those bytes). A key twice in a block counts once."""
+    files = Workdir(workdir)
+    rows = [row for part in batch["part"] for row in files.read_part(part, ["key", "label", "boxes", "error"]).to_pylist()]
+    rows = [row for row in unique_rows(rows) if row["key"] in wanted and row["error"] is None]
     candidates = [_library.Candidate(row["label"], path, row["key"], b["x"], b["y"], b["size"], b["score"])
                   for row in rows for path in wanted[row["key"]] for b in row["boxes"]]
     kept = _library.top_per_label(candidates, top)
     return {name: [getattr(c, name) for c in kept] for name in _library.Candidate._fields}
 
 
-def unique_rows(batch: pa.Table) -> List[Dict[str, Any]]:
+def unique_rows(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The first row of each key."""
     seen: Set[str] = set()
-    rows = []
-    for row in batch.to_pylist():
+    unique = []
+    for row in rows:
         if row["key"] not in seen:
             seen.add(row["key"])
-            rows.append(row)
-    return rows
+            unique.append(row)
+    return unique
 
 
 # --- stage 4: DIFT features of the kept boxes -------------------------------------------------------
@@ -176,8 +179,8 @@ class FeaturesWorker:
 
     def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, Any]:
         out: Dict[str, List[Any]] = {"path": [], "label": [], "features": [], "dim": []}
-        for path, label, boxes in zip(batch["path"], batch["label"], batch["boxes"]):
-            with open(path, "rb") as f:
+        for path, file, label, boxes in zip(batch["path"], batch["file"], batch["label"], batch["boxes"]):
+            with open(file, "rb") as f:
                 image = f.read()
             features = _library.box_features(self.model, image, path, label, list(boxes), self.mining)
             out["path"].append(path)
@@ -213,10 +216,13 @@ def run(settings: Settings) -> Summary:
     for row in listed:
         if row["key"] and row["error"] is None:
             wanted[row["key"]].append(row["path"])
-    results = workdir.read(CANDIDATES, columns=["label", "path", "error"], keys=wanted)
+    results = workdir.read(CANDIDATES, columns=["error"], keys=wanted)
+    failed = set()
     for row in results.to_pylist():
         if row["error"] is not None:
-            summary.skipped[row["path"]] = row["error"]
+            failed.add(row["key"])
+            summary.skipped.update({path: row["error"] for path in wanted[row["key"]]})
+    summary.reused = sum(1 for row in listed if not row["scored"] and row["key"] and row["key"] not in failed)
     kept = _global_top(ray, settings, workdir, wanted)
     features = _kept_features(ray, settings, kept, actors)
     _library.finish(settings, workdir, CANDIDATES, kept, features, summary)
@@ -244,10 +250,8 @@ def _score_new_images(ray: Any, settings: Settings, rows: List[Dict[str, str]], 
     listed = []
     for row in dataset.iter_rows():
         listed.append(row)
-        if row["scored"]:
+        if row["scored"] and row["error"] is None:
             summary.scored += 1
-        elif row["error"] is None:
-            summary.reused += 1
         if row["error"] is not None:
             summary.skipped[row["path"]] = row["error"]
         summary.nodes.add(row["worker"].split("/")[0])
@@ -258,9 +262,9 @@ def _score_new_images(ray: Any, settings: Settings, rows: List[Dict[str, str]], 
 def _global_top(ray: Any, settings: Settings, workdir: Workdir, wanted: Dict[str, List[str]]) -> List["_library.Candidate"]:
     """Stage 3: each block's top per label, then the merge of the blocks' tops on the driver."""
     top = settings.mining.get("top", _library.default("top"))
-    parts = workdir.parts(CANDIDATES)
-    blocks = (ray.data.read_parquet(parts, filesystem=workdir.fs, columns=["key", "label", "boxes", "error"])
-              .map_batches(block_top, fn_kwargs={"wanted": dict(wanted), "top": top}, batch_format="pyarrow", batch_size=None))
+    parts = [{"part": part} for part in workdir.parts(CANDIDATES)]
+    blocks = (ray.data.from_items(parts, override_num_blocks=max(1, min(len(parts), 64)))
+              .map_batches(block_top, fn_kwargs={"workdir": settings.workdir, "wanted": dict(wanted), "top": top}, batch_size=None))
     candidates = [_library.Candidate(**row) for row in blocks.iter_rows()]
     # The same box may reach the merge from two blocks (a result written twice): once is enough.
     return _library.top_per_label(list(dict.fromkeys(candidates)), top)
@@ -271,7 +275,7 @@ def _kept_features(ray: Any, settings: Settings, kept: List["_library.Candidate"
     by_image: Dict[tuple, List[Dict[str, int]]] = defaultdict(list)
     for c in kept:
         by_image[(c.path, c.label)].append({"x": c.x, "y": c.y, "size": c.size, "score": c.score})
-    items = [{"path": path, "label": label, "boxes": boxes} for (path, label), boxes in by_image.items()]
+    items = [{"path": path, "file": os.path.abspath(path), "label": label, "boxes": boxes} for (path, label), boxes in by_image.items()]
     dataset = (ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4 * actors)))
                .map_batches(FeaturesWorker, fn_constructor_kwargs={"model": settings.model, "mining": settings.mining},
                             **_actor_args(settings, actors)))

@@ -99,6 +99,11 @@ class Workdir:
         selector = pafs.FileSelector(self._path(stage), allow_not_found=True)
         return sorted(i.path for i in self.fs.get_file_info(selector) if i.path.endswith(".parquet"))
 
+    def read_part(self, part: str, columns: List[str]) -> pa.Table:
+        """One result file's ``columns``."""
+        with self.fs.open_input_file(part) as f:
+            return pq.read_table(f, columns=columns)
+
     def read(self, stage: str, columns: Optional[List[str]] = None, keys: Optional[Iterable[str]] = None) -> pa.Table:
         """The results of ``stage`` (only ``keys`` when given), one row per key."""
         parts = self.parts(stage)
