@@ -74,6 +74,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"skipped unreadable image {path}: {reason}")
     print(f"scored {summary.scored} images, {summary.reused} from the working folder, {len(summary.skipped)} skipped; "
           f"actors on {len(summary.nodes)} nodes, diffmine from {', '.join(sorted(summary.libraries))}")
+    print("stage times: " + ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in summary.stages.items()))
     print(f"mined in {summary.seconds:.0f} s; report: {settings.out}/index.html")
     return 0
 

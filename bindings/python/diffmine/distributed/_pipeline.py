@@ -72,6 +72,9 @@ class Summary:
     nodes: Set[str] = field(default_factory=set)
     libraries: Set[str] = field(default_factory=set)
     seconds: float = 0.0
+    #: Wall time of each stage: "typicality" (reading, keying and scoring), "top", "dift", "report"
+    #: (clustering, ranking and writing the report).
+    stages: Dict[str, float] = field(default_factory=dict)
 
 
 # --- stage 1: reading and keying ---------------------------------------------------------------------
@@ -210,8 +213,17 @@ def run(settings: Settings) -> Summary:
     actors = max(1, settings.actors_per_node * len(nodes))
     summary = Summary()
 
+    clock = time.monotonic()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.monotonic()
+        summary.stages[stage] = now - clock
+        clock = now
+
     done = set(workdir.read(CANDIDATES, columns=["key"]).column("key").to_pylist())
     listed = _score_new_images(ray, settings, rows, digest, done, actors, summary)
+    lap("typicality")
     wanted: Dict[str, List[str]] = defaultdict(list)
     for row in listed:
         if row["key"] and row["error"] is None:
@@ -224,8 +236,11 @@ def run(settings: Settings) -> Summary:
             summary.skipped.update({path: row["error"] for path in wanted[row["key"]]})
     summary.reused = sum(1 for row in listed if not row["scored"] and row["key"] and row["key"] not in failed)
     kept = _global_top(ray, settings, workdir, wanted)
+    lap("top")
     features = _kept_features(ray, settings, kept, actors)
+    lap("dift")
     _library.finish(settings, workdir, CANDIDATES, kept, features, summary)
+    lap("report")
     summary.seconds = time.monotonic() - started
     return summary
 
