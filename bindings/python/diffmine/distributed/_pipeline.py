@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from . import _library
 from ._listing import list_set
-from ._workdir import Workdir, result_key
+from ._workdir import KeySet, Workdir, result_key
 
 CANDIDATES = "typicality"
 BOX = pa.struct([("x", pa.int32()), ("y", pa.int32()), ("size", pa.int32()), ("score", pa.float32())])
@@ -79,24 +79,31 @@ class Summary:
 
 # --- stage 1: reading and keying ---------------------------------------------------------------------
 
-def read_and_key(batch: Dict[str, np.ndarray], digest: str, done: Set[str]) -> Dict[str, Any]:
-    """Reads each row's image and keys it; the bytes are dropped where the key is done already, and a
-    file that cannot be read at all carries its reason instead."""
-    out: Dict[str, List[Any]] = {"path": [], "label": [], "image_hash": [], "key": [], "image": [], "error": []}
-    for path, file, label in zip(batch["path"], batch["file"], batch["label"]):
+# Batches go between the stages as Arrow tables, whose missing values stay None (in numpy batches a
+# column of only None becomes NaN floats).
+READ_SCHEMA = pa.schema([("path", pa.string()), ("file", pa.string()), ("label", pa.string()), ("image_hash", pa.string()),
+                         ("key", pa.string()), ("image", pa.binary()), ("error", pa.string())])
+SUMMARY_SCHEMA = pa.schema([("key", pa.string()), ("path", pa.string()), ("label", pa.string()), ("scored", pa.bool_()),
+                            ("error", pa.string()), ("worker", pa.string()), ("library", pa.string())])
+
+
+def read_and_key(batch: pa.Table, digest: str, done: KeySet) -> pa.Table:
+    """Reads each row's image and keys it; the bytes are dropped (None) where the key is done
+    already, and a file that cannot be read at all carries its reason instead."""
+    rows = []
+    for row in batch.to_pylist():
         image, error, image_hash, key = None, None, "", ""
         try:
-            with open(file, "rb") as f:
+            with open(row["file"], "rb") as f:
                 image = f.read()
             image_hash = hashlib.sha256(image).hexdigest()
-            key = result_key(image_hash, digest, label)
+            key = result_key(image_hash, digest, row["label"])
             if key in done:
                 image = None
         except OSError as e:
             error = e.strerror or str(e)
-        for name, value in zip(out, (path, label, image_hash, key, image, error)):
-            out[name].append(value)
-    return out
+        rows.append({**row, "image_hash": image_hash, "key": key, "image": image, "error": error})
+    return pa.Table.from_pylist(rows, schema=READ_SCHEMA)
 
 
 # --- stage 2: typicality and each image's boxes -----------------------------------------------------
@@ -114,21 +121,19 @@ class CandidatesWorker:
         self.node = socket.gethostname() + f"/{os.getpid()}"
         self.library = diffmine.__file__
 
-    def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, Any]:
-        results = []
-        summary: Dict[str, List[Any]] = {"key": [], "path": [], "label": [], "scored": [], "error": [], "worker": [], "library": []}
-        for i in range(len(batch["path"])):
-            row = {name: batch[name][i] for name in batch}
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        results, summary = [], []
+        for row in batch.to_pylist():
             scored, error = row["image"] is not None, row["error"]
             if scored:
                 result = self._candidates(row)
                 results.append(result)
                 error = result["error"]
-            for name, value in zip(summary, (row["key"], row["path"], row["label"], scored, error, self.node, self.library)):
-                summary[name].append(value)
+            summary.append({"key": row["key"], "path": row["path"], "label": row["label"], "scored": scored, "error": error,
+                            "worker": self.node, "library": self.library})
         if results:
             self.workdir.write_part(CANDIDATES, pa.Table.from_pylist(results, schema=RESULT_SCHEMA))
-        return summary
+        return pa.Table.from_pylist(summary, schema=SUMMARY_SCHEMA)
 
     def _candidates(self, row: Dict[str, Any]) -> Dict[str, Any]:
         result = {name: row[name] for name in ("key", "image_hash", "label", "path")}
@@ -147,16 +152,20 @@ class CandidatesWorker:
 
 # --- stage 3: the global top per label --------------------------------------------------------------
 
-def block_top(batch: Dict[str, np.ndarray], workdir: str, wanted: Dict[str, List[str]], top: int) -> Dict[str, Any]:
+CANDIDATE_SCHEMA = pa.schema([("label", pa.string()), ("path", pa.string()), ("key", pa.string()), ("x", pa.int64()),
+                              ("y", pa.int64()), ("size", pa.int64()), ("score", pa.float64())])
+
+
+def block_top(batch: Dict[str, np.ndarray], workdir: str, wanted: KeySet, top: int) -> pa.Table:
     """The best ``top`` boxes per label of a block of result files, among the results of this run's
-    images (``wanted``: key to the paths with those bytes). A key twice in a block counts once."""
+    images (``wanted``). A key twice in a block counts once. Boxes carry the path their result was
+    computed from; the driver maps keys to this run's paths."""
     files = Workdir(workdir)
-    rows = [row for part in batch["part"] for row in files.read_part(part, ["key", "label", "boxes", "error"]).to_pylist()]
+    rows = [row for part in batch["part"] for row in files.read_part(part, ["key", "label", "path", "boxes", "error"]).to_pylist()]
     rows = [row for row in unique_rows(rows) if row["key"] in wanted and row["error"] is None]
-    candidates = [_library.Candidate(row["label"], path, row["key"], b["x"], b["y"], b["size"], b["score"])
-                  for row in rows for path in wanted[row["key"]] for b in row["boxes"]]
-    kept = _library.top_per_label(candidates, top)
-    return {name: [getattr(c, name) for c in kept] for name in _library.Candidate._fields}
+    candidates = [_library.Candidate(row["label"], row["path"], row["key"], b["x"], b["y"], b["size"], b["score"])
+                  for row in rows for b in row["boxes"]]
+    return pa.Table.from_pylist([c._asdict() for c in _library.top_per_label(candidates, top)], schema=CANDIDATE_SCHEMA)
 
 
 def unique_rows(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -172,6 +181,9 @@ def unique_rows(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
 
 # --- stage 4: DIFT features of the kept boxes -------------------------------------------------------
 
+FEATURES_SCHEMA = pa.schema([("path", pa.string()), ("label", pa.string()), ("features", pa.binary()), ("dim", pa.int32())])
+
+
 class FeaturesWorker:
     """An actor of the DIFT pool: opens the model once, then computes the features of each image's
     kept boxes."""
@@ -180,17 +192,15 @@ class FeaturesWorker:
         self.model = _library.open_model(model)
         self.mining = mining
 
-    def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, Any]:
-        out: Dict[str, List[Any]] = {"path": [], "label": [], "features": [], "dim": []}
-        for path, file, label, boxes in zip(batch["path"], batch["file"], batch["label"], batch["boxes"]):
-            with open(file, "rb") as f:
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        out = []
+        for row in batch.to_pylist():
+            with open(row["file"], "rb") as f:
                 image = f.read()
-            features = _library.box_features(self.model, image, path, label, list(boxes), self.mining)
-            out["path"].append(path)
-            out["label"].append(label)
-            out["features"].append(np.ascontiguousarray(features, dtype=np.float32).tobytes())
-            out["dim"].append(features.shape[1])
-        return out
+            features = np.ascontiguousarray(_library.box_features(self.model, image, row["path"], row["label"], row["boxes"], self.mining),
+                                            dtype=np.float32)
+            out.append({"path": row["path"], "label": row["label"], "features": features.tobytes(), "dim": features.shape[1]})
+        return pa.Table.from_pylist(out, schema=FEATURES_SCHEMA)
 
 
 # --- the driver ----------------------------------------------------------------------------------------
@@ -221,7 +231,7 @@ def run(settings: Settings) -> Summary:
         summary.stages[stage] = now - clock
         clock = now
 
-    done = set(workdir.read(CANDIDATES, columns=["key"]).column("key").to_pylist())
+    done = KeySet(workdir.read(CANDIDATES, columns=["key"]).column("key").to_pylist())
     listed = _score_new_images(ray, settings, rows, digest, done, actors, summary)
     lap("typicality")
     wanted: Dict[str, List[str]] = defaultdict(list)
@@ -251,15 +261,16 @@ def _actor_args(settings: Settings, actors: int) -> Dict[str, Any]:
     again what was written."""
     import ray
 
-    return {"compute": ray.data.ActorPoolStrategy(size=actors), "batch_size": settings.batch_size, "num_cpus": 1,
+    return {"compute": ray.data.ActorPoolStrategy(size=actors), "batch_size": settings.batch_size, "batch_format": "pyarrow", "num_cpus": 1,
             "num_gpus": settings.gpus_per_actor or None}
 
 
-def _score_new_images(ray: Any, settings: Settings, rows: List[Dict[str, str]], digest: str, done: Set[str], actors: int,
+def _score_new_images(ray: Any, settings: Settings, rows: List[Dict[str, str]], digest: str, done: KeySet, actors: int,
                       summary: Summary) -> List[Dict[str, Any]]:
     """Stages 1 and 2; returns every row's key (or read error)."""
     dataset = (ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 4 * actors)))
-               .map_batches(read_and_key, fn_kwargs={"digest": digest, "done": done}, batch_size=settings.batch_size, num_cpus=0.25)
+               .map_batches(read_and_key, fn_kwargs={"digest": digest, "done": done}, batch_size=settings.batch_size, batch_format="pyarrow",
+                            num_cpus=0.25)
                .map_batches(CandidatesWorker, fn_constructor_kwargs={"model": settings.model, "mining": settings.mining,
                                                                      "workdir": settings.workdir}, **_actor_args(settings, actors)))
     listed = []
@@ -275,14 +286,16 @@ def _score_new_images(ray: Any, settings: Settings, rows: List[Dict[str, str]], 
 
 
 def _global_top(ray: Any, settings: Settings, workdir: Workdir, wanted: Dict[str, List[str]]) -> List["_library.Candidate"]:
-    """Stage 3: each block's top per label, then the merge of the blocks' tops on the driver."""
+    """Stage 3: each block's top per label, then the merge of the blocks' tops on the driver, each box
+    under every path of this run that has its image's bytes (a key reaches a block top once, so with
+    several paths its boxes come in as often: the merge's top still holds every box that belongs)."""
     top = settings.mining.get("top", _library.default("top"))
     parts = [{"part": part} for part in workdir.parts(CANDIDATES)]
     blocks = (ray.data.from_items(parts, override_num_blocks=max(1, min(len(parts), 64)))
-              .map_batches(block_top, fn_kwargs={"workdir": settings.workdir, "wanted": dict(wanted), "top": top}, batch_size=None))
-    candidates = [_library.Candidate(**row) for row in blocks.iter_rows()]
+              .map_batches(block_top, fn_kwargs={"workdir": settings.workdir, "wanted": KeySet(wanted), "top": top}, batch_size=None))
     # The same box may reach the merge from two blocks (a result written twice): once is enough.
-    return _library.top_per_label(list(dict.fromkeys(candidates)), top)
+    candidates = {_library.Candidate(**row)._replace(path="") for row in blocks.iter_rows()}
+    return _library.top_per_label([c._replace(path=path) for c in candidates for path in wanted[c.key]], top)
 
 
 def _kept_features(ray: Any, settings: Settings, kept: List["_library.Candidate"], actors: int) -> Dict[tuple, np.ndarray]:
