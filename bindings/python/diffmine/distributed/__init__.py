@@ -12,7 +12,13 @@ resumes where it stopped when started again, and a working folder written with o
 refused (:class:`OptionsMismatch`) rather than mixed.
 """
 
-from ._pipeline import Settings, Summary, run as mine
-from ._workdir import OptionsMismatch
+try:
+    import pyarrow  # noqa: F401
+    import ray.data  # noqa: F401
+except ImportError as e:  # pragma: no cover - depends on the installation
+    raise ImportError(f"diffmine.distributed needs Ray Data: pip install \"diffmine[ray]\" ({e})") from e
+
+from ._pipeline import Settings, Summary, run as mine  # noqa: E402
+from ._workdir import OptionsMismatch  # noqa: E402
 
 __all__ = ["OptionsMismatch", "Settings", "Summary", "mine"]
