@@ -147,7 +147,7 @@ fn timed<T>(total: &mut Duration, f: impl FnOnce() -> T) -> T {
 /// The longer side of the typicality maps a result keeps: maps are bilinear upsamplings of the
 /// latent's grid (an eighth of the image's side), so for images up to 512 pixels a side this keeps
 /// all of a map, and a label's `top` boxes hold at most `top` maps of 16 KiB.
-pub const KEPT_MAP_SIDE: usize = 64;
+pub(crate) const KEPT_MAP_SIDE: usize = 64;
 
 /// Progress of mining: (units done, units in all), a unit being one image's typicality or DIFT.
 pub type MiningProgress<'a> = &'a mut dyn FnMut(u64, u64) -> bool;
@@ -192,7 +192,7 @@ pub struct ImageCandidates {
     pub width: usize,
     /// Its best boxes, best first (at most `per_image`), as [`select_patches`] chooses them.
     pub boxes: Vec<PatchBox>,
-    /// Its typicality map reduced to at most [`KEPT_MAP_SIDE`] pixels a side, for the report.
+    /// Its typicality map reduced to at most 64 pixels a side, for the report.
     pub map: Array2<f32>,
 }
 
