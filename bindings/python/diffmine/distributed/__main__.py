@@ -70,8 +70,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except OptionsMismatch as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for path, reason in sorted(summary.skipped.items()):
-        print(f"skipped unreadable image {path}: {reason}")
+    for (path, label), reason in sorted(summary.skipped.items()):
+        print(f"skipped unreadable image {path} ({label}): {reason}")
     print(f"scored {summary.scored} images, {summary.reused} from the working folder, {len(summary.skipped)} skipped; "
           f"actors on {len(summary.nodes)} nodes, diffmine from {', '.join(sorted(summary.libraries))}")
     print("stage times: " + ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in summary.stages.items()))

@@ -20,7 +20,7 @@ import socket
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -64,11 +64,11 @@ class Settings:
 @dataclass
 class Summary:
     """What a run did: images scored now or found in the working folder, the images skipped as
-    unreadable (path: reason), and where the actors ran."""
+    unreadable ((path, label): reason), and where the actors ran."""
 
     scored: int = 0
     reused: int = 0
-    skipped: Dict[str, str] = field(default_factory=dict)
+    skipped: Dict[Tuple[str, str], str] = field(default_factory=dict)
     nodes: Set[str] = field(default_factory=set)
     libraries: Set[str] = field(default_factory=set)
     seconds: float = 0.0
@@ -116,7 +116,7 @@ class CandidatesWorker:
         import diffmine
 
         self.model = _library.open_model(model)
-        self.mining = mining
+        self.options = _library.miner_options(mining)
         self.workdir = Workdir(workdir)
         self.node = socket.gethostname() + f"/{os.getpid()}"
         self.library = diffmine.__file__
@@ -138,16 +138,15 @@ class CandidatesWorker:
     def _candidates(self, row: Dict[str, Any]) -> Dict[str, Any]:
         result = {name: row[name] for name in ("key", "image_hash", "label", "path")}
         try:
-            candidates = _library.image_candidates(self.model, row["image"], row["path"], row["label"], self.mining)
+            candidates = _library.image_candidates(self.model, row["image"], row["label"], self.options)
         except Exception as e:  # noqa: BLE001 - the library's errors are sorted by `unreadable`
             reason = _library.unreadable(e)
             if reason is None:
                 raise
             return {**result, "boxes": [], "error": reason}
-        map_values = np.ascontiguousarray(candidates.map, dtype=np.float32)
         return {**result, "height": candidates.height, "width": candidates.width,
-                "boxes": [{"x": b.x, "y": b.y, "size": b.size, "score": b.score} for b in candidates.boxes],
-                "map": map_values.tobytes(), "map_height": map_values.shape[0], "map_width": map_values.shape[1], "error": None}
+                "boxes": [dict(zip(("x", "y", "size", "score"), b)) for b in candidates.boxes], "map": candidates.map.tobytes(),
+                "map_height": candidates.map.shape[0], "map_width": candidates.map.shape[1], "error": None}
 
 
 # --- stage 3: the global top per label --------------------------------------------------------------
@@ -190,15 +189,14 @@ class FeaturesWorker:
 
     def __init__(self, model: Dict[str, Any], mining: Dict[str, Any]) -> None:
         self.model = _library.open_model(model)
-        self.mining = mining
+        self.options = _library.miner_options(mining)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         out = []
         for row in batch.to_pylist():
             with open(row["file"], "rb") as f:
                 image = f.read()
-            features = np.ascontiguousarray(_library.box_features(self.model, image, row["path"], row["label"], row["boxes"], self.mining),
-                                            dtype=np.float32)
+            features = _library.box_features(self.model, image, row["label"], row["boxes"], self.options)
             out.append({"path": row["path"], "label": row["label"], "features": features.tobytes(), "dim": features.shape[1]})
         return pa.Table.from_pylist(out, schema=FEATURES_SCHEMA)
 
@@ -238,18 +236,18 @@ def run(settings: Settings) -> Summary:
     for row in listed:
         if row["key"] and row["error"] is None:
             wanted[row["key"]].append(row["path"])
-    results = workdir.read(CANDIDATES, columns=["error"], keys=wanted)
+    results = workdir.read(CANDIDATES, columns=["label", "error"], keys=wanted)
     failed = set()
     for row in results.to_pylist():
         if row["error"] is not None:
             failed.add(row["key"])
-            summary.skipped.update({path: row["error"] for path in wanted[row["key"]]})
+            summary.skipped.update({(path, row["label"]): row["error"] for path in wanted[row["key"]]})
     summary.reused = sum(1 for row in listed if not row["scored"] and row["key"] and row["key"] not in failed)
     kept = _global_top(ray, settings, workdir, wanted)
     lap("top")
     features = _kept_features(ray, settings, kept, actors)
     lap("dift")
-    _library.finish(settings, workdir, CANDIDATES, kept, features, summary)
+    _write_report(settings, workdir, kept, features, summary.skipped)
     lap("report")
     summary.seconds = time.monotonic() - started
     return summary
@@ -279,7 +277,7 @@ def _score_new_images(ray: Any, settings: Settings, rows: List[Dict[str, str]], 
         if row["scored"] and row["error"] is None:
             summary.scored += 1
         if row["error"] is not None:
-            summary.skipped[row["path"]] = row["error"]
+            summary.skipped[(row["path"], row["label"])] = row["error"]
         summary.nodes.add(row["worker"].split("/")[0])
         summary.libraries.add(row["library"])
     return listed
@@ -312,3 +310,26 @@ def _kept_features(ray: Any, settings: Settings, kept: List["_library.Candidate"
         values = np.frombuffer(row["features"], dtype=np.float32)
         features[(row["path"], row["label"])] = values.reshape(-1, row["dim"])
     return features
+
+
+def _write_report(settings: Settings, workdir: Workdir, kept: List["_library.Candidate"], features: Dict[tuple, np.ndarray],
+                  skipped: Dict[Tuple[str, str], str]) -> None:
+    """Stage 5: each label's kept boxes clustered and ranked, with the maps of their images and the
+    label's skipped images, written as ``diffmine mine`` writes its report."""
+    rows: Dict[tuple, int] = defaultdict(int)
+    with _library.Report(_library.miner_options(settings.mining)) as report:
+        for label in sorted({c.label for c in kept}):
+            boxes = [c for c in kept if c.label == label]
+            table = []
+            for c in boxes:  # the features of an image's boxes come in the order of `kept`
+                table.append(features[(c.path, label)][rows[(c.path, label)]])
+                rows[(c.path, label)] += 1
+            report.add_label(label, boxes, np.stack(table))
+        maps = workdir.read(CANDIDATES, columns=["map", "map_height", "map_width"], keys={c.key for c in kept})
+        by_key = {row["key"]: row for row in maps.to_pylist()}
+        for path, label, key in sorted({(c.path, c.label, c.key) for c in kept}):
+            row = by_key[key]
+            report.add_map(label, path, np.frombuffer(row["map"], dtype=np.float32).reshape(row["map_height"], row["map_width"]))
+        for (path, label), reason in sorted(skipped.items()):
+            report.add_skipped(label, path, reason)
+        report.write(settings.out)
