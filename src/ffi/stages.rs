@@ -23,7 +23,7 @@ use super::typicality::dm_box;
 use crate::dataset::{LabelledImage, Pixels};
 use crate::mining::cluster::{ClusterOptions, RankedCluster};
 use crate::mining::miner::{box_features, cluster_patches, image_candidates, read_image, LabelResult, MinedPatch, MiningOptions, SkippedImage, KEPT_MAP_SIDE};
-use crate::mining::patches::{top_patches, ImagePatch, PatchBox};
+use crate::mining::patches::{rank_order, ImagePatch, PatchBox};
 use crate::mining::report::{write_report, ReportOptions};
 
 /// The most values of the reduced typicality map `dm_mining_image` writes (64 × 64).
@@ -192,9 +192,10 @@ pub unsafe extern "C" fn dm_mining_top(
     guard(|| {
         // SAFETY: forwarded to the caller's contract.
         let given = unsafe { self::candidates(candidates, count) }?;
-        // The index as the last key tells apart boxes given twice, which the order leaves tied.
-        let keyed = given.into_iter().enumerate().map(|(i, p)| ImagePatch { image: (p.image, i), patch: p.patch }).collect();
-        let indices: Vec<usize> = top_patches(keyed, top as usize).into_iter().map(|p| p.image.1).collect();
+        // The order of `top_patches`, the index last to tell apart boxes given twice.
+        let mut indices: Vec<usize> = (0..given.len()).collect();
+        indices.sort_by(|&a, &b| rank_order(&given[a], &given[b]).then(a.cmp(&b)));
+        indices.truncate(top as usize);
         // SAFETY: the caller's contract covers the outputs.
         unsafe { write_array(&indices, out_indices, out_len, out_count, "out_indices") }
     })
