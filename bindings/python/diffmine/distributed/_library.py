@@ -1,24 +1,16 @@
-"""The library's mining stages (``dm_mining_*``, ``dm_report_*``: the functions ``diffmine mine``
-composes) as the pipeline's workers and driver call them: opening the model as ``diffmine mine``
-opens it, and converting the library's results to and from the plain rows Ray Data moves between
-machines."""
+"""The library's mining stages (:mod:`diffmine.stages`: the functions ``diffmine mine`` composes) as
+the pipeline's workers and driver call them: opening the model as ``diffmine mine`` opens it, and
+converting the stages' arrays to and from the plain rows Ray Data moves between machines."""
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
 import diffmine
-
-from .. import _lib
-from .._lib import check
-from ..medical import _image_options
-from ..miner import _OPTIONS, _set_counts
-from ..model import _c_string
+from diffmine import stages
 
 # The model's components, as the library names its folders.
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -81,153 +73,58 @@ class Candidate(NamedTuple):
     score: float
 
 
-class ImageCandidates(NamedTuple):
-    """An image's share of a label's mining: its size as mined, its best boxes ``(x, y, size, score)``
-    and its reduced typicality map."""
-
-    height: int
-    width: int
-    boxes: List[Tuple[int, int, int, float]]
-    map: np.ndarray
-
-
 # The prompts `diffmine mine` uses when given none (the library's MiningOptions default; its C options
 # have no default prompt, a C caller always names one).
 DEFAULT_PROMPTS = {"prompt_template": "Image of {label}.", "null_prompt": ""}
 
 
-def miner_options(mining: Dict[str, Any]) -> _lib.CMinerOptions:
-    """``dm_miner_options`` from the run's mining options (the library's defaults for the others)."""
-    options = _lib.CMinerOptions()
-    check(_lib.lib().dm_miner_options_default(ctypes.byref(options)))
-    for name, default_prompt in DEFAULT_PROMPTS.items():
-        setattr(options, name, _c_string(mining.get(name, default_prompt), name))
-    _set_counts(options, {k: v for k, v in mining.items() if k in _OPTIONS}, _OPTIONS)
-    return options
+def mining_options(mining: Dict[str, Any]) -> stages.MiningOptions:
+    """The stages' options from the run's (the library's defaults for those left out)."""
+    counts = {name: value for name, value in mining.items() if name not in DEFAULT_PROMPTS}
+    return stages.MiningOptions(mining.get("prompt_template", DEFAULT_PROMPTS["prompt_template"]),
+                                mining.get("null_prompt", DEFAULT_PROMPTS["null_prompt"]), **counts)
 
 
-def default(name: str) -> int:
-    """The library's default of a count option (``top``...)."""
-    return int(getattr(miner_options({}), _OPTIONS[name]))
+def default_top() -> int:
+    """The library's default of the boxes kept per label."""
+    return int(stages.MiningOptions("").c_options().top)
 
 
-@contextlib.contextmanager
-def image_view(image: bytes) -> Iterator[_lib.CImageView]:
-    """The view of an image file's bytes as ``dm_image_open`` reads the file (as ``diffmine mine``
-    reads it), valid inside the block."""
-    lib = _lib.lib()
-    data = (ctypes.c_uint8 * len(image)).from_buffer_copy(image)
-    handle = ctypes.c_void_p()
-    check(lib.dm_image_open_buffer(data, len(image), ctypes.byref(_image_options(0, None, "linear", False)), ctypes.byref(handle)))
-    try:
-        view = _lib.CImageView()
-        check(lib.dm_image_get_view(handle, ctypes.byref(view)))
-        yield view
-    finally:
-        check(lib.dm_image_free(handle))
+def image_candidates(model: "diffmine.Model", image: bytes, label: str,
+                     options: stages.MiningOptions) -> Tuple[stages.ImageCandidates, List[Dict[str, Any]]]:
+    """The per-image stage on an image file's bytes; also its boxes as rows."""
+    result = stages.image_candidates(model, diffmine.read_image(image).pixels, label, options)
+    return result, [{name: b[name].item() for name in stages.BOX_DTYPE.names} for b in result.boxes]
 
 
-def image_candidates(model: "diffmine.Model", image: bytes, label: str, options: _lib.CMinerOptions) -> ImageCandidates:
-    """The per-image stage (``dm_mining_image``)."""
-    boxes = (_lib.CBox * max(options.per_image, 1))()
-    count = ctypes.c_size_t()
-    values = np.zeros(_MAP_MAX, dtype=np.float32)
-    info = _lib.CMinedImageInfo(struct_size=ctypes.sizeof(_lib.CMinedImageInfo))
-    with image_view(image) as view:
-        check(_lib.lib().dm_mining_image(model._h(), ctypes.byref(options), ctypes.byref(view), _c_string(label, "label"), boxes,
-                                         len(boxes), ctypes.byref(count), values.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
-                                         values.size, ctypes.byref(info)))
-    kept = [(b.x, b.y, b.size, float(b.score)) for b in boxes[: count.value]]
-    reduced = values[: info.map_height * info.map_width].reshape(info.map_height, info.map_width).copy()
-    return ImageCandidates(info.height, info.width, kept, reduced)
-
-
-# The most values of a reduced typicality map (DM_MINING_MAP_MAX: 64 × 64).
-_MAP_MAX = 64 * 64
-
-
-def _c_candidates(candidates: Sequence[Candidate]) -> "ctypes.Array[_lib.CCandidate]":
-    """The C array of ``candidates`` (its names point into the tuples' strings, which outlive it)."""
-    array = (_lib.CCandidate * len(candidates))()
-    for slot, c in zip(array, candidates):
-        slot.image, slot.x, slot.y, slot.size, slot.typicality = c.path.encode(), c.x, c.y, c.size, c.score
-    return array
+def _box_array(boxes: Sequence[Any]) -> np.ndarray:
+    """Boxes (rows with x, y, size and score) as a ``stages.BOX_DTYPE`` array."""
+    return np.array([(b["x"], b["y"], b["size"], b["score"]) for b in boxes], dtype=stages.BOX_DTYPE)
 
 
 def top_per_label(candidates: Sequence[Candidate], top: int) -> List[Candidate]:
-    """The selection stage (``dm_mining_top``) of each label, labels sorted: associative, so it serves
-    a block of candidates and the merge of the blocks' bests alike."""
+    """The selection stage of each label, labels sorted: associative, so it serves a block of
+    candidates and the merge of the blocks' bests alike."""
     by_label: Dict[str, List[Candidate]] = {}
     for c in candidates:
         by_label.setdefault(c.label, []).append(c)
     kept: List[Candidate] = []
     for label in sorted(by_label):
         group = by_label[label]
-        indices = (ctypes.c_size_t * max(len(group), 1))()
-        count = ctypes.c_size_t()
-        check(_lib.lib().dm_mining_top(_c_candidates(group), len(group), top, indices, len(group), ctypes.byref(count)))
-        kept.extend(group[i] for i in indices[: count.value])
+        best = stages.top_candidates([c.path for c in group], _box_array([c._asdict() for c in group]), top)
+        kept.extend(group[i] for i in best)
     return kept
 
 
 def box_features(model: "diffmine.Model", image: bytes, label: str, boxes: Sequence[Dict[str, Any]],
-                 options: _lib.CMinerOptions) -> np.ndarray:
-    """The feature stage (``dm_mining_box_features``): a row per box."""
-    lib = _lib.lib()
-    dim = ctypes.c_size_t()
-    check(lib.dm_mining_feature_dim(model._h(), ctypes.byref(dim)))
-    c_boxes = (_lib.CBox * len(boxes))(*[_lib.CBox(b["x"], b["y"], b["size"], b["score"]) for b in boxes])
-    features = np.zeros((len(boxes), dim.value), dtype=np.float32)
-    with image_view(image) as view:
-        check(lib.dm_mining_box_features(model._h(), ctypes.byref(options), ctypes.byref(view), _c_string(label, "label"), c_boxes,
-                                         len(boxes), features.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), features.size))
-    return features
+                 options: stages.MiningOptions) -> np.ndarray:
+    """The feature stage on an image file's bytes: a row per box."""
+    return stages.box_features(model, diffmine.read_image(image).pixels, label, _box_array(boxes), options)
 
 
-class Report:
-    """A report folder gathered label by label (``dm_report_*``) and written as ``diffmine mine``
-    writes its own; the clustering stage (``dm_mining_cluster``) places each label's boxes."""
-
-    def __init__(self, options: _lib.CMinerOptions) -> None:
-        self.options = options
-        handle = ctypes.c_void_p()
-        check(_lib.lib().dm_report_new(ctypes.byref(options), ctypes.byref(handle)))
-        self.handle = handle.value
-
-    def close(self) -> None:
-        if self.handle is not None:
-            check(_lib.lib().dm_report_free(self.handle))
-            self.handle = None
-
-    def __enter__(self) -> "Report":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def add_label(self, label: str, kept: Sequence[Candidate], features: np.ndarray) -> None:
-        """Clusters and ranks ``label``'s kept boxes (row i of ``features`` the feature of ``kept[i]``)
-        and adds them."""
-        lib, n = _lib.lib(), len(kept)
-        c_kept = _c_candidates(kept)
-        features = np.ascontiguousarray(features, dtype=np.float32)
-        patches = (_lib.CClusteredPatch * max(n, 1))()
-        clusters = (_lib.CMinedCluster * max(n, 1))()
-        patch_count, cluster_count = ctypes.c_size_t(), ctypes.c_size_t()
-        check(lib.dm_mining_cluster(c_kept, n, features.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), features.size,
-                                    features.shape[1], ctypes.byref(self.options), patches, n, ctypes.byref(patch_count),
-                                    clusters, n, ctypes.byref(cluster_count)))
-        check(lib.dm_report_add_label(self.handle, _c_string(label, "label"), c_kept, n, patches, patch_count.value, clusters,
-                                      cluster_count.value))
-
-    def add_map(self, label: str, path: str, values: np.ndarray) -> None:
-        values = np.ascontiguousarray(values, dtype=np.float32)
-        check(_lib.lib().dm_report_add_map(self.handle, _c_string(label, "label"), _c_string(path, "image"),
-                                           values.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), values.shape[0], values.shape[1]))
-
-    def add_skipped(self, label: str, path: str, reason: str) -> None:
-        check(_lib.lib().dm_report_add_skipped(self.handle, _c_string(label, "label"), _c_string(path, "image"),
-                                               _c_string(reason, "reason")))
-
-    def write(self, out: str) -> None:
-        check(_lib.lib().dm_report_write(self.handle, _c_string(out, "out")))
+def label_report(label: str, kept: Sequence[Candidate], features: np.ndarray, maps: Dict[str, np.ndarray],
+                 skipped: Dict[str, str], options: stages.MiningOptions) -> stages.LabelReport:
+    """The clustering stage of a label's kept boxes (row i of ``features`` the feature of ``kept[i]``),
+    with what its report shows."""
+    images, boxes = [c.path for c in kept], _box_array([c._asdict() for c in kept])
+    return stages.LabelReport(label, images, boxes, stages.cluster(images, boxes, features, options), maps, skipped)

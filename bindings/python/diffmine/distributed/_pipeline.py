@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 import numpy as np
 import pyarrow as pa
 
+from .. import stages
 from . import _library
 from ._listing import list_set
 from ._workdir import KeySet, Workdir, result_key
@@ -114,11 +114,12 @@ class CandidatesWorker:
 
     def __init__(self, model: Dict[str, Any], mining: Dict[str, Any], workdir: str) -> None:
         import diffmine
+        import ray
 
         self.model = _library.open_model(model)
-        self.options = _library.miner_options(mining)
+        self.options = _library.mining_options(mining)
         self.workdir = Workdir(workdir)
-        self.node = socket.gethostname() + f"/{os.getpid()}"
+        self.node = ray.get_runtime_context().get_node_id()
         self.library = diffmine.__file__
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -138,14 +139,14 @@ class CandidatesWorker:
     def _candidates(self, row: Dict[str, Any]) -> Dict[str, Any]:
         result = {name: row[name] for name in ("key", "image_hash", "label", "path")}
         try:
-            candidates = _library.image_candidates(self.model, row["image"], row["label"], self.options)
+            candidates, boxes = _library.image_candidates(self.model, row["image"], row["label"], self.options)
         except Exception as e:  # noqa: BLE001 - the library's errors are sorted by `unreadable`
             reason = _library.unreadable(e)
             if reason is None:
                 raise
             return {**result, "boxes": [], "error": reason}
         return {**result, "height": candidates.height, "width": candidates.width,
-                "boxes": [dict(zip(("x", "y", "size", "score"), b)) for b in candidates.boxes], "map": candidates.map.tobytes(),
+                "boxes": boxes, "map": candidates.map.tobytes(),
                 "map_height": candidates.map.shape[0], "map_width": candidates.map.shape[1], "error": None}
 
 
@@ -189,7 +190,7 @@ class FeaturesWorker:
 
     def __init__(self, model: Dict[str, Any], mining: Dict[str, Any]) -> None:
         self.model = _library.open_model(model)
-        self.options = _library.miner_options(mining)
+        self.options = _library.mining_options(mining)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         out = []
@@ -278,7 +279,7 @@ def _score_new_images(ray: Any, settings: Settings, rows: List[Dict[str, str]], 
             summary.scored += 1
         if row["error"] is not None:
             summary.skipped[(row["path"], row["label"])] = row["error"]
-        summary.nodes.add(row["worker"].split("/")[0])
+        summary.nodes.add(row["worker"])
         summary.libraries.add(row["library"])
     return listed
 
@@ -287,7 +288,7 @@ def _global_top(ray: Any, settings: Settings, workdir: Workdir, wanted: Dict[str
     """Stage 3: each block's top per label, then the merge of the blocks' tops on the driver, each box
     under every path of this run that has its image's bytes (a key reaches a block top once, so with
     several paths its boxes come in as often: the merge's top still holds every box that belongs)."""
-    top = settings.mining.get("top", _library.default("top"))
+    top = settings.mining.get("top", _library.default_top())
     parts = [{"part": part} for part in workdir.parts(CANDIDATES)]
     blocks = (ray.data.from_items(parts, override_num_blocks=max(1, min(len(parts), 64)))
               .map_batches(block_top, fn_kwargs={"workdir": settings.workdir, "wanted": KeySet(wanted), "top": top}, batch_size=None))
@@ -316,20 +317,19 @@ def _write_report(settings: Settings, workdir: Workdir, kept: List["_library.Can
                   skipped: Dict[Tuple[str, str], str]) -> None:
     """Stage 5: each label's kept boxes clustered and ranked, with the maps of their images and the
     label's skipped images, written as ``diffmine mine`` writes its report."""
+    options = _library.mining_options(settings.mining)
+    maps = workdir.read(CANDIDATES, columns=["map", "map_height", "map_width"], keys={c.key for c in kept})
+    heat = {row["key"]: np.frombuffer(row["map"], dtype=np.float32).reshape(row["map_height"], row["map_width"])
+            for row in maps.to_pylist()}
     rows: Dict[tuple, int] = defaultdict(int)
-    with _library.Report(_library.miner_options(settings.mining)) as report:
-        for label in sorted({c.label for c in kept}):
-            boxes = [c for c in kept if c.label == label]
-            table = []
-            for c in boxes:  # the features of an image's boxes come in the order of `kept`
-                table.append(features[(c.path, label)][rows[(c.path, label)]])
-                rows[(c.path, label)] += 1
-            report.add_label(label, boxes, np.stack(table))
-        maps = workdir.read(CANDIDATES, columns=["map", "map_height", "map_width"], keys={c.key for c in kept})
-        by_key = {row["key"]: row for row in maps.to_pylist()}
-        for path, label, key in sorted({(c.path, c.label, c.key) for c in kept}):
-            row = by_key[key]
-            report.add_map(label, path, np.frombuffer(row["map"], dtype=np.float32).reshape(row["map_height"], row["map_width"]))
-        for (path, label), reason in sorted(skipped.items()):
-            report.add_skipped(label, path, reason)
-        report.write(settings.out)
+    labels = []
+    for label in sorted({c.label for c in kept}):
+        boxes = [c for c in kept if c.label == label]
+        table = []
+        for c in boxes:  # the features of an image's boxes come in the order of `kept`
+            table.append(features[(c.path, label)][rows[(c.path, label)]])
+            rows[(c.path, label)] += 1
+        label_skipped = {path: reason for (path, skipped_label), reason in skipped.items() if skipped_label == label}
+        labels.append(_library.label_report(label, boxes, np.stack(table), {c.path: heat[c.key] for c in boxes}, label_skipped,
+                                            options))
+    stages.write_report(settings.out, labels, options)
