@@ -255,13 +255,14 @@ def run(settings: Settings) -> Summary:
 
 
 def _actor_args(settings: Settings, actors: int) -> Dict[str, Any]:
-    """An actor pool of ``actors`` actors, each with its share of GPUs. Ray Data restarts a dead actor
-    and retries its batches (its defaults: no limit); the results are keyed, so a retry only writes
-    again what was written."""
+    """An actor pool of ``actors`` actors spread over the nodes, each with its share of GPUs. Ray Data
+    restarts a dead actor and retries its batches (its defaults: no limit); the results are keyed, so a
+    retry only writes again what was written."""
     import ray
 
-    return {"compute": ray.data.ActorPoolStrategy(size=actors), "batch_size": settings.batch_size, "batch_format": "pyarrow", "num_cpus": 1,
-            "num_gpus": settings.gpus_per_actor or None}
+    # Spread: Ray's default packs actors onto the first node while it has room.
+    return {"compute": ray.data.ActorPoolStrategy(size=actors), "batch_size": settings.batch_size, "batch_format": "pyarrow",
+            "num_cpus": 1, "num_gpus": settings.gpus_per_actor or None, "scheduling_strategy": "SPREAD"}
 
 
 def _score_new_images(ray: Any, settings: Settings, rows: List[Dict[str, str]], digest: str, done: KeySet, actors: int,
