@@ -190,9 +190,8 @@ fn mining_on_a_two_node_ray_cluster_equals_diffmine_mine() {
 
     let (status, out, err) = outcome(&runs, "actor-kill");
     let victim = read(&runs.join("actor-kill.victim"));
-    assert!(!victim.trim().is_empty(), "a typicality actor was found and killed");
+    assert!(!victim.trim().is_empty(), "a typicality actor was found and killed (cluster.sh stops at a failed kill)");
     assert_eq!(status, 0, "the run whose actor (PID {victim}) was killed completes:\n{out}\n{err}");
-    assert!(err.contains("killed") || err.contains("died") || err.contains("unavailable"), "Ray saw the actor die:\n{err}");
     assert_same_report(&runs.join("actor-kill"), &work.join("ref"), "the run with an actor killed");
 
     let parts: usize = read(&runs.join("driver-kill.parts")).trim().parse().unwrap();
