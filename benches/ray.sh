@@ -44,7 +44,7 @@ stop_cluster() {
 }
 trap stop_cluster EXIT
 ray start --head --node-ip-address=127.0.0.1 --port=6379 --include-dashboard=false --num-cpus=4 \
-  --object-store-memory=200000000 --disable-usage-stats --temp-dir="$work/ray" >&2
+  --object-store-memory=200000000 --disable-usage-stats --temp-dir="$(mktemp -d /tmp/ray-bench.XXXX)" >&2
 
 "$cli" synth --out "$work/set" --seed 0 --per-label $((IMAGES / 4)) --size "$SIZE" >&2
 options=(--model models/demo/finetuned --base models/demo/pretrained --data "$work/set" --samples "$SAMPLES" --batch "$BATCH"
