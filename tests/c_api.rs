@@ -34,7 +34,7 @@ fn plug_and_play_pipeline() -> PathBuf {
     translate_fixture_dir().to_path_buf()
 }
 
-const PROGRAMS: [Program; 5] = [
+const PROGRAMS: [Program; 6] = [
     Program { source: "examples/open_model.c", model: tiny_pipeline, inputs: &[], under_valgrind: false },
     Program { source: "tests/c/bad_input.c", model: tiny_pipeline, inputs: &[], under_valgrind: true },
     Program { source: "tests/c/typicality.c", model: tiny_pipeline, inputs: &[], under_valgrind: true },
