@@ -138,13 +138,26 @@ pub unsafe extern "C" fn dm_mining_image(
             map_width: map_width as u32,
             map_height: map_height as u32,
         };
+        // Outputs are written only on success: the map's buffer is checked before the boxes go out.
+        fits(out_map, map_len, map.len(), "out_map")?;
         // SAFETY: the caller's contract covers the outputs.
         unsafe {
-            write_output(&map, out_map, map_len, "out_map")?;
             write_array(&boxes, out_boxes, boxes_len, out_box_count, "out_boxes")?;
+            write_output(&map, out_map, map_len, "out_map")?;
             write_sized(info, out_info, std::mem::size_of::<dm_mined_image_info>(), "out_info")
         }
     })
+}
+
+/// Checks that a caller's buffer `what` is there and holds `needed` elements, before any output is written.
+fn fits<T>(buffer: *mut T, len: usize, needed: usize, what: &'static str) -> FfiResult<()> {
+    if buffer.is_null() {
+        return Err(FfiError::Null(what));
+    }
+    if len < needed {
+        return Err(FfiError::BufferTooSmall { what, needed, given: len });
+    }
+    Ok(())
 }
 
 fn c_box(b: &PatchBox) -> dm_box {
@@ -297,10 +310,16 @@ pub unsafe extern "C" fn dm_mining_cluster(
                 distance: p.distance,
             })
             .collect();
+        let clusters = c_clusters(&clustered.clusters);
+        // Outputs are written only on success: the clusters' buffer is checked before the patches go out.
+        fits(out_clusters, clusters_len, clusters.len(), "out_clusters")?;
+        if out_cluster_count.is_null() {
+            return Err(FfiError::Null("out_cluster_count"));
+        }
         // SAFETY: the caller's contract covers the outputs.
         unsafe {
             write_array(&patches, out_patches, patches_len, out_patch_count, "out_patches")?;
-            write_array(&c_clusters(&clustered.clusters), out_clusters, clusters_len, out_cluster_count, "out_clusters")
+            write_array(&clusters, out_clusters, clusters_len, out_cluster_count, "out_clusters")
         }
     })
 }

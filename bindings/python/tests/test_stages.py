@@ -114,7 +114,7 @@ class StagesTest(unittest.TestCase):
             html = (folder / "index.html").read_text()
             self.assertIn("1 unreadable image skipped", html)
             self.assertIn(self.broken.name, html)
-        self.assertIn("1 unreadable images skipped", self.cli_output)
+        self.assertIn("Nodule: 5 patches, 2 clusters, 1 unreadable image skipped", self.cli_output)
         self.assertIn(self.broken.name, self.cli_output, "the command's log names the skipped image")
 
     def test_the_best_boxes_do_not_depend_on_their_order_or_blocks(self) -> None:

@@ -120,6 +120,7 @@ impl MineArgs {
         for r in &results {
             let skipped = match r.skipped.len() {
                 0 => String::new(),
+                1 => ", 1 unreadable image skipped".to_string(),
                 n => format!(", {n} unreadable images skipped"),
             };
             println!("{}: {} patches, {} clusters{skipped}", r.label, r.patches.len(), r.clusters.len());
