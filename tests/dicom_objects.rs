@@ -86,6 +86,7 @@ fn write_all_kinds(source: &Path, map: &[f32], [width, height]: [usize; 2], dir:
         .into_iter()
         .map(|kind| {
             let path = dir.join(format!("{stem}-{kind}.dcm"));
+            // SAFETY: all-zero is a valid dm_dicom_map_options (integers and NULL pointers).
             let mut options = unsafe { std::mem::zeroed::<dm_dicom_map_options>() };
             let mut uid = [0 as c_char; DM_UID_BUFFER_SIZE];
             // SAFETY: valid arguments; the strings outlive the call.
@@ -215,6 +216,7 @@ fn bad_map_object_input_is_refused_and_writes_nothing() {
     let (source, out_path) = (c_path(&source), dir.path().join("out.dcm"));
     let out = c_path(&out_path);
     let map = test_map(24, 20);
+    // SAFETY: all-zero is a valid dm_dicom_map_options (integers and NULL pointers).
     let mut defaults = unsafe { std::mem::zeroed::<dm_dicom_map_options>() };
     // SAFETY: a writable struct.
     assert_eq!(unsafe { dm_dicom_map_options_default(&mut defaults) }, dm_status::DM_OK);
