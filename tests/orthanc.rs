@@ -66,7 +66,11 @@ fn studies() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let status = Command::new(common::python()).arg(common::repo_root().join("tests/reference/orthanc_study.py")).arg(dir.path()).status().expect("run orthanc_study.py");
+        let status = Command::new(common::python())
+            .arg(common::repo_root().join("tests/reference/orthanc_study.py"))
+            .arg(dir.path())
+            .status()
+            .expect("run orthanc_study.py");
         assert!(status.success(), "orthanc_study.py failed");
         dir
     })
@@ -201,7 +205,12 @@ impl Orthanc {
 
     /// Sends files over DIMSE (C-STORE, storescu -R proposes only the files' own SOP classes).
     fn store_scu(&self, files: &[PathBuf]) {
-        let output = self.inside("storescu").args(["-R", "-aec", "ORTHANC", "-to", "30", "-ta", "30", "-td", "30", "localhost", "4242"]).args(files).output().expect("run storescu (dcmtk)");
+        let output = self
+            .inside("storescu")
+            .args(["-R", "-aec", "ORTHANC", "-to", "30", "-ta", "30", "-td", "30", "localhost", "4242"])
+            .args(files)
+            .output()
+            .expect("run storescu (dcmtk)");
         assert!(output.status.success(), "storescu failed:\n{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     }
 
@@ -327,7 +336,19 @@ fn reference_map(source: &Path, label: &str) -> Vec<f32> {
         let (mut height, mut width) = (0, 0);
         assert_eq!(ffi::dm_typicality_map_size(&view, &options, &mut height, &mut width), dm_status::DM_OK);
         let mut map = vec![0f32; (width * height) as usize];
-        let status = ffi::dm_typicality_map(model, &view, prompt.as_ptr(), null_prompt.as_ptr(), &options, None, std::ptr::null_mut(), map.as_mut_ptr(), map.len(), std::ptr::null_mut(), 0);
+        let status = ffi::dm_typicality_map(
+            model,
+            &view,
+            prompt.as_ptr(),
+            null_prompt.as_ptr(),
+            &options,
+            None,
+            std::ptr::null_mut(),
+            map.as_mut_ptr(),
+            map.len(),
+            std::ptr::null_mut(),
+            0,
+        );
         assert_eq!(status, dm_status::DM_OK, "{}", common::c_last_error());
         ffi::dm_image_free(image);
         ffi::dm_model_free(model);
@@ -355,25 +376,35 @@ fn check_results(server: &Orthanc, job: &Value, sources: &[(&str, &Path)]) -> Ve
     for id in created {
         let result = server.file(id);
         let source_uid = referenced_source(&result);
-        let (source_id, source_file) = sources.iter().find(|(sid, _)| text(&server.file(sid), tags::SOP_INSTANCE_UID) == source_uid).expect("the result refers to one of the job's sources");
+        let (source_id, source_file) = sources
+            .iter()
+            .find(|(sid, _)| text(&server.file(sid), tags::SOP_INSTANCE_UID) == source_uid)
+            .expect("the result refers to one of the job's sources");
         let source = server.file(source_id);
         for tag in [tags::PATIENT_ID, tags::PATIENT_NAME, tags::STUDY_INSTANCE_UID] {
             assert_eq!(text(&result, tag), text(&source, tag), "{id}: {tag}");
         }
         assert_ne!(text(&result, tags::SERIES_INSTANCE_UID), text(&source, tags::SERIES_INSTANCE_UID), "{id}: a new series");
         let info = server.get(&format!("/instances/{id}"));
-        assert_eq!(server.get(&format!("/series/{}", info["ParentSeries"].as_str().unwrap()))["ParentStudy"], server.get(&format!("/instances/{source_id}/study"))["ID"]);
+        assert_eq!(
+            server.get(&format!("/series/{}", info["ParentSeries"].as_str().unwrap()))["ParentStudy"],
+            server.get(&format!("/instances/{source_id}/study"))["ID"]
+        );
         series.push(info["ParentSeries"].as_str().unwrap().to_string());
         let (rows, columns) = (number(&result, tags::ROWS) as u32, number(&result, tags::COLUMNS) as u32);
         assert_eq!((rows, columns), (WORKING_SIZE, WORKING_SIZE));
         if text(&result, tags::PHOTOMETRIC_INTERPRETATION) == "MONOCHROME2" {
             let expected = reference_map(source_file, "Nodule");
-            let stored: Vec<u16> = result.element(tags::PIXEL_DATA).unwrap().to_bytes().unwrap().chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
+            let stored: Vec<u16> =
+                result.element(tags::PIXEL_DATA).unwrap().to_bytes().unwrap().chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
             let (slope, intercept) = (number(&result, tags::RESCALE_SLOPE), number(&result, tags::RESCALE_INTERCEPT));
             let worst = stored.iter().zip(&expected).map(|(&s, &e)| (s as f64 * slope + intercept - e as f64).abs()).fold(0.0, f64::max);
             // Rounding to 16 bits, and the slope/intercept written as decimal strings.
             let step = slope.abs();
-            assert!(worst <= 0.5 * step + 1e-6 * expected.iter().fold(0f32, |m, v| m.max(v.abs())) as f64, "{id}: a value differs from dm_typicality_map by {worst:e} (storage step {step:e})");
+            assert!(
+                worst <= 0.5 * step + 1e-6 * expected.iter().fold(0f32, |m, v| m.max(v.abs())) as f64,
+                "{id}: a value differs from dm_typicality_map by {worst:e} (storage step {step:e})"
+            );
             println!("{id}: raw map within {worst:.3e} of dm_typicality_map (storage step {step:.3e})");
         } else {
             assert_eq!(text(&result, tags::PHOTOMETRIC_INTERPRETATION), "RGB");
@@ -498,7 +529,8 @@ fn screenshot_explorer(server: &Orthanc, study: &str, series: usize) {
     assert!(browser_dir.join("node_modules/playwright-core").is_dir(), "tests/browser has no node_modules: run scripts/setup.sh");
     let shot = artefacts().join("orthanc_explorer.png");
     let task = json!({"url": format!("http://localhost:8042/app/explorer.html#study?uuid={study}"), "series": series, "screenshot": shot});
-    let output = server.inside("node").arg(browser_dir.join("orthanc_explorer.mjs")).arg(task.to_string()).current_dir(&browser_dir).output().expect("run node");
+    let output =
+        server.inside("node").arg(browser_dir.join("orthanc_explorer.mjs")).arg(task.to_string()).current_dir(&browser_dir).output().expect("run node");
     assert!(output.status.success(), "the browser failed: {}", String::from_utf8_lossy(&output.stderr));
     let seen: Value = serde_json::from_slice(&output.stdout).unwrap();
     println!("Orthanc Explorer screenshot: {}", shot.display());

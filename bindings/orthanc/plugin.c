@@ -391,6 +391,14 @@ static char *read_file(const char *path, size_t *out_size) {
     return data;
 }
 
+/* The library's message about the temporary copy `path` of `instance`, naming the instance instead. */
+static char *library_error(const char *instance, const char *path) {
+    const char *message = dm_last_error();
+    size_t length = strlen(path);
+    if (strncmp(message, path, length) == 0 && strncmp(message + length, ": ", 2) == 0) message += length + 2;
+    return format_string("instance %s: %s", instance, message);
+}
+
 /* Copies instance `instance` out of Orthanc into `path`; NULL on success, else the message. */
 static char *fetch_instance(const char *instance, const char *path) {
     char uri[256];
@@ -410,7 +418,7 @@ static char *write_results(struct job *job, const char *source, const char *inst
         char path[4200], uid[DM_UID_BUFFER_SIZE];
         snprintf(path, sizeof path, "%s/result-%zu-%zu-%d.dcm", job->folder, index, label, kind);
         if (dm_map_write_dicom(source, 0, map, map_len, width, height, RESULT_MAP_KIND[kind], series[label][kind], path, uid, sizeof uid) != DM_OK)
-            return format_string("instance %s: cannot write the %s result: %s", instance, RESULT_NAMES[kind], dm_last_error());
+            return library_error(instance, source);
         remember_written(uid);
         pthread_mutex_lock(&job->lock);
         int failed = strings_push(&job->outputs, path);
@@ -428,7 +436,7 @@ static char *process_instance(struct job *job, size_t index, char series[][RESUL
     char *error = fetch_instance(instance, source);
     if (error != NULL) return error;
     dm_image *image = NULL;
-    if (dm_image_open(source, NULL, &image) != DM_OK) return format_string("instance %s: %s", instance, dm_last_error());
+    if (dm_image_open(source, NULL, &image) != DM_OK) return library_error(instance, source);
     dm_image_view view;
     dm_typicality_options options;
     dm_typicality_options_default(&options);
@@ -438,7 +446,7 @@ static char *process_instance(struct job *job, size_t index, char series[][RESUL
     options.resize_short_side = settings.working_size;
     uint32_t height = 0, width = 0;
     if (dm_image_get_view(image, &view) != DM_OK || dm_typicality_map_size(&view, &options, &height, &width) != DM_OK) {
-        error = format_string("instance %s: %s", instance, dm_last_error());
+        error = library_error(instance, source);
         dm_image_free(image);
         return error;
     }
@@ -448,7 +456,7 @@ static char *process_instance(struct job *job, size_t index, char series[][RESUL
         struct progress_scope scope = {job, index * job->request.prompts.count + label, job->request.instances.count * job->request.prompts.count};
         if (map == NULL) error = format_string("out of memory for a %u x %u map", width, height);
         else if (dm_typicality_map(model, &view, job->request.prompts.items[label], settings.null_prompt, &options, on_progress, &scope, map, map_len, NULL, 0) != DM_OK)
-            error = format_string("instance %s: %s", instance, dm_last_error());
+            error = library_error(instance, source);
         else error = write_results(job, source, instance, index, label, map, map_len, width, height, series);
     }
     free(map);
@@ -615,10 +623,7 @@ static OrthancPluginJobStepStatus job_step(void *user_data) {
 static OrthancPluginErrorCode job_stop(void *user_data, OrthancPluginJobStopReason reason) {
     struct job *job = user_data;
     stop_worker(job);
-    if (reason == OrthancPluginJobStopReason_Canceled) {
-        LOG_WARNING("job %s cancelled: nothing stored", job->id);
-        describe_job(job, NULL, "cancelled: nothing was stored");
-    }
+    if (reason == OrthancPluginJobStopReason_Canceled) LOG_WARNING("job %s cancelled: nothing stored", job->id);
     pthread_mutex_lock(&job->lock);
     job->running = 0;
     pthread_mutex_unlock(&job->lock);
