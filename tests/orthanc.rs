@@ -498,7 +498,8 @@ fn plugin_scores_pushed_studies_as_jobs_auto_processes_arrivals_and_survives_fau
         assert_eq!(instances_of_study(&server, &study), 1, "{name}: nothing stored");
     }
     // A cancelled job: cancelled while it computes, nothing stored, the model usable after.
-    let before = instances_of_study(&server, &server.get(&format!("/instances/{mono1}/study"))["ID"].as_str().unwrap().to_string());
+    let mono1_study = server.get(&format!("/instances/{mono1}/study"))["ID"].as_str().unwrap().to_string();
+    let before = instances_of_study(&server, &mono1_study);
     let long = server.typicality("instances", &mono1, &json!({"Label": "Nodule", "Samples": 200000}));
     server.wait_for("the long job to make progress", || {
         let job = server.get(&format!("/jobs/{long}"));
@@ -511,14 +512,13 @@ fn plugin_scores_pushed_studies_as_jobs_auto_processes_arrivals_and_survives_fau
     assert_eq!((cancelled["State"].as_str(), cancelled["ErrorCode"].as_i64()), (Some("Failure"), Some(37)), "{cancelled}");
     assert_eq!(cancelled["ErrorDescription"], "This job was canceled", "{cancelled}");
     assert!(server.log_text().contains(&format!("job {long} cancelled")));
-    let study = server.get(&format!("/instances/{mono1}/study"))["ID"].as_str().unwrap().to_string();
-    assert_eq!(instances_of_study(&server, &study), before, "a cancelled job stores nothing");
+    assert_eq!(instances_of_study(&server, &mono1_study), before, "a cancelled job stores nothing");
     assert!(server.get("/diffmine/status")["JobsRunning"].as_array().unwrap().is_empty());
     let again = server.wait_job(&server.typicality("instances", &mono1, &json!({"Label": "Nodule"})));
     assert_eq!(again["State"], "Success", "after a cancel: {again}");
     server.assert_up();
 
-    screenshot_explorer(&server, &study, 3 + 2);
+    screenshot_explorer(&server, &mono1_study, 3 + 2);
     server.assert_up();
 }
 
