@@ -484,8 +484,12 @@ fn plugin_scores_pushed_studies_as_jobs_auto_processes_arrivals_and_survives_fau
     let unknown = server.post("/diffmine/instances/0000-unknown/typicality", &json!({"Label": "Nodule"}));
     assert_eq!(unknown.status, 404);
     assert!(unknown.json()["Error"].as_str().unwrap().contains("unknown instance \"0000-unknown\""), "{}", unknown.json());
+    assert!(server.log_text().contains("unknown instance \"0000-unknown\""), "the 404 is not in Orthanc's log");
     let bad_body = server.request("POST", &format!("/diffmine/instances/{mono1}/typicality"), Some(b"{\"Samples\": -3"));
     assert_eq!(bad_body.status, 400);
+    let bad_samples = server.post(&format!("/diffmine/instances/{mono1}/typicality"), &json!({"Label": "Nodule", "Samples": 0}));
+    assert_eq!(bad_samples.status, 400);
+    assert!(bad_samples.json()["Error"].as_str().unwrap().contains("\"Samples\" must be an integer"), "{}", bad_samples.json());
     // A structured report and an image whose pixel data is cut short: failed jobs saying why.
     for (name, reason) in [("sr", "has no Pixel Data"), ("corrupt", "needs 8192 bytes of Pixel Data, which holds 100")] {
         let id = server.upload(&study_file(name));
