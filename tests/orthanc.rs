@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use dicom_dictionary_std::tags;
-use dicom_object::DefaultDicomObject;
+use dicom_object::{DefaultDicomObject, InMemDicomObject};
 use diffmine::ffi::{self, dm_status};
 use serde_json::{json, Value};
 
@@ -29,6 +29,11 @@ const SEED: u64 = 42;
 const WORKING_SIZE: u32 = 64;
 const PROMPT_TEMPLATE: &str = "Chest X-Ray with {label}.";
 const NULL_PROMPT: &str = "Chest X-Ray.";
+/// The result objects every test server writes, and their SOP classes.
+const RESULTS: [&str; 4] = ["Overlay", "Raw", "Segmentation", "ParametricMap"];
+const SECONDARY_CAPTURE: &str = "1.2.840.10008.5.1.4.1.1.7";
+const SEGMENTATION: &str = "1.2.840.10008.5.1.4.1.1.66.4";
+const PARAMETRIC_MAP: &str = "1.2.840.10008.5.1.4.1.1.30";
 /// Every wait on a server is bounded by this.
 const PATIENCE: Duration = Duration::from_secs(120);
 
@@ -282,7 +287,7 @@ fn settings(model: &Path, auto: bool) -> Value {
         "NullPrompt": NULL_PROMPT,
         "Labels": ["Nodule"],
         "WorkingSize": WORKING_SIZE,
-        "Results": ["Overlay", "Raw"],
+        "Results": RESULTS,
     });
     if auto {
         // The rule also matches the plugin's own series descriptions, so that only the plugin's
@@ -356,11 +361,69 @@ fn reference_map(source: &Path, label: &str) -> Vec<f32> {
     }
 }
 
-/// The source a result refers to: the SOP Instance UID in its Source Image Sequence.
-fn referenced_source(result: &DefaultDicomObject) -> String {
-    let items = result.element(tags::SOURCE_IMAGE_SEQUENCE).expect("Source Image Sequence").items().unwrap();
-    assert_eq!(items.len(), 1);
-    items[0].element(tags::REFERENCED_SOP_INSTANCE_UID).unwrap().to_str().unwrap().trim_end_matches('\0').to_string()
+/// The SOP Instance UIDs an object refers to, in any sequence at any depth (a Secondary Capture's
+/// Source Image Sequence, an enhanced object's Derivation Image and Referenced Series Sequences).
+fn referenced_uids(object: &InMemDicomObject) -> Vec<String> {
+    let mut uids = Vec::new();
+    for element in object.iter() {
+        if element.header().tag == tags::REFERENCED_SOP_INSTANCE_UID {
+            uids.push(element.to_str().unwrap().trim_end_matches(['\0', ' ']).to_string());
+        }
+        for item in element.items().unwrap_or(&[]) {
+            uids.extend(referenced_uids(item));
+        }
+    }
+    uids
+}
+
+/// The options the object says it was made with (Image Comments, JSON).
+fn provenance(result: &DefaultDicomObject) -> Value {
+    let comments = text(result, tags::IMAGE_COMMENTS);
+    serde_json::from_str(&comments).unwrap_or_else(|e| panic!("Image Comments {comments:?}: {e}"))
+}
+
+/// The largest difference between `values` and `expected`.
+fn worst_difference(values: impl Iterator<Item = f64>, expected: &[f32]) -> f64 {
+    values.zip(expected).map(|(v, &e)| (v - e as f64).abs()).fold(0.0, f64::max)
+}
+
+/// Checks the values of one result object against the reference map; says what it found.
+fn check_values(id: &str, result: &DefaultDicomObject, expected: &[f32]) -> String {
+    let class = text(result, tags::SOP_CLASS_UID);
+    let photometric = text(result, tags::PHOTOMETRIC_INTERPRETATION);
+    let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+    let bytes = |tag| result.element(tag).unwrap().to_bytes().unwrap().into_owned();
+    match (class.as_str(), photometric.as_str()) {
+        (SECONDARY_CAPTURE, "RGB") => "overlay (RGB)".into(),
+        (SECONDARY_CAPTURE, "MONOCHROME2") => {
+            let (slope, intercept) = (number(result, tags::RESCALE_SLOPE), number(result, tags::RESCALE_INTERCEPT));
+            let stored = bytes(tags::PIXEL_DATA);
+            let worst = worst_difference(stored.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]) as f64 * slope + intercept), expected);
+            // Rounding to 16 bits, and the slope/intercept written as decimal strings.
+            assert!(worst <= 0.5 * slope.abs() + 1e-6 * scale, "{id}: a raw value differs from dm_typicality_map by {worst:e} (storage step {slope:e})");
+            format!("raw values within {worst:.3e} (storage step {slope:.3e})")
+        }
+        (SEGMENTATION, _) => {
+            assert_eq!(text(result, tags::SEGMENTATION_TYPE), "FRACTIONAL");
+            let segment = &result.element(tags::SEGMENT_SEQUENCE).unwrap().items().unwrap()[0];
+            let field = |tag| segment.element(tag).unwrap().to_str().unwrap().trim_end_matches(['\0', ' ']).to_string();
+            assert_eq!((field(tags::SEGMENT_LABEL), field(tags::SEGMENT_ALGORITHM_TYPE)), ("Nodule".into(), "AUTOMATIC".into()));
+            assert!(!field(tags::SEGMENT_ALGORITHM_NAME).is_empty());
+            let max = number(result, tags::MAXIMUM_FRACTIONAL_VALUE);
+            let (lo, hi) = expected.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            let probability: Vec<f32> = expected.iter().map(|&v| (v - lo) / (hi - lo)).collect();
+            let worst = worst_difference(bytes(tags::PIXEL_DATA).iter().map(|&b| b as f64 / max), &probability);
+            assert!(worst <= 0.5 / max + 1e-5, "{id}: a probability differs from the min-max scaled map by {worst:e} (step {:e})", 1.0 / max);
+            format!("segment probabilities within {worst:.3e} (step {:.3e})", 1.0 / max)
+        }
+        (PARAMETRIC_MAP, _) => {
+            let floats = bytes(tags::FLOAT_PIXEL_DATA);
+            let worst = worst_difference(floats.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64), expected);
+            assert!(worst <= 1e-6 * scale, "{id}: a float value differs from dm_typicality_map by {worst:e}");
+            format!("float values within {worst:.3e}")
+        }
+        other => panic!("{id}: unexpected result object {other:?}"),
+    }
 }
 
 /// Checks one job's new instances against its sources: same patient and study, a new series,
@@ -370,16 +433,18 @@ fn check_results(server: &Orthanc, job: &Value, sources: &[(&str, &Path)]) -> Ve
     assert_eq!(job["State"], "Success", "{job}");
     assert_eq!(job["Progress"], 100);
     let created: Vec<&str> = job["Content"]["Instances"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-    // Two result objects (overlay, raw) per source.
-    assert_eq!(created.len(), 2 * sources.len(), "{job}");
+    assert_eq!(created.len(), RESULTS.len() * sources.len(), "one of each result object per source: {job}");
+    let references: Vec<Vec<f32>> = sources.iter().map(|(_, file)| reference_map(file, "Nodule")).collect();
     let mut series = Vec::new();
+    let mut classes = Vec::new();
     for id in created {
         let result = server.file(id);
-        let source_uid = referenced_source(&result);
-        let (source_id, source_file) = sources
+        let referenced = referenced_uids(&result);
+        let which = sources
             .iter()
-            .find(|(sid, _)| text(&server.file(sid), tags::SOP_INSTANCE_UID) == source_uid)
-            .expect("the result refers to one of the job's sources");
+            .position(|(sid, _)| referenced.contains(&text(&server.file(sid), tags::SOP_INSTANCE_UID)))
+            .unwrap_or_else(|| panic!("{id} refers to none of the job's sources: {referenced:?}"));
+        let source_id = sources[which].0;
         let source = server.file(source_id);
         for tag in [tags::PATIENT_ID, tags::PATIENT_NAME, tags::STUDY_INSTANCE_UID] {
             assert_eq!(text(&result, tag), text(&source, tag), "{id}: {tag}");
@@ -391,23 +456,21 @@ fn check_results(server: &Orthanc, job: &Value, sources: &[(&str, &Path)]) -> Ve
             server.get(&format!("/instances/{source_id}/study"))["ID"]
         );
         series.push(info["ParentSeries"].as_str().unwrap().to_string());
+        // The demo model's working size is the sources' size, so every object has the map's size.
         let (rows, columns) = (number(&result, tags::ROWS) as u32, number(&result, tags::COLUMNS) as u32);
         assert_eq!((rows, columns), (WORKING_SIZE, WORKING_SIZE));
-        if text(&result, tags::PHOTOMETRIC_INTERPRETATION) == "MONOCHROME2" {
-            let expected = reference_map(source_file, "Nodule");
-            let stored: Vec<u16> =
-                result.element(tags::PIXEL_DATA).unwrap().to_bytes().unwrap().chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
-            let (slope, intercept) = (number(&result, tags::RESCALE_SLOPE), number(&result, tags::RESCALE_INTERCEPT));
-            let worst = stored.iter().zip(&expected).map(|(&s, &e)| (s as f64 * slope + intercept - e as f64).abs()).fold(0.0, f64::max);
-            // Rounding to 16 bits, and the slope/intercept written as decimal strings.
-            let step = slope.abs();
-            assert!(
-                worst <= 0.5 * step + 1e-6 * expected.iter().fold(0f32, |m, v| m.max(v.abs())) as f64,
-                "{id}: a value differs from dm_typicality_map by {worst:e} (storage step {step:e})"
-            );
-            println!("{id}: raw map within {worst:.3e} of dm_typicality_map (storage step {step:.3e})");
-        } else {
-            assert_eq!(text(&result, tags::PHOTOMETRIC_INTERPRETATION), "RGB");
+        let made_with = provenance(&result);
+        for (key, value) in
+            [("samples", json!(SAMPLES)), ("seed", json!(SEED)), ("prompt", json!("Chest X-Ray with Nodule.")), ("null_prompt", json!(NULL_PROMPT))]
+        {
+            assert_eq!(made_with[key], value, "{id}: {key} in {made_with}");
+        }
+        println!("{id}: {}", check_values(id, &result, &references[which]));
+        let class = text(&result, tags::SOP_CLASS_UID);
+        classes.push(format!("{class} {}", text(&result, tags::PHOTOMETRIC_INTERPRETATION)));
+        if class == PARAMETRIC_MAP {
+            // Orthanc 1.10 does not render Float Pixel Data; viewers of parametric maps do.
+            continue;
         }
         let preview = server.request("GET", &format!("/instances/{id}/preview"), None);
         assert_eq!(preview.status, 200);
@@ -415,6 +478,9 @@ fn check_results(server: &Orthanc, job: &Value, sources: &[(&str, &Path)]) -> Ve
         let png = image::load_from_memory(&preview.body).unwrap();
         assert_eq!((png.width(), png.height()), (columns, rows));
     }
+    classes.sort();
+    classes.dedup();
+    assert_eq!(classes.len(), RESULTS.len(), "{classes:?}");
     series.sort();
     series.dedup();
     series
@@ -449,9 +515,9 @@ fn plugin_scores_pushed_studies_as_jobs_auto_processes_arrivals_and_survives_fau
     }
     let mono1_series = check_results(&server, &done1, &[(&mono1, &study_file("mono1"))]);
     let mono2_new_series = check_results(&server, &done2, &[(&mono2[0], &study_file("mono2_a")), (&mono2[1], &study_file("mono2_b"))]);
-    assert_eq!(mono1_series.len(), 2, "one new series per result object");
-    assert_eq!(mono2_new_series.len(), 2, "the two sources' results share one series per result object");
-    assert_eq!(server.get(&format!("/studies/{mono2_study}"))["Series"].as_array().unwrap().len(), 3);
+    assert_eq!(mono1_series.len(), RESULTS.len(), "one new series per result object");
+    assert_eq!(mono2_new_series.len(), RESULTS.len(), "the two sources' results share one series per result object");
+    assert_eq!(server.get(&format!("/studies/{mono2_study}"))["Series"].as_array().unwrap().len(), 1 + RESULTS.len());
 
     // A whole study: its own earlier outputs are not scored again.
     let job3 = server.wait_job(&server.typicality("studies", &mono2_study, &json!({"Label": "Nodule"})));
@@ -464,11 +530,12 @@ fn plugin_scores_pushed_studies_as_jobs_auto_processes_arrivals_and_survives_fau
     let other = server.upload(&study_file("other"));
     let auto_study = server.get(&format!("/instances/{auto}/study"))["ID"].as_str().unwrap().to_string();
     let other_study = server.get(&format!("/instances/{other}/study"))["ID"].as_str().unwrap().to_string();
-    server.wait_for("the auto-processing job's two results", || (instances_of_study(&server, &auto_study) == 3).then_some(()));
-    // Every result stored so far (2 + 4 + 4 + 2) comes back as a NewInstance change and is skipped.
+    server.wait_for("the auto-processing job's results", || (instances_of_study(&server, &auto_study) == 1 + RESULTS.len()).then_some(()));
+    // Every result stored so far (for 1 + 2 + 2 + 1 sources) comes back as a NewInstance change and
+    // is skipped.
     let counters = server.wait_for("every arrival to be looked at", || {
         let counters = server.get("/diffmine/status")["AutoProcessing"].clone();
-        (counters["Queued"] == 0 && counters["OwnOutputs"] == 12).then_some(counters)
+        (counters["Queued"] == 0 && counters["OwnOutputs"] == 6 * RESULTS.len()).then_some(counters)
     });
     assert_eq!(counters["Submitted"], 1, "{counters}");
     assert_eq!(counters["NotMatching"], 4, "mono1, mono2 a and b, other: {counters}");
@@ -522,7 +589,7 @@ fn plugin_scores_pushed_studies_as_jobs_auto_processes_arrivals_and_survives_fau
     assert_eq!(again["State"], "Success", "after a cancel: {again}");
     server.assert_up();
 
-    screenshot_explorer(&server, &mono1_study, 3 + 2);
+    screenshot_explorer(&server, &mono1_study, 1 + 2 * RESULTS.len());
     server.assert_up();
 }
 
@@ -540,7 +607,9 @@ fn screenshot_explorer(server: &Orthanc, study: &str, series: usize) {
     println!("Orthanc Explorer screenshot: {}", shot.display());
     let shown: Vec<&str> = seen["series"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
     assert_eq!(shown.len(), series, "{shown:?}");
-    assert!(shown.iter().any(|s| s.contains("libdiffmine typicality map (overlay)")), "{shown:?}");
+    for kind in ["overlay", "raw values", "segmentation", "parametric map"] {
+        assert!(shown.iter().any(|s| s.contains(&format!("libdiffmine Nodule typicality ({kind})"))), "{kind}: {shown:?}");
+    }
     assert!(shown.iter().any(|s| s.contains("Chest PA")), "{shown:?}");
     assert_eq!(seen["errors"], json!([]));
 }

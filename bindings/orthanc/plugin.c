@@ -91,21 +91,26 @@ static void strings_free(struct strings *list) {
 
 /* ---------------------------------------------------------------- result objects */
 
-enum result_kind { RESULT_OVERLAY, RESULT_RAW, RESULT_KINDS };
-static const char *const RESULT_NAMES[RESULT_KINDS] = {"Overlay", "Raw"};
-static const uint32_t RESULT_MAP_KIND[RESULT_KINDS] = {DM_MAP_OVERLAY, DM_MAP_RAW};
+enum result_kind { RESULT_OVERLAY, RESULT_RAW, RESULT_SEGMENTATION, RESULT_PARAMETRIC, RESULT_KINDS };
+static const char *const RESULT_NAMES[RESULT_KINDS] = {"Overlay", "Raw", "Segmentation", "ParametricMap"};
+#define RESULT_LIST "Overlay, Raw, Segmentation, ParametricMap"
+static const uint32_t RESULT_MAP_KIND[RESULT_KINDS] = {DM_MAP_OVERLAY, DM_MAP_RAW, DM_MAP_SEGMENTATION, DM_MAP_PARAMETRIC};
+/* The end of each result series' description. */
+static const char *const RESULT_DESCRIPTIONS[RESULT_KINDS] = {"overlay", "raw values", "segmentation", "parametric map"};
+/* The longest label a segment or a series description takes (DICOM LO: 64 characters). */
+#define LABEL_MAX 64
 
 /* Reads a list of result names into a bit set; NULL on success, else the message. */
 static char *parse_results(json_object *array, uint32_t *out_results) {
     if (!json_object_is_type(array, json_type_array) || json_object_array_length(array) == 0)
-        return format_string("\"Results\" must be a non-empty list of %s, %s", RESULT_NAMES[0], RESULT_NAMES[1]);
+        return format_string("\"Results\" must be a non-empty list of " RESULT_LIST);
     uint32_t results = 0;
     for (size_t i = 0; i < json_object_array_length(array); i++) {
         const char *name = json_object_get_string(json_object_array_get_idx(array, i));
         int kind = -1;
         for (int k = 0; k < RESULT_KINDS; k++)
             if (name != NULL && strcmp(name, RESULT_NAMES[k]) == 0) kind = k;
-        if (kind < 0) return format_string("unknown result object \"%s\" (known: %s, %s)", name ? name : "", RESULT_NAMES[0], RESULT_NAMES[1]);
+        if (kind < 0) return format_string("unknown result object \"%s\" (known: " RESULT_LIST ")", name ? name : "");
         results |= 1u << kind;
     }
     *out_results = results;
@@ -192,7 +197,7 @@ static char *read_settings(void) {
     settings.labels = array_key(section, "Labels");
     settings.temporary_folder = string_key(section, "TemporaryFolder", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
     json_object *results = array_key(section, "Results");
-    settings.results = 1u << RESULT_OVERLAY | 1u << RESULT_RAW;
+    settings.results = 1u << RESULT_OVERLAY | 1u << RESULT_SEGMENTATION | 1u << RESULT_PARAMETRIC;
     if (results != NULL && (error = parse_results(results, &settings.results)) != NULL) return error;
     json_object *rule;
     if (json_object_object_get_ex(section, "AutoProcess", &rule) && json_object_is_type(rule, json_type_object)) {
@@ -415,10 +420,23 @@ static char *write_results(struct job *job, const char *source, const char *inst
                            uint32_t height, char series[][RESULT_KINDS][DM_UID_BUFFER_SIZE]) {
     for (int kind = 0; kind < RESULT_KINDS; kind++) {
         if (!(job->request.results & (1u << kind))) continue;
-        char path[4200], uid[DM_UID_BUFFER_SIZE];
+        char path[4200], uid[DM_UID_BUFFER_SIZE], description[LABEL_MAX + 1];
         snprintf(path, sizeof path, "%s/result-%zu-%zu-%d.dcm", job->folder, index, label, kind);
-        if (dm_map_write_dicom(source, 0, map, map_len, width, height, RESULT_MAP_KIND[kind], series[label][kind], path, uid, sizeof uid) != DM_OK)
-            return library_error(instance, source);
+        const char *name = job->request.labels.items[label];
+        /* A prompt given instead of a label may be too long to name the segment. */
+        int named = strlen(name) <= LABEL_MAX - strlen("libdiffmine  typicality (parametric map)");
+        snprintf(description, sizeof description, "libdiffmine %s typicality (%s)", named ? name : "prompt", RESULT_DESCRIPTIONS[kind]);
+        dm_dicom_map_options options;
+        dm_dicom_map_options_default(&options);
+        options.kind = RESULT_MAP_KIND[kind];
+        options.label = named ? name : NULL;
+        options.prompt = job->request.prompts.items[label];
+        options.null_prompt = settings.null_prompt;
+        options.samples = job->request.samples;
+        options.seed = job->request.seed;
+        options.series_instance_uid = series[label][kind];
+        options.series_description = description;
+        if (dm_map_write_dicom_object(source, 0, map, map_len, width, height, &options, path, uid, sizeof uid) != DM_OK) return library_error(instance, source);
         remember_written(uid);
         pthread_mutex_lock(&job->lock);
         int failed = strings_push(&job->outputs, path);
