@@ -436,6 +436,8 @@ static char *write_results(struct job *job, const char *source, const char *inst
         options.seed = job->request.seed;
         options.series_instance_uid = series[label][kind];
         options.series_description = description;
+        /* Series numbers tell the kinds apart in lists sorted by number. */
+        options.series_number = options.series_number + (uint32_t)kind;
         if (dm_map_write_dicom_object(source, 0, map, map_len, width, height, &options, path, uid, sizeof uid) != DM_OK) return library_error(instance, source);
         remember_written(uid);
         pthread_mutex_lock(&job->lock);
