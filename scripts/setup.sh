@@ -63,7 +63,7 @@ if ! cargo fuzz --version 2>/dev/null | grep -q '0.13.2'; then
   retry cargo install --locked --quiet cargo-fuzz --version 0.13.2
 fi
 
-retry bash "$root/scripts/install_debian.sh" chromium:chromium node:nodejs npm:npm patchelf:patchelf abidw:abigail-tools
+retry bash "$root/scripts/install_debian.sh" chromium:chromium node:nodejs npm:npm patchelf:patchelf abidw:abigail-tools dciodvfy:dicom3tools
 
 # The Orthanc plugin (bindings/orthanc) and its test: Debian's Orthanc and plugin SDK, json-c, and
 # DCMTK's storescu.

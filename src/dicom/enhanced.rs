@@ -162,6 +162,7 @@ impl DicomFile {
         let window = item_with(vec![
             DataElement::new(tags::WINDOW_CENTER, VR::DS, decimals(&[(lo as f64 + hi as f64) / 2.0])),
             DataElement::new(tags::WINDOW_WIDTH, VR::DS, decimals(&[(hi as f64 - lo as f64).max(1e-12)])),
+            DataElement::new(tags::VOILUT_FUNCTION, VR::CS, PrimitiveValue::from("LINEAR_EXACT")),
         ]);
         let identity = item_with(vec![
             DataElement::new(tags::RESCALE_INTERCEPT, VR::DS, PrimitiveValue::from("0")),

@@ -385,6 +385,8 @@ fn put_raw(object: &mut InMemDicomObject, map: &[f32]) {
     put(tags::RESCALE_TYPE, VR::LO, "US".into());
     put(tags::WINDOW_CENTER, VR::DS, format_ds((lo as f64 + hi as f64) / 2.0).into());
     put(tags::WINDOW_WIDTH, VR::DS, format_ds((hi as f64 - lo as f64).max(1e-12)).into());
+    // A LINEAR window must be at least 1 wide (PS3.3 C.11.2.1.2.1); a typicality map spans far less.
+    put(tags::VOILUT_FUNCTION, VR::CS, "LINEAR_EXACT".into());
     put(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(stored.into()));
 }
 
