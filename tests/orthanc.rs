@@ -260,6 +260,18 @@ impl Orthanc {
         dicom_object::from_reader(&answer.body[128..]).unwrap_or_else(|e| panic!("{instance}: {e}"))
     }
 
+    /// Waits (bounded) for the server to exit; its exit status.
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(started.elapsed() < PATIENCE, "Orthanc did not stop within {PATIENCE:?}:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Asserts the server still answers and has not exited.
     fn assert_up(&mut self) {
         assert!(self.child.try_wait().unwrap().is_none(), "Orthanc exited:\n{}", self.log_text());
@@ -591,6 +603,14 @@ fn plugin_scores_pushed_studies_as_jobs_auto_processes_arrivals_and_survives_fau
 
     screenshot_explorer(&server, &mono1_study, 1 + 2 * RESULTS.len());
     server.assert_up();
+
+    // Orthanc shuts down cleanly while a job computes: the job is stopped, the plugin finalized.
+    let long = server.typicality("instances", &mono1, &json!({"Label": "Nodule", "Samples": 200000}));
+    server.wait_for("the last job to make progress", || (server.get(&format!("/jobs/{long}"))["Progress"].as_f64().unwrap() > 0.0).then_some(()));
+    assert_eq!(server.request("POST", "/tools/shutdown", Some(b"")).status, 200);
+    let status = server.wait_exit();
+    assert!(status.success(), "Orthanc stopped with {status}:\n{}", server.log_text());
+    assert!(server.log_text().contains("Orthanc has stopped"));
 }
 
 /// Orthanc Explorer's page of `study` in headless Chromium: lists `series` series, among them the
