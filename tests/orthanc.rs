@@ -1,8 +1,9 @@
 //! The Orthanc plugin (bindings/orthanc) in Debian's Orthanc, used the way a radiology team would:
 //! studies pushed over DIMSE (`storescu`) and REST, maps asked for through the plugin's routes and
 //! followed as Orthanc jobs, new instances read back and checked against the C API's own
-//! `dm_typicality_map` on the same file, auto-processing of arriving images, faults, and Orthanc
-//! Explorer in headless Chromium showing the new series (screenshot kept in target/orthanc/).
+//! `dm_typicality_map` on the same file, auto-processing of arriving images, faults (no result and no
+//! working file left behind), a clean shutdown while a job computes, and Orthanc Explorer in headless
+//! Chromium showing the new series (screenshot kept in target/orthanc/).
 //!
 //! Orthanc always listens on every address, so each server runs in a network namespace of its own
 //! (`unshare -n`, loopback up) and every client joins it (`nsenter -t PID -n`); each server is killed
@@ -102,13 +103,18 @@ impl Answer {
 struct Orthanc {
     child: Child,
     log: PathBuf,
+    /// The plugin's temporary folder.
+    work: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Orthanc {
-    fn start(diffmine: Value) -> Self {
+    fn start(mut diffmine: Value) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let storage = dir.path().join("db");
+        let work = dir.path().join("work");
+        std::fs::create_dir(&work).unwrap();
+        diffmine["TemporaryFolder"] = json!(work);
         let config = json!({
             "Name": "diffmine-test",
             "StorageDirectory": storage,
@@ -134,7 +140,7 @@ impl Orthanc {
             .stderr(Stdio::null())
             .spawn()
             .expect("run unshare (util-linux)");
-        let mut server = Orthanc { child, log, _dir: dir };
+        let mut server = Orthanc { child, log, work, _dir: dir };
         server.wait_until_up();
         server
     }
@@ -270,6 +276,12 @@ impl Orthanc {
             assert!(started.elapsed() < PATIENCE, "Orthanc did not stop within {PATIENCE:?}:\n{}", self.log_text());
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Asserts that no job left a file behind.
+    fn assert_no_working_files(&self) {
+        let left: Vec<_> = std::fs::read_dir(&self.work).unwrap().map(|e| e.unwrap().path()).collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
     }
 
     /// Asserts the server still answers and has not exited.
@@ -596,6 +608,7 @@ fn plugin_scores_pushed_studies_as_jobs_auto_processes_arrivals_and_survives_fau
     assert_eq!(cancelled["ErrorDescription"], "This job was canceled", "{cancelled}");
     assert!(server.log_text().contains(&format!("job {long} cancelled")));
     assert_eq!(instances_of_study(&server, &mono1_study), before, "a cancelled job stores nothing");
+    server.assert_no_working_files();
     assert!(server.get("/diffmine/status")["JobsRunning"].as_array().unwrap().is_empty());
     let again = server.wait_job(&server.typicality("instances", &mono1, &json!({"Label": "Nodule"})));
     assert_eq!(again["State"], "Success", "after a cancel: {again}");
@@ -611,6 +624,7 @@ fn plugin_scores_pushed_studies_as_jobs_auto_processes_arrivals_and_survives_fau
     let status = server.wait_exit();
     assert!(status.success(), "Orthanc stopped with {status}:\n{}", server.log_text());
     assert!(server.log_text().contains("Orthanc has stopped"));
+    server.assert_no_working_files();
 }
 
 /// Orthanc Explorer's page of `study` in headless Chromium: lists `series` series, among them the
