@@ -65,10 +65,10 @@ fi
 
 retry bash "$root/scripts/install_debian.sh" chromium:chromium node:nodejs npm:npm patchelf:patchelf abidw:abigail-tools dciodvfy:dicom3tools
 
-# The Orthanc plugin (bindings/orthanc) and its test: Debian's Orthanc and plugin SDK, json-c, and
-# DCMTK's storescu.
+# The Orthanc plugin (bindings/orthanc) and its test: Debian's Orthanc and plugin SDK, json-c, DCMTK's
+# storescu, and curl and ip for the test's clients in the server's network namespace.
 retry bash "$root/scripts/install_debian.sh" Orthanc:orthanc /usr/include/orthanc/OrthancCPlugin.h:orthanc-dev \
-  /usr/include/json-c/json.h:libjson-c-dev storescu:dcmtk
+  /usr/include/json-c/json.h:libjson-c-dev storescu:dcmtk curl:curl ip:iproute2
 # Debian's orthanc package enables a system service that listens on every address; the test starts its
 # own Orthanc inside a private network namespace, so the service stays stopped and disabled.
 if [ -e /lib/systemd/system/orthanc.service ]; then
