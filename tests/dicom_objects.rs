@@ -1,6 +1,7 @@
 //! Typicality maps as the DICOM objects a viewer shows (`dm_map_write_dicom_object`): the two
 //! Secondary Captures, the fractional Segmentation and the Parametric Map, each written from a
-//! MONOCHROME1 12-bit CR with rescale and window and from a MONOCHROME2 DX, then read back by
+//! MONOCHROME1 12-bit CR with rescale and window, from a MONOCHROME2 DX and from a CT (whose Frame of
+//! Reference and plane geometry the enhanced objects take over), then read back by
 //! highdicom and pydicom (tests/reference/dicom_objects.py) against the map passed in, and checked
 //! by dicom3tools' `dciodvfy` for errors. Bad input gives a clear status and leaves no file.
 mod common;
@@ -15,10 +16,10 @@ use diffmine::ffi::*;
 use serde_json::Value;
 
 /// The test's sources, written by tests/reference/dicom_objects.py.
-fn sources(dir: &Path) -> [PathBuf; 2] {
+fn sources(dir: &Path) -> [PathBuf; 3] {
     let status = Command::new(python()).arg(repo_root().join("tests/reference/dicom_objects.py")).arg("sources").arg(dir).status().unwrap();
     assert!(status.success(), "dicom_objects.py sources");
-    [dir.join("cr.dcm"), dir.join("dx.dcm")]
+    [dir.join("cr.dcm"), dir.join("dx.dcm"), dir.join("ct.dcm")]
 }
 
 fn c_path(path: &Path) -> CString {
@@ -210,7 +211,7 @@ fn each_map_object_reads_back_in_highdicom_and_pydicom_and_passes_dciodvfy() {
 #[test]
 fn bad_map_object_input_is_refused_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let [source, _] = sources(dir.path());
+    let [source, ..] = sources(dir.path());
     let (source, out_path) = (c_path(&source), dir.path().join("out.dcm"));
     let out = c_path(&out_path);
     let map = test_map(24, 20);

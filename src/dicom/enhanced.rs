@@ -51,6 +51,21 @@ struct PlaneGeometry {
     frame_of_reference_uid: String,
     position: [f64; 3],
     orientation: [f64; 6],
+    /// The source's Slice Thickness (millimetres), which the pixel measures of a cross-section give.
+    slice_thickness: Option<f64>,
+}
+
+impl PlaneGeometry {
+    /// The geometry of the same field sampled at `spacing` (row, column) instead of `old`: the first
+    /// pixel's centre, which Image Position (Patient) gives, moves by half the change of spacing
+    /// along the rows and the columns.
+    fn resampled(self, old: [f64; 2], spacing: [f64; 2]) -> Self {
+        let [rx, ry, rz, cx, cy, cz] = self.orientation;
+        let (along_row, along_column) = ((spacing[1] - old[1]) / 2.0, (spacing[0] - old[0]) / 2.0);
+        let [x, y, z] = self.position;
+        let position = [x + rx * along_row + cx * along_column, y + ry * along_row + cy * along_column, z + rz * along_row + cz * along_column];
+        PlaneGeometry { position, ..self }
+    }
 }
 
 impl DicomFile {
@@ -116,7 +131,7 @@ impl DicomFile {
         let spacing = self.spacing_at([columns, rows])?;
         let mut shared = vec![segment_identification];
         shared.extend(geometry.as_ref().map(|g| orientation_group(g)));
-        shared.extend(geometry.as_ref().and(spacing).map(pixel_measures_group));
+        shared.extend(geometry.as_ref().zip(spacing).map(|(g, spacing)| pixel_measures_group(spacing, g.slice_thickness)));
         self.put_functional_groups(
             object,
             frame,
@@ -174,22 +189,21 @@ impl DicomFile {
             VR::CS,
             PrimitiveValue::Strs(["DERIVED", "PRIMARY", "VOLUME", "QUANTITY"].iter().map(|s| s.to_string()).collect()),
         )]);
-        let geometry = match self.plane_geometry(frame)? {
-            Some(g) => g,
-            None => PlaneGeometry { frame_of_reference_uid: new_uid(), position: [0.0; 3], orientation: [1.0, 0.0, 0.0, 0.0, 1.0, 0.0] },
-        };
+        let source_size = self.pixel_size()?;
         // Without a spacing from the source, a source pixel counts as a millimetre.
-        let spacing = self.spacing_at(size)?.unwrap_or_else(|| {
-            let format = self.pixel_format().ok();
-            format.map_or([1.0, 1.0], |f| [f.rows as f64 / size[1] as f64, f.columns as f64 / size[0] as f64])
-        });
+        let source_spacing = self.spacing_at(source_size)?.unwrap_or([1.0, 1.0]);
+        let spacing = [source_spacing[0] * source_size[1] as f64 / size[1] as f64, source_spacing[1] * source_size[0] as f64 / size[0] as f64];
+        let geometry = match self.plane_geometry(frame)? {
+            Some(g) => g.resampled(source_spacing, spacing),
+            None => PlaneGeometry { frame_of_reference_uid: new_uid(), position: [0.0; 3], orientation: [1.0, 0.0, 0.0, 0.0, 1.0, 0.0], slice_thickness: None },
+        };
         let shared = vec![
             sequence(tags::REAL_WORLD_VALUE_MAPPING_SEQUENCE, vec![mapping]),
             sequence(tags::FRAME_VOILUT_SEQUENCE, vec![window]),
             sequence(tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE, vec![identity]),
             sequence(tags::PARAMETRIC_MAP_FRAME_TYPE_SEQUENCE, vec![frame_type]),
             orientation_group(&geometry),
-            pixel_measures_group(spacing),
+            pixel_measures_group(spacing, geometry.slice_thickness),
         ];
         self.put_functional_groups(
             object,
@@ -243,8 +257,11 @@ impl DicomFile {
         if self.frame_count()? > 1 || frame > 0 {
             return Ok(None);
         }
+        let slice_thickness = attrs.decimals(tags::SLICE_THICKNESS, "Slice Thickness")?.first().copied();
         Ok(match (position.as_slice(), orientation.as_slice()) {
-            (&[x, y, z], &[a, b, c, d, e, f]) => Some(PlaneGeometry { frame_of_reference_uid, position: [x, y, z], orientation: [a, b, c, d, e, f] }),
+            (&[x, y, z], &[a, b, c, d, e, f]) => {
+                Some(PlaneGeometry { frame_of_reference_uid, position: [x, y, z], orientation: [a, b, c, d, e, f], slice_thickness })
+            }
             _ => None,
         })
     }
@@ -312,8 +329,10 @@ fn orientation_group(geometry: &PlaneGeometry) -> DataElement<InMemDicomObject> 
     )
 }
 
-fn pixel_measures_group(spacing: [f64; 2]) -> DataElement<InMemDicomObject> {
-    sequence(tags::PIXEL_MEASURES_SEQUENCE, vec![item_with(vec![DataElement::new(tags::PIXEL_SPACING, VR::DS, decimals(&spacing))])])
+fn pixel_measures_group(spacing: [f64; 2], slice_thickness: Option<f64>) -> DataElement<InMemDicomObject> {
+    let mut measures = vec![DataElement::new(tags::PIXEL_SPACING, VR::DS, decimals(&spacing))];
+    measures.extend(slice_thickness.map(|t| DataElement::new(tags::SLICE_THICKNESS, VR::DS, decimals(&[t]))));
+    sequence(tags::PIXEL_MEASURES_SEQUENCE, vec![item_with(measures)])
 }
 
 /// At most `limit` characters of `text`.

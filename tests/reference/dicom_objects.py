@@ -6,6 +6,8 @@ Usage:
   dicom_objects.py sources DIR        writes DIR/cr.dcm (Computed Radiography, MONOCHROME1, 12 bits
                                       stored in 16, Rescale Slope 2 / Intercept -1024, a window) and
                                       DIR/dx.dcm (Digital X-Ray, MONOCHROME2, 12 bits, no rescale)
+                                      and DIR/ct.dcm (pydicom's CT_small.dcm: a Frame of Reference,
+                                      plane position and orientation)
   dicom_objects.py read OUT.json FILE...
 
 `read` writes one object per file, as pydicom and highdicom 0.28.2 read it: the identifying
@@ -21,12 +23,14 @@ name, version and parameters; a Parametric Map its Real World Value Mapping.
 """
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
 import highdicom as hd
 import numpy as np
 import pydicom
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import apply_modality_lut
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -64,6 +68,7 @@ def sources(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     radiograph(out_dir / "cr.dcm", "1.2.840.10008.5.1.4.1.1.1", "CR", "MONOCHROME1", 40, 48, rescale=True)
     radiograph(out_dir / "dx.dcm", "1.2.840.10008.5.1.4.1.1.1.1", "DX", "MONOCHROME2", 36, 30, rescale=False)
+    shutil.copyfile(get_testdata_file("CT_small.dcm"), out_dir / "ct.dcm")
 
 
 def flat(array: np.ndarray) -> list:
