@@ -86,6 +86,7 @@ fn write_all_kinds(source: &Path, map: &[f32], [width, height]: [usize; 2], dir:
         .into_iter()
         .map(|kind| {
             let path = dir.join(format!("{stem}-{kind}.dcm"));
+            // SAFETY: all-zero is a valid dm_dicom_map_options (integers and NULL pointers).
             let mut options = unsafe { std::mem::zeroed::<dm_dicom_map_options>() };
             let mut uid = [0 as c_char; DM_UID_BUFFER_SIZE];
             // SAFETY: valid arguments; the strings outlive the call.
@@ -206,7 +207,7 @@ fn each_map_object_reads_back_in_highdicom_and_pydicom_and_passes_dciodvfy() {
     }
 }
 
-/// Wrong map length, unknown kind, NULL pointers, an options struct older than the first version,
+/// A frame the source lacks, wrong map length, unknown kind, NULL pointers, an options struct older than the first version,
 /// a label DICOM cannot hold: each a clear status and message, and no file at the output path.
 #[test]
 fn bad_map_object_input_is_refused_and_writes_nothing() {
@@ -215,16 +216,18 @@ fn bad_map_object_input_is_refused_and_writes_nothing() {
     let (source, out_path) = (c_path(&source), dir.path().join("out.dcm"));
     let out = c_path(&out_path);
     let map = test_map(24, 20);
+    // SAFETY: all-zero is a valid dm_dicom_map_options (integers and NULL pointers).
     let mut defaults = unsafe { std::mem::zeroed::<dm_dicom_map_options>() };
     // SAFETY: a writable struct.
     assert_eq!(unsafe { dm_dicom_map_options_default(&mut defaults) }, dm_status::DM_OK);
     assert_eq!(defaults.struct_size, std::mem::size_of::<dm_dicom_map_options>());
     assert_eq!((defaults.kind, defaults.samples, defaults.seed, defaults.series_number), (DM_MAP_OVERLAY, 100, 42, 9000));
     let backslash = CString::new("Pneumonia\\Effusion").unwrap();
-    let write = |source: *const c_char, map: *const f32, map_len: usize, options: *const dm_dicom_map_options, out: *const c_char| {
+    let write_frame = |frame: u32, source: *const c_char, map: *const f32, map_len: usize, options: *const dm_dicom_map_options, out: *const c_char| {
         // SAFETY: every pointer is NULL or valid for what it claims.
-        unsafe { dm_map_write_dicom_object(source, 0, map, map_len, 24, 20, options, out, null_mut(), 0) }
+        unsafe { dm_map_write_dicom_object(source, frame, map, map_len, 24, 20, options, out, null_mut(), 0) }
     };
+    let write = |source, map, map_len, options, out| write_frame(0, source, map, map_len, options, out);
     let with = |edit: &dyn Fn(&mut dm_dicom_map_options)| {
         let mut options = defaults;
         options.kind = DM_MAP_SEGMENTATION;
@@ -232,7 +235,8 @@ fn bad_map_object_input_is_refused_and_writes_nothing() {
         options
     };
     let (src, values, n, o) = (source.as_ptr(), map.as_ptr(), map.len(), out.as_ptr());
-    let cases: [(&str, &dyn Fn() -> dm_status, dm_status, &str); 7] = [
+    let cases: [(&str, &dyn Fn() -> dm_status, dm_status, &str); 8] = [
+        ("no such frame", &|| write_frame(1, src, values, n, &with(&|_| {}), o), dm_status::DM_ERR_INVALID_ARGUMENT, "frame 1"),
         ("short map", &|| write(src, values, n - 1, &with(&|_| {}), o), dm_status::DM_ERR_INVALID_ARGUMENT, "24×20 map"),
         ("unknown kind", &|| write(src, values, n, &with(&|o| o.kind = 4), o), dm_status::DM_ERR_INVALID_ARGUMENT, "DM_MAP_"),
         ("old struct", &|| write(src, values, n, &with(&|o| o.struct_size = 8), o), dm_status::DM_ERR_INVALID_ARGUMENT, "struct_size"),

@@ -46,6 +46,18 @@ fn decimals(values: &[f64]) -> PrimitiveValue {
     PrimitiveValue::Strs(values.iter().map(|&v| format_ds(v)).collect())
 }
 
+/// How an object's one frame is described.
+struct FrameLayout {
+    /// The Derivation Code (DCM code value, meaning).
+    derivation: (&'static str, &'static str),
+    /// The one dimension: its index pointer, that attribute's functional group and a label.
+    dimension: (Tag, Tag, &'static str),
+    /// The frame's Frame Label, if any.
+    frame_label: Option<&'static str>,
+    /// Whether the frame lies on the source's pixel grid (Spatial Locations Preserved).
+    same_grid: bool,
+}
+
 /// Where the frame lies in a Frame of Reference.
 struct PlaneGeometry {
     frame_of_reference_uid: String,
@@ -130,19 +142,15 @@ impl DicomFile {
         let geometry = self.plane_geometry(frame)?;
         let spacing = self.spacing_at([columns, rows])?;
         let mut shared = vec![segment_identification];
-        shared.extend(geometry.as_ref().map(|g| orientation_group(g)));
+        shared.extend(geometry.as_ref().map(orientation_group));
         shared.extend(geometry.as_ref().zip(spacing).map(|(g, spacing)| pixel_measures_group(spacing, g.slice_thickness)));
-        self.put_functional_groups(
-            object,
-            frame,
-            shared,
-            geometry.as_ref(),
-            "113076",
-            "Segmentation",
-            (tags::REFERENCED_SEGMENT_NUMBER, tags::SEGMENT_IDENTIFICATION_SEQUENCE, "Referenced Segment Number"),
-            None,
-            true,
-        )?;
+        let layout = FrameLayout {
+            derivation: ("113076", "Segmentation"),
+            dimension: (tags::REFERENCED_SEGMENT_NUMBER, tags::SEGMENT_IDENTIFICATION_SEQUENCE, "Referenced Segment Number"),
+            frame_label: None,
+            same_grid: true,
+        };
+        self.put_functional_groups(object, frame, shared, geometry.as_ref(), &layout)?;
         object.put(DataElement::new(tags::PIXEL_DATA, VR::OB, PrimitiveValue::U8(stored.into())));
         Ok(extra)
     }
@@ -205,17 +213,13 @@ impl DicomFile {
             orientation_group(&geometry),
             pixel_measures_group(spacing, geometry.slice_thickness),
         ];
-        self.put_functional_groups(
-            object,
-            frame,
-            shared,
-            Some(&geometry),
-            "112187",
-            "Unspecified method of calculation",
-            (tags::FRAME_LABEL, tags::FRAME_CONTENT_SEQUENCE, "Frame Label"),
-            Some("TYPICALITY"),
-            size == self.pixel_size()?,
-        )?;
+        let layout = FrameLayout {
+            derivation: ("112187", "Unspecified method of calculation"),
+            dimension: (tags::FRAME_LABEL, tags::FRAME_CONTENT_SEQUENCE, "Frame Label"),
+            frame_label: Some("TYPICALITY"),
+            same_grid: size == source_size,
+        };
+        self.put_functional_groups(object, frame, shared, Some(&geometry), &layout)?;
         let bytes: Vec<u8> = map.iter().flat_map(|v| v.to_le_bytes()).collect();
         object.put(DataElement::new(tags::FLOAT_PIXEL_DATA, VR::OF, PrimitiveValue::U8(bytes.into())));
         Ok(())
@@ -266,23 +270,18 @@ impl DicomFile {
         })
     }
 
-    /// The dimension module (one index: `dimension`, a pointer, its functional group and its label),
-    /// the Frame of Reference when there is a geometry, the shared functional groups and the one
-    /// frame's: where it comes from (`derivation` code and meaning), its dimension index, `frame_label`
-    /// and plane position.
-    #[allow(clippy::too_many_arguments)]
+    /// The dimension module (the layout's one dimension), the Frame of Reference when there is a
+    /// geometry, the shared functional groups and the one frame's: where it comes from, its dimension
+    /// index, its label and its plane position.
     fn put_functional_groups(
         &self,
         object: &mut InMemDicomObject,
         frame: usize,
         shared: Vec<DataElement<InMemDicomObject>>,
         geometry: Option<&PlaneGeometry>,
-        derivation: &str,
-        derivation_meaning: &str,
-        (pointer, group, dimension_label): (Tag, Tag, &str),
-        frame_label: Option<&str>,
-        same_grid: bool,
+        layout: &FrameLayout,
     ) -> Result<()> {
+        let (pointer, group, dimension_label) = layout.dimension;
         let organization = new_uid();
         object.put(sequence(
             tags::DIMENSION_ORGANIZATION_SEQUENCE,
@@ -305,14 +304,15 @@ impl DicomFile {
 
         let source_sop = self.metadata()?.sop_instance_uid.unwrap_or_default();
         let mut source = self.reference(&source_sop, frame);
-        source.put(DataElement::new(tags::SPATIAL_LOCATIONS_PRESERVED, VR::CS, PrimitiveValue::from(if same_grid { "YES" } else { "NO" })));
+        source.put(DataElement::new(tags::SPATIAL_LOCATIONS_PRESERVED, VR::CS, PrimitiveValue::from(if layout.same_grid { "YES" } else { "NO" })));
         source.put(sequence(tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE, vec![code("121322", "DCM", "Source image for image processing operation")]));
+        let (derivation, derivation_meaning) = layout.derivation;
         let derivation = item_with(vec![
             sequence(tags::SOURCE_IMAGE_SEQUENCE, vec![source]),
             sequence(tags::DERIVATION_CODE_SEQUENCE, vec![code(derivation, "DCM", derivation_meaning)]),
         ]);
         let mut content = vec![DataElement::new(tags::DIMENSION_INDEX_VALUES, VR::UL, PrimitiveValue::from(1u32))];
-        content.extend(frame_label.map(|l| DataElement::new(tags::FRAME_LABEL, VR::LO, PrimitiveValue::from(l))));
+        content.extend(layout.frame_label.map(|l| DataElement::new(tags::FRAME_LABEL, VR::LO, PrimitiveValue::from(l))));
         let mut per_frame = vec![sequence(tags::DERIVATION_IMAGE_SEQUENCE, vec![derivation]), sequence(tags::FRAME_CONTENT_SEQUENCE, vec![item_with(content)])];
         per_frame.extend(geometry.map(|g| {
             sequence(tags::PLANE_POSITION_SEQUENCE, vec![item_with(vec![DataElement::new(tags::IMAGE_POSITION_PATIENT, VR::DS, decimals(&g.position))])])

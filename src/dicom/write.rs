@@ -247,6 +247,10 @@ impl DicomFile {
             return Err(Error::InvalidArgument(format!("the map holds the non-finite value {bad}")));
         }
         validate_options(options)?;
+        let frames = self.frame_count()?;
+        if frame >= frames {
+            return Err(Error::InvalidArgument(format!("{}: a map of frame {frame} requested, the image has {frames}", self.source)));
+        }
         let written = WrittenInstance { series_instance_uid: options.series_instance_uid.clone().unwrap_or_else(new_uid), sop_instance_uid: new_uid() };
         let size = match options.kind {
             MapKind::Segmentation => {
