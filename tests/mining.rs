@@ -185,7 +185,7 @@ mod pipeline {
         use diffmine::mining::patches::{top_patches, ImagePatch};
         use std::collections::BTreeMap;
         let data = tempfile::tempdir().unwrap();
-        let synthetic = SyntheticOptions { images_per_label: 4, size: 64, labels: vec!["Nodule".into(), "Effusion".into()], ..SyntheticOptions::default() };
+        let synthetic = SyntheticOptions { images_per_label: 3, size: 64, labels: vec!["Nodule".into(), "Effusion".into()], ..SyntheticOptions::default() };
         write_dataset(&synthetic, data.path()).unwrap();
         std::fs::write(data.path().join("Nodule/broken.png"), b"not a png").unwrap();
         let set = LabelledSet::open(data.path()).unwrap();
