@@ -33,7 +33,7 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 cp -r "$root/bindings/python/pyproject.toml" "$root/bindings/python/setup.py" "$root/bindings/python/README.md" \
   "$root/bindings/python/diffmine" "$stage/"
-rm -rf "$stage/diffmine/__pycache__"
+find "$stage/diffmine" -name __pycache__ -prune -exec rm -rf {} +
 
 bundled="$stage/diffmine/libdiffmine.so"
 strip --strip-debug -o "$bundled" "$lib"

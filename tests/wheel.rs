@@ -21,11 +21,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Instant;
 
-use common::{built_library, copy_dir, python, repo_root};
-use serde_json::Value;
+use common::{build_wheel, built_library, copy_dir, python, read_json, repo_root, run_step, shared_venv};
 
 /// Computes the map on the demo model (the finetuned UNet with the pretrained model's other parts) and
 /// writes it (`OUT.npy`) with a JSON report of where the package and libraries came from.
@@ -102,50 +101,6 @@ echo "$work/shared-site" > "$(site_of "$work/no-torch/bin/python")/shared-site.p
 import_error "$work/no-torch/bin/python" > "$work/torch-elsewhere.txt"
 "#;
 
-fn show(output: &Output) -> String {
-    format!(
-        "status: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-fn run(command: &mut Command, what: &str) -> Output {
-    let started = Instant::now();
-    let output = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(output.status.success(), "{what} failed:\n{}", show(&output));
-    println!("{what}: {:.1} s", started.elapsed().as_secs_f64());
-    output
-}
-
-fn read_json(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).expect("report")).expect("JSON report")
-}
-
-/// The shared venv's site-packages and the interpreter it was made from.
-fn shared_venv() -> (PathBuf, PathBuf) {
-    let output = run(
-        Command::new(python()).args(["-c", "import sys, sysconfig; print(sysconfig.get_paths()['platlib']); print(sys._base_executable)"]),
-        "find the shared venv's site-packages",
-    );
-    let text = String::from_utf8(output.stdout).expect("UTF-8");
-    let mut lines = text.lines().map(PathBuf::from);
-    (lines.next().expect("site-packages"), lines.next().expect("base interpreter"))
-}
-
-/// Builds the wheel from this build's library into `dist` and returns its path.
-fn build_wheel(dist: &Path) -> PathBuf {
-    let output = run(
-        Command::new("bash").arg(repo_root().join("scripts/build_wheel.sh")).arg("--lib").arg(built_library()).arg("--out").arg(dist),
-        "scripts/build_wheel.sh",
-    );
-    print!("{}", String::from_utf8_lossy(&output.stdout));
-    let wheels: Vec<PathBuf> = std::fs::read_dir(dist).expect("dist").map(|e| e.expect("entry").path()).collect();
-    assert_eq!(wheels.len(), 1, "one wheel in {}: {wheels:?}", dist.display());
-    wheels.into_iter().next().unwrap()
-}
-
 #[test]
 fn the_wheel_installs_and_computes_a_map_without_the_checkout() {
     let started = Instant::now();
@@ -163,7 +118,7 @@ fn the_wheel_installs_and_computes_a_map_without_the_checkout() {
     std::fs::write(work.join("compute_map.py"), COMPUTE_MAP).expect("write compute_map.py");
 
     // The reference: the in-tree binding on the build tree's (unstripped) library.
-    run(
+    run_step(
         Command::new(python())
             .arg(work.join("compute_map.py"))
             .args([work.join("demo"), work.join("image.png"), work.join("reference"), PathBuf::from("-")])
@@ -174,7 +129,7 @@ fn the_wheel_installs_and_computes_a_map_without_the_checkout() {
     );
 
     let (shared_site, base_python) = shared_venv();
-    let output = run(
+    let output = run_step(
         Command::new("unshare")
             .args(["-m", "bash", "-c", IN_NAMESPACE, "in-namespace"])
             .arg(repo_root())

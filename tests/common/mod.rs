@@ -5,9 +5,11 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 use std::sync::OnceLock;
+use std::time::Instant;
 
+use serde_json::Value;
 use tch::Tensor;
 
 pub fn repo_root() -> PathBuf {
@@ -262,4 +264,50 @@ impl Drop for SmallDisk {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(self.dir.path()).status();
     }
+}
+
+// --- the Python wheel (tests/wheel.rs, tests/ray.rs) ---
+
+pub fn show(output: &Output) -> String {
+    format!(
+        "status: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+pub fn run_step(command: &mut Command, what: &str) -> Output {
+    let started = Instant::now();
+    let output = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(output.status.success(), "{what} failed:\n{}", show(&output));
+    println!("{what}: {:.1} s", started.elapsed().as_secs_f64());
+    output
+}
+
+pub fn read_json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).expect("report")).expect("JSON report")
+}
+
+/// The shared venv's site-packages and the interpreter it was made from.
+pub fn shared_venv() -> (PathBuf, PathBuf) {
+    let output = run_step(
+        Command::new(python()).args(["-c", "import sys, sysconfig; print(sysconfig.get_paths()['platlib']); print(sys._base_executable)"]),
+        "find the shared venv's site-packages",
+    );
+    let text = String::from_utf8(output.stdout).expect("UTF-8");
+    let mut lines = text.lines().map(PathBuf::from);
+    (lines.next().expect("site-packages"), lines.next().expect("base interpreter"))
+}
+
+/// Builds the wheel from this build's library into `dist` and returns its path.
+pub fn build_wheel(dist: &Path) -> PathBuf {
+    let output = run_step(
+        Command::new("bash").arg(repo_root().join("scripts/build_wheel.sh")).arg("--lib").arg(built_library()).arg("--out").arg(dist),
+        "scripts/build_wheel.sh",
+    );
+    print!("{}", String::from_utf8_lossy(&output.stdout));
+    let wheels: Vec<PathBuf> = std::fs::read_dir(dist).expect("dist").map(|e| e.expect("entry").path()).collect();
+    assert_eq!(wheels.len(), 1, "one wheel in {}: {wheels:?}", dist.display());
+    wheels.into_iter().next().unwrap()
 }
