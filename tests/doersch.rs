@@ -160,3 +160,74 @@ fn linear_svm_decision_values_equal_scikit_learn_svc() {
         assert!(difference < 1e-3, "case {case}: decision values differ by {difference}");
     }
 }
+
+/// Whether the 64-pixel window at (x, y) holds the centre of the planted box.
+fn on_planted(x: usize, y: usize, planted: &diffmine::synthetic::PlantedBox) -> bool {
+    let (cx, cy) = (planted.x + planted.w / 2.0, planted.y + planted.h / 2.0);
+    (x as f64..(x + 64) as f64).contains(&cx) && (y as f64..(y + 64) as f64).contains(&cy)
+}
+
+#[test]
+fn the_top_detectors_lie_on_the_planted_elements_more_often_than_chance_and_the_report_is_written() {
+    use diffmine::dataset::LabelledSet;
+    use diffmine::mining::doersch::{mine_discriminative, DoerschOptions, Precision};
+    use diffmine::mining::report::{write_report, ReportOptions, Scores};
+    use diffmine::synthetic::write_dataset;
+
+    let dir = tempfile::tempdir().unwrap();
+    let synthetic = SyntheticOptions { size: 256, images_per_label: 16, labels: vec!["Nodule".into(), "Effusion".into()], ..SyntheticOptions::default() };
+    let summary = write_dataset(&synthetic, &dir.path().join("set")).unwrap();
+    let set = LabelledSet::open(&dir.path().join("set")).unwrap();
+    let options = DoerschOptions {
+        candidates: 300,
+        detectors: 8,
+        neighbours: 16,
+        scored_neighbours: 8,
+        negatives: 400,
+        negative_pool: 800,
+        final_neighbours: 16,
+        keep: 4,
+        precision: Precision::Float32,
+        ..DoerschOptions::default()
+    };
+    let mut calls = 0u64;
+    let (labels, times) = mine_discriminative(&set, &options, &mut |done, total| {
+        assert!(done <= total, "progress {done} of {total}");
+        calls += 1;
+        true
+    })
+    .unwrap();
+    assert!(calls > 0);
+    eprintln!("{times:?}");
+    let planted: std::collections::BTreeMap<PathBuf, _> = summary.entries.iter().map(|e| (dir.path().join("set").join(&e.path), e.planted)).collect();
+    let (mut hits, mut shown, mut chance) = (0, 0, Vec::new());
+    for label in &labels {
+        assert!(!label.result.clusters.is_empty(), "{}: no detector kept", label.result.label);
+        for cluster in label.result.clusters.iter().take(6) {
+            for &member in cluster.members.iter().take(6) {
+                let p = &label.result.patches[member];
+                assert_eq!(p.patch.size, 64);
+                shown += 1;
+                hits += on_planted(p.patch.x, p.patch.y, &planted[&p.path]) as usize;
+            }
+        }
+    }
+    // Chance: the share of all window positions of the set's images that hold the planted centre.
+    for box_ in planted.values() {
+        let grid = WindowGrid::of(256, 256);
+        chance.push((0..grid.len()).filter(|&w| on_planted(grid.origin(w).0, grid.origin(w).1, box_)).count() as f64 / grid.len() as f64);
+    }
+    let chance = chance.iter().sum::<f64>() / chance.len() as f64;
+    let share = hits as f64 / shown as f64;
+    eprintln!("{hits} of {shown} shown detections on the planted element ({share:.3}); chance {chance:.3}");
+    assert!(share > chance, "top detections on the planted element: {share:.3}, chance {chance:.3}");
+
+    let results: Vec<_> = labels.into_iter().map(|l| l.result).collect();
+    let out = dir.path().join("report");
+    write_report(&results, &ReportOptions { scores: Scores::Discriminative, min_members: 1, ..ReportOptions::default() }, &out).unwrap();
+    let html = std::fs::read_to_string(out.join("index.html")).unwrap();
+    assert!(html.contains("discriminativeness") && html.contains("Top detectors"), "the page speaks of detectors");
+    for label in ["Nodule", "Effusion"] {
+        assert!(out.join(format!("grid_{label}.png")).is_file(), "grid of {label}");
+    }
+}

@@ -149,31 +149,33 @@ fn python_remainder(value: f64, modulus: f64) -> f64 {
 }
 
 /// The orientation histogram of every 8 × 8 cell (cells row-major, then bins): a pixel votes its
-/// gradient magnitude into the one bin holding its orientation; the sum is kept in single precision
-/// and divided by the cell's area.
+/// gradient magnitude into the one bin whose single-precision edges hold its orientation (none when
+/// rounding puts it at or past the last edge); each bin's sum is kept in single precision, in the
+/// pixels' row-major order, and divided by the cell's area.
 fn cell_histograms(magnitude: &[f64], orientation: &[f64], height: usize, width: usize) -> Vec<f64> {
     let (cell_rows, cell_cols) = (height / CELL, width / CELL);
     let per_bin = (180.0f64 / ORIENTATIONS as f64) as f32;
-    let mut histogram = vec![0f64; cell_rows * cell_cols * ORIENTATIONS];
-    for bin in 0..ORIENTATIONS {
-        let end = (per_bin * bin as f32) as f64;
-        let start = (per_bin * (bin + 1) as f32) as f64;
-        for cy in 0..cell_rows {
-            for cx in 0..cell_cols {
-                let mut total = 0f32;
-                for y in cy * CELL..(cy + 1) * CELL {
-                    for x in cx * CELL..(cx + 1) * CELL {
-                        let o = orientation[y * width + x];
-                        if o < start && o >= end {
-                            total = (total as f64 + magnitude[y * width + x]) as f32;
-                        }
-                    }
-                }
-                histogram[(cy * cell_cols + cx) * ORIENTATIONS + bin] = (total / (CELL * CELL) as f32) as f64;
+    let edges: Vec<f64> = (0..=ORIENTATIONS).map(|i| (per_bin * i as f32) as f64).collect();
+    let bin_of = |o: f64| {
+        let mut bin = ((o / per_bin as f64) as usize).min(ORIENTATIONS - 1);
+        while bin > 0 && o < edges[bin] {
+            bin -= 1;
+        }
+        while bin < ORIENTATIONS && o >= edges[bin + 1] {
+            bin += 1;
+        }
+        (bin < ORIENTATIONS && o >= edges[bin]).then_some(bin)
+    };
+    let mut sums = vec![0f32; cell_rows * cell_cols * ORIENTATIONS];
+    for y in 0..cell_rows * CELL {
+        for x in 0..cell_cols * CELL {
+            if let Some(bin) = bin_of(orientation[y * width + x]) {
+                let at = ((y / CELL) * cell_cols + x / CELL) * ORIENTATIONS + bin;
+                sums[at] = (sums[at] as f64 + magnitude[y * width + x]) as f32;
             }
         }
     }
-    histogram
+    sums.into_iter().map(|total| (total / (CELL * CELL) as f32) as f64).collect()
 }
 
 /// L2 normalisation, values clipped at 0.2, L2 normalisation again (ε = 1e-5 in both).
