@@ -105,17 +105,6 @@
 
 #define DM_VERSION_PATCH 0
 
-// Side of a window in pixels, and the stride between windows.
-#define WINDOW 64
-
-#define STRIDE 8
-
-#define HOG_DIM ((CELLS * CELLS) * ORIENTATIONS)
-
-#define COLOUR_DIM ((2 * COLOUR_SIDE) * COLOUR_SIDE)
-
-#define FEATURE_DIM (HOG_DIM + COLOUR_DIM)
-
 // The result of every call. `DM_OK` is 0; on anything else `dm_last_error()` says why.
 typedef enum dm_status {
   DM_OK = 0,

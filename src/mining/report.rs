@@ -111,7 +111,7 @@ const LEGEND: &str = "legend.png";
 /// Writes the report of `results` into `out`.
 pub fn write_report(results: &[LabelResult], options: &ReportOptions, out: &Path) -> Result<()> {
     create_dir(out)?;
-    write_csv(results, &out.join("patches.csv"))?;
+    write_csv(results, options.scores, &out.join("patches.csv"))?;
     save(&heatmap::legend(256, 1), &out.join(LEGEND))?;
     let mut sections = String::new();
     for result in results {
@@ -400,8 +400,10 @@ fn save_jpeg(image: &RgbImage, path: &Path) -> Result<()> {
     crate::io::write_atomic(path, &bytes)
 }
 
-fn write_csv(results: &[LabelResult], path: &Path) -> Result<()> {
-    let mut csv = String::from("label,image,x,y,size,typicality,cluster,rank_in_cluster,distance_to_centroid\n");
+/// Every kept box; the score column is named by what it is (`typicality` or `detector_score`).
+fn write_csv(results: &[LabelResult], scores: Scores, path: &Path) -> Result<()> {
+    let column = terms_column(scores);
+    let mut csv = format!("label,image,x,y,size,{column},cluster,rank_in_cluster,distance_to_centroid\n");
     for r in results {
         for p in &r.patches {
             let _ = writeln!(
@@ -420,6 +422,13 @@ fn write_csv(results: &[LabelResult], path: &Path) -> Result<()> {
         }
     }
     crate::io::write_atomic(path, csv.as_bytes())
+}
+
+fn terms_column(scores: Scores) -> &'static str {
+    match scores {
+        Scores::Typicality => "typicality",
+        Scores::Discriminative => "detector_score",
+    }
 }
 
 pub(crate) fn csv_field(text: &str) -> String {
