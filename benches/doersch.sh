@@ -2,7 +2,7 @@
 # Typicality mining against the discriminative baseline (Doersch et al.), on the demo's synthetic
 # radiographs (`diffmine synth --size SIZE`, 4 labels, the planted element of each image known):
 #   quality: for each of QUALITY_SIZES images per label, the share of the shown elements (top 6
-#     clusters / detectors with 6 members or more, 6 elements each) that hold their image's planted
+#     clusters with 6 members or more / top 6 detectors, 6 elements each) that hold their image's planted
 #     element's centre, and chance (the share of all 64 px windows at stride 8 that do);
 #   cost: for each of COST_SIZES images per label (doubling), wall time per stage and the process's
 #     peak memory (/usr/bin/time), a fresh process per point, and the growth exponents fitted to them.
@@ -12,23 +12,27 @@
 #
 # Usage: benches/doersch.sh
 #   Environment: SIZE (256), QUALITY_SIZES ("100 200"), COST_SIZES ("25 50 100 200 400"), SAMPLES (100),
+#   CLUSTERS (k of typicality mining's k-means: 32; on small sets fewer, so that clusters reach the 6
+#   members a shown cluster needs),
 #   CANDIDATES (25000), DETECTORS (1000), NEGATIVES (10000), NEGATIVE_POOL (25000), FINAL (50),
-#   PRECISION (bfloat16), METHODS ("typicality doersch"), SKIP_BUILD (unset: builds the release CLI).
-# Writes target/bench/doersch-<time>/results.jsonl and the Markdown tables (tables.md) beside it.
+#   PRECISION (float32), METHODS ("typicality doersch"), SKIP_BUILD (unset: builds the release CLI).
+# An empty QUALITY_SIZES or COST_SIZES runs none of its points. Writes
+# target/bench/doersch-<time>/results.jsonl and the Markdown tables (tables.md) beside it.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 source scripts/env.sh
 SIZE=${SIZE:-256}
-QUALITY_SIZES=${QUALITY_SIZES:-"100 200"}
-COST_SIZES=${COST_SIZES:-"25 50 100 200 400"}
+QUALITY_SIZES=${QUALITY_SIZES-"100 200"}
+COST_SIZES=${COST_SIZES-"25 50 100 200 400"}
 SAMPLES=${SAMPLES:-100}
 CANDIDATES=${CANDIDATES:-25000}
 DETECTORS=${DETECTORS:-1000}
 NEGATIVES=${NEGATIVES:-10000}
 NEGATIVE_POOL=${NEGATIVE_POOL:-25000}
 FINAL=${FINAL:-50}
-PRECISION=${PRECISION:-bfloat16}
+PRECISION=${PRECISION:-float32}
+CLUSTERS=${CLUSTERS:-32}
 METHODS=${METHODS:-"typicality doersch"}
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release --quiet --features synthetic --bin diffmine
 cli=$root/target/release/diffmine
@@ -50,7 +54,7 @@ run_method() { # METHOD SET OUT
   if [ "$method" = typicality ]; then
     /usr/bin/time -f "%M" -o "$out.rss" "$cli" -q mine --model models/demo/finetuned --base models/demo/pretrained \
       --data "$set" --prompt "Chest X-Ray with {label}." --null-prompt "Chest X-Ray." --resize 64 --patch 16 \
-      --samples "$SAMPLES" --cache "$out.cache" --out "$out" > "$out.log"
+      --samples "$SAMPLES" --clusters "$CLUSTERS" --cache "$out.cache" --out "$out" > "$out.log"
     rm -rf "$out.cache"
   else
     /usr/bin/time -f "%M" -o "$out.rss" "$cli" -q doersch --data "$set" --out "$out" --candidates "$CANDIDATES" \
@@ -79,8 +83,9 @@ for per_label in $QUALITY_SIZES; do
   for method in $METHODS; do
     out=$work/quality-$method-$per_label
     cost=$(run_method "$method" "$set" "$out")
-    scale=1; [ "$method" = typicality ] && scale=$((SIZE / 64))
-    python benches/doersch_compare.py quality "$out" "$set" "$scale" \
+    scale=1 min_members=1
+    [ "$method" = typicality ] && scale=$((SIZE / 64)) min_members=6
+    python benches/doersch_compare.py quality "$out" "$set" "$scale" "$min_members" \
       | python -c 'import json,sys; q=json.loads(sys.stdin.read()); q.update(kind="quality", method=sys.argv[1], per_label=int(sys.argv[2]), cost=json.loads(sys.argv[3])); print(json.dumps(q))' \
         "$method" "$per_label" "$cost" | tee -a "$results"
     record_cost "$method" "$per_label" "$cost"

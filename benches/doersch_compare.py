@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """The comparison of typicality mining and the discriminative baseline (benches/doersch.sh).
 
-    doersch_compare.py quality REPORT SET SCALE
-        one JSON line: of the elements a report shows (its top 6 clusters or detectors with at least 6
-        members, their first 6 elements), the share whose box, scaled by SCALE to the set's pixels, holds
+    doersch_compare.py quality REPORT SET SCALE MIN_MEMBERS
+        one JSON line: of the elements a report shows (its top 6 clusters or detectors with at least
+        MIN_MEMBERS members: 6 for clusters, as the report shows them, 1 for detectors, which find one
+        window per image and so at most as many as the label has images; their first 6 elements), the share whose box, scaled by SCALE to the set's pixels, holds
         the centre of its image's planted element (SET/BBox_List_2017.csv); and chance: the share of
         all 64-pixel windows at a stride of 8 pixels that hold it, over the set's images.
     doersch_compare.py tables RESULTS.jsonl
@@ -36,7 +37,7 @@ def holds(x, y, size, centre):
     return x <= centre[0] < x + size and y <= centre[1] < y + size
 
 
-def quality(report, set_dir, scale):
+def quality(report, set_dir, scale, min_members):
     centres = planted_centres(set_dir)
     rows = list(csv.DictReader(open(Path(report) / "patches.csv")))
     by_label = defaultdict(lambda: defaultdict(list))
@@ -44,7 +45,7 @@ def quality(report, set_dir, scale):
         by_label[r["label"]][int(r["cluster"])].append(r)
     hits = shown = 0
     for clusters in by_label.values():
-        ranked = [clusters[c] for c in sorted(clusters) if len(clusters[c]) >= PER][:TOP]
+        ranked = [clusters[c] for c in sorted(clusters) if len(clusters[c]) >= min_members][:TOP]
         for members in ranked:
             for r in sorted(members, key=lambda r: int(r["rank_in_cluster"]))[:PER]:
                 name = Path(r["image"]).name
@@ -99,15 +100,15 @@ def tables(results):
         if total:
             slope, intercept = total
             est = lambda n: math.exp(intercept) * n ** slope
-            out += ["", f"Total extrapolated with exponent {slope:.2f}: {est(10_000) / 3600:.1f} h at 10,000 images, "
-                    f"{est(1_800_000) / 3600 / 24 / 365:.1f} years at 1,800,000 images (these settings, this machine)."]
+            out += ["", f"Total extrapolated with exponent {slope:.2f}: {est(10_000) / 3600:.3g} h at 10,000 images, "
+                    f"{est(1_800_000) / 3600:.3g} h ({est(1_800_000) / 86400:.3g} days) at 1,800,000 images (these settings, this machine)."]
         out.append("")
     print("\n".join(out))
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "quality":
-        quality(sys.argv[2], sys.argv[3], float(sys.argv[4]))
+        quality(sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5]))
     elif sys.argv[1] == "tables":
         tables(sys.argv[2])
     else:

@@ -31,7 +31,7 @@ pub struct dm_doersch_options {
     /// Best images per trained detector that rank it (50) and detectors reported per label (32).
     pub final_neighbours: u32,
     pub keep: u32,
-    /// Non-zero: window features and the dense search in bfloat16 (1); zero: float32.
+    /// Non-zero: window features and the dense search in bfloat16; zero: float32 (the default).
     pub bfloat16: u32,
     pub seed: u64,
 }
@@ -55,7 +55,7 @@ impl Default for dm_doersch_options {
     }
 }
 
-/// Fills `options` with the defaults (the authors' settings, bfloat16 search).
+/// Fills `options` with the defaults (the authors' settings, float32 search).
 ///
 /// # Safety
 /// `options` must be NULL or point to a writable `dm_doersch_options`.

@@ -199,7 +199,7 @@ pub fn colour_windows(image: Rgb) -> Result<Vec<f64>> {
     let mut out = Vec::with_capacity(grid.len() * COLOUR_DIM);
     for index in 0..grid.len() {
         let (x0, y0) = grid.origin(index);
-        for channel in 1..3 {
+        for channel in [1, 2] {
             for i in 0..COLOUR_SIDE {
                 for j in 0..COLOUR_SIDE {
                     let (y, x) = (y0 + i * scale + scale / 2 - 1, x0 + j * scale + scale / 2 - 1);

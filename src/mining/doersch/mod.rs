@@ -32,7 +32,10 @@ use crate::error::{Error, Result};
 use crate::image::to_rgb_image;
 use crate::rng::SplitMix64;
 
-/// The number type of the stored window features and of the dense search's products.
+/// The number type of the stored window features and of the dense search's products. Float32 by
+/// default: measured on a 16-image set, bfloat16 features changed which detectors the training kept
+/// (39 of 40 reported detectors found other windows) for a search no faster on a CPU without bfloat16
+/// units.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precision {
     Float32,
@@ -108,7 +111,7 @@ impl Default for DoerschOptions {
             svm: SvmOptions::default(),
             final_neighbours: 50,
             keep: 32,
-            precision: Precision::BFloat16,
+            precision: Precision::Float32,
             seed: 42,
         }
     }
@@ -349,7 +352,7 @@ fn shuffle<T>(items: &mut [T], rng: &mut SplitMix64) {
 fn select_detectors(first: Vec<Detector>, windows: &[&ImageWindows], positive: &[bool], options: &DoerschOptions) -> Vec<Detector> {
     let score = |d: &Detector| d.neighbours.iter().take(options.scored_neighbours).filter(|n| positive[n.image]).count();
     let mut order: Vec<(usize, Detector)> = first.into_iter().map(|d| (score(&d), d)).collect();
-    order.sort_by(|a, b| b.0.cmp(&a.0));
+    order.sort_by_key(|(score, _)| std::cmp::Reverse(*score));
     let mut kept: Vec<Detector> = Vec::new();
     for (_, candidate) in order {
         if kept.len() == options.detectors {

@@ -56,7 +56,7 @@ pub fn train(x: &Tensor, positive: &[bool], options: &SvmOptions) -> Result<Line
     if !positive.contains(&true) || !positive.contains(&false) {
         return Err(Error::InvalidArgument("an SVM needs rows of both classes".into()));
     }
-    if !(options.c > 0.0) || !(options.tolerance > 0.0) {
+    if options.c.is_nan() || options.c <= 0.0 || options.tolerance.is_nan() || options.tolerance <= 0.0 {
         return Err(Error::InvalidArgument(format!("SVM penalty {} and tolerance {} must be positive", options.c, options.tolerance)));
     }
     let x = x.f_to_kind(Kind::Float)?.f_contiguous()?;
@@ -132,7 +132,7 @@ impl<'a> Solver<'a> {
         let diagonal_i = self.diagonal[i];
         let column_i = self.column(i)?.to_vec();
         let (mut g_max2, mut j, mut best) = (f64::NEG_INFINITY, None, f64::INFINITY);
-        for t in 0..n {
+        for (t, &k_it) in column_i.iter().enumerate() {
             let (eligible, violation, gain) = if self.y[t] > 0.0 {
                 (!self.at_lower(t), self.gradient[t], g_max + self.gradient[t])
             } else {
@@ -144,7 +144,7 @@ impl<'a> Solver<'a> {
             g_max2 = g_max2.max(violation);
             if gain > 0.0 {
                 // The squared distance between the two rows, whatever their classes.
-                let curvature = diagonal_i + self.diagonal[t] - 2.0 * column_i[t] as f64;
+                let curvature = diagonal_i + self.diagonal[t] - 2.0 * k_it as f64;
                 let objective = -(gain * gain) / if curvature > 0.0 { curvature } else { TAU };
                 if objective <= best {
                     (best, j) = (objective, Some(t));
