@@ -224,6 +224,28 @@ typedef struct dm_dicom_map_options {
   uint32_t series_number;
 } dm_dicom_map_options;
 
+// How to mine discriminatively. Fill with `dm_doersch_options_default`.
+typedef struct dm_doersch_options {
+  // `sizeof(dm_doersch_options)` as the caller was compiled with.
+  size_t struct_size;
+  // Resize each image so its shorter side has this many pixels first (Lanczos); 0 keeps its size.
+  uint32_t resize_short_side;
+  // Random candidate windows per label (25,000) and detectors kept by the greedy selection (1,000).
+  uint32_t candidates;
+  uint32_t detectors;
+  // Training rounds (3); random negative windows per round, at least (10,000), and with the hard
+  // negatives kept at most (25,000).
+  uint32_t rounds;
+  uint32_t negatives;
+  uint32_t negative_pool;
+  // Best images per trained detector that rank it (50) and detectors reported per label (32).
+  uint32_t final_neighbours;
+  uint32_t keep;
+  // Non-zero: window features and the dense search in bfloat16; zero: float32 (the default).
+  uint32_t bfloat16;
+  uint64_t seed;
+} dm_doersch_options;
+
 // How to finetune. Fill with `dm_finetune_options_default` (the paper's recipe), then set `steps`,
 // `batch_size` and `resolution` for the data at hand.
 typedef struct dm_finetune_options {
@@ -721,6 +743,29 @@ enum dm_status dm_map_write_dicom_object(const char *source_path,
                                          const char *out_path,
                                          char *out_sop_instance_uid,
                                          size_t out_sop_instance_uid_len);
+
+// Fills `options` with the defaults (the authors' settings, float32 search).
+//
+// # Safety
+// `options` must be NULL or point to a writable `dm_doersch_options`.
+enum dm_status dm_doersch_options_default(struct dm_doersch_options *options);
+
+// Mines every label of the labelled set at `data` (UTF-8: a folder with a subfolder of images per
+// label, or a CSV of `path,label` rows; two labels at least) against the other labels, and writes
+// the report into `out_dir` (UTF-8): `index.html`, `patches.csv` (each kept detector's detections as
+// its "cluster", ranked by discriminativeness), grids and crops. `options` NULL means the defaults.
+// `progress` (may be NULL) is called after each image searched and each detector trained with
+// (units done, units in all, NaN); returning non-zero cancels with `DM_ERR_CANCELLED`, and nothing
+// is written then.
+//
+// # Safety
+// `data` and `out_dir` NULL or NUL-terminated; `options` NULL or a valid options struct;
+// `progress` safe to call with `user_data` from this thread.
+enum dm_status dm_doersch_run(const char *data,
+                              const char *out_dir,
+                              const struct dm_doersch_options *options,
+                              dm_progress_fn progress,
+                              void *user_data);
 
 // The message of the last failed call on this thread ("" if none). The pointer stays valid until
 // the next failing call on the same thread; the caller must not free it.

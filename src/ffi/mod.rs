@@ -6,6 +6,7 @@
 mod args;
 mod cxr8;
 mod dicom;
+mod doersch;
 mod error;
 mod finetune;
 mod handle;
@@ -23,6 +24,7 @@ mod version;
 
 pub use cxr8::*;
 pub use dicom::*;
+pub use doersch::*;
 pub use error::{dm_last_error, dm_last_error_copy};
 pub use finetune::*;
 pub use image::*;

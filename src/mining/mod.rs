@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod cotypicality;
 pub mod dift;
+pub mod doersch;
 pub mod miner;
 pub(crate) mod page;
 pub mod patches;

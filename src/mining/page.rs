@@ -117,17 +117,19 @@ const SCRIPT: &str = r##"
 })();
 "##;
 
-/// The viewer's panel, hidden until an element is clicked. `legend` is the heat map's colour bar.
-pub(crate) fn viewer(legend: &str) -> String {
+/// The viewer's panel, hidden until an element is clicked. `legend` is the heat map's colour bar, and
+/// `scale` what it measures.
+pub(crate) fn viewer(legend: &str, scale: &str) -> String {
     format!(
         "<div id=\"viewer\" class=\"viewer\" hidden role=\"dialog\" aria-modal=\"true\" aria-labelledby=\"viewer-title\">\
          <div class=\"viewer-panel\"><button type=\"button\" class=\"viewer-close\" aria-label=\"Close\">&times;</button>\
          <h2 id=\"viewer-title\"></h2><p class=\"viewer-source\"></p><div class=\"viewer-figures\">\
-         <figure><div class=\"frame\"><img id=\"viewer-heat\" alt=\"typicality heat map with the element's box\"><div class=\"box\"></div></div>\
-         <figcaption>typicality: least <img class=\"legend\" src=\"{}\" alt=\"colour scale, least to most typical\"> most</figcaption></figure>\
+         <figure><div class=\"frame\"><img id=\"viewer-heat\" alt=\"{scale} heat map with the element's box\"><div class=\"box\"></div></div>\
+         <figcaption>{scale}: lowest <img class=\"legend\" src=\"{}\" alt=\"colour scale, lowest to highest {scale}\"> highest</figcaption></figure>\
          <figure><div class=\"frame\"><img id=\"viewer-image\" alt=\"source image with the element's box\"><div class=\"box\"></div></div>\
          <figcaption>source image</figcaption></figure></div><p class=\"viewer-details\"></p></div></div>\n",
-        escape(legend)
+        escape(legend),
+        scale = escape(scale)
     )
 }
 

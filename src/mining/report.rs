@@ -38,11 +38,66 @@ pub struct ReportOptions {
     pub seed: u64,
     /// Resize applied to images when they were mined (so boxes land where they were found).
     pub resize: Option<usize>,
+    /// What the results' scores are, for the page's words.
+    pub scores: Scores,
+}
+
+/// What a result's scores mean: typicality (clusters ranked by their members' median typicality,
+/// maps of typicality), or discriminative detectors (each "cluster" a detector and its detections,
+/// ranked by its discriminativeness, maps of its response).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scores {
+    #[default]
+    Typicality,
+    Discriminative,
+}
+
+/// The words a report uses for its scores.
+struct Terms {
+    title: &'static str,
+    /// What ranks the clusters, and what an element's score is.
+    rank_value: &'static str,
+    score: &'static str,
+    /// The strips of the highest and lowest scores.
+    top_strip: &'static str,
+    least_strip: &'static str,
+    /// The source image's map.
+    map: &'static str,
+    /// One cluster, and the elements shown of it.
+    cluster: &'static str,
+    members: &'static str,
+}
+
+impl Scores {
+    fn terms(self) -> Terms {
+        match self {
+            Scores::Typicality => Terms {
+                title: "libdiffmine mining report",
+                rank_value: "median typicality",
+                score: "typicality",
+                top_strip: "Most typical",
+                least_strip: "Least typical",
+                map: "typicality map",
+                cluster: "cluster",
+                members: "its members closest to the centroid",
+            },
+            Scores::Discriminative => Terms {
+                title: "libdiffmine discriminative mining report",
+                rank_value: "discriminativeness",
+                score: "detector score",
+                top_strip: "Highest scoring",
+                least_strip: "Lowest scoring",
+                map: "detector response",
+                cluster: "detector",
+                members: "its best detections in the label's images",
+            },
+        }
+    }
 }
 
 impl Default for ReportOptions {
     fn default() -> Self {
-        ReportOptions { min_members: 6, clusters: 8, per_row: 12, crop_px: 64, seed: 0, resize: None }
+        ReportOptions { min_members: 6, clusters: 8, per_row: 12, crop_px: 64, seed: 0, resize: None, scores: Scores::Typicality }
     }
 }
 
@@ -56,7 +111,7 @@ const LEGEND: &str = "legend.png";
 /// Writes the report of `results` into `out`.
 pub fn write_report(results: &[LabelResult], options: &ReportOptions, out: &Path) -> Result<()> {
     create_dir(out)?;
-    write_csv(results, &out.join("patches.csv"))?;
+    write_csv(results, options.scores, &out.join("patches.csv"))?;
     save(&heatmap::legend(256, 1), &out.join(LEGEND))?;
     let mut sections = String::new();
     for result in results {
@@ -65,15 +120,22 @@ pub fn write_report(results: &[LabelResult], options: &ReportOptions, out: &Path
         write_section(&mut sections, result, &shown, &files, options);
     }
     let nav: String = results.iter().map(|r| format!("<a href=\"#{}\">{}</a>", slug(&r.label), escape(&r.label))).collect::<Vec<_>>().join("");
-    let body = format!("<nav class=\"labels\">{nav}</nav>\n{sections}{}", viewer(LEGEND));
+    let terms = options.scores.terms();
+    let body = format!("<nav class=\"labels\">{nav}</nav>\n{sections}{}", viewer(LEGEND, terms.score));
+    let plural = if results.len() == 1 { "" } else { "s" };
+    let what = match options.scores {
+        Scores::Typicality => format!("Typical visual elements of {} label{plural}, clusters ranked by the median typicality of their members.", results.len()),
+        Scores::Discriminative => format!(
+            "Discriminative detectors of {} label{plural} (Doersch et al.), ranked by the share of the label's images among their best detections.",
+            results.len()
+        ),
+    };
     let subtitle = format!(
-        "Typical visual elements of {} label{}, clusters ranked by the median typicality of their members. \
-         Click an element to see it in its image and the image's typicality map. Every kept box: <a href=\"patches.csv\">patches.csv</a>.{}",
-        results.len(),
-        if results.len() == 1 { "" } else { "s" },
+        "{what} Click an element to see it in its image and the image's {}. Every kept box: <a href=\"patches.csv\">patches.csv</a>.{}",
+        terms.map,
         skipped_note(results)
     );
-    write_page(&out.join("index.html"), "libdiffmine mining report", &subtitle, &body)
+    write_page(&out.join("index.html"), terms.title, &subtitle, &body)
 }
 
 /// The count of unreadable images left out (each once, whatever its labels), for the page's top.
@@ -155,6 +217,7 @@ impl Shown {
 
 /// The most typical, a random selection, and the least typical of the kept patches.
 fn strips(result: &LabelResult, options: &ReportOptions) -> Vec<(&'static str, &'static str, Vec<usize>)> {
+    let terms = options.scores.terms();
     let mut by_score: Vec<usize> = (0..result.patches.len()).collect();
     by_score.sort_by(|&a, &b| result.patches[b].patch.score.total_cmp(&result.patches[a].patch.score));
     let n = options.per_row.min(by_score.len());
@@ -164,9 +227,9 @@ fn strips(result: &LabelResult, options: &ReportOptions) -> Vec<(&'static str, &
         shuffled.swap(i, rng.below(i as u64 + 1) as usize);
     }
     vec![
-        ("top", "Most typical", by_score[..n].to_vec()),
+        ("top", terms.top_strip, by_score[..n].to_vec()),
         ("random", "Random", shuffled[..n].to_vec()),
-        ("least", "Least typical", by_score[by_score.len() - n..].iter().rev().copied().collect()),
+        ("least", terms.least_strip, by_score[by_score.len() - n..].iter().rev().copied().collect()),
     ]
 }
 
@@ -200,7 +263,8 @@ fn write_label_images(result: &LabelResult, shown: &Shown, options: &ReportOptio
             crops.insert(i, element);
             files.source_of.insert(i, n);
         }
-        let map = result.maps.get(path).ok_or_else(|| Error::InvalidArgument(format!("no typicality map of {} for the report", path.display())))?;
+        let map =
+            result.maps.get(path).ok_or_else(|| Error::InvalidArgument(format!("no {} of {} for the report", options.scores.terms().map, path.display())))?;
         save_jpeg(&heatmap::overlay_resized(&image, map)?, &sources_dir.join(heat_file(n)))?;
         save_jpeg(&image, &sources_dir.join(source_file(n)))?;
         files.sizes.push(image.dimensions());
@@ -226,43 +290,47 @@ fn write_section(html: &mut String, result: &LabelResult, shown: &Shown, files: 
     let slug = slug(&result.label);
     let label = escape(&result.label);
     let images = result.patches.iter().map(|p| &p.path).collect::<BTreeSet<_>>().len();
+    let terms = options.scores.terms();
+    let cluster = terms.cluster;
     let _ = write!(
         html,
         "<section class=\"label\" id=\"{slug}\" data-label=\"{label}\"><h2>{label}</h2>\n\
-         <p class=\"summary\">{} kept boxes from {images} images in {} clusters; the top {} shown (clusters of fewer than {} members \
-         left out), each with its members closest to the centroid.</p>\n",
+         <p class=\"summary\">{} kept boxes from {images} images in {} {cluster}s; the top {} shown ({cluster}s of fewer than {} members \
+         left out), each with {}.</p>\n",
         result.patches.len(),
         result.clusters.len(),
         shown.clusters.len(),
-        options.min_members
+        options.min_members,
+        terms.members
     );
     skipped_list(html, result);
-    html.push_str("<div class=\"label-body\"><div class=\"clusters\"><h3 class=\"column\">Top clusters</h3>\n");
+    let _ = writeln!(html, "<div class=\"label-body\"><div class=\"clusters\"><h3 class=\"column\">Top {cluster}s</h3>");
     for (rank, members) in &shown.clusters {
         let cluster = &result.clusters[*rank];
         let _ = write!(
             html,
             "<div class=\"cluster\" data-rank=\"{rank}\" data-size=\"{size}\" data-median=\"{median}\"><div class=\"cluster-head\">\
-             <span class=\"rank\">#{}</span><span class=\"size\">{size} elements</span><span class=\"median\">median typicality {}</span>\
+             <span class=\"rank\">#{}</span><span class=\"size\">{size} elements</span><span class=\"median\">{} {}</span>\
              </div><div class=\"elements\">",
             rank + 1,
+            terms.rank_value,
             number(cluster.median_typicality),
             size = cluster.members.len(),
             median = cluster.median_typicality,
         );
         for &i in members {
-            element_button(html, result, i, files, &slug);
+            element_button(html, result, i, files, &slug, &terms);
         }
         html.push_str("</div></div>\n");
     }
     if shown.clusters.is_empty() {
-        html.push_str("<p class=\"note\">No cluster has enough members to show.</p>\n");
+        let _ = writeln!(html, "<p class=\"note\">No {cluster} has enough members to show.</p>");
     }
     html.push_str("</div><aside class=\"strips\">\n");
     for (id, heading, members) in &shown.strips {
         let _ = write!(html, "<div class=\"strip\" data-strip=\"{id}\"><h3 class=\"column\">{heading}</h3><div class=\"elements\">");
         for &i in members {
-            element_button(html, result, i, files, &slug);
+            element_button(html, result, i, files, &slug, &terms);
         }
         html.push_str("</div></div>\n");
     }
@@ -281,31 +349,30 @@ fn skipped_list(html: &mut String, result: &LabelResult) {
 }
 
 /// An element as a button that opens the viewer; its data attributes hold what the viewer shows.
-fn element_button(html: &mut String, result: &LabelResult, i: usize, files: &LabelFiles, slug: &str) {
+fn element_button(html: &mut String, result: &LabelResult, i: usize, files: &LabelFiles, slug: &str, terms: &Terms) {
     let p = &result.patches[i];
     let b = p.patch;
     let n = files.source_of[&i];
     let (width, height) = files.sizes[n];
     let title = format!(
-        "{}: cluster #{}, element {} of {}",
+        "{}: {} #{}, element {} of {}",
         result.label,
+        terms.cluster,
         p.cluster_rank + 1,
         p.rank_in_cluster + 1,
         result.clusters.get(p.cluster_rank).map_or(0, |c| c.members.len())
     );
-    let details = format!(
-        "Box at ({}, {}), {} pixels a side, in the image as mined ({width}×{height}); typicality {}; distance to the cluster's centroid {}.",
-        b.x,
-        b.y,
-        b.size,
-        number(b.score),
-        number(p.distance)
-    );
+    let mut details =
+        format!("Box at ({}, {}), {} pixels a side, in the image as mined ({width}×{height}); {} {}", b.x, b.y, b.size, terms.score, number(b.score),);
+    if terms.cluster == "cluster" {
+        let _ = write!(details, "; distance to the cluster's centroid {}", number(p.distance));
+    }
+    details.push('.');
     let _ = write!(
         html,
         "<button type=\"button\" class=\"element\" data-patch=\"{i}\" data-title=\"{}\" data-source=\"{}\" data-details=\"{}\" \
          data-image=\"sources/{slug}/{}\" data-heat=\"sources/{slug}/{}\" data-box=\"{},{},{}\" data-dims=\"{width},{height}\" \
-         title=\"typicality {}\"><img src=\"elements/{slug}/{}\" alt=\"element {i}\"></button>",
+         title=\"{} {}\"><img src=\"elements/{slug}/{}\" alt=\"element {i}\"></button>",
         escape(&title),
         escape(&p.path.display().to_string()),
         escape(&details),
@@ -314,6 +381,7 @@ fn element_button(html: &mut String, result: &LabelResult, i: usize, files: &Lab
         b.x,
         b.y,
         b.size,
+        terms.score,
         number(b.score),
         element_file(i)
     );
@@ -356,8 +424,10 @@ fn save_jpeg(image: &RgbImage, path: &Path) -> Result<()> {
     crate::io::write_atomic(path, &bytes)
 }
 
-fn write_csv(results: &[LabelResult], path: &Path) -> Result<()> {
-    let mut csv = String::from("label,image,x,y,size,typicality,cluster,rank_in_cluster,distance_to_centroid\n");
+/// Every kept box; the score column is named by what it is (`typicality` or `detector_score`).
+fn write_csv(results: &[LabelResult], scores: Scores, path: &Path) -> Result<()> {
+    let column = terms_column(scores);
+    let mut csv = format!("label,image,x,y,size,{column},cluster,rank_in_cluster,distance_to_centroid\n");
     for r in results {
         for p in &r.patches {
             let _ = writeln!(
@@ -376,6 +446,13 @@ fn write_csv(results: &[LabelResult], path: &Path) -> Result<()> {
         }
     }
     crate::io::write_atomic(path, csv.as_bytes())
+}
+
+fn terms_column(scores: Scores) -> &'static str {
+    match scores {
+        Scores::Typicality => "typicality",
+        Scores::Discriminative => "detector_score",
+    }
 }
 
 pub(crate) fn csv_field(text: &str) -> String {

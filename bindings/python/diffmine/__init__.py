@@ -3,8 +3,10 @@ primitives (tokenize, text embeddings, VAE encode/decode, UNet noise prediction)
 (:meth:`Model.typicality`), typical patches (:func:`select_patches`), finetuning (:func:`finetune`) and
 the medical side: DICOM/PNG/JPEG ingestion (:func:`read_image`), maps back as DICOM
 (:func:`write_map_dicom`), ChestX-ray8's AUC-PR and evaluation (:func:`auc_pr`, :func:`cxr8_evaluate`),
-mining typical visual elements of a labelled set (:class:`Miner`) and co-typical elements across labels
-(:class:`ParallelMiner`), the mining stages one by one for running them apart (:mod:`diffmine.stages`), and Plug-and-Play translation between labels and text-to-image sampling (:meth:`Model.translate`,
+mining typical visual elements of a labelled set (:class:`Miner`), its discriminative baseline
+(:func:`doersch`), co-typical elements across labels (:class:`ParallelMiner`), the mining stages one by
+one for running them apart (:mod:`diffmine.stages`), and Plug-and-Play translation between labels and
+text-to-image sampling (:meth:`Model.translate`,
 :meth:`Model.generate`).
 
 The shared library is the one inside this package (a wheel's, which finds libtorch in the torch
@@ -30,6 +32,7 @@ from ._errors import (  # noqa: E402
 )
 from ._lib import library_path, set_log_level  # noqa: E402
 from .training import finetune  # noqa: E402
+from .doersch import doersch  # noqa: E402
 from .medical import Image, auc_pr, cxr8_evaluate, new_uid, read_image, write_map_dicom  # noqa: E402
 from .miner import Miner  # noqa: E402
 from .mining import Box, select_patches  # noqa: E402
@@ -40,7 +43,7 @@ from . import stages  # noqa: E402
 __all__ = [
     "Box", "BufferTooSmall", "Cancelled", "DeviceError", "Error", "FileError", "Image", "InternalError",
     "InvalidArgument", "InvalidData", "InvalidHandle", "Miner", "Model", "ModelError", "ModelInfo", "OutOfMemory",
-    "ParallelMiner", "Status", "TorchError", "Unsupported", "auc_pr", "cxr8_evaluate", "finetune", "library_path",
+    "ParallelMiner", "Status", "TorchError", "Unsupported", "auc_pr", "cxr8_evaluate", "doersch", "finetune", "library_path",
     "new_uid", "read_image", "select_patches", "set_log_level", "stages", "version", "write_map_dicom",
 ]
 

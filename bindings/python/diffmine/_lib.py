@@ -235,6 +235,24 @@ class CClusteredPatch(ctypes.Structure):
     ]
 
 
+class CDoerschOptions(ctypes.Structure):
+    """``dm_doersch_options``."""
+
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("resize_short_side", ctypes.c_uint32),
+        ("candidates", ctypes.c_uint32),
+        ("detectors", ctypes.c_uint32),
+        ("rounds", ctypes.c_uint32),
+        ("negatives", ctypes.c_uint32),
+        ("negative_pool", ctypes.c_uint32),
+        ("final_neighbours", ctypes.c_uint32),
+        ("keep", ctypes.c_uint32),
+        ("bfloat16", ctypes.c_uint32),
+        ("seed", ctypes.c_uint64),
+    ]
+
+
 class CMinedPatch(ctypes.Structure):
     """``dm_mined_patch``."""
 
@@ -453,6 +471,8 @@ _PROTOTYPES = {
         _c_status,
         [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
          _p(CCxr8Options), PROGRESS_FN, ctypes.c_void_p]),
+    "dm_doersch_options_default": (_c_status, [_p(CDoerschOptions)]),
+    "dm_doersch_run": (_c_status, [ctypes.c_char_p, ctypes.c_char_p, _p(CDoerschOptions), PROGRESS_FN, ctypes.c_void_p]),
     "dm_miner_options_default": (_c_status, [_p(CMinerOptions)]),
     "dm_miner_create": (_c_status, [ctypes.c_void_p, _p(CMinerOptions), _p(ctypes.c_void_p)]),
     "dm_miner_add_file": (_c_status, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p]),

@@ -5,6 +5,7 @@
 //! Exit status: 0 done, 2 usage, 3 bad input, 4 unusable model, 5 I/O, 130 cancelled (Ctrl-C), 1 other
 //! failures (out of memory, libtorch).
 mod cxr8;
+mod doersch;
 mod files;
 mod inspect;
 mod mining;
@@ -63,6 +64,9 @@ enum Command {
     },
     /// Mines every label of a labelled set and writes the visual summary (index.html).
     Mine(mining::MineArgs),
+    /// The discriminative mining baseline (Doersch et al.: HOG + colour detectors) on a labelled set,
+    /// written as the same report as `mine`.
+    Doersch(doersch::DoerschArgs),
     /// A DICOM file's metadata and decoded size.
     DicomInfo(inspect::DicomInfoArgs),
     /// ChestX-ray8 AUC-PR of typicality maps against the boxes, per disease.
@@ -96,6 +100,7 @@ fn run(command: Command) -> Result<()> {
             "this diffmine was built without the synthetic data generator: build it with `cargo build --release --features synthetic`".into(),
         )),
         Command::Mine(args) => args.run(),
+        Command::Doersch(args) => args.run(),
         Command::DicomInfo(args) => args.run(),
         Command::Cxr8Eval(args) => args.run(),
         Command::Translate(args) => args.run(),
