@@ -50,12 +50,13 @@ summarize() {
     /^stat::average_exec_per_sec:/ { speed = $2 }
     /^stat::peak_rss_mb:/ { rss = $2 }
     /^Done [0-9]+ runs in [0-9]+ second/ { seconds = $5 }
-    /Test unit written to/ { crashes++ }
+    /^Slowest unit: [0-9]+ s/ { slowest = $3 }
+    /Test unit written to/ && !/slow-unit-/ { crashes++ }
     END {
       if (runs == "") runs = "(stopped)"
       if (seconds == "") seconds = "—"
       split(corp, c, "/")
-      printf "| %s | %s | %s | %s | %s | %s | %s files, %s | %s | %s | %s | %s | %s |\n", target, runs, seconds, speed, cov, ft, c[1], c[2], rss, crashes + 0, date, commit, cpu
+      printf "| %s | %s | %s | %s | %s | %s | %s files, %s | %s | %s | %s | %s | %s | %s |\n", target, runs, seconds, speed, cov, ft, c[1], c[2], rss, slowest + 0, crashes + 0, date, commit, cpu
     }' "$log"
 }
 
@@ -69,13 +70,15 @@ record_row() {
 
 One row per fuzz target, its last recorded run (`bash fuzz/run.sh -r`, see the script): executions,
 the seconds it ran, executions per second, libFuzzer's coverage (`cov`: edges reached, `ft`:
-features), the corpus it ended with, peak resident memory, the crashes found (crash, timeout or
-out-of-memory inputs; libFuzzer stops at the first), then when, at which commit, on which CPU.
+features), the corpus it ended with, peak resident memory, the slowest input's seconds (libFuzzer
+keeps it in fuzz/artifacts as slow-unit-*; not a failure below the 30 s timeout), the crashes found
+(crash, timeout or out-of-memory inputs; libFuzzer stops at the first), then when, at which commit,
+on which CPU.
 Targets run without a sanitizer, several at a time on shared cores: exec/s is what they got, not
 what they could do.
 
-| target | executions | seconds | exec/s | cov | ft | corpus | peak RSS (MB) | crashes | date (UTC) | commit | CPU |
-|---|---|---|---|---|---|---|---|---|---|---|---|
+| target | executions | seconds | exec/s | cov | ft | corpus | peak RSS (MB) | slowest (s) | crashes | date (UTC) | commit | CPU |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|
 EOF
     fi
     local target=${row#| } && target=${target%% *}
