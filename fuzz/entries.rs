@@ -56,7 +56,8 @@ pub fn dicom_write(data: &[u8]) {
     let (source_c, out_c) = (c_path(&source), c_path(&out));
     // SAFETY: NUL-terminated paths and a map of `map.len()` values that outlive the call; no series
     // UID (NULL) and no UID buffer (NULL, 0).
-    let status = unsafe { dm_map_write_dicom(source_c.as_ptr(), 0, map.as_ptr(), map.len(), 8, 8, kind, std::ptr::null(), out_c.as_ptr(), std::ptr::null_mut(), 0) };
+    let status =
+        unsafe { dm_map_write_dicom(source_c.as_ptr(), 0, map.as_ptr(), map.len(), 8, 8, kind, std::ptr::null(), out_c.as_ptr(), std::ptr::null_mut(), 0) };
     if status != dm_status::DM_OK {
         assert!(!out.exists(), "a failed write ({status:?}) left {}", out.display());
         return;

@@ -37,11 +37,8 @@ fn fuzz_targets_run_without_a_crash() {
     }
     let cargo_fuzz = Command::new("cargo").args(["fuzz", "--version"]).output().is_ok_and(|o| o.status.success());
     assert!(cargo_fuzz, "cargo-fuzz is not installed: run scripts/setup.sh (or set DIFFMINE_FUZZ_SECONDS=0 to skip)");
-    let output = Command::new("bash")
-        .arg(common::repo_root().join("fuzz/run.sh"))
-        .args(["-t", &seconds.to_string(), "-j", "2"])
-        .output()
-        .expect("run fuzz/run.sh");
+    let output =
+        Command::new("bash").arg(common::repo_root().join("fuzz/run.sh")).args(["-t", &seconds.to_string(), "-j", "2"]).output().expect("run fuzz/run.sh");
     let (summary, log) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     println!("{summary}");
     assert!(
