@@ -9,8 +9,9 @@
 #     comes first.
 # -j  targets fuzzed at a time (default 1), each under `nice -n 10`.
 # -r  record each run in fuzz/RESULTS.md: executions, exec/s, coverage (libFuzzer's cov: edges and
-#     ft: features), corpus, crashes, with date, commit and CPU (one row per target, replaced).
-# -s  record from the logs of the last runs (fuzz/logs/<target>.log) without fuzzing.
+#     ft: features), corpus, crashes, with date, commit and CPU (one row per target, replaced), and
+#     keep its log in fuzz/logs/<target>.log (other runs' logs go with their scratch folder).
+# -s  record from the logs of the last recorded runs without fuzzing.
 # No TARGET: all of them. One `cargo fuzz build` builds every target first.
 #
 # Each corpus grows in fuzz/corpus/<target>, seeded from fuzz/seeds/<target> (fuzz/make_seeds.py) and,
@@ -36,12 +37,12 @@ done
 shift $((OPTIND - 1))
 targets=("${@:-${all_targets[@]}}")
 results="$root/fuzz/RESULTS.md"
-mkdir -p "$root/fuzz/logs"
+logs="$root/fuzz/logs"
 
 # One row of the results table from a target's log: its first line is the script's own
 # "# <date> <commit> <cpu>", then libFuzzer's output with its final stats.
 summarize() {
-  local target=$1 log="$root/fuzz/logs/$1.log"
+  local target=$1 log="$logs/$1.log"
   local date commit cpu
   read -r _ date commit cpu < <(head -1 "$log")
   awk -v target="$target" -v date="$date" -v commit="$commit" -v cpu="${cpu//_/ }" '
@@ -103,12 +104,14 @@ export LD_LIBRARY_PATH="$LIBTORCH/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 # some, so that the writer's fsync costs nothing; removed at the end.
 scratch=$(mktemp -d "$([ -d /dev/shm ] && echo /dev/shm || echo /tmp)/diffmine-fuzz.XXXXXX")
 trap 'rm -rf "$scratch"' EXIT
+if [ $record = 0 ]; then logs="$scratch/logs"; fi
+mkdir -p "$logs"
 cpu=$(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | xargs | tr ' ' '_')
 commit=$(git -C "$root" rev-parse --short HEAD)$(git -C "$root" diff --quiet HEAD -- src fuzz/entries.rs || echo "+changes")
 site=$(echo "$DIFFMINE_VENV"/lib/python3*/site-packages)
 
 fuzz_one() {
-  local target=$1 corpus="$root/fuzz/corpus/$1" artifacts="$root/fuzz/artifacts/$1/" log="$root/fuzz/logs/$1.log"
+  local target=$1 corpus="$root/fuzz/corpus/$1" artifacts="$root/fuzz/artifacts/$1/" log="$logs/$1.log"
   mkdir -p "$corpus" "$artifacts"
   cp -n "$root/fuzz/seeds/$target"/* "$corpus/" 2>/dev/null || true
   if [[ $target == dicom_* ]]; then
