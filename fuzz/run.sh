@@ -51,7 +51,8 @@ summarize() {
     /^stat::average_exec_per_sec:/ { speed = $2 }
     /^stat::peak_rss_mb:/ { rss = $2 }
     /^Done [0-9]+ runs in [0-9]+ second/ { seconds = $5 }
-    /^Slowest unit: [0-9]+ s/ { slowest = $3 }
+    /^Slowest unit: [0-9]+ s/ && $3 > slowest { slowest = $3 }
+    /^stat::slowest_unit_time_sec:/ && $2 > slowest { slowest = $2 }
     /Test unit written to/ && !/slow-unit-/ { crashes++ }
     END {
       if (runs == "") runs = "(stopped)"
