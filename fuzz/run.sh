@@ -14,10 +14,11 @@
 # -s  record from the logs of the last recorded runs without fuzzing.
 # No TARGET: all of them. One `cargo fuzz build` builds every target first.
 #
-# Each corpus grows in fuzz/corpus/<target>, seeded from fuzz/seeds/<target> (fuzz/make_seeds.py) and,
-# for the DICOM targets, from pydicom's and pydicom-data's test files (scripts/setup.sh installs them).
+# Each corpus starts from fuzz/seeds/<target> (fuzz/make_seeds.py) and, for the DICOM targets,
+# pydicom's and pydicom-data's test files (scripts/setup.sh installs them); a recorded run grows it
+# in fuzz/corpus/<target>.
 # A crash, a timeout or an out-of-memory input lands in fuzz/artifacts/<target> and fails the run;
-# keep it in fuzz/regressions/<target>, which tests/fuzz_regressions.rs replays. Prints each target's
+# keep it in fuzz/regressions/<target>, which tests/fuzz.rs replays. Prints each target's
 # summary.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -105,14 +106,17 @@ export LD_LIBRARY_PATH="$LIBTORCH/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 # some, so that the writer's fsync costs nothing; removed at the end.
 scratch=$(mktemp -d "$([ -d /dev/shm ] && echo /dev/shm || echo /tmp)/diffmine-fuzz.XXXXXX")
 trap 'rm -rf "$scratch"' EXIT
-if [ $record = 0 ]; then logs="$scratch/logs"; fi
+# A recorded run grows the corpus in fuzz/corpus; any other starts from the seeds alone, in the scratch
+# folder, so that a brief run takes as long whatever the campaigns left behind.
+corpora="$root/fuzz/corpus"
+if [ $record = 0 ]; then logs="$scratch/logs" corpora="$scratch/corpus"; fi
 mkdir -p "$logs"
 cpu=$(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | xargs | tr ' ' '_')
 commit=$(git -C "$root" rev-parse --short HEAD)$(git -C "$root" diff --quiet HEAD -- src fuzz/entries.rs || echo "+changes")
 site=$(echo "$DIFFMINE_VENV"/lib/python3*/site-packages)
 
 fuzz_one() {
-  local target=$1 corpus="$root/fuzz/corpus/$1" artifacts="$root/fuzz/artifacts/$1/" log="$logs/$1.log"
+  local target=$1 corpus="$corpora/$1" artifacts="$root/fuzz/artifacts/$1/" log="$logs/$1.log"
   mkdir -p "$corpus" "$artifacts"
   cp -n "$root/fuzz/seeds/$target"/* "$corpus/" 2>/dev/null || true
   if [[ $target == dicom_* ]]; then
