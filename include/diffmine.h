@@ -28,6 +28,12 @@
 // The map's values: 16-bit grey whose Rescale Slope/Intercept give them back.
 #define DM_MAP_RAW 1
 
+// A fractional Segmentation (SOP class 1.2.840.10008.5.1.4.1.1.66.4): the map as a probability.
+#define DM_MAP_SEGMENTATION 2
+
+// A Parametric Map (SOP class 1.2.840.10008.5.1.4.1.1.30): the exact float values.
+#define DM_MAP_PARAMETRIC 3
+
 // Bytes a UID buffer needs: 64 characters and the NUL.
 #define DM_UID_BUFFER_SIZE 65
 
@@ -89,6 +95,9 @@
 
 // `dm_parallel_miner_options.projection`: principal component analysis.
 #define DM_PROJECTION_PCA 1
+
+// The most values of the reduced typicality map `dm_mining_image` writes (64 × 64).
+#define DM_MINING_MAP_MAX 4096
 
 // The most samples (`options.samples`) one map may draw; more is `DM_ERR_INVALID_ARGUMENT`.
 #define DM_TYPICALITY_MAX_SAMPLES 1048576
@@ -163,6 +172,10 @@ typedef struct dm_model dm_model;
 // as `dm_parallel_miner_run`, holds it).
 typedef struct dm_parallel_miner dm_parallel_miner;
 
+// The report of results mined stage by stage, gathered label by label, then written as
+// `dm_miner_write_report` writes a miner's.
+typedef struct dm_report dm_report;
+
 // How to run a ChestX-ray8 evaluation. Fill with `dm_cxr8_options_default`.
 typedef struct dm_cxr8_options {
   size_t struct_size;
@@ -186,6 +199,30 @@ typedef struct dm_cxr8_options {
 // Returning non-zero cancels the work, which then fails with `DM_ERR_CANCELLED` and leaves every
 // handle usable.
 typedef int32_t (*dm_progress_fn)(uint64_t done, uint64_t total, double value, void *user_data);
+
+// How `dm_map_write_dicom_object` writes a map and what the object records of how it was made. Fill
+// with `dm_dicom_map_options_default`. Strings are UTF-8, NULL meaning absent.
+typedef struct dm_dicom_map_options {
+  size_t struct_size;
+  // `DM_MAP_OVERLAY` (default), `DM_MAP_RAW`, `DM_MAP_SEGMENTATION` or `DM_MAP_PARAMETRIC`.
+  uint32_t kind;
+  // What the map is the typicality of (the segment label; at most 64 characters); NULL:
+  // "typicality".
+  const char *label;
+  // The prompts, samples and seed the map was computed with: recorded in the object (Image
+  // Comments, as JSON), not used. Defaults: NULL, NULL, and `dm_typicality_options_default`'s
+  // samples and seed.
+  const char *prompt;
+  const char *null_prompt;
+  uint32_t samples;
+  uint64_t seed;
+  // The series to add the instance to; NULL: a new one.
+  const char *series_instance_uid;
+  // NULL: a description naming the kind (at most 64 characters).
+  const char *series_description;
+  // 9000 by default.
+  uint32_t series_number;
+} dm_dicom_map_options;
 
 // How to finetune. Fill with `dm_finetune_options_default` (the paper's recipe), then set `steps`,
 // `batch_size` and `resolution` for the data at hand.
@@ -482,6 +519,46 @@ typedef struct dm_parallel_report_options {
   uint32_t per_strip;
 } dm_parallel_report_options;
 
+// A square box of an image: columns `x .. x+size`, rows `y .. y+size`, with its mean typicality.
+typedef struct dm_box {
+  uint32_t x;
+  uint32_t y;
+  uint32_t size;
+  float score;
+} dm_box;
+
+// What `dm_mining_image` tells of an image besides its boxes and map.
+typedef struct dm_mined_image_info {
+  // `sizeof(dm_mined_image_info)` as the caller was compiled with.
+  size_t struct_size;
+  // The image's size as mined (after any resize): boxes are in these pixels.
+  uint32_t width;
+  uint32_t height;
+  // The size of the reduced typicality map written (at most 64 a side).
+  uint32_t map_width;
+  uint32_t map_height;
+} dm_mined_image_info;
+
+// A box of a label's candidates: its image by name (UTF-8; a path, or any name that is unique in
+// the set), its place and its mean typicality.
+typedef struct dm_candidate {
+  const char *image;
+  uint32_t x;
+  uint32_t y;
+  uint32_t size;
+  float typicality;
+} dm_candidate;
+
+// A kept box placed in its cluster by `dm_mining_cluster`: `candidate` indexes the boxes given.
+typedef struct dm_clustered_patch {
+  uint32_t candidate;
+  // Rank of its cluster (0: highest median typicality), its rank inside it (0: closest to the
+  // centroid) and its distance to the centroid.
+  uint32_t cluster;
+  uint32_t rank_in_cluster;
+  float distance;
+} dm_clustered_patch;
+
 // How to sample images from prompts. Fill with `dm_generate_options_default`.
 typedef struct dm_generate_options {
   size_t struct_size;
@@ -525,14 +602,6 @@ typedef struct dm_typicality_options {
   // Non-zero: each drawn t uniform within its own stratum of the t range (0: over the whole range).
   uint32_t stratified;
 } dm_typicality_options;
-
-// A square box of an image: columns `x .. x+size`, rows `y .. y+size`, with its mean typicality.
-typedef struct dm_box {
-  uint32_t x;
-  uint32_t y;
-  uint32_t size;
-  float score;
-} dm_box;
 
 
 
@@ -597,10 +666,10 @@ enum dm_status dm_cxr8_evaluate(const struct dm_model *model,
 enum dm_status dm_dicom_new_uid(char *out, size_t out_len);
 
 // Writes a row-major `width` × `height` map (`map_len` floats, e.g. the typicality map of frame
-// `frame` of the DICOM file at `source_path`) to `out_path` as a Secondary Capture instance of the
-// source's study: same patient and study, a new SOP Instance UID, the source in its Source Image
-// Sequence. `kind` is `DM_MAP_OVERLAY` or `DM_MAP_RAW`. The series is `series_instance_uid`, or a new
-// one when NULL. When `out_sop_instance_uid` is not NULL, the new instance's UID is written there
+// `frame` of the DICOM file at `source_path`) to `out_path` as an instance of the source's study:
+// `dm_map_write_dicom_object` with options at their defaults but `kind` (a `DM_MAP_*` value; this
+// function predates the Segmentation and the Parametric Map) and `series_instance_uid` (NULL: a new
+// series). When `out_sop_instance_uid` is not NULL, the new instance's UID is written there
 // (`out_sop_instance_uid_len` bytes, at least `DM_UID_BUFFER_SIZE`).
 //
 // # Safety
@@ -617,6 +686,41 @@ enum dm_status dm_map_write_dicom(const char *source_path,
                                   const char *out_path,
                                   char *out_sop_instance_uid,
                                   size_t out_sop_instance_uid_len);
+
+// Fills `options` with the defaults.
+//
+// # Safety
+// `options` must be NULL or point to a writable `dm_dicom_map_options`.
+enum dm_status dm_dicom_map_options_default(struct dm_dicom_map_options *options);
+
+// Writes a row-major `width` × `height` map (`map_len` floats, e.g. the typicality map of frame
+// `frame` of the DICOM file at `source_path`) to `out_path` as a new instance of the source's study
+// (same patient and study, the source in its Source Image Sequence), of the kind `options->kind`:
+// - `DM_MAP_OVERLAY`: Secondary Capture, the map in colour on the image (RGB, the map's size);
+// - `DM_MAP_RAW`: Secondary Capture, 16-bit grey whose Rescale Slope/Intercept give the values;
+// - `DM_MAP_SEGMENTATION`: a fractional Segmentation (probability), the map min–max scaled to
+//   [0, 1] and resampled (bilinear) to the source frame's rows and columns, 8 bits;
+// - `DM_MAP_PARAMETRIC`: a Parametric Map of the exact float values at the map's size.
+//
+// `options` NULL means the defaults (`dm_dicom_map_options_default`). When `out_sop_instance_uid`
+// is not NULL, the new instance's UID is written there (`out_sop_instance_uid_len` bytes, at least
+// `DM_UID_BUFFER_SIZE`). On failure no file is left at `out_path` (one already there stays as it
+// was).
+//
+// # Safety
+// Strings must be NULL or NUL-terminated; `map` NULL or `map_len` readable floats; `options` NULL
+// or a valid struct of `options->struct_size` bytes; `out_sop_instance_uid` NULL or
+// `out_sop_instance_uid_len` writable bytes.
+enum dm_status dm_map_write_dicom_object(const char *source_path,
+                                         uint32_t frame,
+                                         const float *map,
+                                         size_t map_len,
+                                         uint32_t width,
+                                         uint32_t height,
+                                         const struct dm_dicom_map_options *options,
+                                         const char *out_path,
+                                         char *out_sop_instance_uid,
+                                         size_t out_sop_instance_uid_len);
 
 // The message of the last failed call on this thread ("" if none). The pointer stays valid until
 // the next failing call on the same thread; the caller must not free it.
@@ -1097,6 +1201,156 @@ enum dm_status dm_parallel_miner_write_report(const struct dm_parallel_miner *mi
 // folder. NULL is accepted; a handle that is not a live parallel miner gives
 // `DM_ERR_INVALID_HANDLE`. A call still running on another thread finishes first.
 enum dm_status dm_parallel_miner_free(struct dm_parallel_miner *miner);
+
+// The per-image stage: the typicality map of `image` under `label`'s prompt and its best boxes,
+// as `dm_miner_run` computes them (`options` as for `dm_miner_create`; `cache_dir` caches the map,
+// keyed by the pixels). Writes up to `options.per_image` boxes, best first, into `out_boxes` and
+// their count into `*out_box_count`; the map reduced to at most 64 pixels a side (row-major, what
+// the report's heat map shows; `DM_MINING_MAP_MAX` floats always suffice) into `out_map`; and the
+// sizes into `*out_info`, whose `struct_size` the caller sets. An image read from a file goes in as
+// `dm_image_open` reads it (`dm_image_get_view`), as the miner reads its files.
+//
+// # Safety
+// `model` a live model or NULL; `options` NULL or valid with NUL-terminated strings; `image` NULL or
+// a valid view; `label` NULL or NUL-terminated; the outputs NULL or writable for their lengths.
+enum dm_status dm_mining_image(const struct dm_model *model,
+                               const struct dm_miner_options *options,
+                               const struct dm_image_view *image,
+                               const char *label,
+                               struct dm_box *out_boxes,
+                               size_t boxes_len,
+                               size_t *out_box_count,
+                               float *out_map,
+                               size_t map_len,
+                               struct dm_mined_image_info *out_info);
+
+// The selection stage: the `top` best of `count` candidate boxes of one label, by typicality (ties:
+// image name, then row, then column). Writes their indices in `candidates`, best first, into
+// `out_indices` (room for `out_len`) and their count into `*out_count`. Associative: the best of
+// several blocks' best is the best of all, whatever the blocks and their order.
+//
+// # Safety
+// `candidates` NULL or `count` valid candidates whose names are NUL-terminated; `out_indices` NULL or
+// `out_len` writable; `out_count` NULL or writable.
+enum dm_status dm_mining_top(const struct dm_candidate *candidates,
+                             size_t count,
+                             uint32_t top,
+                             size_t *out_indices,
+                             size_t out_len,
+                             size_t *out_count);
+
+// The number of values in a DIFT feature of a box of `model` (the channels of its UNet's up block
+// the features come from): `dm_mining_box_features` writes that many per box.
+//
+// # Safety
+// `out_dim` NULL or writable.
+enum dm_status dm_mining_feature_dim(const struct dm_model *model, size_t *out_dim);
+
+// The feature stage: the DIFT features of `box_count` boxes of `image` under `label`'s prompt, as
+// `dm_miner_run` computes them. Writes a row of `dm_mining_feature_dim` floats per box, in the
+// boxes' order, into `out_features` (room for `out_len` floats).
+//
+// # Safety
+// `model` a live model or NULL; `options` NULL or valid with NUL-terminated strings; `image` NULL or
+// a valid view; `label` NULL or NUL-terminated; `boxes` NULL or `box_count` boxes; `out_features`
+// NULL or `out_len` writable floats.
+enum dm_status dm_mining_box_features(const struct dm_model *model,
+                                      const struct dm_miner_options *options,
+                                      const struct dm_image_view *image,
+                                      const char *label,
+                                      const struct dm_box *boxes,
+                                      size_t box_count,
+                                      float *out_features,
+                                      size_t out_len);
+
+// The clustering stage: k-means over the features of a label's `count` kept boxes (row i, `dim`
+// floats, the feature of `kept[i]`) with the clusters and restarts of `options` (NULL: the
+// defaults; its prompts are not needed), clusters ranked by their members' median typicality.
+// The boxes may come in any order. Writes every box, in cluster rank order then rank in cluster,
+// into `out_patches` (room for `patches_len`; `count` suffice) and their count into
+// `*out_patch_count`; the clusters in rank order into `out_clusters` (room for `clusters_len`;
+// `count` suffice) and their count into `*out_cluster_count`.
+//
+// # Safety
+// `kept` NULL or `count` valid candidates whose names are NUL-terminated; `features` NULL or
+// `features_len` floats; `options` NULL or valid; the outputs NULL or writable for their lengths.
+enum dm_status dm_mining_cluster(const struct dm_candidate *kept,
+                                 size_t count,
+                                 const float *features,
+                                 size_t features_len,
+                                 size_t dim,
+                                 const struct dm_miner_options *options,
+                                 struct dm_clustered_patch *out_patches,
+                                 size_t patches_len,
+                                 size_t *out_patch_count,
+                                 struct dm_mined_cluster *out_clusters,
+                                 size_t clusters_len,
+                                 size_t *out_cluster_count);
+
+// Starts a report of results mined with `options` (NULL: the defaults; only the resize matters
+// here, so boxes land where they were found). `*out_report` owns it, released with `dm_report_free`.
+//
+// # Safety
+// `options` NULL or valid; `out_report` NULL or writable.
+enum dm_status dm_report_new(const struct dm_miner_options *options,
+                             struct dm_report **out_report);
+
+// Adds a label's results as `dm_mining_cluster` gives them: its kept boxes (`kept`, `count`), its
+// clustered boxes and its clusters. Labels appear in the report in the order they are added.
+//
+// # Safety
+// `label` NULL or NUL-terminated; `kept` NULL or `count` valid candidates with NUL-terminated names;
+// `patches` and `clusters` NULL or their counts of elements.
+enum dm_status dm_report_add_label(struct dm_report *report,
+                                   const char *label,
+                                   const struct dm_candidate *kept,
+                                   size_t count,
+                                   const struct dm_clustered_patch *patches,
+                                   size_t patch_count,
+                                   const struct dm_mined_cluster *clusters,
+                                   size_t cluster_count);
+
+// Adds the reduced typicality map of `image` (by name) under `label`, as `dm_mining_image` wrote it
+// (`height` × `width`, row-major): the report draws the heat map of every image it shows from it.
+//
+// # Safety
+// `label` and `image` NULL or NUL-terminated; `map` NULL or `height` × `width` floats.
+enum dm_status dm_report_add_map(struct dm_report *report,
+                                 const char *label,
+                                 const char *image,
+                                 const float *map,
+                                 uint32_t height,
+                                 uint32_t width);
+
+// Adds the pixels of an image named `image` that is not a file (copied): the report crops it from
+// these. An image whose name is a file's path needs none; the report reads the file.
+//
+// # Safety
+// `image` NULL or NUL-terminated; `view` NULL or a valid view.
+enum dm_status dm_report_add_image(struct dm_report *report,
+                                   const char *image,
+                                   const struct dm_image_view *view);
+
+// Names an image of `label` that could not be read and was left out, with the reason (NULL: none
+// given); the report lists and counts them.
+//
+// # Safety
+// `label`, `image` and `reason` NULL or NUL-terminated.
+enum dm_status dm_report_add_skipped(struct dm_report *report,
+                                     const char *label,
+                                     const char *image,
+                                     const char *reason);
+
+// Writes the report into the folder `out_dir` (UTF-8; created if missing), as
+// `dm_miner_write_report` does.
+//
+// # Safety
+// `out_dir` NULL or NUL-terminated.
+enum dm_status dm_report_write(const struct dm_report *report, const char *out_dir);
+
+// Releases a report. NULL is accepted; a handle that is not a live report gives
+// `DM_ERR_INVALID_HANDLE`.
+enum dm_status dm_report_free(struct dm_report *report);
 
 // Fills `options` with the defaults.
 //

@@ -21,7 +21,8 @@ struct Program {
     inputs: &'static [&'static str],
     /// Also run under valgrind. Memcheck spends about 70 s of CPU reading libtorch before `main` and
     /// runs the library about 90 times slower, so the valgrind run takes the programs that cover the
-    /// API between them: examples/open_model.c only repeats calls that bad_input.c makes.
+    /// API between them: examples/open_model.c only repeats calls that bad_input.c makes, and
+    /// tests/c/stages.c mines twice over (staged and by a miner) to compare the two.
     under_valgrind: bool,
 }
 
@@ -33,10 +34,11 @@ fn plug_and_play_pipeline() -> PathBuf {
     translate_fixture_dir().to_path_buf()
 }
 
-const PROGRAMS: [Program; 5] = [
+const PROGRAMS: [Program; 6] = [
     Program { source: "examples/open_model.c", model: tiny_pipeline, inputs: &[], under_valgrind: false },
     Program { source: "tests/c/bad_input.c", model: tiny_pipeline, inputs: &[], under_valgrind: true },
     Program { source: "tests/c/typicality.c", model: tiny_pipeline, inputs: &[], under_valgrind: true },
+    Program { source: "tests/c/stages.c", model: tiny_pipeline, inputs: &[], under_valgrind: false },
     Program { source: "tests/c/parallel_miner.c", model: plug_and_play_pipeline, inputs: &["examples/data/chest_like.png"], under_valgrind: true },
     Program { source: "tests/c/finetune.c", model: tiny_pipeline, inputs: &["examples/data/chest_like.png"], under_valgrind: true },
 ];

@@ -405,3 +405,76 @@ fn a_non_zero_progress_return_cancels_and_the_miner_can_run_again() {
     assert_eq!(calls.seen, vec![(1, 2), (2, 2)], "one image: its typicality, then its DIFT");
     assert_eq!(miner.label_count(), 1);
 }
+
+/// The stage-by-stage entry points (`dm_mining_*`, `dm_report_*`) refuse bad input with a status and a
+/// message, write counts when a buffer is too small, and free a report exactly once. (Their results are
+/// checked against `diffmine mine` by bindings/python/tests/test_stages.py.)
+#[test]
+fn the_stage_entry_points_refuse_bad_input_with_a_message() {
+    use diffmine::ffi::{dm_box, dm_candidate, dm_clustered_patch, dm_mined_image_info, dm_report};
+    let model = CModel::open(&pipeline("sd15_tiny"));
+    let name = CString::new("a.png").unwrap();
+    let other = CString::new("b.png").unwrap();
+    let candidate = |image: *const c_char, x: u32, score: f32| dm_candidate { image, x, y: 0, size: 4, typicality: score };
+    let given = [candidate(name.as_ptr(), 0, 1.0), candidate(other.as_ptr(), 0, 2.0), candidate(name.as_ptr(), 8, 2.0)];
+    let label = CString::new("Nodule").unwrap();
+    // SAFETY: every pointer is NULL or valid for the lengths passed.
+    unsafe {
+        let (mut indices, mut count) = ([0usize; 3], 0usize);
+        assert_eq!(ffi::dm_mining_top(given.as_ptr(), 3, 2, indices.as_mut_ptr(), 3, &mut count), dm_status::DM_OK);
+        assert_eq!((count, &indices[..2]), (2, &[2, 1][..]), "ties by image name: a.png before b.png");
+        assert_fails(ffi::dm_mining_top(given.as_ptr(), 3, 3, indices.as_mut_ptr(), 1, &mut count), dm_status::DM_ERR_BUFFER_TOO_SMALL, "out_indices");
+        assert_eq!(count, 3, "the count is written for a second try");
+        assert_fails(ffi::dm_mining_top(null(), 3, 3, indices.as_mut_ptr(), 3, &mut count), dm_status::DM_ERR_NULL_ARGUMENT, "candidates");
+        let unnamed = [candidate(null(), 0, 1.0)];
+        assert_fails(ffi::dm_mining_top(unnamed.as_ptr(), 1, 1, indices.as_mut_ptr(), 3, &mut count), dm_status::DM_ERR_NULL_ARGUMENT, "candidate.image");
+
+        let features = [0f32; 5];
+        let mut patches = [dm_clustered_patch { candidate: 0, cluster: 0, rank_in_cluster: 0, distance: 0.0 }; 3];
+        let mut clusters = [dm_mined_cluster { first: 0, members: 0, median_typicality: 0.0 }; 3];
+        let mut cluster_count = 0usize;
+        let status = ffi::dm_mining_cluster(
+            given.as_ptr(),
+            3,
+            features.as_ptr(),
+            5,
+            2,
+            null(),
+            patches.as_mut_ptr(),
+            3,
+            &mut count,
+            clusters.as_mut_ptr(),
+            3,
+            &mut cluster_count,
+        );
+        assert_fails(status, dm_status::DM_ERR_INVALID_ARGUMENT, "3 boxes of 2 need 6");
+
+        let (mut boxes, mut map) = ([dm_box { x: 0, y: 0, size: 0, score: 0.0 }; 5], vec![0f32; ffi::DM_MINING_MAP_MAX]);
+        let mut info = dm_mined_image_info { struct_size: std::mem::size_of::<dm_mined_image_info>(), width: 0, height: 0, map_width: 0, map_height: 0 };
+        let pixels = [0u8; 16 * 16 * 3];
+        let view =
+            dm_image_view { data: pixels.as_ptr().cast(), data_len: pixels.len(), width: 16, height: 16, channels: 3, pixel_type: DM_PIXEL_U8, stride: 48 };
+        let status = ffi::dm_mining_image(model.0, null(), &view, label.as_ptr(), boxes.as_mut_ptr(), 5, &mut count, map.as_mut_ptr(), map.len(), &mut info);
+        assert_fails(status, dm_status::DM_ERR_NULL_ARGUMENT, "`options`");
+        let mut dim = 0usize;
+        assert_eq!(ffi::dm_mining_feature_dim(model.0, &mut dim), dm_status::DM_OK);
+        let channels = StableDiffusion::open(&pipeline("sd15_tiny"), &ModelOptions::default()).unwrap().unet().config().block_out_channels.clone();
+        assert_eq!(dim as i64, channels[channels.len() - 2], "up block 1's output channels");
+
+        let mut report: *mut dm_report = null_mut();
+        assert_eq!(ffi::dm_report_new(null(), &mut report), dm_status::DM_OK);
+        let heat = [0f32; 4];
+        assert_fails(
+            ffi::dm_report_add_map(report, label.as_ptr(), name.as_ptr(), heat.as_ptr(), 2, 2),
+            dm_status::DM_ERR_INVALID_ARGUMENT,
+            "no label `Nodule`",
+        );
+        let placed = [dm_clustered_patch { candidate: 7, cluster: 0, rank_in_cluster: 0, distance: 0.0 }];
+        let one = [dm_mined_cluster { first: 0, members: 1, median_typicality: 1.0 }];
+        let status = ffi::dm_report_add_label(report, label.as_ptr(), given.as_ptr(), 3, placed.as_ptr(), 1, one.as_ptr(), 1);
+        assert_fails(status, dm_status::DM_ERR_INVALID_ARGUMENT, "candidate 7 is out of range");
+        assert_eq!(ffi::dm_report_free(report), dm_status::DM_OK);
+        assert_eq!(ffi::dm_report_free(report), dm_status::DM_ERR_INVALID_HANDLE);
+        assert_eq!(ffi::dm_report_free(null_mut()), dm_status::DM_OK);
+    }
+}

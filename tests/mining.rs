@@ -176,6 +176,71 @@ mod pipeline {
         }
     }
 
+    /// The stages composed by hand, as a cluster runs them (images in a shuffled order, the best boxes
+    /// chosen per block and then over the blocks' tops), give `mine`'s result exactly; an unreadable
+    /// image is skipped and named by both.
+    #[test]
+    fn the_stages_composed_in_any_order_give_the_pipelines_result() {
+        use diffmine::mining::miner::{box_features, cluster_patches, image_candidates, read_image};
+        use diffmine::mining::patches::{top_patches, ImagePatch};
+        use std::collections::BTreeMap;
+        let data = tempfile::tempdir().unwrap();
+        let synthetic = SyntheticOptions { images_per_label: 3, size: 64, labels: vec!["Nodule".into(), "Effusion".into()], ..SyntheticOptions::default() };
+        write_dataset(&synthetic, data.path()).unwrap();
+        std::fs::write(data.path().join("Nodule/broken.png"), b"not a png").unwrap();
+        let set = LabelledSet::open(data.path()).unwrap();
+        let model = StableDiffusion::open(&pipeline("sd15_tiny"), &ModelOptions::default()).unwrap();
+        let options = MiningOptions { top: 9, cache_dir: None, ..small_options(data.path(), 3) };
+        let mined = run(&model, &set, &options);
+        let nodule = mined.iter().find(|r| r.label == "Nodule").unwrap();
+        assert_eq!(nodule.skipped.len(), 1);
+        assert!(nodule.skipped[0].path.ends_with("Nodule/broken.png"));
+
+        for (round, expected) in mined.iter().enumerate() {
+            let label = expected.label.as_str();
+            let mut images: Vec<_> = set.items.iter().filter(|i| i.labels.iter().any(|l| l == label)).collect();
+            // A different order each label: reversed, then rotated.
+            images.reverse();
+            images.rotate_left(round + 1);
+            let mut candidates = BTreeMap::new();
+            let mut skipped = Vec::new();
+            for image in &images {
+                match read_image(image, &options) {
+                    Ok(input) => {
+                        candidates.insert(image.path.clone(), image_candidates(&model, image, &input, label, &options).unwrap());
+                    }
+                    Err(_) => skipped.push(image.path.clone()),
+                }
+            }
+            assert_eq!(skipped, expected.skipped.iter().map(|s| s.path.clone()).collect::<Vec<_>>());
+            let boxes: Vec<ImagePatch<std::path::PathBuf>> = images
+                .iter()
+                .filter_map(|i| candidates.get(&i.path).map(|c| (i, c)))
+                .flat_map(|(i, c)| c.boxes.iter().map(|&patch| ImagePatch { image: i.path.clone(), patch }))
+                .collect();
+            let block_tops: Vec<_> = boxes.chunks(3).flat_map(|block| top_patches(block.to_vec(), options.top)).collect();
+            let kept = top_patches(block_tops, options.top);
+            // Features fetched per image, the images in yet another order.
+            let mut rows: Vec<(ImagePatch<std::path::PathBuf>, Vec<f32>)> = Vec::new();
+            for image in images.iter().rev() {
+                let mine: Vec<_> = kept.iter().filter(|p| p.image == image.path).cloned().collect();
+                if !mine.is_empty() {
+                    let features = box_features(&model, image, &mine.iter().map(|p| p.patch).collect::<Vec<_>>(), label, &options).unwrap();
+                    rows.extend(mine.into_iter().zip(features.rows().into_iter().map(|r| r.to_vec())));
+                }
+            }
+            let dim = rows[0].1.len();
+            let features = ndarray::Array2::from_shape_vec((rows.len(), dim), rows.iter().flat_map(|r| r.1.clone()).collect()).unwrap();
+            let kept_in_arrival_order: Vec<_> = rows.into_iter().map(|r| r.0).collect();
+            let clustered = cluster_patches(&kept_in_arrival_order, &features, &options.cluster).unwrap();
+            assert_eq!(clustered.patches, expected.patches, "{label}: boxes, scores, clusters and distances");
+            assert_eq!(clustered.clusters, expected.clusters, "{label}");
+            for p in &expected.patches {
+                assert_eq!(candidates[&p.path].map, expected.maps[&p.path], "{label}: the report's map of {}", p.path.display());
+            }
+        }
+    }
+
     #[test]
     fn an_unreadable_image_is_an_error_naming_the_file() {
         let data = tempfile::tempdir().unwrap();

@@ -236,7 +236,7 @@ pub unsafe extern "C" fn dm_miner_options_default(options: *mut dm_miner_options
 ///
 /// # Safety
 /// Every non-NULL string in `o` must be NUL-terminated.
-unsafe fn mining_options(o: &dm_miner_options) -> FfiResult<MiningOptions> {
+pub(crate) unsafe fn mining_options(o: &dm_miner_options) -> FfiResult<MiningOptions> {
     let d = MiningOptions::default();
     // SAFETY: the caller guarantees every non-NULL string is NUL-terminated.
     let (template, null_prompt, cache_dir) = unsafe {

@@ -15,6 +15,7 @@ mod miner;
 mod mining_handle;
 mod model;
 mod parallel_miner;
+mod stages;
 mod status;
 mod translate;
 mod typicality;
@@ -29,6 +30,7 @@ pub use log::{dm_log_fn, dm_log_set_callback, DM_LOG_DEBUG, DM_LOG_ERROR, DM_LOG
 pub use miner::*;
 pub use model::*;
 pub use parallel_miner::*;
+pub use stages::*;
 pub use status::dm_status;
 pub use translate::*;
 pub use typicality::*;

@@ -72,6 +72,17 @@ pub fn dift_features(model: &StableDiffusion, image: &Tensor, prompt: &str, opti
     Ok(features.f_to_kind(Kind::Float)?.f_mean_dim(0, false, Kind::Float)?.f_to_device(tch::Device::Cpu)?)
 }
 
+/// The channels of `model`'s DIFT features read after `up_blocks[up_block]`: that block's output
+/// channels, the UNet's block channels in reverse (1280 for SD 1.5's block 1).
+pub fn feature_channels(model: &StableDiffusion, up_block: usize) -> Result<usize> {
+    let channels = &model.unet().config().block_out_channels;
+    let n = channels.len();
+    if up_block >= n {
+        return Err(Error::InvalidArgument(format!("up block {up_block} requested, the UNet has {n}")));
+    }
+    Ok(channels[n - 1 - up_block] as usize)
+}
+
 /// The feature of a box of an image of `height` × `width` pixels: the mean over the cells of the
 /// (C, h, w) feature map that the box overlaps — rows floor(y0·h/H) up to ceil(y1·h/H), at least one,
 /// columns likewise — L2-normalised.

@@ -1,7 +1,7 @@
 //! Typical patches from a typicality map: every k × k window (stride 1) is scored by its mean, each
 //! image keeps its best windows greedily, dropping windows that intersect or touch a kept one, and a
 //! label keeps the best boxes over all its images. Ties go to the lowest (row, column), then the
-//! lowest image index.
+//! lowest image key (an index, or an image's path or name).
 use crate::error::{Error, Result};
 
 /// A square window of the image: rows `y..y+size`, columns `x..x+size`.
@@ -93,16 +93,24 @@ fn suppress_near(available: &mut [bool], cols: usize, patch: &PatchBox) {
     }
 }
 
-/// A box found in one image of a set.
+/// A box found in one image of a set, the image named by a key: its index in the set, or (where
+/// images arrive in any order, from any number of workers) its path or name.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ImagePatch {
-    pub image: usize,
+pub struct ImagePatch<I = usize> {
+    pub image: I,
     pub patch: PatchBox,
 }
 
-/// The `top` best boxes over all images, best first; ties by image index, then row, then column.
-pub fn top_patches(mut patches: Vec<ImagePatch>, top: usize) -> Vec<ImagePatch> {
-    patches.sort_by(|a, b| b.patch.score.total_cmp(&a.patch.score).then(a.image.cmp(&b.image)).then(a.patch.y.cmp(&b.patch.y)).then(a.patch.x.cmp(&b.patch.x)));
+/// The order of a label's boxes: score, highest first; ties by image key, then row, then column. A
+/// total order over distinct boxes, so the best boxes of a set do not depend on the order they come in.
+pub fn rank_order<I: Ord>(a: &ImagePatch<I>, b: &ImagePatch<I>) -> std::cmp::Ordering {
+    b.patch.score.total_cmp(&a.patch.score).then_with(|| a.image.cmp(&b.image)).then(a.patch.y.cmp(&b.patch.y)).then(a.patch.x.cmp(&b.patch.x))
+}
+
+/// The `top` best boxes over all images, in [`rank_order`]. Associative and commutative: the top of
+/// several blocks' tops is the top of all the boxes, whatever the blocks and their order.
+pub fn top_patches<I: Ord>(mut patches: Vec<ImagePatch<I>>, top: usize) -> Vec<ImagePatch<I>> {
+    patches.sort_by(rank_order);
     patches.truncate(top);
     patches
 }
@@ -189,5 +197,24 @@ mod tests {
         let p = |image, score| ImagePatch { image, patch: PatchBox { x: 0, y: 0, size: 1, score } };
         let top = top_patches(vec![p(0, 1.0), p(1, 3.0), p(2, 3.0), p(3, 2.0)], 3);
         assert_eq!(top.iter().map(|t| t.image).collect::<Vec<_>>(), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn the_top_of_blocks_tops_is_the_top_of_all_in_any_order() {
+        let mut rng = SplitMix64::new(5);
+        // Few distinct scores, so ties by name, row and column decide often.
+        let all: Vec<ImagePatch<String>> = (0..60)
+            .map(|i| ImagePatch { image: format!("img{}", rng.below(7)), patch: PatchBox { x: i % 4, y: i / 4, size: 2, score: rng.below(3) as f32 } })
+            .collect();
+        let expected = top_patches(all.clone(), 10);
+        for round in 0..5 {
+            let mut shuffled = all.clone();
+            for i in (1..shuffled.len()).rev() {
+                shuffled.swap(i, rng.below(i as u64 + 1) as usize);
+            }
+            let block = 1 + round * 7;
+            let tops: Vec<ImagePatch<String>> = shuffled.chunks(block).flat_map(|c| top_patches(c.to_vec(), 10)).collect();
+            assert_eq!(top_patches(tops, 10), expected, "blocks of {block}");
+        }
     }
 }

@@ -68,11 +68,21 @@ pub fn write_report(results: &[LabelResult], options: &ReportOptions, out: &Path
     let body = format!("<nav class=\"labels\">{nav}</nav>\n{sections}{}", viewer(LEGEND));
     let subtitle = format!(
         "Typical visual elements of {} label{}, clusters ranked by the median typicality of their members. \
-         Click an element to see it in its image and the image's typicality map. Every kept box: <a href=\"patches.csv\">patches.csv</a>.",
+         Click an element to see it in its image and the image's typicality map. Every kept box: <a href=\"patches.csv\">patches.csv</a>.{}",
         results.len(),
-        if results.len() == 1 { "" } else { "s" }
+        if results.len() == 1 { "" } else { "s" },
+        skipped_note(results)
     );
     write_page(&out.join("index.html"), "libdiffmine mining report", &subtitle, &body)
+}
+
+/// The count of unreadable images left out (each once, whatever its labels), for the page's top.
+fn skipped_note(results: &[LabelResult]) -> String {
+    let skipped: BTreeSet<&PathBuf> = results.iter().flat_map(|r| r.skipped.iter().map(|s| &s.path)).collect();
+    match skipped.len() {
+        0 => String::new(),
+        n => format!(" <span class=\"skipped\" data-skipped=\"{n}\">{n} unreadable image{} skipped.</span>", if n == 1 { "" } else { "s" }),
+    }
 }
 
 /// Writes the reports of several models mined on the same images side by side, as the paper's Fig. 3b
@@ -220,13 +230,14 @@ fn write_section(html: &mut String, result: &LabelResult, shown: &Shown, files: 
         html,
         "<section class=\"label\" id=\"{slug}\" data-label=\"{label}\"><h2>{label}</h2>\n\
          <p class=\"summary\">{} kept boxes from {images} images in {} clusters; the top {} shown (clusters of fewer than {} members \
-         left out), each with its members closest to the centroid.</p>\n\
-         <div class=\"label-body\"><div class=\"clusters\"><h3 class=\"column\">Top clusters</h3>\n",
+         left out), each with its members closest to the centroid.</p>\n",
         result.patches.len(),
         result.clusters.len(),
         shown.clusters.len(),
         options.min_members
     );
+    skipped_list(html, result);
+    html.push_str("<div class=\"label-body\"><div class=\"clusters\"><h3 class=\"column\">Top clusters</h3>\n");
     for (rank, members) in &shown.clusters {
         let cluster = &result.clusters[*rank];
         let _ = write!(
@@ -256,6 +267,17 @@ fn write_section(html: &mut String, result: &LabelResult, shown: &Shown, files: 
         html.push_str("</div></div>\n");
     }
     html.push_str("</aside></div></section>\n");
+}
+
+/// The label's unreadable images, by name with the reason, folded away.
+fn skipped_list(html: &mut String, result: &LabelResult) {
+    let n = result.skipped.len();
+    if n == 0 {
+        return;
+    }
+    let items: String = result.skipped.iter().map(|s| format!("<li>{}: {}</li>", escape(&s.path.display().to_string()), escape(&s.reason))).collect();
+    let plural = if n == 1 { "" } else { "s" };
+    let _ = writeln!(html, "<details class=\"skipped\" data-skipped=\"{n}\"><summary>{n} unreadable image{plural} skipped</summary><ul>{items}</ul></details>");
 }
 
 /// An element as a button that opens the viewer; its data attributes hold what the viewer shows.
@@ -373,6 +395,7 @@ fn slug(label: &str) -> String {
 mod tests {
     use super::*;
     use crate::mining::cluster::RankedCluster;
+    use crate::mining::miner::SkippedImage;
     use crate::mining::patches::PatchBox;
     use ndarray::Array2;
 
@@ -401,6 +424,7 @@ mod tests {
             image_sizes: paths.iter().map(|p| (p.clone(), (24, 32))).collect(),
             in_memory: BTreeMap::new(),
             maps,
+            skipped: vec![SkippedImage { path: dir.join("e <broken>.png"), reason: "not a PNG".into() }],
             times: Default::default(),
         }
     }
@@ -422,6 +446,7 @@ mod tests {
         assert!(html.contains("<h2>Mass &lt;b&gt; &amp; &quot;x&quot;</h2>"), "{html}");
         assert!(html.contains("b &amp; &lt;c&gt;.png\""), "file names escaped");
         assert!(!html.contains("<b>") && !html.contains("<c>"));
+        assert!(html.contains("1 unreadable image skipped") && html.contains("e &lt;broken&gt;.png: not a PNG"), "skipped images named");
         assert!(!html.contains("http://") && !html.contains("https://"), "nothing from the network");
         let slug = "Mass__b_____x_";
         assert!((3..=4).contains(&count(&out.join("elements").join(slug))));

@@ -4,7 +4,7 @@ primitives (tokenize, text embeddings, VAE encode/decode, UNet noise prediction)
 the medical side: DICOM/PNG/JPEG ingestion (:func:`read_image`), maps back as DICOM
 (:func:`write_map_dicom`), ChestX-ray8's AUC-PR and evaluation (:func:`auc_pr`, :func:`cxr8_evaluate`),
 mining typical visual elements of a labelled set (:class:`Miner`) and co-typical elements across labels
-(:class:`ParallelMiner`), and Plug-and-Play translation between labels and text-to-image sampling (:meth:`Model.translate`,
+(:class:`ParallelMiner`), the mining stages one by one for running them apart (:mod:`diffmine.stages`), and Plug-and-Play translation between labels and text-to-image sampling (:meth:`Model.translate`,
 :meth:`Model.generate`).
 
 The shared library is the one inside this package (a wheel's, which finds libtorch in the torch
@@ -35,12 +35,13 @@ from .miner import Miner  # noqa: E402
 from .mining import Box, select_patches  # noqa: E402
 from .model import Model, ModelInfo, version  # noqa: E402
 from .parallel_miner import ParallelMiner  # noqa: E402
+from . import stages  # noqa: E402
 
 __all__ = [
     "Box", "BufferTooSmall", "Cancelled", "DeviceError", "Error", "FileError", "Image", "InternalError",
     "InvalidArgument", "InvalidData", "InvalidHandle", "Miner", "Model", "ModelError", "ModelInfo", "OutOfMemory",
     "ParallelMiner", "Status", "TorchError", "Unsupported", "auc_pr", "cxr8_evaluate", "finetune", "library_path",
-    "new_uid", "read_image", "select_patches", "set_log_level", "version", "write_map_dicom",
+    "new_uid", "read_image", "select_patches", "set_log_level", "stages", "version", "write_map_dicom",
 ]
 
 

@@ -21,7 +21,7 @@ from ._errors import Error, Status, error_for
 __all__ = [
     "Error", "Status", "lib", "check", "library_path", "CModelOptions", "CModelInfo", "CImageView",
     "CTypicalityOptions", "CBox", "CFinetuneOptions", "CImageOptions", "CImageInfo", "CTranslateOptions",
-    "CGenerateOptions", "CMinerOptions", "CMinedPatch", "CMinedCluster", "CParallelMinerOptions", "CCotypicalElement",
+    "CGenerateOptions", "CMinerOptions", "CMinedPatch", "CMinedCluster", "CMinedImageInfo", "CCandidate", "CClusteredPatch", "CParallelMinerOptions", "CCotypicalElement",
     "CParallelReportOptions", "PROGRESS_FN", "LOG_FN",
 ]
 
@@ -130,6 +130,23 @@ class CCxr8Options(ctypes.Structure):
     ]
 
 
+class CDicomMapOptions(ctypes.Structure):
+    """``dm_dicom_map_options``."""
+
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("kind", ctypes.c_uint32),
+        ("label", ctypes.c_char_p),
+        ("prompt", ctypes.c_char_p),
+        ("null_prompt", ctypes.c_char_p),
+        ("samples", ctypes.c_uint32),
+        ("seed", ctypes.c_uint64),
+        ("series_instance_uid", ctypes.c_char_p),
+        ("series_description", ctypes.c_char_p),
+        ("series_number", ctypes.c_uint32),
+    ]
+
+
 class CTypicalityOptions(ctypes.Structure):
     """``dm_typicality_options``."""
 
@@ -180,6 +197,41 @@ class CMinerOptions(ctypes.Structure):
         ("clusters", ctypes.c_uint32),
         ("restarts", ctypes.c_uint32),
         ("cache_dir", ctypes.c_char_p),
+    ]
+
+
+class CMinedImageInfo(ctypes.Structure):
+    """``dm_mined_image_info``."""
+
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("width", ctypes.c_uint32),
+        ("height", ctypes.c_uint32),
+        ("map_width", ctypes.c_uint32),
+        ("map_height", ctypes.c_uint32),
+    ]
+
+
+class CCandidate(ctypes.Structure):
+    """``dm_candidate``."""
+
+    _fields_ = [
+        ("image", ctypes.c_char_p),
+        ("x", ctypes.c_uint32),
+        ("y", ctypes.c_uint32),
+        ("size", ctypes.c_uint32),
+        ("typicality", ctypes.c_float),
+    ]
+
+
+class CClusteredPatch(ctypes.Structure):
+    """``dm_clustered_patch``."""
+
+    _fields_ = [
+        ("candidate", ctypes.c_uint32),
+        ("cluster", ctypes.c_uint32),
+        ("rank_in_cluster", ctypes.c_uint32),
+        ("distance", ctypes.c_float),
     ]
 
 
@@ -387,6 +439,11 @@ _PROTOTYPES = {
         _c_status,
         [ctypes.c_char_p, ctypes.c_uint32, _p(ctypes.c_float), ctypes.c_size_t, ctypes.c_uint32, ctypes.c_uint32,
          ctypes.c_uint32, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t]),
+    "dm_dicom_map_options_default": (_c_status, [_p(CDicomMapOptions)]),
+    "dm_map_write_dicom_object": (
+        _c_status,
+        [ctypes.c_char_p, ctypes.c_uint32, _p(ctypes.c_float), ctypes.c_size_t, ctypes.c_uint32, ctypes.c_uint32,
+         _p(CDicomMapOptions), ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t]),
     "dm_cxr8_auc_pr": (
         _c_status,
         [_p(ctypes.c_float), ctypes.c_size_t, ctypes.c_uint32, ctypes.c_uint32, _p(ctypes.c_double), ctypes.c_size_t,
@@ -415,6 +472,33 @@ _PROTOTYPES = {
         _c_status, [ctypes.c_void_p, ctypes.c_uint32, _p(CMinedCluster), ctypes.c_size_t, _p(ctypes.c_size_t)]),
     "dm_miner_write_report": (_c_status, [ctypes.c_void_p, ctypes.c_char_p]),
     "dm_miner_free": (_c_status, [ctypes.c_void_p]),
+    "dm_mining_image": (
+        _c_status,
+        [ctypes.c_void_p, _p(CMinerOptions), _p(CImageView), ctypes.c_char_p, _p(CBox), ctypes.c_size_t,
+         _p(ctypes.c_size_t), _p(ctypes.c_float), ctypes.c_size_t, _p(CMinedImageInfo)]),
+    "dm_mining_top": (
+        _c_status, [_p(CCandidate), ctypes.c_size_t, ctypes.c_uint32, _p(ctypes.c_size_t), ctypes.c_size_t, _p(ctypes.c_size_t)]),
+    "dm_mining_feature_dim": (_c_status, [ctypes.c_void_p, _p(ctypes.c_size_t)]),
+    "dm_mining_box_features": (
+        _c_status,
+        [ctypes.c_void_p, _p(CMinerOptions), _p(CImageView), ctypes.c_char_p, _p(CBox), ctypes.c_size_t,
+         _p(ctypes.c_float), ctypes.c_size_t]),
+    "dm_mining_cluster": (
+        _c_status,
+        [_p(CCandidate), ctypes.c_size_t, _p(ctypes.c_float), ctypes.c_size_t, ctypes.c_size_t, _p(CMinerOptions),
+         _p(CClusteredPatch), ctypes.c_size_t, _p(ctypes.c_size_t), _p(CMinedCluster), ctypes.c_size_t,
+         _p(ctypes.c_size_t)]),
+    "dm_report_new": (_c_status, [_p(CMinerOptions), _p(ctypes.c_void_p)]),
+    "dm_report_add_label": (
+        _c_status,
+        [ctypes.c_void_p, ctypes.c_char_p, _p(CCandidate), ctypes.c_size_t, _p(CClusteredPatch), ctypes.c_size_t,
+         _p(CMinedCluster), ctypes.c_size_t]),
+    "dm_report_add_map": (
+        _c_status, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, _p(ctypes.c_float), ctypes.c_uint32, ctypes.c_uint32]),
+    "dm_report_add_image": (_c_status, [ctypes.c_void_p, ctypes.c_char_p, _p(CImageView)]),
+    "dm_report_add_skipped": (_c_status, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p]),
+    "dm_report_write": (_c_status, [ctypes.c_void_p, ctypes.c_char_p]),
+    "dm_report_free": (_c_status, [ctypes.c_void_p]),
     "dm_parallel_miner_options_default": (_c_status, [_p(CParallelMinerOptions)]),
     "dm_parallel_miner_create": (
         _c_status, [ctypes.c_void_p, _p(ctypes.c_char_p), ctypes.c_size_t, _p(CParallelMinerOptions), _p(ctypes.c_void_p)]),

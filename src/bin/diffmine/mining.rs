@@ -118,7 +118,12 @@ impl MineArgs {
         }
         let report_time = report_started.elapsed();
         for r in &results {
-            println!("{}: {} patches, {} clusters", r.label, r.patches.len(), r.clusters.len());
+            let skipped = match r.skipped.len() {
+                0 => String::new(),
+                1 => ", 1 unreadable image skipped".to_string(),
+                n => format!(", {n} unreadable images skipped"),
+            };
+            println!("{}: {} patches, {} clusters{skipped}", r.label, r.patches.len(), r.clusters.len());
         }
         let times = results.iter().chain(baseline_results.iter().flatten()).map(|r| r.times).sum();
         print_stage_times(&times, report_time);
