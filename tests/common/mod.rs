@@ -16,6 +16,15 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The inputs a fuzz target once failed on, kept in fuzz/regressions/<target> (none for a target
+/// that never failed).
+pub fn fuzz_regressions(target: &str) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(repo_root().join("fuzz/regressions").join(target)) else { return Vec::new() };
+    let mut paths: Vec<PathBuf> = entries.map(|e| e.unwrap().path()).collect();
+    paths.sort();
+    paths
+}
+
 pub fn python() -> PathBuf {
     std::env::var_os("DIFFMINE_VENV").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".deps/venv")).join("bin/python")
 }
