@@ -116,6 +116,9 @@ fn three_adamw_steps_equal_peft(compute: StepCompute, change_tolerance: f64) {
     }
 }
 
+// The factors themselves are held to 1e-4; their changes (about 1e-4 of them) are a far stricter
+// check, where Adam's per-element normalisation brings last-bit gradient differences to full scale:
+// measured 1.0e-4 at worst, with and without checkpointing.
 #[test]
 fn lora_gradients_of_one_step_and_three_adamw_steps_equal_peft() {
     three_adamw_steps_equal_peft(StepCompute::default(), 1e-3);
@@ -123,7 +126,7 @@ fn lora_gradients_of_one_step_and_three_adamw_steps_equal_peft() {
 
 #[test]
 fn lora_with_gradient_checkpointing_still_equals_peft() {
-    three_adamw_steps_equal_peft(StepCompute { gradient_checkpointing: true, ..StepCompute::default() }, 1e-2);
+    three_adamw_steps_equal_peft(StepCompute { gradient_checkpointing: true, ..StepCompute::default() }, 1e-3);
 }
 
 #[test]
