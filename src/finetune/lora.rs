@@ -130,7 +130,7 @@ impl Adapters {
         }
         tch::no_grad(|| -> Result<()> {
             for (name, t) in &self.parameters {
-                let _ = t.shallow_clone().f_copy_(&values[name])?;
+                t.shallow_clone().f_copy_(&values[name])?;
             }
             Ok(())
         })

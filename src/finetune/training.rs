@@ -159,14 +159,13 @@ impl Trainer {
     /// [`super::lora`]); the base weights stay frozen.
     pub fn with_lora(mut model: StableDiffusion, options: TrainOptions, compute: StepCompute, lora: &LoraOptions, rng: &mut SplitMix64) -> Result<Self> {
         Self::check(&model, compute)?;
-        lora.validate()?;
         let adapters = Adapters::attach(&mut model, lora, rng)?;
         let optimization = Optimization::new(&adapters.parameters, options)?;
         Ok(Trainer { model, optimization, trained: Trained::Lora(adapters), compute })
     }
 
     fn check(model: &StableDiffusion, compute: StepCompute) -> Result<()> {
-        require_f32(&model)?;
+        require_f32(model)?;
         match compute.autocast {
             // float16's narrow range makes small gradients underflow unless the loss is scaled, which
             // this trainer does not do (diffusers' scripts pair fp16 with a GradScaler).
