@@ -2,13 +2,15 @@
 # Training-step benchmark: `diffmine finetune` against diffusers' training recipe
 # (benches/training_diffusers.py) on the random-weight SD 1.5 folder (target/bench/sd15, made by
 # benches/make_sd15.py), CPU, 2 threads, four ways each: f32, f32 with gradient checkpointing, bf16
-# autocast, bf16 autocast with gradient checkpointing. Measured: the mean time of the steps after the
+# autocast, bf16 autocast with gradient checkpointing. Each mode prefixed with `lora-` (e.g. lora-f32)
+# trains LoRA adapters of rank LORA_RANK on the attention projections instead of the whole UNet
+# (`--lora-rank`; in Python diffusers' train_text_to_image_lora.py recipe with peft). Measured: the mean time of the steps after the
 # first (the CLI's "steps after the first"; the same span in Python) and the process's peak resident
 # memory (weights, gradients, AdamW's moments and the activations the backward pass keeps).
 #
 # Usage: benches/training.sh
 #   Environment: ROUNDS (1), SIZE (256: 32x32 latents), STEPS (4), BATCH (1), NICE (-20),
-#   MODES (all four, space-separated), IDLE_WAIT_MAX (600 s), SKIP_BUILD (unset: builds the release
+#   MODES (the four full-finetuning ones, space-separated), LORA_RANK (4), IDLE_WAIT_MAX (600 s), SKIP_BUILD (unset: builds the release
 #   CLI first).
 # Each run is a fresh process, libdiffmine and diffusers alternating. Writes
 # target/bench/training-<time>/results.jsonl and prints a table.
@@ -20,6 +22,7 @@ ROUNDS=${ROUNDS:-1}
 SIZE=${SIZE:-256}
 STEPS=${STEPS:-4}
 BATCH=${BATCH:-1}
+LORA_RANK=${LORA_RANK:-4}
 NICE=${NICE:--20}
 source benches/timing.sh training
 
@@ -40,6 +43,7 @@ record() { # IMPL MODE ROUND SECONDS_PER_STEP PEAK_GIB
 }
 cli_flags() { # MODE
   case "$1" in
+    lora-*) echo "--lora-rank $LORA_RANK $(cli_flags "${1#lora-}")" ;;
     f32) echo "" ;;
     f32-checkpointing) echo "--gradient-checkpointing" ;;
     bf16-autocast) echo "--autocast bfloat16" ;;
@@ -53,7 +57,7 @@ run_rust() { # MODE ROUND
   record libdiffmine "$1" "$2" "$(echo "$run_out" | sed -n 's/^steps after the first: \([0-9.]*\) s each$/\1/p')" "$peak_gib"
 }
 run_python() { # MODE ROUND
-  measured python benches/training_diffusers.py "$model" "$data" "$STEPS" "$BATCH" "$SIZE" "$1"
+  measured python benches/training_diffusers.py "$model" "$data" "$STEPS" "$BATCH" "$SIZE" "$1" "$LORA_RANK"
   record diffusers "$1" "$2" "$(echo "$run_out" | python -c 'import json,sys; print(json.loads(sys.stdin.read())["seconds_per_step"])')" "$peak_gib"
 }
 

@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
 """The diffusers side of benches/training.sh: what `diffmine finetune` does, in diffusers' text-to-image
 training recipe (epsilon MSE at t uniform, AdamW lr 1e-4 with weight decay 1e-2, gradient clipping 1.0,
-VAE and text encoder frozen), from the same folder on the same images.
+VAE and text encoder frozen), from the same folder on the same images. A mode prefixed with `lora-`
+follows diffusers' train_text_to_image_lora.py instead: the UNet frozen, peft's LoraConfig(r=RANK,
+lora_alpha=RANK, init_lora_weights="gaussian") on to_k, to_q, to_v and to_out.0 added with
+unet.add_adapter, AdamW and clipping over the adapters' parameters only.
 
-Usage: training_diffusers.py MODEL_DIR DATA_DIR STEPS BATCH RESOLUTION MODE
-  MODE: f32 | f32-checkpointing | bf16-autocast | bf16-autocast-checkpointing
+Usage: training_diffusers.py MODEL_DIR DATA_DIR STEPS BATCH RESOLUTION MODE [RANK]
+  MODE: [lora-]f32 | [lora-]f32-checkpointing | [lora-]bf16-autocast | [lora-]bf16-autocast-checkpointing
+  RANK: the LoRA rank (4)
 Prints JSON: the mean time of the steps after the first (as the CLI's "steps after the first"); the
 peak memory of both sides is measured by benches/training.sh.
 """
@@ -38,6 +42,9 @@ def load_images(data: Path, resolution: int) -> tuple[torch.Tensor, list[str]]:
 
 def main() -> int:
     model, data, steps, batch, resolution, mode = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+    rank = int(sys.argv[7]) if len(sys.argv) > 7 else 4
+    lora = mode.startswith("lora-")
+    mode = mode.removeprefix("lora-")
     torch.manual_seed(0)
     unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet")
     vae = AutoencoderKL.from_pretrained(model, subfolder="vae")
@@ -46,6 +53,12 @@ def main() -> int:
     scheduler = DDPMScheduler.from_pretrained(model, subfolder="scheduler")
     vae.requires_grad_(False)
     text_encoder.requires_grad_(False)
+    if lora:
+        from peft import LoraConfig
+
+        unet.requires_grad_(False)
+        unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    trained = [p for p in unet.parameters() if p.requires_grad]
     unet.train()
     if mode.endswith("checkpointing"):
         unet.enable_gradient_checkpointing()
@@ -56,7 +69,7 @@ def main() -> int:
         posterior = vae.encode(images).latent_dist
         ids = tokenizer([f"Image of {label}." for label in labels], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
         context = text_encoder(ids)[0]
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    optimizer = torch.optim.AdamW(trained, lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
 
     step_ends = []
     for _ in range(steps):
@@ -70,7 +83,7 @@ def main() -> int:
         loss = torch.nn.functional.mse_loss(prediction.float(), noise.float())
         optimizer.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimizer.step()
         step_ends.append(time.perf_counter())
     seconds = (step_ends[-1] - step_ends[0]) / (steps - 1)

@@ -279,6 +279,15 @@ typedef struct dm_finetune_options {
   // Since version 2. Non-zero: recompute each UNet block in the backward pass instead of keeping
   // its activations (less memory, about one more forward pass per step).
   uint32_t gradient_checkpointing;
+  // Since version 3. Non-zero: train LoRA adapters of this rank on the UNet's attention
+  // projections instead of the whole UNet, the base weights frozen; the result is then
+  // `out_path/pytorch_lora_weights.safetensors` (diffusers/peft naming). 0 (default): the whole UNet.
+  uint32_t lora_rank;
+  // Since version 3. The adapters' alpha (their output is scaled by alpha / rank); 0: the rank.
+  double lora_alpha;
+  // Since version 3. Comma-separated projections to adapt, from to_q, to_k, to_v, to_out.0 (NULL:
+  // all four).
+  const char *lora_targets;
 } dm_finetune_options;
 
 // How to load a model. Fill with `dm_model_options_default`, then change fields.
@@ -787,7 +796,8 @@ enum dm_status dm_finetune_options_default(struct dm_finetune_options *options);
 
 // Finetunes the UNet of the diffusers folder `model_path` (loaded with `model_options`, NULL for
 // defaults; float32) on the labelled set `data_path` (a folder per label, or a `path,label` CSV) and
-// writes the result as a diffusers folder at `out_path`. `resume_path` (may be NULL) continues from a
+// writes the result as a diffusers folder at `out_path` (with `lora_rank` set: LoRA adapters, written
+// as `out_path/pytorch_lora_weights.safetensors`). `resume_path` (may be NULL) continues from a
 // checkpoint folder. `progress` (may be NULL) is called after each step with (step, steps, loss);
 // non-zero cancels with `DM_ERR_CANCELLED`.
 //

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use diffmine::autoencoder::AutoencoderOptions;
 use diffmine::cxr8::EvaluationOptions;
-use diffmine::finetune::FinetuneOptions;
+use diffmine::finetune::{FinetuneOptions, LoraOptions};
 use diffmine::mining::cotypicality::report::ParallelReportOptions;
 use diffmine::mining::cotypicality::ParallelMiningOptions;
 use diffmine::mining::miner::MiningOptions;
@@ -169,6 +169,7 @@ fn help_shows_the_librarys_defaults() {
     assert_default("finetune", "--dropout", f.condition_dropout);
     assert_default("finetune", "--caption", &f.caption_template);
     assert_default("finetune", "--resolution", f.resolution);
+    assert_default("finetune", "--lora-targets", LoraOptions::default().targets.join(" "));
     let a = AutoencoderOptions::default();
     assert_default("train-vae", "--kl-weight", a.kl_weight);
     assert_default("train-vae", "--resolution", a.resolution);

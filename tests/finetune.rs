@@ -6,7 +6,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{pipeline, relative_error, Reference};
+use common::{pipeline, relative_error, tiny_labelled_set, Reference};
 use diffmine::autoencoder::{train_autoencoder, AutoencoderOptions};
 use diffmine::dataset::LabelledSet;
 use diffmine::finetune::{finetune, ComponentSources, FinetuneOptions, StepCompute, TrainOptions, Trainer};
@@ -181,22 +181,6 @@ save_file({"pred": pred.contiguous()}, out)
     let theirs = Tensor::read_safetensors(&theirs_path).unwrap().remove(0).1;
     common::assert_close(&ours, &theirs, TOLERANCE, "saved UNet, libdiffmine vs diffusers");
     assert!(relative_error(&ours, get("noise_pred")) > 1e-6, "the saved UNet is the trained one");
-}
-
-/// A two-label set of small PNGs (different patterns per label) in a temporary folder.
-fn tiny_labelled_set() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for (label, period) in [("stripes", 4u32), ("checks", 8u32)] {
-        std::fs::create_dir_all(dir.path().join(label)).unwrap();
-        for i in 0..3u32 {
-            let image = image::RgbImage::from_fn(40, 36, |x, y| {
-                let v = if label == "stripes" { (x + i) / period % 2 } else { ((x + i) / period + y / period) % 2 };
-                image::Rgb([(v * 200 + 20) as u8; 3])
-            });
-            image.save(dir.path().join(label).join(format!("{i}.png"))).unwrap();
-        }
-    }
-    dir
 }
 
 fn loop_options(checkpoints: &std::path::Path) -> FinetuneOptions {

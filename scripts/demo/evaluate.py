@@ -4,7 +4,9 @@ the average precision of each model's typicality map against the planted box (pi
 inside it are positive), the box area fraction (what a random map scores), and the sign test (the
 map's mean inside the box against outside). Writes a Markdown table.
 
-Usage: evaluate.py PRETRAINED_DIR FINETUNED_DIR HELD_OUT_DIR OUT.md [--per-label N] [--samples N]
+Usage: evaluate.py PRETRAINED_DIR FINETUNED_DIR HELD_OUT_DIR OUT.md [--per-label N] [--samples N] [--lora FILE [--lora-only]]
+  --lora FILE: measure a third model too, "lora": the pretrained model with this LoRA adapter;
+  --lora-only: that model alone (the maps are seeded, so the other two models' rows do not change).
 """
 
 import argparse
@@ -26,6 +28,8 @@ def main() -> int:
     parser.add_argument("out", type=Path)
     parser.add_argument("--per-label", type=int, default=10)
     parser.add_argument("--samples", type=int, default=50)
+    parser.add_argument("--lora", type=Path)
+    parser.add_argument("--lora-only", action="store_true")
     args = parser.parse_args()
     base = args.pretrained
     models = {
@@ -34,6 +38,11 @@ def main() -> int:
             args.finetuned, vae=f"{base}/vae", text_encoder=f"{base}/text_encoder", tokenizer=f"{base}/tokenizer", scheduler=f"{base}/scheduler"
         ),
     }
+    if args.lora is not None:
+        models["lora"] = diffmine.Model(base)
+        models["lora"].load_lora(args.lora)
+        if args.lora_only:
+            models = {"lora": models["lora"]}
     boxes = planted_boxes(args.held_out)
     results = {}
     for label_dir in sorted(p for p in args.held_out.iterdir() if p.is_dir()):

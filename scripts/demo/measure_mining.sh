@@ -7,6 +7,8 @@
 # every box, distractors included. About 10 minutes at SAMPLES=20 and 70–90 at the default 100 on 2 cores;
 # the typicality maps and DIFT features are cached in OUT_DIR, so an interrupted run resumes.
 # Usage: bash scripts/demo/measure_mining.sh OUT_DIR [SAMPLES (100)] [PER_LABEL (1000)]
+#   Environment: MODEL_ARGS, the model options of `diffmine mine` (default: the shipped finetuned UNet
+#   with the pretrained folder's other components; e.g. "--model models/demo/pretrained --lora FILE").
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 out=${1:?usage: measure_mining.sh OUT_DIR [SAMPLES] [PER_LABEL]}
@@ -17,7 +19,8 @@ source scripts/env.sh
 cargo build --release --quiet --features synthetic --bin diffmine
 bin=target/release/diffmine
 $bin synth --out "$out/held-out" --seed 1 --split held-out --per-label "$per_label"
-$bin mine --model models/demo/finetuned --base models/demo/pretrained --data "$out/held-out" \
+read -r -a model_args <<< "${MODEL_ARGS:---model models/demo/finetuned --base models/demo/pretrained}"
+$bin mine "${model_args[@]}" --data "$out/held-out" \
   --prompt "Chest X-Ray with {label}." --null-prompt "Chest X-Ray." --out "$out/mining" \
   --samples "$samples" --patch 16 --cache "$out/cache-$samples"
 python scripts/demo/mining_bar.py "$out/mining" "$out/held-out"

@@ -1,5 +1,6 @@
-//! Finetuning through the C ABI: one call that trains a model folder's UNet on a labelled set and
-//! writes a diffusers folder, with progress (step, steps, loss) and cancellation.
+//! Finetuning through the C ABI: one call that trains a model folder's UNet (or LoRA adapters on it)
+//! on a labelled set and writes a diffusers folder (or the adapter file), with progress (step, steps,
+//! loss) and cancellation.
 use std::ffi::{c_char, c_void};
 use std::path::{Path, PathBuf};
 use std::ptr::null;
@@ -10,7 +11,7 @@ use super::model::{dm_model_options, dtype_from_c, model_options as safe_model_o
 use super::status::dm_status;
 use super::typicality::dm_progress_fn;
 use crate::dataset::LabelledSet;
-use crate::finetune::{finetune, FinetuneOptions, StepCompute, TrainOptions};
+use crate::finetune::{finetune, FinetuneOptions, LoraOptions, StepCompute, TrainOptions};
 
 /// How to finetune. Fill with `dm_finetune_options_default` (the paper's recipe), then set `steps`,
 /// `batch_size` and `resolution` for the data at hand.
@@ -48,6 +49,15 @@ pub struct dm_finetune_options {
     /// Since version 2. Non-zero: recompute each UNet block in the backward pass instead of keeping
     /// its activations (less memory, about one more forward pass per step).
     pub gradient_checkpointing: u32,
+    /// Since version 3. Non-zero: train LoRA adapters of this rank on the UNet's attention
+    /// projections instead of the whole UNet, the base weights frozen; the result is then
+    /// `out_path/pytorch_lora_weights.safetensors` (diffusers/peft naming). 0 (default): the whole UNet.
+    pub lora_rank: u32,
+    /// Since version 3. The adapters' alpha (their output is scaled by alpha / rank); 0: the rank.
+    pub lora_alpha: f64,
+    /// Since version 3. Comma-separated projections to adapt, from to_q, to_k, to_v, to_out.0 (NULL:
+    /// all four).
+    pub lora_targets: *const c_char,
 }
 
 impl Default for dm_finetune_options {
@@ -73,6 +83,9 @@ impl Default for dm_finetune_options {
             checkpoint_dir: null(),
             autocast_dtype: DM_DTYPE_FLOAT32,
             gradient_checkpointing: d.compute.gradient_checkpointing as u32,
+            lora_rank: 0,
+            lora_alpha: 0.0,
+            lora_targets: null(),
         }
     }
 }
@@ -114,12 +127,35 @@ unsafe fn finetune_options(o: &dm_finetune_options) -> FfiResult<FinetuneOptions
         // SAFETY: as above.
         checkpoint_dir: unsafe { optional_str(o.checkpoint_dir, "options.checkpoint_dir") }?.map(PathBuf::from),
         compute: StepCompute::new(dtype_from_c(o.autocast_dtype, "options.autocast_dtype")?, o.gradient_checkpointing != 0),
+        // SAFETY: as above.
+        lora: unsafe { lora_options(o) }?,
     })
+}
+
+/// The LoRA options of `o` (None: rank 0, the whole UNet is trained).
+///
+/// # Safety
+/// `o.lora_targets` NULL or NUL-terminated.
+unsafe fn lora_options(o: &dm_finetune_options) -> FfiResult<Option<LoraOptions>> {
+    if o.lora_rank == 0 {
+        return Ok(None);
+    }
+    let d = LoraOptions::default();
+    // SAFETY: forwarded to the caller's contract.
+    let targets = match unsafe { optional_str(o.lora_targets, "options.lora_targets") }? {
+        Some(list) => list.split(',').map(|t| t.trim().to_string()).collect(),
+        None => d.targets,
+    };
+    let alpha = (o.lora_alpha != 0.0).then_some(o.lora_alpha);
+    let options = LoraOptions { rank: o.lora_rank as usize, alpha, targets };
+    options.validate()?;
+    Ok(Some(options))
 }
 
 /// Finetunes the UNet of the diffusers folder `model_path` (loaded with `model_options`, NULL for
 /// defaults; float32) on the labelled set `data_path` (a folder per label, or a `path,label` CSV) and
-/// writes the result as a diffusers folder at `out_path`. `resume_path` (may be NULL) continues from a
+/// writes the result as a diffusers folder at `out_path` (with `lora_rank` set: LoRA adapters, written
+/// as `out_path/pytorch_lora_weights.safetensors`). `resume_path` (may be NULL) continues from a
 /// checkpoint folder. `progress` (may be NULL) is called after each step with (step, steps, loss);
 /// non-zero cancels with `DM_ERR_CANCELLED`.
 ///

@@ -4,12 +4,17 @@
 //! gradient checkpointing); VAE and text encoder frozen. The result is saved as a diffusers folder that
 //! libdiffmine and diffusers both load.
 //!
+//! Or, with `lora` options, LoRA adapters on the UNet's attention projections are trained instead,
+//! the base weights frozen, by the same loop and step; the result is then a
+//! `pytorch_lora_weights.safetensors` for the base model (see [`lora`]).
+//!
 //! This module owns the run over a labelled set (images encoded once, batches drawn from one seeded
 //! stream, checkpoints, the saved result); `training` the optimiser step, `adamw` the optimiser,
-//! `checkpoint` the resumable state and `export` the diffusers folders.
+//! `checkpoint` the resumable state, `export` the diffusers folders and `lora` the adapters.
 mod adamw;
 mod checkpoint;
 mod export;
+pub mod lora;
 mod training;
 
 use std::collections::HashMap;
@@ -23,6 +28,7 @@ use crate::model::{Component, ModelOptions, StableDiffusion};
 use crate::rng::SplitMix64;
 
 pub use export::{save_component, save_unet, ComponentSources};
+pub use lora::{LoraOptions, LORA_TARGETS, LORA_WEIGHTS_FILE};
 pub(crate) use training::{require_f32, Optimization};
 pub use training::{StepCompute, StepReport, TrainOptions, Trainer};
 
@@ -46,6 +52,8 @@ pub struct FinetuneOptions {
     pub checkpoint_every: usize,
     pub checkpoint_dir: Option<PathBuf>,
     pub compute: StepCompute,
+    /// Train LoRA adapters with these options instead of the whole UNet (None: the whole UNet).
+    pub lora: Option<LoraOptions>,
 }
 
 impl Default for FinetuneOptions {
@@ -63,6 +71,7 @@ impl Default for FinetuneOptions {
             checkpoint_every: 0,
             checkpoint_dir: None,
             compute: StepCompute::default(),
+            lora: None,
         }
     }
 }
@@ -84,9 +93,10 @@ struct EncodedImage {
 pub type TrainProgress<'a> = &'a mut dyn FnMut(u64, u64, f64) -> bool;
 
 /// Finetunes the UNet of the model at `model_dir` on `set`, continuing from `resume` (a checkpoint
-/// folder written by an earlier run) when given, and saves the result as a diffusers folder at `out`.
-/// Every draw (batch members, posterior noise, ε, t, caption dropout) comes from one generator seeded
-/// with `options.seed`, whose state checkpoints keep, so a resumed run continues the same stream.
+/// folder written by an earlier run) when given, and saves the result at `out`: a diffusers folder, or
+/// with `options.lora` a folder holding `pytorch_lora_weights.safetensors`. Every draw (LoRA's initial
+/// A, then batch members, posterior noise, ε, t, caption dropout) comes from one generator seeded with
+/// `options.seed`, whose state checkpoints keep, so a resumed run continues the same stream.
 pub fn finetune(
     model_dir: &Path,
     model_options: &ModelOptions,
@@ -101,13 +111,21 @@ pub fn finetune(
     }
     let sources =
         ComponentSources::resolve(model_dir, &model_options.overrides, &[Component::Vae, Component::TextEncoder, Component::Tokenizer, Component::Scheduler])?;
-    let start_dir = resume.unwrap_or(model_dir);
-    let model = StableDiffusion::open(start_dir, model_options)?;
-    let mut trainer = Trainer::new(model, options.train.clone(), options.compute)?;
-    let (mut rng, first_step) = match resume {
-        Some(dir) => trainer.load_state(dir)?,
-        None => (SplitMix64::new(options.seed), 0),
+    let mut rng = SplitMix64::new(options.seed);
+    let mut trainer = match &options.lora {
+        Some(lora) => {
+            lora.validate()?;
+            // The base is frozen: a resumed run reads it from the model again, the adapters from the
+            // checkpoint.
+            let model = StableDiffusion::open(model_dir, model_options)?;
+            Trainer::with_lora(model, options.train.clone(), options.compute, lora, &mut rng)?
+        }
+        None => Trainer::new(StableDiffusion::open(resume.unwrap_or(model_dir), model_options)?, options.train.clone(), options.compute)?,
     };
+    let mut first_step = 0;
+    if let Some(dir) = resume {
+        (rng, first_step) = trainer.load_state(dir)?;
+    }
     let images = encode_set(trainer.model(), set, options)?;
     let mut embeddings = HashMap::new();
     let mut last = StepReport { loss: f64::NAN, grad_norm: f64::NAN };

@@ -1,15 +1,18 @@
 //! One training step of a model's UNet: the DDPM loss on noised latents, back-propagation (optionally
 //! through checkpointed blocks and under bf16 autocast), gradient clipping and AdamW.
+use std::collections::HashMap;
 use std::path::Path;
 
 use tch::{Kind, Tensor};
 
 use super::adamw::AdamW;
 use super::export::{save_unet, ComponentSources};
+use super::lora::{Adapters, LoraOptions};
 use crate::error::{Error, Result};
 use crate::model::autocast::AutocastGuard;
 use crate::model::scheduler::PredictionType;
 use crate::model::StableDiffusion;
+use crate::rng::SplitMix64;
 
 /// The optimiser and loss settings (defaults: the paper's recipe).
 #[derive(Debug, Clone)]
@@ -127,17 +130,42 @@ impl StepCompute {
     }
 }
 
-/// Trains the UNet of a model it owns (training writes the weights, so the model cannot be shared
-/// with inference while it runs).
+/// What a trainer trains.
+pub(super) enum Trained {
+    /// Every UNet weight.
+    Unet,
+    /// LoRA adapters on the frozen UNet.
+    Lora(Adapters),
+}
+
+/// Trains the UNet of a model it owns, whole or through LoRA adapters (training writes the weights
+/// or the adapters the layers use, so the model cannot be shared with inference while it runs).
 pub struct Trainer {
     pub(super) model: StableDiffusion,
     pub(super) optimization: Optimization,
+    pub(super) trained: Trained,
     compute: StepCompute,
 }
 
 impl Trainer {
+    /// Trains every UNet weight.
     pub fn new(model: StableDiffusion, options: TrainOptions, compute: StepCompute) -> Result<Self> {
-        require_f32(&model)?;
+        Self::check(&model, compute)?;
+        let optimization = Optimization::new(&model.unet_weights().parameters, options)?;
+        Ok(Trainer { model, optimization, trained: Trained::Unet, compute })
+    }
+
+    /// Trains LoRA adapters on the UNet's attention projections, initialised from `rng` (see
+    /// [`super::lora`]); the base weights stay frozen.
+    pub fn with_lora(mut model: StableDiffusion, options: TrainOptions, compute: StepCompute, lora: &LoraOptions, rng: &mut SplitMix64) -> Result<Self> {
+        Self::check(&model, compute)?;
+        let adapters = Adapters::attach(&mut model, lora, rng)?;
+        let optimization = Optimization::new(&adapters.parameters, options)?;
+        Ok(Trainer { model, optimization, trained: Trained::Lora(adapters), compute })
+    }
+
+    fn check(model: &StableDiffusion, compute: StepCompute) -> Result<()> {
+        require_f32(model)?;
         match compute.autocast {
             // float16's narrow range makes small gradients underflow unless the loss is scaled, which
             // this trainer does not do (diffusers' scripts pair fp16 with a GradScaler).
@@ -146,18 +174,48 @@ impl Trainer {
             Some(dtype) => drop(AutocastGuard::enter(model.device(), dtype)?),
             None => {}
         }
-        let optimization = Optimization::new(&model.unet_weights().parameters, options)?;
-        Ok(Trainer { model, optimization, compute })
+        Ok(())
     }
 
     pub fn model(&self) -> &StableDiffusion {
         &self.model
     }
 
-    /// Gives the model back for inference.
-    pub fn into_model(self) -> StableDiffusion {
+    /// Gives the model back for inference: with its trained weights, or, after LoRA training, the
+    /// base model again (the adapters are what `save` writes; load them with `load_lora`).
+    pub fn into_model(mut self) -> StableDiffusion {
         self.optimization.release();
+        if let Trained::Lora(_) = self.trained {
+            Adapters::detach(&mut self.model);
+        }
         self.model
+    }
+
+    /// The trained tensors by name: the UNet's parameters (diffusers' names), or the adapters'
+    /// factors (peft's names, `<module>.lora_A.weight`, without the file's `unet.` prefix).
+    pub(super) fn trained_parameters(&self) -> &[(String, Tensor)] {
+        match &self.trained {
+            Trained::Unet => &self.model.unet_weights().parameters,
+            Trained::Lora(adapters) => &adapters.parameters,
+        }
+    }
+
+    /// The LoRA adapters' factors as they are now, copied (A as trained; B without the alpha / rank
+    /// that the saved file folds in); empty when the whole UNet is trained.
+    pub fn lora_parameters(&self) -> Result<Vec<(String, Tensor)>> {
+        match &self.trained {
+            Trained::Unet => Ok(Vec::new()),
+            Trained::Lora(adapters) => adapters.parameters.iter().map(|(n, t)| Ok((n.clone(), t.f_detach()?.copy()))).collect(),
+        }
+    }
+
+    /// Sets the LoRA adapters' factors (names as [`Self::lora_parameters`]), every one required with
+    /// its shape; refused when the whole UNet is trained.
+    pub fn set_lora_parameters(&mut self, values: &HashMap<String, Tensor>) -> Result<()> {
+        match &self.trained {
+            Trained::Unet => Err(Error::InvalidArgument("this trainer trains the whole UNet, not LoRA adapters".into())),
+            Trained::Lora(adapters) => adapters.set_values(values, Path::new("the given values")),
+        }
     }
 
     /// One optimiser step on clean latents (B, C, h, w) with the given noise, integer timesteps (B,)
@@ -177,7 +235,7 @@ impl Trainer {
 
     /// The parameters' current gradients by name (after a step: clipped), for inspection and tests.
     pub fn gradients(&self) -> Vec<(String, Tensor)> {
-        let names = self.model.unet_weights().parameters.iter().map(|(name, _)| name.clone());
+        let names = self.trained_parameters().iter().map(|(name, _)| name.clone());
         names.zip(self.optimization.gradients.iter().map(Tensor::shallow_clone)).collect()
     }
 
@@ -197,11 +255,17 @@ impl Trainer {
         Ok([noisy, target.f_to_kind(Kind::Float)?, t, ctx])
     }
 
-    /// Writes the model as a diffusers folder: the trained UNet (`unet/config.json` and
-    /// `diffusion_pytorch_model.safetensors`) plus the other components copied from where the model
-    /// was loaded (`sources`), so the result loads on its own.
+    /// Writes the result into the folder `out`. A trained UNet makes a diffusers folder: the UNet
+    /// (`unet/config.json` and `diffusion_pytorch_model.safetensors`) plus the other components copied
+    /// from where the model was loaded (`sources`), so the result loads on its own. LoRA adapters make
+    /// `out/pytorch_lora_weights.safetensors` alone (`sources` unused): they go with the base model.
     pub fn save(&self, sources: &ComponentSources, out: &Path) -> Result<()> {
-        save_unet(&self.model, &out.join("unet"))?;
-        sources.copy_to(out)
+        match &self.trained {
+            Trained::Unet => {
+                save_unet(&self.model, &out.join("unet"))?;
+                sources.copy_to(out)
+            }
+            Trained::Lora(adapters) => adapters.save(out),
+        }
     }
 }

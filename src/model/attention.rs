@@ -45,6 +45,12 @@ impl Attention {
         })
     }
 
+    /// The four projections under their diffusers names below `prefix`.
+    fn projections_mut<'a>(&'a mut self, prefix: &str, out: &mut Vec<(String, &'a mut Linear)>) {
+        let layers = [&mut self.to_q, &mut self.to_k, &mut self.to_v, &mut self.to_out];
+        out.extend(CURRENT_NAMES.iter().zip(layers).map(|(name, layer)| (format!("{prefix}.{name}"), layer)));
+    }
+
     /// `x`: (B, L, query_dim); `context`: (B, S, context_dim) or None for self-attention.
     pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
         self.forward_with(x, context, false)
@@ -178,6 +184,15 @@ impl Transformer2D {
 
     pub fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
         self.forward_with(x, context, false)
+    }
+
+    /// The attention projections of every transformer block (self- and cross-attention), under their
+    /// diffusers names below `prefix`.
+    pub(crate) fn attention_projections_mut<'a>(&'a mut self, prefix: &str, out: &mut Vec<(String, &'a mut Linear)>) {
+        for (i, block) in self.blocks.iter_mut().enumerate() {
+            block.attn1.projections_mut(&format!("{prefix}.transformer_blocks.{i}.attn1"), out);
+            block.attn2.projections_mut(&format!("{prefix}.transformer_blocks.{i}.attn2"), out);
+        }
     }
 
     /// The forward with batch row 0's self-attention queries and keys given to every row in the first

@@ -427,6 +427,11 @@ impl StableDiffusion {
         &self.unet
     }
 
+    /// The UNet's attention projections, to attach LoRA adapters to for training.
+    pub(crate) fn unet_attention_projections_mut(&mut self) -> Vec<(String, &mut nn::Linear)> {
+        self.unet.attention_projections_mut()
+    }
+
     /// The UNet's own parameter tensors, for training and saving inside the crate: they may view the
     /// weight file's mapping, so they must not outlive the model.
     pub(crate) fn unet_weights(&self) -> &ComponentWeights {

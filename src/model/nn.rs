@@ -8,17 +8,45 @@ use crate::error::Result;
 pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
+    adapter: Option<LowRankAdapter>,
+}
+
+/// A LoRA adapter applied on the fly, as peft's `lora.Linear` does: the layer computes
+/// W x + b + scaling · B (A x), with A (rank, in) and B (out, rank), leaving W itself untouched.
+pub struct LowRankAdapter {
+    pub down: Tensor,
+    pub up: Tensor,
+    pub scaling: f64,
 }
 
 impl Linear {
     pub(crate) fn load(p: &WeightPath, in_features: i64, out_features: i64, bias: bool) -> Result<Self> {
         let weight = p.get("weight", &[out_features, in_features])?;
         let bias = if bias { Some(p.get("bias", &[out_features])?) } else { None };
-        Ok(Linear { weight, bias })
+        Ok(Linear { weight, bias, adapter: None })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.f_linear(&self.weight, self.bias.as_ref())?)
+        let base = x.f_linear(&self.weight, self.bias.as_ref())?;
+        match &self.adapter {
+            None => Ok(base),
+            Some(a) => Ok(base.f_add(&x.f_linear::<&Tensor>(&a.down, None)?.f_linear::<&Tensor>(&a.up, None)?.f_mul_scalar(a.scaling)?)?),
+        }
+    }
+
+    /// (out_features, in_features).
+    pub fn shape(&self) -> (i64, i64) {
+        let size = self.weight.size();
+        (size[0], size[1])
+    }
+
+    pub fn device(&self) -> tch::Device {
+        self.weight.device()
+    }
+
+    /// Applies `adapter` from now on (None: the plain layer again).
+    pub fn set_adapter(&mut self, adapter: Option<LowRankAdapter>) {
+        self.adapter = adapter;
     }
 }
 

@@ -4,7 +4,7 @@ use tch::Tensor;
 use super::attention::{Transformer2D, Transformer2DShape};
 use super::config::UNetConfig;
 use super::embeddings::{timestep_features, TimestepEmbedding};
-use super::nn::{Conv2d, GroupNorm};
+use super::nn::{Conv2d, GroupNorm, Linear};
 use super::resnet::{Downsample2D, ResnetBlock2D, ResnetShape, Upsample2D};
 use super::weights::WeightPath;
 use crate::error::{Error, Result};
@@ -391,6 +391,28 @@ impl UNet2DConditionModel {
         }
         backward_from(&self.enter(sample, timesteps)?.tensors(), &gradients, &[], parameters, &mut parameter_gradients)?;
         Ok((loss.f_detach()?, parameter_gradients))
+    }
+
+    /// The attention projections (`to_q`, `to_k`, `to_v`, `to_out.0` of every self- and
+    /// cross-attention) under their diffusers names, in diffusers' module order: where LoRA adapters go.
+    pub(crate) fn attention_projections_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut out = Vec::new();
+        for (i, block) in self.down_blocks.iter_mut().enumerate() {
+            for (j, attention) in block.attentions.iter_mut().enumerate() {
+                attention.attention_projections_mut(&format!("down_blocks.{i}.attentions.{j}"), &mut out);
+            }
+        }
+        for (i, block) in self.up_blocks.iter_mut().enumerate() {
+            for (j, attention) in block.attentions.iter_mut().enumerate() {
+                attention.attention_projections_mut(&format!("up_blocks.{i}.attentions.{j}"), &mut out);
+            }
+        }
+        if let Some(mid) = &mut self.mid_block {
+            for (j, (attention, _)) in mid.layers.iter_mut().enumerate() {
+                attention.attention_projections_mut(&format!("mid_block.attentions.{j}"), &mut out);
+            }
+        }
+        out
     }
 
     /// The blocks between `enter` and `exit`, in order: the units gradient checkpointing recomputes.

@@ -8,7 +8,9 @@
  * (fields after it keep their defaults, whatever lies beyond the size it declares); gradient
  * checkpointing (the first step's loss is the plain run's, exactly); bf16 autocast (close to the f32
  * loss, not equal); an invalid autocast dtype and float16 autocast (refused: no loss scaling);
- * cancellation from the callback (no output folder).
+ * cancellation from the callback (no output folder); LoRA training (lora_rank, lora_targets: the adapter
+ * file written, no model folder), a second-version caller (ending before lora_rank: the whole UNet is
+ * trained, whatever lies beyond), an unknown LoRA target and a negative alpha (refused).
  * With DIFFMINE_TEST_QUICK=1 (the valgrind run, where a step takes about a minute) the checkpointed
  * and bf16 runs, which only repeat the training path, are skipped.
  */
@@ -97,6 +99,17 @@ static int is_dir(const char *path) {
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
+static int is_file(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+/* `folder/name` into `path`. */
+static const char *inside(char *path, size_t size, const char *folder, const char *name) {
+    snprintf(path, size, "%s/%s", folder, name);
+    return path;
+}
+
 int main(int argc, char **argv) {
     if (argc != 3) {
         fprintf(stderr, "usage: finetune MODEL_DIR IMAGE\n");
@@ -142,6 +155,24 @@ int main(int argc, char **argv) {
         snprintf(out, sizeof out, "%s/bf16", work);
         EXPECT_STATUS(DM_OK, run(model, csv, &bf16_options, out, &bf16));
         EXPECT(bf16.losses[0] != plain.losses[0] && fabs(bf16.losses[0] - plain.losses[0]) <= 1e-2 * plain.losses[0]);
+
+        char file[300];
+        struct dm_finetune_options lora_options = small_options();
+        lora_options.lora_rank = 2;
+        lora_options.lora_targets = "to_q,to_v";
+        struct progress_log lora = {0};
+        snprintf(out, sizeof out, "%s/lora", work);
+        EXPECT_STATUS(DM_OK, run(model, csv, &lora_options, out, &lora));
+        EXPECT(lora.calls == STEPS && isfinite(lora.losses[1]));
+        EXPECT(is_file(inside(file, sizeof file, out, "pytorch_lora_weights.safetensors")) && !is_dir(inside(file, sizeof file, out, "unet")));
+
+        struct dm_finetune_options second_version = small_options();
+        second_version.struct_size = offsetof(struct dm_finetune_options, lora_rank);
+        second_version.lora_rank = 4;
+        struct progress_log whole = {0};
+        snprintf(out, sizeof out, "%s/second_version", work);
+        EXPECT_STATUS(DM_OK, run(model, csv, &second_version, out, &whole));
+        EXPECT(whole.losses[0] == plain.losses[0] && is_dir(inside(file, sizeof file, out, "unet")));
     }
 
     struct dm_finetune_options bad = small_options();
@@ -153,6 +184,15 @@ int main(int argc, char **argv) {
     bad.autocast_dtype = DM_DTYPE_FLOAT16;
     EXPECT_STATUS(DM_ERR_INVALID_ARGUMENT, run(model, csv, &bad, out, &unused));
     EXPECT_MESSAGE("loss scaling");
+    bad = small_options();
+    bad.lora_rank = 4;
+    bad.lora_targets = "to_q,ff.net.2";
+    EXPECT_STATUS(DM_ERR_INVALID_ARGUMENT, run(model, csv, &bad, out, &unused));
+    EXPECT_MESSAGE("unknown LoRA target ff.net.2");
+    bad.lora_targets = NULL;
+    bad.lora_alpha = -2.0;
+    EXPECT_STATUS(DM_ERR_INVALID_ARGUMENT, run(model, csv, &bad, out, &unused));
+    EXPECT_MESSAGE("alpha must be positive");
     EXPECT(unused.calls == 0 && !is_dir(out));
 
     struct progress_log cancelled = {.cancel_after = 1};

@@ -132,6 +132,23 @@ pub fn models_fixture_dir() -> &'static Path {
     })
 }
 
+/// The LoRA training reference folder (tests/reference/lora_training_reference.py, built on first
+/// use from the fixtures): `reference.safetensors` and `reference.json`.
+pub fn lora_training_fixture_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = repo_root().join("target/lora_training_fixtures");
+        let status = Command::new(python())
+            .arg(repo_root().join("tests/reference/lora_training_reference.py"))
+            .arg(fixtures())
+            .arg(&out)
+            .status()
+            .expect("run tests/reference/lora_training_reference.py (run scripts/setup.sh first)");
+        assert!(status.success(), "lora_training_reference.py failed");
+        out
+    })
+}
+
 pub struct Reference {
     pub tensors: HashMap<String, Tensor>,
     pub json: serde_json::Value,
@@ -319,4 +336,20 @@ pub fn build_wheel(dist: &Path) -> PathBuf {
     let wheels: Vec<PathBuf> = std::fs::read_dir(dist).expect("dist").map(|e| e.expect("entry").path()).collect();
     assert_eq!(wheels.len(), 1, "one wheel in {}: {wheels:?}", dist.display());
     wheels.into_iter().next().unwrap()
+}
+
+/// A two-label set of small PNGs (different patterns per label) in a temporary folder.
+pub fn tiny_labelled_set() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (label, period) in [("stripes", 4u32), ("checks", 8u32)] {
+        std::fs::create_dir_all(dir.path().join(label)).unwrap();
+        for i in 0..3u32 {
+            let image = image::RgbImage::from_fn(40, 36, |x, y| {
+                let v = if label == "stripes" { (x + i) / period % 2 } else { ((x + i) / period + y / period) % 2 };
+                image::Rgb([(v * 200 + 20) as u8; 3])
+            });
+            image.save(dir.path().join(label).join(format!("{i}.png"))).unwrap();
+        }
+    }
+    dir
 }

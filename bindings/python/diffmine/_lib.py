@@ -301,6 +301,9 @@ class CFinetuneOptions(ctypes.Structure):
         ("checkpoint_dir", ctypes.c_char_p),
         ("autocast_dtype", ctypes.c_uint32),
         ("gradient_checkpointing", ctypes.c_uint32),
+        ("lora_rank", ctypes.c_uint32),
+        ("lora_alpha", ctypes.c_double),
+        ("lora_targets", ctypes.c_char_p),
     ]
 
 

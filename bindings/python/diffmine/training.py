@@ -1,14 +1,14 @@
-"""Finetuning a model folder's UNet on a labelled image set (``dm_finetune_run``)."""
+"""Finetuning a model folder's UNet, or LoRA adapters on it, on a labelled image set (``dm_finetune_run``)."""
 
 from __future__ import annotations
 
 import ctypes
 import os
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from . import _lib
 from ._progress import Progress
-from .model import PathLike, _c_string, _dtype_value, _path_bytes, _real, _uint
+from .model import PathLike, _c_string, _dtype_value, _invalid, _path_bytes, _real, _uint
 
 __all__ = ["finetune"]
 
@@ -39,6 +39,9 @@ def finetune(
     max_grad_norm: Optional[float] = None,
     autocast: str = "float32",
     gradient_checkpointing: bool = False,
+    lora_rank: Optional[int] = None,
+    lora_alpha: Optional[float] = None,
+    lora_targets: Optional[Sequence[str]] = None,
 ) -> str:
     """Finetunes the UNet of the diffusers folder ``model_path`` on the labelled set ``data`` (a folder
     with a sub-folder of images per label, or a ``path,label`` CSV) and writes the result as a
@@ -53,6 +56,13 @@ def finetune(
     weights; ``autocast="bfloat16"`` runs the UNet under mixed precision ("float16" is refused: it
     would need loss scaling), and ``gradient_checkpointing`` recomputes each UNet block in the
     backward pass to save memory.
+
+    ``lora_rank`` trains LoRA adapters of that rank on the UNet's attention projections instead of the
+    whole UNet, the base weights frozen, and writes ``out/pytorch_lora_weights.safetensors``
+    (diffusers/peft naming: ``Model.load_lora`` and diffusers' ``load_lora_weights`` read it). Their
+    output is scaled by ``lora_alpha / lora_rank`` (``lora_alpha`` None: the rank);
+    ``lora_targets`` picks the projections from ``to_q``, ``to_k``, ``to_v``, ``to_out.0`` (None: all
+    four).
 
     ``progress(step, total, loss)`` is called after each step; returning ``False`` cancels
     (:class:`diffmine.Cancelled`), and an exception it raises cancels and is
@@ -87,6 +97,21 @@ def finetune(
     options.checkpoint_every = _uint(checkpoint_every, "checkpoint_every")
     options.autocast_dtype = _dtype_value(autocast, "autocast dtype")
     options.gradient_checkpointing = bool(gradient_checkpointing)
+    if lora_rank is None and (lora_alpha is not None or lora_targets is not None):
+        raise _invalid("`lora_alpha` and `lora_targets` need `lora_rank`")
+    if lora_rank is not None:
+        # 0 in the C struct means "no LoRA": refused here rather than training the whole UNet.
+        if _uint(lora_rank, "lora_rank") == 0:
+            raise _invalid("LoRA rank must be at least 1")
+        options.lora_rank = _uint(lora_rank, "lora_rank")
+    if lora_alpha is not None:
+        options.lora_alpha = _real(lora_alpha, "lora_alpha")
+        if not options.lora_alpha > 0:
+            raise _invalid(f"LoRA alpha must be positive and finite, got {lora_alpha}")
+    if isinstance(lora_targets, str):
+        raise _invalid("`lora_targets` is a sequence of names, e.g. ['to_q', 'to_v']")
+    texts["lora_targets"] = None if lora_targets is None else _c_string(",".join(lora_targets), "lora_targets")
+    options.lora_targets = texts["lora_targets"]
 
     reporter = Progress(progress, with_value=True)
     status = lib.dm_finetune_run(

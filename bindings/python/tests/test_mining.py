@@ -295,6 +295,26 @@ class FinetuneTest(Assertions):
             self.assertFails(Status.ERR_INVALID_ARGUMENT, lambda: first_loss("bad", autocast="float8"), "autocast")
             self.assertFails(Status.ERR_INVALID_ARGUMENT, lambda: first_loss("f16", autocast="float16"), "loss scaling")
 
+    def test_lora_training_writes_an_adapter_the_model_loads(self) -> None:
+        case = CASES["sd15_tiny"]
+        with tempfile.TemporaryDirectory() as tmp:
+            data, out = Path(tmp) / "data", Path(tmp) / "lora"
+            write_image_set(data)
+            diffmine.finetune(case.folder, data, out, steps=2, batch_size=2, resolution=32, seed=3,
+                              lora_rank=2, lora_alpha=4.0, lora_targets=["to_q", "to_v"])
+            self.assertEqual(sorted(p.name for p in out.iterdir()), ["pytorch_lora_weights.safetensors"])
+            x = case.ref["unet.0.latents"]
+            t, context = case.ref["unet.0.timesteps"], case.ref["unet.0.encoder_hidden_states"]
+            with diffmine.Model(case.folder) as model:
+                base = model.predict_noise(x, t, context)
+                model.load_lora(out / "pytorch_lora_weights.safetensors")
+                self.assertGreater(relative_error(model.predict_noise(x, t, context), base), 0, "the adapter was trained")
+            run = lambda **kw: diffmine.finetune(case.folder, data, Path(tmp) / "bad", steps=1, batch_size=1, resolution=32, **kw)  # noqa: E731
+            self.assertFails(Status.ERR_INVALID_ARGUMENT, lambda: run(lora_rank=0), "rank must be at least 1")
+            self.assertFails(Status.ERR_INVALID_ARGUMENT, lambda: run(lora_rank=4, lora_targets=["to_q", "ff"]), "unknown LoRA target ff")
+            self.assertFails(Status.ERR_INVALID_ARGUMENT, lambda: run(lora_alpha=2.0), "need `lora_rank`")
+            self.assertFalse((Path(tmp) / "bad").exists())
+
     def test_cancel_and_bad_arguments(self) -> None:
         case = CASES["sd15_tiny"]
         with tempfile.TemporaryDirectory() as tmp:

@@ -1,11 +1,11 @@
-//! `finetune` (a model's UNet on a labelled set) and `train-vae` (a model's VAE as an autoencoder).
+//! `finetune` (a model's UNet, or LoRA adapters on it, on a labelled set) and `train-vae` (a model's VAE as an autoencoder).
 use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Args;
 use diffmine::autoencoder::{train_autoencoder, AutoencoderOptions};
 use diffmine::dataset::LabelledSet;
-use diffmine::finetune::{finetune, FinetuneOptions, StepCompute, TrainOptions};
+use diffmine::finetune::{finetune, FinetuneOptions, LoraOptions, StepCompute, TrainOptions};
 use diffmine::model::{dtype_name, parse_dtype};
 use diffmine::Result;
 use tch::Kind;
@@ -20,7 +20,8 @@ pub struct FinetuneArgs {
     /// A folder with a subfolder of images per label, or a CSV of `path,label` rows.
     #[arg(long, value_name = "DIR_OR_CSV")]
     data: PathBuf,
-    /// The finetuned model folder (checkpoints in OUT/checkpoints).
+    /// The finetuned model folder, or with --lora-rank the folder of pytorch_lora_weights.safetensors
+    /// (checkpoints in OUT/checkpoints).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
     /// Training steps.
@@ -59,6 +60,16 @@ pub struct FinetuneArgs {
     /// Recompute each UNet block in the backward pass instead of keeping its activations.
     #[arg(long)]
     gradient_checkpointing: bool,
+    /// Train LoRA adapters of this rank on the UNet's attention projections instead of the whole
+    /// UNet (the base weights frozen); writes OUT/pytorch_lora_weights.safetensors for --lora.
+    #[arg(long, value_name = "RANK")]
+    lora_rank: Option<usize>,
+    /// The adapters' alpha: their output is scaled by alpha / rank [default: the rank].
+    #[arg(long, value_name = "ALPHA", requires = "lora_rank")]
+    lora_alpha: Option<f64>,
+    /// The attention projections to adapt (comma-separated).
+    #[arg(long, value_delimiter = ',', requires = "lora_rank", default_values_t = LoraOptions::default().targets)]
+    lora_targets: Vec<String>,
 }
 
 impl FinetuneArgs {
@@ -78,8 +89,13 @@ impl FinetuneArgs {
             checkpoint_every: self.checkpoint_every,
             checkpoint_dir: Some(self.out.join("checkpoints")),
             compute: StepCompute::new(parse_dtype(&self.autocast)?, self.gradient_checkpointing || defaults.compute.gradient_checkpointing),
+            lora: self.lora_rank.map(|rank| LoraOptions { rank, alpha: self.lora_alpha, targets: self.lora_targets.clone() }),
             ..defaults
         };
+        if let Some(lora) = &options.lora {
+            lora.validate()?;
+            println!("training LoRA adapters of rank {} (alpha {}) on {}", lora.rank, lora.alpha.unwrap_or(lora.rank as f64), lora.targets.join(", "));
+        }
         println!("finetuning on {} images of {} labels: {:?}", set.items.len(), set.labels().len(), set.labels());
         let started = Instant::now();
         // The steps after this run's first, timed apart from loading, encoding and warm-up (benches/training.sh).
