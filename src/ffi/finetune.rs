@@ -7,7 +7,7 @@ use std::ptr::null;
 
 use super::args::{optional_str, read_options, required_str, write_value};
 use super::error::{guard, FfiError, FfiResult};
-use super::model::{dm_model_options, dtype_from_c, model_options as safe_model_options, DM_DTYPE_FLOAT32};
+use super::model::{dm_model_options, dtype_from_c, model_options as safe_model_options, DM_DTYPE_FLOAT32, MODEL_OPTIONS_V1_SIZE};
 use super::status::dm_status;
 use super::typicality::dm_progress_fn;
 use crate::dataset::LabelledSet;
@@ -183,13 +183,12 @@ pub unsafe extern "C" fn dm_finetune_run(
                 optional_str(resume_path, "resume_path")?,
             )
         };
-        let min_model = std::mem::size_of::<dm_model_options>();
         // A caller built against the first version, which ended before `autocast_dtype`, gets the
         // defaults of the later fields.
         let min_finetune = std::mem::offset_of!(dm_finetune_options, autocast_dtype);
         // SAFETY: as above.
         let (model_options, options) = unsafe {
-            let c_model = read_options(model_options, dm_model_options::default(), min_model, "model_options")?;
+            let c_model = read_options(model_options, dm_model_options::default(), MODEL_OPTIONS_V1_SIZE, "model_options")?;
             let c_finetune = read_options(options, dm_finetune_options::default(), min_finetune, "options")?;
             (safe_model_options(&c_model)?, finetune_options(&c_finetune)?)
         };

@@ -67,6 +67,10 @@ pub struct dm_model_options {
     pub use_ema: u32,
 }
 
+/// The size of the struct's first version, before the single-file fields were appended: callers built
+/// against that header pass it, and the appended fields keep their defaults.
+pub(crate) const MODEL_OPTIONS_V1_SIZE: usize = std::mem::offset_of!(dm_model_options, config_path);
+
 impl Default for dm_model_options {
     fn default() -> Self {
         dm_model_options {
@@ -186,9 +190,8 @@ pub unsafe extern "C" fn dm_model_open(path: *const c_char, options: *const dm_m
         if out_model.is_null() {
             return Err(FfiError::Null("out_model"));
         }
-        let min_size = std::mem::size_of::<dm_model_options>();
         // SAFETY: as above.
-        let c_options = unsafe { read_options(options, dm_model_options::default(), min_size, "options") }?;
+        let c_options = unsafe { read_options(options, dm_model_options::default(), MODEL_OPTIONS_V1_SIZE, "options") }?;
         // SAFETY: as above.
         let options = unsafe { model_options(&c_options) }?;
         let model = StableDiffusion::open(Path::new(path), &options)?;

@@ -10,6 +10,7 @@
 #define _POSIX_C_SOURCE 200809L
 
 #include <pthread.h>
+#include <stddef.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -154,6 +155,19 @@ static void check_open_errors(const char *model_dir) {
     EXPECT(model == sentinel);
 
     EXPECT_STATUS(DM_OK, dm_model_free(NULL));
+}
+
+/* A caller built against dm_model_options' first version (which ended before `config_path`) opens
+ * the model, the later fields keeping their defaults. */
+static void check_first_version_model_options(const char *model_dir) {
+    dm_model_options options;
+    dm_model_options_default(&options);
+    options.struct_size = offsetof(dm_model_options, config_path);
+    options.sd_version = 99; /* beyond its struct_size: never read */
+    dm_model *model = NULL;
+    EXPECT_STATUS(DM_OK, dm_model_open(model_dir, &options, &model));
+    EXPECT(model != NULL);
+    EXPECT_STATUS(DM_OK, dm_model_free(model));
 }
 
 static void check_last_error_copy(void) {
@@ -430,6 +444,7 @@ int main(int argc, char **argv) {
     EXPECT_STATUS(DM_OK, dm_model_free(model));
 
     check_handles(model_dir);
+    check_first_version_model_options(model_dir);
     EXPECT(atomic_load(&loaded_events) == 1); /* the callback was removed */
 
     if (failures == 0) {
