@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""The diffusers side of benches/training.sh: what `diffmine finetune` does, in diffusers' text-to-image
+"""The diffusers side of benches/training.sh and of benches/gpu.sh's finetuning step: what `diffmine finetune` does, in diffusers' text-to-image
 training recipe (epsilon MSE at t uniform, AdamW lr 1e-4 with weight decay 1e-2, gradient clipping 1.0,
 VAE and text encoder frozen), from the same folder on the same images.
 
-Usage: training_diffusers.py MODEL_DIR DATA_DIR STEPS BATCH RESOLUTION MODE
+Usage: training_diffusers.py MODEL_DIR DATA_DIR STEPS BATCH RESOLUTION MODE [DEVICE]
   MODE: f32 | f32-checkpointing | bf16-autocast | bf16-autocast-checkpointing
-Prints JSON: the mean time of the steps after the first (as the CLI's "steps after the first"); the
-peak memory of both sides is measured by benches/training.sh.
+  DEVICE: cpu (default) or cuda
+Prints JSON: the mean time of the steps after the first (as the CLI's "steps after the first"; on CUDA
+each step ends when the device has finished it); the peak memory of both sides is measured by
+benches/training.sh.
 """
 
 import json
@@ -38,10 +40,11 @@ def load_images(data: Path, resolution: int) -> tuple[torch.Tensor, list[str]]:
 
 def main() -> int:
     model, data, steps, batch, resolution, mode = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+    device = torch.device(sys.argv[7] if len(sys.argv) > 7 else "cpu")
     torch.manual_seed(0)
-    unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet")
-    vae = AutoencoderKL.from_pretrained(model, subfolder="vae")
-    text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder")
+    unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet").to(device)
+    vae = AutoencoderKL.from_pretrained(model, subfolder="vae").to(device)
+    text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder").to(device)
     tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
     scheduler = DDPMScheduler.from_pretrained(model, subfolder="scheduler")
     vae.requires_grad_(False)
@@ -49,21 +52,21 @@ def main() -> int:
     unet.train()
     if mode.endswith("checkpointing"):
         unet.enable_gradient_checkpointing()
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if mode.startswith("bf16") else nullcontext()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if mode.startswith("bf16") else nullcontext()
 
     images, labels = load_images(data, resolution)
     with torch.no_grad():
-        posterior = vae.encode(images).latent_dist
-        ids = tokenizer([f"Image of {label}." for label in labels], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+        posterior = vae.encode(images.to(device)).latent_dist
+        ids = tokenizer([f"Image of {label}." for label in labels], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids.to(device)
         context = text_encoder(ids)[0]
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
 
     step_ends = []
     for _ in range(steps):
-        members = torch.randint(0, len(labels), (batch,))
+        members = torch.randint(0, len(labels), (batch,), device=device)
         latents = posterior.sample()[members] * vae.config.scaling_factor
         noise = torch.randn_like(latents)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,))
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), device=device)
         noisy = scheduler.add_noise(latents, noise, timesteps)
         with autocast:
             prediction = unet(noisy, timesteps, context[members]).sample
@@ -72,9 +75,12 @@ def main() -> int:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         step_ends.append(time.perf_counter())
     seconds = (step_ends[-1] - step_ends[0]) / (steps - 1)
-    print(json.dumps({"seconds_per_step": seconds, "last_loss": loss.item()}))
+    print(json.dumps({"kind": "finetune", "impl": "diffusers", "mode": mode, "device": device.type, "batch": batch, "resolution": resolution,
+                      "steps": steps, "seconds_per_step": seconds, "last_loss": loss.item()}))
     return 0
 
 
