@@ -72,13 +72,13 @@ HALF_BOUNDS = {
     "typicality": 0.25,
     "dift": 0.1,
     "translate": 0.05,
-    "finetune_loss_1": 0.02,
-    "finetune_loss_2": 0.02,
+    "finetune_loss_1": 0.01,
+    "finetune_loss_2": 0.01,
 }
 # The first AdamW update is lr * sign(gradient) for most weights: a flipped sign on weights whose
 # gradient is near zero moves the cosine from 1 quickly; on the CPU in float32 with and without
 # checkpointing it is 1 to rounding.
-F32_AGREE, HALF_AGREE = 0.99, 0.7
+F32_AGREE, HALF_AGREE = 0.99, 0.9
 # The demo model's typicality map in a half precision against float32 (the map's ranking of pixels is
 # what mining uses).
 DEMO_CORR = 0.99

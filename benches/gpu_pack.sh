@@ -6,8 +6,8 @@
 #   fixtures/: the random-weight test pipelines sd15_tiny, sd2_tiny (tests/reference/make_fixtures.py)
 #   and sd15_pnp (tests/reference/translate_reference.py), float32 weights only;
 #   wheels/: diffusers (the machine has torch and transformers but not diffusers) and the packages it
-#   imports that transformers 5 no longer brings (requests and its dependencies), pure Python, at the
-#   versions of this machine's venv, downloaded once into target/gpu-wheels;
+#   imports that transformers 5 no longer brings (requests and the dependencies it cannot do without),
+#   pure Python, rebuilt from this venv's installed files (benches/gpu_wheels.py: no registry needed);
 #   bundle.json: the commit and the versions it was built from.
 # Then checks that the bundle plus the checkout's files that travel anyway (tracked and untracked,
 # not ignored: benches/, bindings/python, models/demo...) stay under the 64 MiB a device command may
@@ -25,9 +25,9 @@ BUNDLE=${BUNDLE:-$root/target/gpu}
 FIXTURES=${FIXTURES:-$root/target/fixtures}
 PNP_FIXTURE=${PNP_FIXTURE:-$root/target/translate_fixtures/sd15_pnp}
 PYTHON=${PYTHON:-${DIFFMINE_VENV:-$root/.deps/venv}/bin/python}
-WHEEL_CACHE=$root/target/gpu-wheels
-# diffusers, and what it imports beyond the GPU machine's packages.
-WHEELS=(diffusers requests urllib3 idna charset-normalizer certifi)
+# diffusers, and what it imports beyond the GPU machine's packages (requests runs without a character
+# detector, which here is a compiled one).
+WHEELS=(diffusers requests urllib3 idna certifi)
 log() { echo "[gpu_pack $(date -u +%H:%M:%S)] $*" >&2; }
 fail() { echo "gpu_pack: $*" >&2; exit 1; }
 
@@ -60,19 +60,8 @@ copy_pipeline "$FIXTURES/sd15_tiny" sd15_tiny
 copy_pipeline "$FIXTURES/sd2_tiny" sd2_tiny
 copy_pipeline "$PNP_FIXTURE" sd15_pnp
 
-log "collecting the wheels"
-mkdir -p "$WHEEL_CACHE" "$staging/wheels"
-for name in "${WHEELS[@]}"; do
-  version=$("$PYTHON" -c 'import sys; from importlib.metadata import version; print(version(sys.argv[1]))' "$name")
-  wheel=$(find "$WHEEL_CACHE" -maxdepth 1 -iname "$(echo "$name" | tr - _)-$version-*py3-none-any.whl" | head -1)
-  if [ -z "$wheel" ]; then
-    "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --platform any --python-version 3.12 --implementation py --abi none \
-      -d "$WHEEL_CACHE" "$name==$version" >&2 || fail "cannot download $name==$version (no registry?): put its py3-none-any wheel in $WHEEL_CACHE"
-    wheel=$(find "$WHEEL_CACHE" -maxdepth 1 -iname "$(echo "$name" | tr - _)-$version-*py3-none-any.whl" | head -1)
-    [ -n "$wheel" ] || fail "pip downloaded no py3-none-any wheel of $name==$version"
-  fi
-  cp "$wheel" "$staging/wheels/"
-done
+log "packing the wheels"
+"$PYTHON" benches/gpu_wheels.py "$staging/wheels" "${WHEELS[@]}" > /dev/null || fail "cannot pack the wheels of ${WHEELS[*]}"
 
 "$PYTHON" - "$staging/bundle.json" "$(git rev-parse HEAD)" "$(git status --porcelain | wc -l)" <<'PY'
 import json, sys
