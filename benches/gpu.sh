@@ -87,7 +87,11 @@ if [ -n "$missing" ]; then
   exit 1
 fi
 site=$work/site
-"$PYTHON" -m pip install -q --no-index --no-deps --target "$site" "$BUNDLE"/wheels/*.whl 2>&1 | tee -a "$OUT/log.txt" >&2
+if ! "$PYTHON" -m pip install -q --no-index --no-deps --target "$site" "$BUNDLE"/wheels/*.whl 2>&1 | tee -a "$OUT/log.txt" >&2; then
+  # Without pip: a pure-Python wheel unpacked is an installed package (its scripts aside).
+  log "pip failed; unpacking the wheels instead"
+  for wheel in "$BUNDLE"/wheels/*.whl; do "$PYTHON" -m zipfile -e "$wheel" "$site"; done
+fi
 export PYTHONPATH=$root/bindings/python:$site${PYTHONPATH:+:$PYTHONPATH}
 export DIFFMINE_LIB=$BUNDLE/libdiffmine.so HF_HUB_OFFLINE=1 PYTHONDONTWRITEBYTECODE=1
 cli=$BUNDLE/diffmine
@@ -113,10 +117,9 @@ for dtype in $DTYPES; do
   mode=$([ "$dtype" = float16 ] && echo fp16 || echo bf16)
   step "diffusers typicality $mode, N $SAMPLES, batch $AUTHORS_BATCH" \
     "$PYTHON" benches/typicality_diffusers.py "$model" "$image" "$PROMPT" "$NULL_PROMPT" "$SAMPLES" "$AUTHORS_BATCH" "$mode" "$DEVICE" "$REPEATS"
-  for batch in $(echo "$AUTHORS_BATCH $BIG_BATCH" | tr ' ' '\n' | uniq); do
-    step "libdiffmine typicality $dtype, N $SAMPLES, batch $batch" \
-      "$PYTHON" benches/gpu_bench.py typicality "$model" "$image" "$DEVICE" "$dtype" "$SAMPLES" "$batch" "$REPEATS"
-  done
+  batches=$(echo "$AUTHORS_BATCH $BIG_BATCH" | tr ' ' '\n' | uniq | paste -sd,)
+  step "libdiffmine typicality $dtype, N $SAMPLES, batches $batches" \
+    "$PYTHON" benches/gpu_bench.py typicality "$model" "$image" "$DEVICE" "$dtype" "$SAMPLES" "$batches" "$REPEATS"
 done
 
 # 3. finetuning step

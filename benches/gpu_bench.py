@@ -3,9 +3,10 @@
 the card's peak, and the summary of a run.
 
 Usage:
-  gpu_bench.py typicality MODEL_DIR IMAGE.png DEVICE DTYPE SAMPLES BATCH REPEATS
+  gpu_bench.py typicality MODEL_DIR IMAGE.png DEVICE DTYPE SAMPLES BATCHES REPEATS
       One typicality map of IMAGE with libdiffmine (the Python binding, the library DIFFMINE_LIB names)
-      after a warm-up map, REPEATS times: JSON line with the median seconds and images per second.
+      after a warm-up map, REPEATS times, per batch size of BATCHES (comma-separated; one model load):
+      a JSON line each with the median seconds and images per second.
   gpu_bench.py flops MODEL_DIR HEIGHT WIDTH DEVICE
       The FLOPs of one UNet row (one latent, one context) at HEIGHT x WIDTH pixels, counted by
       torch.utils.flop_counter on diffusers' UNet built from MODEL_DIR/unet/config.json on the meta device
@@ -35,7 +36,7 @@ PEAKS = (
 )
 
 
-def libdiffmine_typicality(model_dir, image_path, device, dtype, samples, batch, repeats):
+def libdiffmine_typicality(model_dir, image_path, device, dtype, samples, batches, repeats):
     import numpy as np
     from PIL import Image
 
@@ -45,18 +46,19 @@ def libdiffmine_typicality(model_dir, image_path, device, dtype, samples, batch,
     started = time.perf_counter()
     with diffmine.Model(model_dir, device=device, dtype=dtype) as model:
         load_seconds = time.perf_counter() - started
+        for batch in batches:
 
-        def one_map():
-            t0 = time.perf_counter()
-            result = model.typicality(image, PROMPT, NULL_PROMPT, samples=samples, batch=batch)
-            return time.perf_counter() - t0, result
+            def one_map():
+                t0 = time.perf_counter()
+                result = model.typicality(image, PROMPT, NULL_PROMPT, samples=samples, batch=batch)
+                return time.perf_counter() - t0, result
 
-        warmup, _ = one_map()
-        runs = [one_map() for _ in range(repeats)]
-    seconds = statistics.median(s for s, _ in runs)
-    return {"kind": "typicality", "impl": "libdiffmine", "dtype": dtype, "device": device, "samples": samples, "batch": batch,
-            "seconds": seconds, "all": [s for s, _ in runs], "warmup_seconds": warmup, "load_seconds": load_seconds,
-            "images_per_second": 1.0 / seconds, "mean": float(runs[-1][1].mean())}
+            warmup, _ = one_map()
+            runs = [one_map() for _ in range(repeats)]
+            seconds = statistics.median(s for s, _ in runs)
+            yield {"kind": "typicality", "impl": "libdiffmine", "dtype": dtype, "device": device, "samples": samples, "batch": batch,
+                   "seconds": seconds, "all": [s for s, _ in runs], "warmup_seconds": warmup, "load_seconds": load_seconds,
+                   "images_per_second": 1.0 / seconds, "mean": float(runs[-1][1].mean())}
 
 
 def unet_flops(model_dir, height, width, device):
@@ -109,15 +111,17 @@ def summary(path):
 def main() -> int:
     what, args = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else (None, [])
     if what == "typicality" and len(args) == 7:
-        line = libdiffmine_typicality(args[0], args[1], args[2], args[3], int(args[4]), int(args[5]), int(args[6]))
+        batches = [int(b) for b in args[5].split(",")]
+        lines = libdiffmine_typicality(args[0], args[1], args[2], args[3], int(args[4]), batches, int(args[6]))
     elif what == "flops" and len(args) == 4:
-        line = unet_flops(args[0], int(args[1]), int(args[2]), args[3])
+        lines = [unet_flops(args[0], int(args[1]), int(args[2]), args[3])]
     elif what == "summary" and len(args) == 1:
-        line = summary(args[0])
+        lines = [summary(args[0])]
     else:
         print(__doc__, file=sys.stderr)
         return 2
-    print(json.dumps(line))
+    for line in lines:
+        print(json.dumps(line), flush=True)
     return 0
 
 

@@ -43,6 +43,8 @@ for f in "$DIFFMINE_LIB" "$DIFFMINE_CLI" "$FIXTURES/sd15_tiny/model_index.json" 
   [ -f "$f" ] || fail "$f is missing"
 done
 
+"$DIFFMINE_CLI" synth --help > /dev/null 2>&1 || fail "$DIFFMINE_CLI has no synth command (build it with --features synthetic)"
+
 staging=$(mktemp -d "$(dirname "$BUNDLE")/.gpu-bundle.XXXXXX")
 trap 'rm -rf "$staging"' EXIT
 

@@ -13,6 +13,21 @@ use std::time::Instant;
 use common::{built_library, fixtures, python, repo_root, translate_fixture_dir};
 use serde_json::Value;
 
+/// Every check benches/gpu_check.py makes in its CPU setting.
+const CHECKS: [&str; 11] = [
+    "text_embeddings",
+    "encode",
+    "decode",
+    "unet",
+    "typicality",
+    "dift",
+    "translate",
+    "finetune_loss_1",
+    "finetune_loss_2",
+    "finetune_update",
+    "demo_typicality",
+];
+
 fn run(script: &str, envs: &[(&str, &Path)], args: &[&Path]) -> String {
     let started = Instant::now();
     let output = Command::new("bash")
@@ -76,7 +91,7 @@ fn gpu_script_runs_on_the_cpu() {
     let failed: Vec<_> = checks.iter().filter(|c| c["ok"] != true).collect();
     assert!(failed.is_empty(), "checks failed: {failed:?}");
     let names: Vec<&str> = checks.iter().filter_map(|c| c["check"].as_str()).collect();
-    for check in ["text_embeddings", "encode", "decode", "unet", "typicality", "dift", "translate", "finetune_loss_1", "finetune_loss_2", "finetune_update", "demo_typicality"] {
+    for check in CHECKS {
         assert!(names.contains(&check), "no {check} check in {names:?}");
     }
 
