@@ -28,6 +28,12 @@
 // The map's values: 16-bit grey whose Rescale Slope/Intercept give them back.
 #define DM_MAP_RAW 1
 
+// A fractional Segmentation (SOP class 1.2.840.10008.5.1.4.1.1.66.4): the map as a probability.
+#define DM_MAP_SEGMENTATION 2
+
+// A Parametric Map (SOP class 1.2.840.10008.5.1.4.1.1.30): the exact float values.
+#define DM_MAP_PARAMETRIC 3
+
 // Bytes a UID buffer needs: 64 characters and the NUL.
 #define DM_UID_BUFFER_SIZE 65
 
@@ -186,6 +192,30 @@ typedef struct dm_cxr8_options {
 // Returning non-zero cancels the work, which then fails with `DM_ERR_CANCELLED` and leaves every
 // handle usable.
 typedef int32_t (*dm_progress_fn)(uint64_t done, uint64_t total, double value, void *user_data);
+
+// How `dm_map_write_dicom_object` writes a map and what the object records of how it was made. Fill
+// with `dm_dicom_map_options_default`. Strings are UTF-8, NULL meaning absent.
+typedef struct dm_dicom_map_options {
+  size_t struct_size;
+  // `DM_MAP_OVERLAY` (default), `DM_MAP_RAW`, `DM_MAP_SEGMENTATION` or `DM_MAP_PARAMETRIC`.
+  uint32_t kind;
+  // What the map is the typicality of (the segment label; at most 64 characters); NULL:
+  // "typicality".
+  const char *label;
+  // The prompts, samples and seed the map was computed with: recorded in the object (Image
+  // Comments, as JSON), not used. Defaults: NULL, NULL, and `dm_typicality_options_default`'s
+  // samples and seed.
+  const char *prompt;
+  const char *null_prompt;
+  uint32_t samples;
+  uint64_t seed;
+  // The series to add the instance to; NULL: a new one.
+  const char *series_instance_uid;
+  // NULL: a description naming the kind (at most 64 characters).
+  const char *series_description;
+  // 9000 by default.
+  uint32_t series_number;
+} dm_dicom_map_options;
 
 // How to finetune. Fill with `dm_finetune_options_default` (the paper's recipe), then set `steps`,
 // `batch_size` and `resolution` for the data at hand.
@@ -597,10 +627,10 @@ enum dm_status dm_cxr8_evaluate(const struct dm_model *model,
 enum dm_status dm_dicom_new_uid(char *out, size_t out_len);
 
 // Writes a row-major `width` × `height` map (`map_len` floats, e.g. the typicality map of frame
-// `frame` of the DICOM file at `source_path`) to `out_path` as a Secondary Capture instance of the
-// source's study: same patient and study, a new SOP Instance UID, the source in its Source Image
-// Sequence. `kind` is `DM_MAP_OVERLAY` or `DM_MAP_RAW`. The series is `series_instance_uid`, or a new
-// one when NULL. When `out_sop_instance_uid` is not NULL, the new instance's UID is written there
+// `frame` of the DICOM file at `source_path`) to `out_path` as an instance of the source's study:
+// `dm_map_write_dicom_object` with options at their defaults but `kind` (a `DM_MAP_*` value; this
+// function predates the Segmentation and the Parametric Map) and `series_instance_uid` (NULL: a new
+// series). When `out_sop_instance_uid` is not NULL, the new instance's UID is written there
 // (`out_sop_instance_uid_len` bytes, at least `DM_UID_BUFFER_SIZE`).
 //
 // # Safety
@@ -617,6 +647,41 @@ enum dm_status dm_map_write_dicom(const char *source_path,
                                   const char *out_path,
                                   char *out_sop_instance_uid,
                                   size_t out_sop_instance_uid_len);
+
+// Fills `options` with the defaults.
+//
+// # Safety
+// `options` must be NULL or point to a writable `dm_dicom_map_options`.
+enum dm_status dm_dicom_map_options_default(struct dm_dicom_map_options *options);
+
+// Writes a row-major `width` × `height` map (`map_len` floats, e.g. the typicality map of frame
+// `frame` of the DICOM file at `source_path`) to `out_path` as a new instance of the source's study
+// (same patient and study, the source in its Source Image Sequence), of the kind `options->kind`:
+// - `DM_MAP_OVERLAY`: Secondary Capture, the map in colour on the image (RGB, the map's size);
+// - `DM_MAP_RAW`: Secondary Capture, 16-bit grey whose Rescale Slope/Intercept give the values;
+// - `DM_MAP_SEGMENTATION`: a fractional Segmentation (probability), the map min–max scaled to
+//   [0, 1] and resampled (bilinear) to the source frame's rows and columns, 8 bits;
+// - `DM_MAP_PARAMETRIC`: a Parametric Map of the exact float values at the map's size.
+//
+// `options` NULL means the defaults (`dm_dicom_map_options_default`). When `out_sop_instance_uid`
+// is not NULL, the new instance's UID is written there (`out_sop_instance_uid_len` bytes, at least
+// `DM_UID_BUFFER_SIZE`). On failure no file is left at `out_path` (one already there stays as it
+// was).
+//
+// # Safety
+// Strings must be NULL or NUL-terminated; `map` NULL or `map_len` readable floats; `options` NULL
+// or a valid struct of `options->struct_size` bytes; `out_sop_instance_uid` NULL or
+// `out_sop_instance_uid_len` writable bytes.
+enum dm_status dm_map_write_dicom_object(const char *source_path,
+                                         uint32_t frame,
+                                         const float *map,
+                                         size_t map_len,
+                                         uint32_t width,
+                                         uint32_t height,
+                                         const struct dm_dicom_map_options *options,
+                                         const char *out_path,
+                                         char *out_sop_instance_uid,
+                                         size_t out_sop_instance_uid_len);
 
 // The message of the last failed call on this thread ("" if none). The pointer stays valid until
 // the next failing call on the same thread; the caller must not free it.

@@ -1,12 +1,21 @@
 #!/usr/bin/env bash
 # Installs Debian packages for the commands named, each given as COMMAND:PACKAGE (for instance
-# abidw:abigail-tools). Idempotent: does nothing when every command is already on PATH. Refreshes the
+# abidw:abigail-tools) or, for a package without a command, /ABSOLUTE/FILE:PACKAGE (for instance
+# /usr/include/json-c/json.h:libjson-c-dev). Idempotent: does nothing when every command is already on
+# PATH and every file exists. Refreshes the
 # package lists only when the install fails on them (stale lists give 404s).
 set -euo pipefail
 
+present() {
+    case "$1" in
+        /*) [ -e "$1" ] ;;
+        *) command -v "$1" >/dev/null 2>&1 ;;
+    esac
+}
+
 missing=()
 for pair in "$@"; do
-    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+    present "${pair%%:*}" || missing+=("${pair#*:}")
 done
 [ ${#missing[@]} -gt 0 ] || exit 0
 
@@ -27,5 +36,5 @@ if ! apt_install; then
     apt_install
 fi
 for pair in "$@"; do
-    command -v "${pair%%:*}" >/dev/null 2>&1 || { echo "install_debian.sh: ${pair%%:*} still not on PATH after installing ${pair#*:}" >&2; exit 1; }
+    present "${pair%%:*}" || { echo "install_debian.sh: ${pair%%:*} still missing after installing ${pair#*:}" >&2; exit 1; }
 done

@@ -63,7 +63,18 @@ if ! cargo fuzz --version 2>/dev/null | grep -q '0.13.2'; then
   retry cargo install --locked --quiet cargo-fuzz --version 0.13.2
 fi
 
-retry bash "$root/scripts/install_debian.sh" chromium:chromium node:nodejs npm:npm patchelf:patchelf abidw:abigail-tools
+retry bash "$root/scripts/install_debian.sh" chromium:chromium node:nodejs npm:npm patchelf:patchelf abidw:abigail-tools dciodvfy:dicom3tools
+
+# The Orthanc plugin (bindings/orthanc) and its test: Debian's Orthanc and plugin SDK, json-c, DCMTK's
+# storescu, and curl and ip for the test's clients in the server's network namespace.
+retry bash "$root/scripts/install_debian.sh" Orthanc:orthanc /usr/include/orthanc/OrthancCPlugin.h:orthanc-dev \
+  /usr/include/json-c/json.h:libjson-c-dev storescu:dcmtk curl:curl ip:iproute2
+# Debian's orthanc package enables a system service that listens on every address; the test starts its
+# own Orthanc inside a private network namespace, so the service stays stopped and disabled.
+if [ -e /lib/systemd/system/orthanc.service ]; then
+  sudo=$([ "$(id -u)" -eq 0 ] || echo sudo)
+  { $sudo systemctl disable --now orthanc || $sudo service orthanc stop || true; } >/dev/null 2>&1
+fi
 
 # `npm ci` installs exactly tests/browser/package-lock.json; the stamp (the lock file's hash) skips it
 # when node_modules already holds that.

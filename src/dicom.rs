@@ -25,6 +25,7 @@
 //! Maps go back to the PACS with [`DicomFile::write_map`] (`write`).
 mod attributes;
 mod codecs;
+mod enhanced;
 mod format;
 mod frames;
 mod lut;
@@ -41,7 +42,7 @@ pub use self::format::Photometric;
 use self::format::{Codec, PixelFormat};
 pub use self::lut::VoiFunction;
 use self::lut::{ModalityLut, Palette, Voi};
-pub use self::write::{new_uid, validate_uid, write_grey_image, GreyImageAttributes, MapKind, WrittenInstance};
+pub use self::write::{new_uid, validate_uid, write_grey_image, GreyImageAttributes, MapKind, MapObjectOptions, WrittenInstance};
 use crate::error::{Error, Result};
 use crate::image::{ImageView, PixelType};
 

@@ -94,7 +94,8 @@ pub fn reduced(map: &[f32], height: usize, width: usize, longest: usize) -> Arra
     Array2::from_shape_vec((h, w), resize(map.to_vec(), height, width, h, w)).expect("h × w values")
 }
 
-fn resize(values: Vec<f32>, height: usize, width: usize, new_height: usize, new_width: usize) -> Vec<f32> {
+/// `values` (`height` × `width`, row-major) resampled to `new_height` × `new_width` (bilinear).
+pub(crate) fn resize(values: Vec<f32>, height: usize, width: usize, new_height: usize, new_width: usize) -> Vec<f32> {
     if (height, width) == (new_height, new_width) {
         return values;
     }

@@ -341,6 +341,55 @@ fn typicality_writes_a_map_numpy_reads() {
     assert!(dir.join("map.png").exists());
 }
 
+/// `--dicom-out seg` files the map of a DICOM image as a fractional Segmentation of its study: pydicom
+/// reads the segment's probabilities as the map of PREFIX.npy min–max scaled (same grid: no
+/// resampling), within half a step of 255, and the options the map was computed with.
+#[test]
+fn typicality_files_a_segmentation_of_a_dicom_image() {
+    let dir = scratch("typicality-seg");
+    let dicom = dir.join("dicom");
+    let out =
+        diffmine(&["synth", "--out", dir.join("png").to_str().unwrap(), "--dicom", dicom.to_str().unwrap(), "--seed", "1", "--per-label", "1", "--size", "64"]);
+    assert_exit(&out, 0);
+    let image = std::fs::read_dir(dicom.join("Nodule")).unwrap().filter_map(|e| e.ok()).map(|e| e.path()).next().expect("a DICOM image");
+    let prefix = dir.join("map").display().to_string();
+    let model = model_args();
+    let args = [
+        "typicality",
+        "--image",
+        image.to_str().unwrap(),
+        "--prompt",
+        "Chest X-Ray with Nodule.",
+        "--null-prompt",
+        "Chest X-Ray.",
+        "--samples",
+        "2",
+        "--seed",
+        "9",
+        "--out",
+        &prefix,
+        "--dicom-out",
+        "seg",
+        "--dicom-label",
+        "Nodule",
+    ];
+    let out = diffmine(&with_model(&model, &args));
+    assert_exit(&out, 0);
+    let script = "import sys, json, numpy as np, pydicom\n\
+        m = np.load(sys.argv[1]).astype(np.float64)\n\
+        ds = pydicom.dcmread(sys.argv[2])\n\
+        p = ds.pixel_array / float(ds.MaximumFractionalValue)\n\
+        expected = (m - m.min()) / (m.max() - m.min())\n\
+        c = json.loads(ds.ImageComments)\n\
+        print(ds.SOPClassUID, ds.SegmentSequence[0].SegmentLabel, c['prompt'], c['samples'], c['seed'], float(np.abs(p - expected).max()))";
+    let reference = Command::new(common::python()).args(["-c", script, &format!("{prefix}.npy"), &format!("{prefix}.dcm")]).output().expect("python");
+    assert!(reference.status.success(), "{}", stderr(&reference));
+    let read = stdout(&reference);
+    let (head, worst) = read.trim().rsplit_once(' ').unwrap();
+    assert_eq!(head, "1.2.840.10008.5.1.4.1.1.66.4 Nodule Chest X-Ray with Nodule. 2 9");
+    assert!(worst.parse::<f64>().unwrap() <= 0.5 / 255.0 + 1e-6, "{read}");
+}
+
 #[test]
 fn ctrl_c_cancels_typicality_with_130_and_no_output() {
     let dir = scratch("cancel");

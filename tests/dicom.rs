@@ -506,7 +506,7 @@ mod c_api {
 /// a new series, refer to the source image, and the raw map's values come back within half a step.
 #[test]
 fn maps_written_as_dicom_read_back_in_pydicom() {
-    use diffmine::dicom::MapKind;
+    use diffmine::dicom::{MapKind, MapObjectOptions};
 
     let source = open("RG1_UNCR.dcm");
     let metadata = source.metadata().unwrap();
@@ -514,8 +514,9 @@ fn maps_written_as_dicom_read_back_in_pydicom() {
     let map: Vec<f32> = (0..width * height).map(|i| ((i % width) as f32 - 20.0) * 1e-3 + (i / width) as f32 * 1e-5).collect();
     let dir = tempfile::tempdir().unwrap();
     let (overlay_path, raw_path) = (dir.path().join("overlay.dcm"), dir.path().join("raw.dcm"));
-    let overlay = source.write_map(0, &map, [width, height], MapKind::Overlay, None, &overlay_path).unwrap();
-    let raw = source.write_map(0, &map, [width, height], MapKind::Raw, Some(&overlay.series_instance_uid), &raw_path).unwrap();
+    let overlay = source.write_map(0, &map, [width, height], &MapObjectOptions::default(), &overlay_path).unwrap();
+    let raw_options = MapObjectOptions { kind: MapKind::Raw, series_instance_uid: Some(overlay.series_instance_uid.clone()), ..Default::default() };
+    let raw = source.write_map(0, &map, [width, height], &raw_options, &raw_path).unwrap();
     assert_ne!(overlay.sop_instance_uid, raw.sop_instance_uid);
 
     let out = dir.path().join("readback.json");
@@ -553,6 +554,6 @@ fn maps_written_as_dicom_read_back_in_pydicom() {
     // libdiffmine reads its own output back too.
     let again = DicomFile::open(&raw_path).unwrap().modality_frame(0).unwrap();
     assert!(again.values.iter().zip(&map).all(|(v, &m)| (v - m as f64).abs() <= half_step * 1.001));
-    let bad = source.write_map(0, &map[1..], [width, height], MapKind::Raw, None, &raw_path);
+    let bad = source.write_map(0, &map[1..], [width, height], &raw_options, &raw_path);
     assert!(matches!(bad, Err(Error::InvalidArgument(_))));
 }

@@ -5,8 +5,9 @@
 //! noise and timesteps, and their maps are compared with the map diffusers computed. They run with the
 //! checkout, the build folder and the build's Python environment hidden behind empty mounts (a mount
 //! namespace), so a file that still needs the checkout fails here instead of passing on the build
-//! machine; both run again under valgrind (with 2 samples). No installed file's RPATH or RUNPATH may
-//! name a hidden folder. Bad arguments to install.sh must leave nothing installed.
+//! machine; both run again under valgrind (with 2 samples). The Orthanc plugin (bindings/orthanc) is
+//! built against the prefix too. No installed or built file's RPATH or RUNPATH may name a hidden
+//! folder. Bad arguments to install.sh must leave nothing installed.
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -262,6 +263,22 @@ fn build_consumers(prefix: &Path, work: &Path) -> [(&'static str, PathBuf); 2] {
     [("pkg-config C program", make_dir.join("typicality")), ("CMake C++ program", build.join("typicality"))]
 }
 
+/// Builds the Orthanc plugin (bindings/orthanc) against the prefix as its README says; returns it.
+fn build_orthanc_plugin(prefix: &Path, work: &Path) -> PathBuf {
+    let out = work.join("orthanc");
+    std::fs::create_dir_all(&out).unwrap();
+    run_ok(
+        Command::new("make")
+            .arg("-B")
+            .arg("-C")
+            .arg(repo_root().join("bindings/orthanc"))
+            .arg(format!("DIFFMINE_PREFIX={}", prefix.display()))
+            .arg(format!("OUT={}", out.display())),
+        "make (Orthanc plugin)",
+    );
+    out.join("libdiffmine_orthanc.so")
+}
+
 fn valgrind_available() -> bool {
     Command::new("valgrind").arg("--version").output().map(|o| o.status.success()).unwrap_or(false)
 }
@@ -329,9 +346,10 @@ fn installed_library_serves_pkg_config_and_cmake_consumers_with_the_checkout_hid
     assert_installed_layout(&prefix, &torch);
 
     let programs = build_consumers(&prefix, work.path());
+    let plugin = build_orthanc_plugin(&prefix, work.path());
     println!("consumers built: {:.1} s", started.elapsed().as_secs_f64());
     let hidden_folders = hidden_folders();
-    for file in [prefix.join(format!("lib/libdiffmine.so.{VERSION}")), prefix.join("bin/diffmine"), programs[0].1.clone(), programs[1].1.clone()] {
+    for file in [prefix.join(format!("lib/libdiffmine.so.{VERSION}")), prefix.join("bin/diffmine"), programs[0].1.clone(), programs[1].1.clone(), plugin] {
         assert_no_search_path_into(&file, &hidden_folders);
     }
 

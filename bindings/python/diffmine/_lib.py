@@ -130,6 +130,23 @@ class CCxr8Options(ctypes.Structure):
     ]
 
 
+class CDicomMapOptions(ctypes.Structure):
+    """``dm_dicom_map_options``."""
+
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("kind", ctypes.c_uint32),
+        ("label", ctypes.c_char_p),
+        ("prompt", ctypes.c_char_p),
+        ("null_prompt", ctypes.c_char_p),
+        ("samples", ctypes.c_uint32),
+        ("seed", ctypes.c_uint64),
+        ("series_instance_uid", ctypes.c_char_p),
+        ("series_description", ctypes.c_char_p),
+        ("series_number", ctypes.c_uint32),
+    ]
+
+
 class CTypicalityOptions(ctypes.Structure):
     """``dm_typicality_options``."""
 
@@ -387,6 +404,11 @@ _PROTOTYPES = {
         _c_status,
         [ctypes.c_char_p, ctypes.c_uint32, _p(ctypes.c_float), ctypes.c_size_t, ctypes.c_uint32, ctypes.c_uint32,
          ctypes.c_uint32, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t]),
+    "dm_dicom_map_options_default": (_c_status, [_p(CDicomMapOptions)]),
+    "dm_map_write_dicom_object": (
+        _c_status,
+        [ctypes.c_char_p, ctypes.c_uint32, _p(ctypes.c_float), ctypes.c_size_t, ctypes.c_uint32, ctypes.c_uint32,
+         _p(CDicomMapOptions), ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t]),
     "dm_cxr8_auc_pr": (
         _c_status,
         [_p(ctypes.c_float), ctypes.c_size_t, ctypes.c_uint32, ctypes.c_uint32, _p(ctypes.c_double), ctypes.c_size_t,

@@ -1,5 +1,5 @@
 """Medical images: DICOM/PNG/JPEG ingestion (``dm_image_*``), typicality maps written back as DICOM
-(``dm_map_write_dicom``) and the ChestX-ray8 AUC-PR of a map against boxes (``dm_cxr8_auc_pr``)."""
+(``dm_map_write_dicom_object``) and the ChestX-ray8 AUC-PR of a map against boxes (``dm_cxr8_auc_pr``)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ __all__ = ["Image", "read_image", "new_uid", "write_map_dicom", "auc_pr", "cxr8_
 
 _WINDOWS = {"file": 0, "min-max": 1, "explicit": 2}
 _VOI_FUNCTIONS = {"linear": 0, "linear-exact": 1, "sigmoid": 2}
-_MAP_KINDS = {"overlay": 0, "raw": 1}
+_MAP_KINDS = {"overlay": 0, "raw": 1, "seg": 2, "parametric": 3}
 _UID_BUFFER_SIZE = 65
 
 
@@ -69,7 +69,6 @@ def read_image(source: Union[PathLike, bytes], frame: int = 0, window: Optional[
 def _image_options(frame: int, window: Optional[Tuple[float, float]], voi_function: str,
                    min_max: bool) -> _lib.CImageOptions:
     options = _lib.CImageOptions()
-    options.struct_size = ctypes.sizeof(options)
     check(_lib.lib().dm_image_options_default(ctypes.byref(options)))
     options.frame = _uint(frame, "frame")
     if window is not None and min_max:
@@ -127,22 +126,41 @@ def new_uid() -> str:
 
 
 def write_map_dicom(source: PathLike, map: np.ndarray, out: PathLike, kind: str = "overlay",  # noqa: A002
-                    frame: int = 0, series_instance_uid: Optional[str] = None) -> str:
+                    frame: int = 0, series_instance_uid: Optional[str] = None, label: Optional[str] = None,
+                    prompt: Optional[str] = None, null_prompt: Optional[str] = None, samples: Optional[int] = None,
+                    seed: Optional[int] = None, series_description: Optional[str] = None,
+                    series_number: Optional[int] = None) -> str:
     """Writes an H×W ``map`` (e.g. the typicality map of frame ``frame`` of the DICOM file
-    ``source``) to ``out`` as a Secondary Capture instance of the source's study: ``kind`` "overlay"
-    (the map blended on the image, RGB) or "raw" (16-bit values whose Rescale Slope/Intercept give
-    the map back). Returns the new SOP Instance UID."""
+    ``source``) to ``out`` as a new instance of the source's study, of the ``kind``:
+
+    - "overlay": Secondary Capture, the map blended on the image (RGB);
+    - "raw": Secondary Capture, 16-bit values whose Rescale Slope/Intercept give the map back;
+    - "seg": a fractional Segmentation, the map min-max scaled to a probability on the source's
+      pixel grid (what viewers overlay on the image);
+    - "parametric": a Parametric Map of the map's exact float values.
+
+    ``label`` names what the map is the typicality of (the segment label); ``prompt``,
+    ``null_prompt``, ``samples`` and ``seed`` (those the map was computed with) are recorded in the
+    object. None keeps the library's default. Returns the new SOP Instance UID."""
     values = np.ascontiguousarray(map, dtype=np.float32)
     if values.ndim != 2:
         raise _invalid(f"map must be H×W, got shape {values.shape}")
     if kind not in _MAP_KINDS:
         raise _invalid(f"kind must be one of {sorted(_MAP_KINDS)}, not {kind!r}")
     height, width = values.shape
-    series = None if series_instance_uid is None else _c_string(series_instance_uid, "series_instance_uid")
+    options = _lib.CDicomMapOptions()
+    check(_lib.lib().dm_dicom_map_options_default(ctypes.byref(options)))
+    options.kind = _MAP_KINDS[kind]
+    _override(options, samples=samples, seed=seed, series_number=series_number)
+    texts = {"label": label, "prompt": prompt, "null_prompt": null_prompt,
+             "series_instance_uid": series_instance_uid, "series_description": series_description}
+    for field, text in texts.items():
+        if text is not None:
+            setattr(options, field, _c_string(text, field))
     uid = ctypes.create_string_buffer(_UID_BUFFER_SIZE)
-    check(_lib.lib().dm_map_write_dicom(
+    check(_lib.lib().dm_map_write_dicom_object(
         _path_bytes(source, "source"), _uint(frame, "frame"), _ptr(values, ctypes.c_float), values.size,
-        _uint(width, "map width"), _uint(height, "map height"), _MAP_KINDS[kind], series, _path_bytes(out, "out"),
+        _uint(width, "map width"), _uint(height, "map height"), ctypes.byref(options), _path_bytes(out, "out"),
         uid, _UID_BUFFER_SIZE))
     return uid.value.decode("ascii")
 
@@ -180,7 +198,6 @@ def cxr8_evaluate(model: Model, images: PathLike, bbox_csv: PathLike, out: PathL
     averages, "images": every image's figures}``. ``progress(done, total)`` after each map; returning
     False cancels."""
     options = _lib.CCxr8Options()
-    options.struct_size = ctypes.sizeof(options)
     check(_lib.lib().dm_cxr8_options_default(ctypes.byref(options)))
     _override(options, working_size=working_size, samples=samples, batch=batch, t_min=t_min, t_max=t_max, seed=seed)
     options.limit = 0 if limit is None else _uint(limit, "limit")

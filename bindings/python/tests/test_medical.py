@@ -6,6 +6,7 @@ Run: DIFFMINE_LIB=target/release/libdiffmine.so python -m unittest discover -s b
 
 from __future__ import annotations
 
+import json
 import tempfile
 import unittest
 from pathlib import Path
@@ -103,6 +104,27 @@ class WriteMapTest(unittest.TestCase):
         slope = float(raw.RescaleSlope)
         self.assertLessEqual(np.abs(back - values).max(), slope / 2 + 1e-6)
         self.assertEqual(overlay_pixels.shape, (32, 48, 3))
+
+    def test_segmentation_and_parametric_map_carry_the_map_and_its_options(self) -> None:
+        values = np.random.default_rng(2).normal(size=(32, 48)).astype(np.float32)
+        options = dict(label="Mass", prompt="A CT with a mass.", null_prompt="A CT.", samples=12, seed=3)
+        with tempfile.TemporaryDirectory() as tmp:
+            diffmine.write_map_dicom(CT, values, Path(tmp) / "seg.dcm", kind="seg", **options)
+            diffmine.write_map_dicom(CT, values, Path(tmp) / "pm.dcm", kind="parametric", **options)
+            seg = pydicom.dcmread(Path(tmp) / "seg.dcm")
+            pm = pydicom.dcmread(Path(tmp) / "pm.dcm")
+            seg_pixels, pm_pixels = seg.pixel_array, pm.pixel_array
+        self.assertEqual(seg.SOPClassUID, "1.2.840.10008.5.1.4.1.1.66.4")
+        self.assertEqual((seg.SegmentationType, seg.SegmentSequence[0].SegmentLabel), ("FRACTIONAL", "Mass"))
+        self.assertEqual(seg_pixels.shape, (128, 128))  # the source's pixel grid
+        probability = (values - values.min()) / (values.max() - values.min())
+        resampled = np.asarray(PilImage.fromarray(probability, "F").resize((128, 128), PilImage.BILINEAR))
+        self.assertLessEqual(np.abs(seg_pixels / 255.0 - resampled).max(), 0.5 / 255 + 1e-6)
+        self.assertEqual(pm.SOPClassUID, "1.2.840.10008.5.1.4.1.1.30")
+        np.testing.assert_array_equal(pm_pixels, values)
+        for written in (seg, pm):
+            recorded = json.loads(written.ImageComments)
+            self.assertEqual({key: recorded[key] for key in options}, options)
 
     def test_bad_kind_and_non_finite_maps_are_refused(self) -> None:
         with tempfile.TemporaryDirectory() as tmp:

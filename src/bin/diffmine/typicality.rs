@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
-use diffmine::dicom::{DicomFile, MapKind};
+use diffmine::dicom::{DicomFile, MapKind, MapObjectOptions};
 use diffmine::image::to_rgb_image;
 use diffmine::io::write_image;
 use diffmine::mining::miner::MiningOptions;
@@ -42,9 +42,14 @@ pub struct TypicalityArgs {
     /// Also prints the most typical non-overlapping K × K patches.
     #[arg(long, value_name = "K")]
     patch: Option<usize>,
-    /// For a DICOM image: the map also as a Secondary Capture in the image's study, at PREFIX.dcm.
-    #[arg(long, value_enum)]
+    /// For a DICOM image: the map also as a DICOM object of this kind in the image's study, at
+    /// PREFIX.dcm, recording the prompts, samples and seed.
+    #[arg(long, value_enum, value_name = "KIND")]
     dicom_out: Option<DicomOut>,
+    /// With --dicom-out: what the map is the typicality of (the segment's label, the object's
+    /// description; default "typicality").
+    #[arg(long, value_name = "LABEL", requires = "dicom_out")]
+    dicom_label: Option<String>,
 }
 
 /// How the typicality samples are drawn.
@@ -96,10 +101,15 @@ impl SamplingArgs {
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
 enum DicomOut {
-    /// RGB: the map as a heat colour scale over the image.
+    /// Secondary Capture, RGB: the map as a heat colour scale over the image.
     Overlay,
-    /// 16-bit greyscale: the map's values through Rescale Slope and Intercept.
+    /// Secondary Capture, 16-bit greyscale: the map's values through Rescale Slope and Intercept.
     Raw,
+    /// Fractional Segmentation: the map min–max scaled to a probability, on the image's pixel grid
+    /// (what viewers overlay on the image).
+    Seg,
+    /// Parametric Map: the map's exact float values.
+    Parametric,
 }
 
 impl From<DicomOut> for MapKind {
@@ -107,6 +117,8 @@ impl From<DicomOut> for MapKind {
         match kind {
             DicomOut::Overlay => MapKind::Overlay,
             DicomOut::Raw => MapKind::Raw,
+            DicomOut::Seg => MapKind::Segmentation,
+            DicomOut::Parametric => MapKind::Parametric,
         }
     }
 }
@@ -129,7 +141,16 @@ impl TypicalityArgs {
         println!("wrote {}", npy.display());
         overlay(&image, &map, &PathBuf::from(format!("{}.png", self.out)))?;
         if let Some(kind) = self.dicom_out {
-            write_map_as_dicom(&self.image, &map, [w, h], kind.into(), &PathBuf::from(format!("{}.dcm", self.out)))?;
+            let dicom = MapObjectOptions {
+                kind: kind.into(),
+                label: self.dicom_label.clone().unwrap_or_default(),
+                prompt: self.prompt.clone(),
+                null_prompt: self.null_prompt.clone(),
+                samples: options.samples,
+                seed: options.seed,
+                ..Default::default()
+            };
+            write_map_as_dicom(&self.image, &map, [w, h], &dicom, &PathBuf::from(format!("{}.dcm", self.out)))?;
         }
         if let Some(k) = self.patch {
             for (rank, b) in select_patches(&map, h, w, k, MiningOptions::default().per_image)?.iter().enumerate() {
@@ -149,8 +170,8 @@ fn overlay(image: &Tensor, map: &[f32], path: &Path) -> Result<()> {
 }
 
 /// Files a typicality map of a DICOM image back in the image's study.
-fn write_map_as_dicom(source: &Path, map: &[f32], size: [usize; 2], kind: MapKind, path: &Path) -> Result<()> {
-    let written = DicomFile::open(source)?.write_map(0, map, size, kind, None, path)?;
+fn write_map_as_dicom(source: &Path, map: &[f32], size: [usize; 2], options: &MapObjectOptions, path: &Path) -> Result<()> {
+    let written = DicomFile::open(source)?.write_map(0, map, size, options, path)?;
     println!("wrote {} (series {}, instance {})", path.display(), written.series_instance_uid, written.sop_instance_uid);
     Ok(())
 }
