@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build a random-weight Stable Diffusion 1.5 pipeline folder at the real SD 1.5 shapes.
 
-Usage: make_sd15.py OUT_DIR
+Usage: make_sd15.py OUT_DIR [--reduced]
 
 Writes a diffusers pipeline folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/,
 scheduler/) with float32 *.safetensors weights: about 4.3 GB, the size of the Hub's
@@ -12,6 +12,10 @@ this folder is for timing, memory and numerical parity only.
 The tokenizer is a small hand-written CLIP BPE (byte alphabet, a few merges, BOS/EOS), because the
 real 49408-entry vocabulary cannot be downloaded; it is not what the benchmark times. The text
 encoder's own vocabulary is SD 1.5's 49408 entries, so its weights have the real shapes.
+
+`--reduced` keeps SD 1.5's architecture (block types, layers per block, attention, VAE, CLIP text tower)
+at narrow widths (UNet 32/64/64/64, VAE 32/64/64/64, text encoder 64 wide with 2 layers): the same code
+paths at a size a CPU test runs in seconds (benches/gpu.sh with DEVICE=cpu).
 
 Idempotent: does nothing when OUT_DIR/model_index.json exists. The folder is built next to OUT_DIR
 and renamed into place, so an interrupted run leaves no half-written folder behind.
@@ -26,7 +30,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-if __name__ == "__main__" and len(sys.argv) == 2 and (Path(sys.argv[1]) / "model_index.json").is_file():
+if __name__ == "__main__" and len(sys.argv) in (2, 3) and (Path(sys.argv[1]) / "model_index.json").is_file():
     sys.exit(0)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -117,6 +121,11 @@ SCHEDULER_CONFIG = dict(
     trained_betas=None,
 )
 
+# The --reduced widths (norm_num_groups 32 divides each; 8 attention heads as SD 1.5's UNet).
+REDUCED_UNET = dict(block_out_channels=(32, 64, 64, 64), cross_attention_dim=64)
+REDUCED_VAE = dict(block_out_channels=(32, 64, 64, 64))
+REDUCED_TEXT = dict(hidden_size=64, intermediate_size=128, projection_dim=64, num_hidden_layers=2, num_attention_heads=4)
+
 # Words the hand-written BPE merges spell as single tokens; everything else falls back to bytes.
 WORDS = ["a", "photo", "of", "the", "cat", "dog", "chest", "x", "ray", "with", "and", "in"]
 
@@ -191,13 +200,14 @@ def fill_random(module: torch.nn.Module, seed: int) -> None:
             part.normal_(mean, std, generator=generator)
 
 
-def build_pipeline() -> tuple[StableDiffusionPipeline, dict[str, int], list[tuple[str, str]]]:
+def build_pipeline(reduced: bool) -> tuple[StableDiffusionPipeline, dict[str, int], list[tuple[str, str]]]:
     vocab, merges = small_bpe()
     tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, pad_token=EOS, model_max_length=MAX_LENGTH)
+    widths = (REDUCED_UNET, REDUCED_VAE, REDUCED_TEXT) if reduced else ({}, {}, {})
     with no_init():
-        unet = UNet2DConditionModel(**UNET_CONFIG).eval()
-        vae = AutoencoderKL(**VAE_CONFIG).eval()
-        text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG)).eval()
+        unet = UNet2DConditionModel(**{**UNET_CONFIG, **widths[0]}).eval()
+        vae = AutoencoderKL(**{**VAE_CONFIG, **widths[1]}).eval()
+        text_encoder = CLIPTextModel(CLIPTextConfig(**{**TEXT_CONFIG, **widths[2]})).eval()
     for i, model in enumerate((unet, vae, text_encoder)):
         fill_random(model, SEED + i)
         assert all(p.dtype == torch.float32 for p in model.parameters())
@@ -230,7 +240,7 @@ def prefix_text_encoder_keys(path: Path) -> None:
 
 
 def main() -> int:
-    if len(sys.argv) != 2:
+    if len(sys.argv) not in (2, 3) or sys.argv[2:] not in ([], ["--reduced"]):
         print(__doc__, file=sys.stderr)
         return 2
     out_dir = Path(sys.argv[1]).absolute()
@@ -243,7 +253,7 @@ def main() -> int:
     started = time.time()
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        pipe, vocab, merges = build_pipeline()
+        pipe, vocab, merges = build_pipeline(sys.argv[2:] == ["--reduced"])
         print(f"built in {time.time() - started:.1f}s", file=sys.stderr)
         pipe.save_pretrained(tmp, safe_serialization=True)
         # The SD 1.5 repository's tokenizer folder holds vocab.json + merges.txt (no tokenizer.json).
