@@ -93,8 +93,9 @@ wait_for_parts() {
   return 1
 }
 
-# The plain run, and the same working folder with other options (refused).
-mine plain work-plain
+# The plain run, and the same working folder with other options (refused). One image per batch, so
+# that each of the two actors (one per node) gets batches even where scoring an image is quick.
+mine plain work-plain --batch-size 1
 mine refused work-plain --samples 3
 
 # A typicality actor killed (SIGKILL) once it has written its first results.

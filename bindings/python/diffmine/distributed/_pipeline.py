@@ -30,6 +30,8 @@ from ._listing import list_set
 from ._workdir import KeySet, Workdir, result_key
 
 CANDIDATES = "typicality"
+# How long a model actor pool may take to start (actors placed, models loaded) before the run fails.
+POOL_START_SECONDS = 600
 BOX = pa.struct([("x", pa.int32()), ("y", pa.int32()), ("size", pa.int32()), ("score", pa.float32())])
 RESULT_SCHEMA = pa.schema([
     ("key", pa.string()), ("image_hash", pa.string()), ("label", pa.string()), ("path", pa.string()),
@@ -218,6 +220,11 @@ def run(settings: Settings) -> Summary:
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
+    # A model pool hands out its first batch only once every actor has loaded its model: otherwise the
+    # first actor up takes the batches while the others still load, and the work does not spread over
+    # the nodes. A pool that cannot be placed in that time fails the run with Ray's message instead of
+    # running on fewer actors than asked.
+    context.wait_for_min_actors_s = POOL_START_SECONDS
     nodes = [n for n in ray.nodes() if n["Alive"]]
     actors = max(1, settings.actors_per_node * len(nodes))
     summary = Summary()
