@@ -197,9 +197,7 @@ fn loop_options(checkpoints: &std::path::Path) -> FinetuneOptions {
 }
 
 fn unet_weights(dir: &std::path::Path) -> Vec<(String, Tensor)> {
-    let mut tensors = Tensor::read_safetensors(dir.join("unet/diffusion_pytorch_model.safetensors")).unwrap();
-    tensors.sort_by(|a, b| a.0.cmp(&b.0));
-    tensors
+    common::sorted_tensors(&dir.join("unet/diffusion_pytorch_model.safetensors"))
 }
 
 #[test]

@@ -216,9 +216,7 @@ fn loop_options(checkpoints: &Path, lora: LoraOptions) -> FinetuneOptions {
 }
 
 fn adapter_file(dir: &Path) -> Vec<(String, Tensor)> {
-    let mut tensors = Tensor::read_safetensors(dir.join(LORA_WEIGHTS_FILE)).unwrap();
-    tensors.sort_by(|a, b| a.0.cmp(&b.0));
-    tensors
+    common::sorted_tensors(&dir.join(LORA_WEIGHTS_FILE))
 }
 
 #[test]

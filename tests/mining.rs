@@ -167,9 +167,7 @@ mod pipeline {
         let weights = |set: &LabelledSet, out: &str| {
             let out = work.path().join(out);
             finetune(&pipeline("sd15_tiny"), &ModelOptions::default(), set, &train, None, &out, &mut |_, _, _| true).unwrap();
-            let mut tensors = tch::Tensor::read_safetensors(out.join("unet/diffusion_pytorch_model.safetensors")).unwrap();
-            tensors.sort_by(|a, b| a.0.cmp(&b.0));
-            tensors
+            super::common::sorted_tensors(&out.join("unet/diffusion_pytorch_model.safetensors"))
         };
         for ((name, a), (_, b)) in weights(&png, "png").iter().zip(&weights(&dcm, "dcm")) {
             assert!(a.equal(b), "{name} differs between the PNG and the DICOM set");

@@ -353,3 +353,10 @@ pub fn tiny_labelled_set() -> tempfile::TempDir {
     }
     dir
 }
+
+/// The tensors of a safetensors file sorted by name, so two files compare tensor by tensor.
+pub fn sorted_tensors(path: &Path) -> Vec<(String, Tensor)> {
+    let mut tensors = Tensor::read_safetensors(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    tensors
+}
