@@ -4,7 +4,9 @@
 Usage: bench_diffusers.py MODEL_DIR f32|bf16 load|unet|parity REPEATS [PARITY_FILE]
 
 - load: times StableDiffusionPipeline.from_pretrained (UNet, VAE, text encoder, tokenizer, scheduler;
-  accelerate installed, so low_cpu_mem_usage is on by default) and reports VmHWM right after it.
+  accelerate installed, so low_cpu_mem_usage is on by default) and reports VmHWM right after it; a
+  single file MODEL.safetensors (original layout) goes through from_single_file, its configs and
+  tokenizer from the folder MODEL beside it.
 - unet: loads the pipeline as `load` does (so the process matches sd15.rs's, which loads the whole
   model), then times one UNet pass at batch 2, 4x32x32 latents, context (2, 77, 768), after one
   warm-up pass; REPEATS timed passes, median reported. Also reports load + warm-up pass (the time to
@@ -78,9 +80,15 @@ def main() -> int:
         rss_before = status_bytes("VmRSS:")
         delay = run_delay()
         t0 = time.perf_counter()
-        pipe = StableDiffusionPipeline.from_pretrained(
-            model_dir, dtype=dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False
-        )
+        if os.path.isfile(model_dir):  # a single file: its configs and tokenizer from the folder beside it
+            pipe = StableDiffusionPipeline.from_single_file(
+                model_dir, config=os.path.splitext(model_dir)[0], local_files_only=True, torch_dtype=dtype,
+                safety_checker=None, feature_extractor=None, requires_safety_checker=False
+            )
+        else:
+            pipe = StableDiffusionPipeline.from_pretrained(
+                model_dir, dtype=dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+            )
         seconds = time.perf_counter() - t0
         delay = run_delay() - delay
         line(

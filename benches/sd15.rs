@@ -3,6 +3,9 @@
 //!
 //! Usage: sd15 MODEL_DIR f32|bf16 load|unet|parity REPEATS [PARITY_FILE]
 //!
+//! MODEL_DIR may be a single file MODEL.safetensors in the original layout instead; its configs and
+//! tokenizer come from the folder MODEL beside it.
+//!
 //! - `load`: times `StableDiffusion::open` (UNet, VAE, text encoder, tokenizer, schedule) and reports
 //!   the process's peak RSS (VmHWM) right after it, `REPEATS` is ignored (a second load in the same
 //!   process would not be a cold-process load).
@@ -54,8 +57,13 @@ fn median(values: &mut [f64]) -> f64 {
     }
 }
 
+/// Opens the folder `dir`, or the single file `dir` (`NAME.safetensors`, in the original layout) with
+/// its configs and tokenizer from the folder `NAME` beside it.
 fn open(dir: &Path, dtype: Kind) -> StableDiffusion {
-    let options = ModelOptions { device: Device::Cpu, dtype, ..ModelOptions::default() };
+    let mut options = ModelOptions { device: Device::Cpu, dtype, ..ModelOptions::default() };
+    if dir.is_file() {
+        options.single_file.config = Some(dir.with_extension(""));
+    }
     StableDiffusion::open(dir, &options).unwrap_or_else(|e| panic!("opening {}: {e}", dir.display()))
 }
 

@@ -380,8 +380,9 @@ typedef void (*dm_log_fn)(int32_t level, const char *target, const char *message
 typedef struct dm_miner_options {
   // `sizeof(dm_miner_options)` as the caller was compiled with.
   size_t struct_size;
-  // The label prompt with `{label}` (UTF-8), e.g. "A car from the {label}s."; required, as it must
-  // be the caption the model was finetuned with.
+  // The label prompt with `{label}` (UTF-8), e.g. "A car from the {label}s.": the caption the model
+  // was finetuned with. `dm_miner_options_default` points it at the library's default, "Image of
+  // {label}." (the command line's); NULL is refused.
   const char *prompt_template;
   // The null prompt (UTF-8); NULL means "".
   const char *null_prompt;
@@ -402,6 +403,15 @@ typedef struct dm_miner_options {
   uint32_t restarts;
   // Folder caching typicality maps and DIFT features across runs (UTF-8); NULL caches nothing.
   const char *cache_dir;
+  // t range as fractions of the training steps (0.1, 0.7: t in [100, 699]).
+  double t_min;
+  double t_max;
+  // `DM_LATENT_SAMPLE` (default) or `DM_LATENT_MEAN`.
+  uint32_t latent;
+  // Non-zero: samples in pairs (noise, t) and (−noise, t) (0: independent draws, the authors').
+  uint32_t antithetic;
+  // Non-zero: each drawn t uniform within its own stratum of the t range (0: over the whole range).
+  uint32_t stratified;
 } dm_miner_options;
 
 // A kept box of a label, in the label's result order (cluster rank, then rank in cluster).
@@ -868,7 +878,8 @@ enum dm_status dm_log_set_callback(dm_log_fn callback,
                                    int32_t max_level,
                                    void *user_data);
 
-// Fills `options` with the authors' defaults (no prompts, no cache).
+// Fills `options` with the authors' defaults (the library's default label prompt, no null prompt,
+// no cache).
 //
 // # Safety
 // `options` must be NULL or point to a writable `dm_miner_options`.
@@ -1256,6 +1267,22 @@ enum dm_status dm_parallel_miner_write_report(const struct dm_parallel_miner *mi
 // folder. NULL is accepted; a handle that is not a live parallel miner gives
 // `DM_ERR_INVALID_HANDLE`. A call still running on another thread finishes first.
 enum dm_status dm_parallel_miner_free(struct dm_parallel_miner *miner);
+
+// The set stage: the labelled set at `data` (UTF-8: a folder with a subfolder of images per label,
+// or a CSV of `path,label` rows) as `dm_miner_run` and `diffmine mine` list it, so that a caller
+// spreading the other stages over machines mines the same images under the same names. Writes a
+// JSON array of `{"path": ..., "labels": [...]}`, an object per image in the order mining reads
+// them, NUL-terminated into `out_json` (room for `out_json_len` bytes) and its size with the NUL
+// into `*out_json_needed`; with `out_json` NULL only the size (`DM_ERR_BUFFER_TOO_SMALL` also
+// writes it). Images are listed, not read: an unreadable one is found by `dm_mining_image`.
+//
+// # Safety
+// `data` NULL or NUL-terminated; `out_json` NULL or `out_json_len` writable bytes; `out_json_needed`
+// NULL or writable.
+enum dm_status dm_mining_list_set(const char *data,
+                                  char *out_json,
+                                  size_t out_json_len,
+                                  size_t *out_json_needed);
 
 // The per-image stage: the typicality map of `image` under `label`'s prompt and its best boxes,
 // as `dm_miner_run` computes them (`options` as for `dm_miner_create`; `cache_dir` caches the map,

@@ -92,7 +92,7 @@ impl TypicalityOptions {
         if self.batch == 0 {
             return Err(Error::InvalidArgument("the batch size must be at least 1".into()));
         }
-        Ok(())
+        check_fraction_range(self.t_min, self.t_max)
     }
 
     /// Samples per UNet call: the batch size, or N when that is smaller.
@@ -325,15 +325,21 @@ fn stratum(lo: i64, hi: i64, k: usize, strata: usize) -> (i64, i64) {
 
 /// [floor(t_min·T), floor(t_max·T)): the integer timesteps a fraction range covers.
 pub fn timestep_range(t_min: f64, t_max: f64, train_steps: i64) -> Result<(i64, i64)> {
-    if !(0.0..=1.0).contains(&t_min) || !(0.0..=1.0).contains(&t_max) || t_min >= t_max {
-        return Err(Error::InvalidArgument(format!("t range [{t_min}, {t_max}] must satisfy 0 <= t_min < t_max <= 1")));
-    }
+    check_fraction_range(t_min, t_max)?;
     let lo = (t_min * train_steps as f64).floor() as i64;
     let hi = (t_max * train_steps as f64).floor() as i64;
     if lo >= hi {
         return Err(Error::InvalidArgument(format!("t range [{t_min}, {t_max}] holds no integer timestep of {train_steps}")));
     }
     Ok((lo, hi))
+}
+
+/// Refuses a t range that is not `0 <= t_min < t_max <= 1`, whatever the model.
+fn check_fraction_range(t_min: f64, t_max: f64) -> Result<()> {
+    if !(0.0..=1.0).contains(&t_min) || !(0.0..=1.0).contains(&t_max) || t_min >= t_max {
+        return Err(Error::InvalidArgument(format!("t range [{t_min}, {t_max}] must satisfy 0 <= t_min < t_max <= 1")));
+    }
+    Ok(())
 }
 
 /// Losses (b, 2, h, w) of one batch of samples, noise `eps` (b, C, h, w) on the CPU at `timesteps`:

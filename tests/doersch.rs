@@ -231,3 +231,41 @@ fn the_top_detectors_lie_on_the_planted_elements_more_often_than_chance_and_the_
         assert!(out.join(format!("grid_{label}.png")).is_file(), "grid of {label}");
     }
 }
+
+#[test]
+fn the_c_api_run_refuses_bad_arguments_cancels_cleanly_and_writes_the_rust_apis_report() {
+    use diffmine::dataset::LabelledSet;
+    use diffmine::mining::doersch::{mine_discriminative, DoerschOptions};
+    use diffmine::mining::report::{write_report, ReportOptions, Scores};
+    use diffmine::synthetic::write_dataset;
+
+    let dir = tempfile::tempdir().unwrap();
+    let set = dir.path().join("set");
+    let synthetic = SyntheticOptions { size: 128, images_per_label: 6, labels: vec!["Nodule".into(), "Effusion".into()], ..SyntheticOptions::default() };
+    write_dataset(&synthetic, &set).unwrap();
+    let library = common::built_library();
+    let program = dir.path().join("doersch");
+    common::compile_c(&common::repo_root().join("tests/c/doersch.c"), &program, library.parent().unwrap());
+    let c_out = dir.path().join("c report");
+    let output = Command::new(&program).arg(&set).arg(&c_out).env_remove("RUST_BACKTRACE").output().unwrap();
+    assert!(output.status.success(), "tests/c/doersch.c failed:\n{}", common::show(&output));
+
+    // The settings tests/c/doersch.c gives dm_doersch_run; the rest are the defaults of both.
+    let options = DoerschOptions {
+        candidates: 200,
+        detectors: 4,
+        negatives: 200,
+        negative_pool: 400,
+        final_neighbours: 8,
+        keep: 3,
+        seed: 7,
+        ..DoerschOptions::default()
+    };
+    let (labels, _) = mine_discriminative(&LabelledSet::open(&set).unwrap(), &options, &mut |_, _| true).unwrap();
+    let results: Vec<_> = labels.into_iter().map(|l| l.result).collect();
+    let rust_out = dir.path().join("rust report");
+    write_report(&results, &ReportOptions { scores: Scores::Discriminative, min_members: 1, ..ReportOptions::default() }, &rust_out).unwrap();
+    let read = |dir: &Path| std::fs::read_to_string(dir.join("patches.csv")).unwrap();
+    assert!(read(&rust_out).lines().count() > 1, "the Rust API's report lists detections");
+    assert_eq!(read(&c_out), read(&rust_out), "patches.csv of dm_doersch_run and of the Rust API");
+}

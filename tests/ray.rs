@@ -8,6 +8,7 @@
 //!   typicality to 1e-6, the same clusters and ranks), with actors on both nodes importing the wheel,
 //!   and the unreadable image reported by name and skipped, as `diffmine mine` skips it;
 //! - the same working folder with another `--samples` is refused with a message;
+//! - a label none of whose images can be read fails the run with the message `diffmine mine` gives;
 //! - a typicality actor killed with SIGKILL mid-run: the run completes with the same report;
 //! - the driver killed with SIGKILL mid-run, then the command run again: it scores only the images
 //!   not yet in the working folder and gives the same report.
@@ -21,7 +22,7 @@ use std::time::Instant;
 use common::{build_wheel, copy_dir, python, repo_root, run_step, shared_venv, show};
 
 /// Options of both commands (small, so the test stays short on two shared cores).
-const MINE_OPTIONS: [&str; 18] = [
+const MINE_OPTIONS: [&str; 26] = [
     "--model",
     "demo/finetuned",
     "--base",
@@ -40,6 +41,14 @@ const MINE_OPTIONS: [&str; 18] = [
     "4",
     "--ensemble",
     "1",
+    "--t-min",
+    "0.2",
+    "--t-max",
+    "0.6",
+    "--latent",
+    "mean",
+    "--antithetic",
+    "--stratified",
 ];
 const CLUSTER_OPTIONS: [&str; 4] = ["--clusters", "2", "--restarts", "2"];
 /// The images of the set that can be read (3 per label, 4 labels).
@@ -147,11 +156,20 @@ fn mining_on_a_two_node_ray_cluster_equals_diffmine_mine() {
     copy_dir(&repo_root().join("models/demo"), &work.join("demo"));
     run_step(diffmine().current_dir(work).args(["synth", "--out", "set", "--per-label", "3", "--size", "64", "--seed", "3"]), "diffmine synth");
     std::fs::write(work.join(UNREADABLE), b"\x89PNG\r\n\x1a\n not an image after all").unwrap();
+    // A set whose second label has only the unreadable image (the first a readable one).
+    let mut effusion: Vec<_> = std::fs::read_dir(work.join("set/Effusion")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    effusion.sort();
+    std::fs::write(work.join("unreadable-label.csv"), format!("path,label\nset/Effusion/{},Effusion\n{UNREADABLE},Broken\n", effusion[0])).unwrap();
 
     let reference =
         run_step(diffmine().current_dir(work).arg("mine").args(MINE_OPTIONS).args(CLUSTER_OPTIONS).args(["--out", "ref"]), "diffmine mine (the reference)");
     let reference_log = format!("{}{}", String::from_utf8_lossy(&reference.stdout), String::from_utf8_lossy(&reference.stderr));
     assert!(reference_log.contains(UNREADABLE), "diffmine mine names the unreadable image:\n{reference_log}");
+    let refused =
+        diffmine().current_dir(work).arg("mine").args(MINE_OPTIONS).args(["--data", "unreadable-label.csv", "--out", "ref-unreadable"]).output().unwrap();
+    let refused_log = String::from_utf8_lossy(&refused.stderr).into_owned();
+    let unreadable_label = format!("label `Broken`: no image could be read ({UNREADABLE})");
+    assert!(!refused.status.success() && refused_log.contains(&unreadable_label), "diffmine mine refuses a label of unreadable images:\n{refused_log}");
 
     let (shared_site, base_python) = shared_venv();
     let cluster = Command::new("timeout")
@@ -187,6 +205,10 @@ fn mining_on_a_two_node_ray_cluster_equals_diffmine_mine() {
     let (status, out, err) = outcome(&runs, "refused");
     assert_eq!(status, 2, "a working folder of other options is refused:\n{out}\n{err}");
     assert!(err.contains("other options") && err.contains("samples"), "the refusal says why:\n{err}");
+
+    let (status, out, err) = outcome(&runs, "unreadable-label");
+    assert_eq!(status, 2, "a label none of whose images can be read fails the run:\n{out}\n{err}");
+    assert!(err.contains(&unreadable_label), "the failure says what diffmine mine says ({unreadable_label}):\n{err}");
 
     let (status, out, err) = outcome(&runs, "actor-kill");
     let victim = read(&runs.join("actor-kill.victim"));

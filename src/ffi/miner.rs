@@ -1,17 +1,18 @@
 //! `dm_miner`: mining typical visual elements through the C ABI. A miner collects labelled images
 //! (files or caller buffers), mines them once, then hands out its results and writes the report.
 use std::collections::HashMap;
-use std::ffi::{c_char, c_void};
+use std::ffi::{c_char, c_void, CStr, CString};
 use std::path::{Path, PathBuf};
 use std::ptr::null;
+use std::sync::OnceLock;
 
-use super::args::{at_least_one, checked_typicality, optional_str, required_str, write_array, write_text, write_value};
+use super::args::{at_least_one, checked_typicality, optional_str, read_options, required_str, write_array, write_text, write_value};
 use super::error::{guard, FfiError, FfiResult};
 use super::image::dm_image_view;
 use super::mining_handle::{self, MiningJob};
 use super::model::dm_model;
 use super::status::dm_status;
-use super::typicality::dm_progress_fn;
+use super::typicality::{c_latent, dm_progress_fn, latent_mode};
 use crate::dataset::{LabelledImage, LabelledSet, Pixels};
 use crate::error::Result;
 use crate::mining::cluster::{ClusterOptions, RankedCluster};
@@ -35,8 +36,9 @@ pub struct dm_miner {
 pub struct dm_miner_options {
     /// `sizeof(dm_miner_options)` as the caller was compiled with.
     pub struct_size: usize,
-    /// The label prompt with `{label}` (UTF-8), e.g. "A car from the {label}s."; required, as it must
-    /// be the caption the model was finetuned with.
+    /// The label prompt with `{label}` (UTF-8), e.g. "A car from the {label}s.": the caption the model
+    /// was finetuned with. `dm_miner_options_default` points it at the library's default, "Image of
+    /// {label}." (the command line's); NULL is refused.
     pub prompt_template: *const c_char,
     /// The null prompt (UTF-8); NULL means "".
     pub null_prompt: *const c_char,
@@ -57,6 +59,30 @@ pub struct dm_miner_options {
     pub restarts: u32,
     /// Folder caching typicality maps and DIFT features across runs (UTF-8); NULL caches nothing.
     pub cache_dir: *const c_char,
+    // Second version of the struct: how the typicality samples are drawn, as in
+    // `dm_typicality_options`.
+    /// t range as fractions of the training steps (0.1, 0.7: t in [100, 699]).
+    pub t_min: f64,
+    pub t_max: f64,
+    /// `DM_LATENT_SAMPLE` (default) or `DM_LATENT_MEAN`.
+    pub latent: u32,
+    /// Non-zero: samples in pairs (noise, t) and (−noise, t) (0: independent draws, the authors').
+    pub antithetic: u32,
+    /// Non-zero: each drawn t uniform within its own stratum of the t range (0: over the whole range).
+    pub stratified: u32,
+}
+
+/// The size of the struct's first version, which ended at `cache_dir`: a caller built against it
+/// gets the defaults of the later fields.
+const MINER_OPTIONS_V1_SIZE: usize = std::mem::offset_of!(dm_miner_options, t_min);
+
+/// Reads a caller's `dm_miner_options` of any version (NULL: the defaults).
+///
+/// # Safety
+/// `ptr` NULL or a valid options struct.
+pub(crate) unsafe fn read_miner_options(ptr: *const dm_miner_options) -> FfiResult<dm_miner_options> {
+    // SAFETY: forwarded to the caller's contract.
+    unsafe { read_options(ptr, dm_miner_options::default(), MINER_OPTIONS_V1_SIZE, "options") }
 }
 
 impl Default for dm_miner_options {
@@ -64,7 +90,7 @@ impl Default for dm_miner_options {
         let d = MiningOptions::default();
         dm_miner_options {
             struct_size: std::mem::size_of::<dm_miner_options>(),
-            prompt_template: null(),
+            prompt_template: default_prompt_template().as_ptr(),
             null_prompt: null(),
             samples: d.typicality.samples as u32,
             batch: d.typicality.batch as u32,
@@ -77,8 +103,19 @@ impl Default for dm_miner_options {
             clusters: d.cluster.clusters as u32,
             restarts: d.cluster.restarts as u32,
             cache_dir: null(),
+            t_min: d.typicality.t_min,
+            t_max: d.typicality.t_max,
+            latent: c_latent(d.typicality.latent),
+            antithetic: d.typicality.antithetic as u32,
+            stratified: d.typicality.stratified as u32,
         }
     }
+}
+
+/// The library's default label prompt as a C string that lives as long as the process.
+fn default_prompt_template() -> &'static CStr {
+    static TEMPLATE: OnceLock<CString> = OnceLock::new();
+    TEMPLATE.get_or_init(|| CString::new(MiningOptions::default().prompt_template).expect("the default prompt holds no NUL"))
 }
 
 /// A kept box of a label, in the label's result order (cluster rank, then rank in cluster).
@@ -222,7 +259,8 @@ pub(crate) fn c_clusters(clusters: &[RankedCluster]) -> Vec<dm_mined_cluster> {
         .collect()
 }
 
-/// Fills `options` with the authors' defaults (no prompts, no cache).
+/// Fills `options` with the authors' defaults (the library's default label prompt, no null prompt,
+/// no cache).
 ///
 /// # Safety
 /// `options` must be NULL or point to a writable `dm_miner_options`.
@@ -253,6 +291,11 @@ pub(crate) unsafe fn mining_options(o: &dm_miner_options) -> FfiResult<MiningOpt
             samples: at_least_one(o.samples, "samples")?,
             batch: at_least_one(o.batch, "batch")?,
             seed: o.seed,
+            t_min: o.t_min,
+            t_max: o.t_max,
+            latent: latent_mode(o.latent)?,
+            antithetic: o.antithetic != 0,
+            stratified: o.stratified != 0,
             ..d.typicality
         })?,
         resize: (o.resize_short_side > 0).then_some(o.resize_short_side as usize),
@@ -280,7 +323,7 @@ pub unsafe extern "C" fn dm_miner_create(model: *const dm_model, options: *const
             Ok(MinerJob { options: unsafe { mining_options(&o) }?, set: LabelledSet::default(), index: HashMap::new() })
         };
         // SAFETY: the caller's contract covers `options` and `out_miner`.
-        unsafe { mining_handle::create(model, options, dm_miner_options::default(), out_miner, make) }
+        unsafe { mining_handle::create(model, options, dm_miner_options::default(), MINER_OPTIONS_V1_SIZE, out_miner, make) }
     })
 }
 

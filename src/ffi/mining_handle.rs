@@ -83,8 +83,8 @@ impl<J: MiningJob> MiningHandle<J> {
     }
 }
 
-/// The body of `<handle>_create`: checks the arguments, reads the versioned options struct `O` and
-/// registers the job `make` builds from them (keeping `model` alive), as the C-side opaque type `H`.
+/// The body of `<handle>_create`: checks the arguments, reads the versioned options struct `O` (at
+/// least `min_size` bytes, its first version) and registers the job `make` builds from them (keeping `model` alive), as the C-side opaque type `H`.
 ///
 /// # Safety
 /// `options` NULL or a valid options struct whose first field is its size; `out` NULL or writable.
@@ -92,6 +92,7 @@ pub(crate) unsafe fn create<J: MiningJob, H, O: Copy>(
     model: *const dm_model,
     options: *const O,
     defaults: O,
+    min_size: usize,
     out: *mut *mut H,
     make: impl FnOnce(&StableDiffusion, O) -> FfiResult<J>,
 ) -> FfiResult<()> {
@@ -103,7 +104,7 @@ pub(crate) unsafe fn create<J: MiningJob, H, O: Copy>(
         return Err(FfiError::Null("out_miner"));
     }
     // SAFETY: forwarded to the caller's contract.
-    let options = unsafe { read_options(options, defaults, std::mem::size_of::<O>(), "options") }?;
+    let options = unsafe { read_options(options, defaults, min_size, "options") }?;
     let job = make(&model, options)?;
     let handle = handle::register::<MiningHandle<J>, H>(MiningHandle { model, state: Mutex::new(JobState { job, results: None }) });
     // SAFETY: checked non-NULL above; writable by the caller's contract.

@@ -367,7 +367,9 @@ pub unsafe extern "C" fn dm_parallel_miner_create(
             Ok(ParallelJob { labels, options, sources: Vec::new(), versions })
         };
         // SAFETY: the caller's contract covers `options` and `out_miner`.
-        unsafe { mining_handle::create(model, options, dm_parallel_miner_options::default(), out_miner, make) }
+        unsafe {
+            mining_handle::create(model, options, dm_parallel_miner_options::default(), std::mem::size_of::<dm_parallel_miner_options>(), out_miner, make)
+        }
     })
 }
 

@@ -1,5 +1,5 @@
-//! The stages of mining one by one, for callers that spread them over machines: each image's best
-//! boxes (`dm_mining_image`), the best boxes of a label from any blocks of them (`dm_mining_top`),
+//! The stages of mining one by one, for callers that spread them over machines: the images of a
+//! labelled set (`dm_mining_list_set`), each image's best boxes (`dm_mining_image`), the best boxes of a label from any blocks of them (`dm_mining_top`),
 //! the DIFT features of given boxes (`dm_mining_box_features`), the clusters of given features
 //! (`dm_mining_cluster`) and the report of given results (`dm_report`). They are the functions
 //! `dm_miner_run` and `diffmine mine` compose, so composing them gives the same result, bit for bit,
@@ -12,15 +12,15 @@ use std::sync::Mutex;
 
 use ndarray::Array2;
 
-use super::args::{at_least_one, input_slice, optional_str, read_options, required_str, write_array, write_output, write_sized, write_value};
+use super::args::{at_least_one, input_slice, optional_str, required_str, write_array, write_output, write_sized, write_text, write_value};
 use super::error::{guard, FfiError, FfiResult};
 use super::handle;
 use super::image::{borrow_view, dm_image_view};
-use super::miner::{c_clusters, dm_mined_cluster, dm_miner_options, label_arg, mining_options};
+use super::miner::{c_clusters, dm_mined_cluster, dm_miner_options, label_arg, mining_options, read_miner_options};
 use super::model::{dm_model, model_ref};
 use super::status::dm_status;
 use super::typicality::dm_box;
-use crate::dataset::{LabelledImage, Pixels};
+use crate::dataset::{LabelledImage, LabelledSet, Pixels};
 use crate::mining::cluster::{ClusterOptions, RankedCluster};
 use crate::mining::miner::{box_features, cluster_patches, image_candidates, read_image, LabelResult, MinedPatch, MiningOptions, SkippedImage, KEPT_MAP_SIDE};
 use crate::mining::patches::{rank_order, ImagePatch, PatchBox};
@@ -90,9 +90,36 @@ unsafe fn required_options(options: *const dm_miner_options) -> FfiResult<Mining
         return Err(FfiError::Null("options"));
     }
     // SAFETY: forwarded to the caller's contract.
-    let o = unsafe { read_options(options, dm_miner_options::default(), std::mem::size_of::<dm_miner_options>(), "options") }?;
+    let o = unsafe { read_miner_options(options) }?;
     // SAFETY: as above.
     unsafe { mining_options(&o) }
+}
+
+/// The set stage: the labelled set at `data` (UTF-8: a folder with a subfolder of images per label,
+/// or a CSV of `path,label` rows) as `dm_miner_run` and `diffmine mine` list it, so that a caller
+/// spreading the other stages over machines mines the same images under the same names. Writes a
+/// JSON array of `{"path": ..., "labels": [...]}`, an object per image in the order mining reads
+/// them, NUL-terminated into `out_json` (room for `out_json_len` bytes) and its size with the NUL
+/// into `*out_json_needed`; with `out_json` NULL only the size (`DM_ERR_BUFFER_TOO_SMALL` also
+/// writes it). Images are listed, not read: an unreadable one is found by `dm_mining_image`.
+///
+/// # Safety
+/// `data` NULL or NUL-terminated; `out_json` NULL or `out_json_len` writable bytes; `out_json_needed`
+/// NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn dm_mining_list_set(data: *const c_char, out_json: *mut c_char, out_json_len: usize, out_json_needed: *mut usize) -> dm_status {
+    guard(|| {
+        // SAFETY: forwarded to the caller's contract.
+        let data = unsafe { required_str(data, "data") }?;
+        let set = LabelledSet::open(Path::new(data))?;
+        let items = set.items.iter().map(|item| {
+            let path = item.path.to_str().ok_or_else(|| FfiError::Invalid(format!("{}: the path is not UTF-8", item.path.display())))?;
+            Ok(serde_json::json!({ "path": path, "labels": item.labels }))
+        });
+        let json = serde_json::Value::Array(items.collect::<FfiResult<_>>()?).to_string();
+        // SAFETY: forwarded to the caller's contract.
+        unsafe { write_text(&json, out_json, out_json_len, out_json_needed) }
+    })
 }
 
 /// The per-image stage: the typicality map of `image` under `label`'s prompt and its best boxes,
@@ -294,7 +321,7 @@ pub unsafe extern "C" fn dm_mining_cluster(
             return Err(FfiError::Invalid(format!("features hold {features_len} values; {count} boxes of {dim} need {}", count * dim)));
         }
         // SAFETY: forwarded to the caller's contract.
-        let o = unsafe { read_options(options, dm_miner_options::default(), std::mem::size_of::<dm_miner_options>(), "options") }?;
+        let o = unsafe { read_miner_options(options) }?;
         let cluster =
             ClusterOptions { clusters: at_least_one(o.clusters, "clusters")?, restarts: at_least_one(o.restarts, "restarts")?, ..ClusterOptions::default() };
         let table = Array2::from_shape_vec((count, dim), values.to_vec()).map_err(|e| FfiError::Invalid(format!("features: {e}")))?;
@@ -373,7 +400,7 @@ fn report_ref(report: *const dm_report) -> FfiResult<std::sync::Arc<Report>> {
 pub unsafe extern "C" fn dm_report_new(options: *const dm_miner_options, out_report: *mut *mut dm_report) -> dm_status {
     guard(|| {
         // SAFETY: forwarded to the caller's contract.
-        let o = unsafe { read_options(options, dm_miner_options::default(), std::mem::size_of::<dm_miner_options>(), "options") }?;
+        let o = unsafe { read_miner_options(options) }?;
         if out_report.is_null() {
             return Err(FfiError::Null("out_report"));
         }

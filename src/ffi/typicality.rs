@@ -80,7 +80,7 @@ impl Default for dm_typicality_options {
             t_min: d.t_min,
             t_max: d.t_max,
             seed: d.seed,
-            latent: DM_LATENT_SAMPLE,
+            latent: c_latent(d.latent),
             resize_short_side: 0,
             timesteps: null(),
             timesteps_len: 0,
@@ -112,16 +112,29 @@ unsafe fn c_options(ptr: *const dm_typicality_options) -> FfiResult<dm_typicalit
     unsafe { read_options(ptr, dm_typicality_options::default(), min, "options") }
 }
 
+/// The latent a C `latent` field names.
+pub(crate) fn latent_mode(latent: u32) -> FfiResult<LatentMode> {
+    match latent {
+        DM_LATENT_SAMPLE => Ok(LatentMode::Sample),
+        DM_LATENT_MEAN => Ok(LatentMode::Mean),
+        other => Err(FfiError::Invalid(format!("`options.latent` = {other} is not a DM_LATENT_* value"))),
+    }
+}
+
+/// The C `latent` field's value for `mode`.
+pub(crate) fn c_latent(mode: LatentMode) -> u32 {
+    match mode {
+        LatentMode::Sample => DM_LATENT_SAMPLE,
+        LatentMode::Mean => DM_LATENT_MEAN,
+    }
+}
+
 /// The safe options, with the explicit draws borrowed from the caller's arrays.
 ///
 /// # Safety
 /// The options' `timesteps` and `noise` NULL or readable for their stated lengths.
 unsafe fn typicality_options(o: &dm_typicality_options, latent_shape: [i64; 3]) -> FfiResult<TypicalityOptions> {
-    let latent = match o.latent {
-        DM_LATENT_SAMPLE => LatentMode::Sample,
-        DM_LATENT_MEAN => LatentMode::Mean,
-        other => return Err(FfiError::Invalid(format!("`options.latent` = {other} is not a DM_LATENT_* value"))),
-    };
+    let latent = latent_mode(o.latent)?;
     let (timesteps, noise) = match (o.timesteps.is_null(), o.noise.is_null()) {
         (true, true) => (None, None),
         (false, false) => {

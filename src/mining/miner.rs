@@ -379,7 +379,11 @@ fn cached(options: &MiningOptions, kind: &str, key: String, compute: impl FnOnce
 
 fn cached_typicality(model: &StableDiffusion, image: &LabelledImage, input: &Tensor, prompt: &str, options: &MiningOptions) -> Result<Tensor> {
     let t = &options.typicality;
-    let settings = format!("{prompt}|{}|{}|{}|{}|{}|{:?}|{:?}", options.null_prompt, t.samples, t.t_min, t.t_max, t.seed, t.latent, options.resize);
+    // Everything that changes the map but the image and the model, which `cache_key` adds.
+    let settings = format!(
+        "{prompt}|{}|{}|{}|{}|{}|{:?}|{:?}|{}|{}",
+        options.null_prompt, t.samples, t.t_min, t.t_max, t.seed, t.latent, options.resize, t.antithetic, t.stratified
+    );
     cached(options, "typicality", cache_key(model, image, &settings), || Ok(typicality(model, input, prompt, &options.null_prompt, t, &mut |_, _| true)?.map))
 }
 

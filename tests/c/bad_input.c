@@ -170,6 +170,39 @@ static void check_first_version_model_options(const char *model_dir) {
     EXPECT_STATUS(DM_OK, dm_model_free(model));
 }
 
+/* dm_miner_options: the default label prompt is the library's; a caller built against the first
+ * version (which ended before `t_min`) creates a miner, the later fields keeping their defaults; the
+ * second version's fields are checked. */
+static void check_miner_options(const dm_model *model) {
+    dm_miner_options options;
+    dm_miner_options_default(&options);
+    EXPECT(options.prompt_template != NULL && strcmp(options.prompt_template, "Image of {label}.") == 0);
+    EXPECT(options.null_prompt == NULL);
+    EXPECT(options.t_min == 0.1 && options.t_max == 0.7 && options.latent == DM_LATENT_SAMPLE);
+    EXPECT(options.antithetic == 0 && options.stratified == 0);
+    dm_miner *miner = NULL;
+
+    dm_miner_options first = options;
+    first.struct_size = offsetof(dm_miner_options, t_min);
+    first.latent = 99; /* beyond its struct_size: never read */
+    EXPECT_STATUS(DM_OK, dm_miner_create(model, &first, &miner));
+    EXPECT(miner != NULL);
+    EXPECT_STATUS(DM_OK, dm_miner_free(miner));
+
+    dm_miner_options bad = options;
+    bad.latent = 99;
+    EXPECT_STATUS(DM_ERR_INVALID_ARGUMENT, dm_miner_create(model, &bad, &miner));
+    EXPECT_MESSAGE("latent");
+    bad = options;
+    bad.t_min = 0.8;
+    EXPECT_STATUS(DM_ERR_INVALID_ARGUMENT, dm_miner_create(model, &bad, &miner));
+    EXPECT_MESSAGE("t range");
+    bad = options;
+    bad.struct_size = offsetof(dm_miner_options, t_min) - 1;
+    EXPECT_STATUS(DM_ERR_INVALID_ARGUMENT, dm_miner_create(model, &bad, &miner));
+    EXPECT_MESSAGE("first version");
+}
+
 static void check_last_error_copy(void) {
     dm_model *model = NULL;
     EXPECT_STATUS(DM_ERR_IO, dm_model_open("/nonexistent/a-path-long-enough-to-truncate", NULL, &model));
@@ -441,6 +474,7 @@ int main(int argc, char **argv) {
     check_buffers(model, &info);
     check_images(model, &info);
     check_threads(model, &info);
+    check_miner_options(model);
     EXPECT_STATUS(DM_OK, dm_model_free(model));
 
     check_handles(model_dir);

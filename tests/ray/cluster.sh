@@ -60,7 +60,8 @@ ray start --head --node-ip-address=127.0.0.1 --port=6379 --include-dashboard=fal
 ray start --address=127.0.0.1:6379 --node-ip-address=127.0.0.1 "${node_options[@]}" >"$runs/worker.log" 2>&1
 
 mine_options=(--model demo/finetuned --base demo/pretrained --data set --samples 2 --batch 2 --patch 16 --per-image 2 --top 4
-  --ensemble 1 --clusters 2 --restarts 2 --address 127.0.0.1:6379 --actors-per-node 1)
+  --ensemble 1 --t-min 0.2 --t-max 0.6 --latent mean --antithetic --stratified --clusters 2 --restarts 2
+  --address 127.0.0.1:6379 --actors-per-node 1)
 # One run of the command: mine NAME WORKDIR [more options]; output in runs/NAME.out, status in runs/NAME.status.
 mine() {
   local name=$1 workdir=$2
@@ -97,6 +98,8 @@ wait_for_parts() {
 # that each of the two actors (one per node) gets batches even where scoring an image is quick.
 mine plain work-plain --batch-size 1
 mine refused work-plain --samples 3
+# A label none of whose images can be read (the test's CSV): refused, as diffmine mine refuses it.
+mine unreadable-label work-unreadable-label --data unreadable-label.csv
 
 # A typicality actor killed (SIGKILL) once it has written its first results.
 mine_in_background actor-kill work-actor-kill --batch-size 1

@@ -197,6 +197,11 @@ class CMinerOptions(ctypes.Structure):
         ("clusters", ctypes.c_uint32),
         ("restarts", ctypes.c_uint32),
         ("cache_dir", ctypes.c_char_p),
+        ("t_min", ctypes.c_double),
+        ("t_max", ctypes.c_double),
+        ("latent", ctypes.c_uint32),
+        ("antithetic", ctypes.c_uint32),
+        ("stratified", ctypes.c_uint32),
     ]
 
 
@@ -495,6 +500,7 @@ _PROTOTYPES = {
         _c_status, [ctypes.c_void_p, ctypes.c_uint32, _p(CMinedCluster), ctypes.c_size_t, _p(ctypes.c_size_t)]),
     "dm_miner_write_report": (_c_status, [ctypes.c_void_p, ctypes.c_char_p]),
     "dm_miner_free": (_c_status, [ctypes.c_void_p]),
+    "dm_mining_list_set": (_c_status, [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t, _p(ctypes.c_size_t)]),
     "dm_mining_image": (
         _c_status,
         [ctypes.c_void_p, _p(CMinerOptions), _p(CImageView), ctypes.c_char_p, _p(CBox), ctypes.c_size_t,

@@ -13,7 +13,7 @@ from . import _lib
 from ._handle import Handle
 from ._lib import check
 from ._progress import Progress
-from .model import Model, PathLike, _c_string, _image_view, _invalid, _path_bytes, _reject_unknown, _uint
+from .model import Model, PathLike, _c_string, _image_view, _invalid, _path_bytes, _reject_unknown, _set_sampling, _uint
 
 __all__ = ["Cluster", "LabelResult", "Miner", "PATCH_DTYPE"]
 
@@ -32,6 +32,8 @@ _OPTIONS = {
     "samples": "samples", "batch": "batch", "seed": "seed", "resize": "resize_short_side", "patch": "patch_size",
     "per_image": "per_image", "top": "top", "ensemble": "dift_ensemble", "clusters": "clusters", "restarts": "restarts",
 }
+# The keyword options of how the typicality samples are drawn, as Model.typicality takes them.
+_SAMPLING = ("t_range", "latent", "antithetic", "stratified")
 
 
 class Cluster(NamedTuple):
@@ -57,7 +59,8 @@ class Miner(Handle):
     defaults when left out): ``samples`` (100), ``batch`` (10), ``seed`` (42), ``resize`` (shorter side in
     pixels; None keeps sizes), ``patch`` (64), ``per_image`` (5), ``top`` (1000), ``ensemble`` (8, DIFT),
     ``clusters`` (32), ``restarts`` (10), ``cache_dir`` (typicality maps and DIFT features cached across
-    runs; None caches nothing).
+    runs; None caches nothing), and how the samples are drawn as :meth:`Model.typicality` takes it:
+    ``t_range`` ((0.1, 0.7)), ``latent`` ("sample"), ``antithetic`` and ``stratified`` (False).
 
     Add images with :meth:`add`, mine with :meth:`run` (once), then read :attr:`results` and write the
     report with :meth:`write_report`. Release with :meth:`close` or a ``with`` block.
@@ -70,7 +73,7 @@ class Miner(Handle):
                  **options: Any) -> None:
         super().__init__()
         self._results: Optional[List[LabelResult]] = None
-        _reject_unknown(options, _OPTIONS, also=["cache_dir"])
+        _reject_unknown(options, (*_OPTIONS, *_SAMPLING), also=["cache_dir"])
         lib = _lib.lib()
         c_options = _lib.CMinerOptions()
         check(lib.dm_miner_options_default(ctypes.byref(c_options)))
@@ -78,7 +81,7 @@ class Miner(Handle):
         c_options.prompt_template = _c_string(prompt_template, "prompt_template")
         c_options.null_prompt = _c_string(null_prompt, "null_prompt")
         c_options.cache_dir = _path_bytes(cache_dir, "cache_dir")
-        _set_counts(c_options, options, _OPTIONS)
+        _set_mining_options(c_options, options)
         handle = ctypes.c_void_p()
         check(lib.dm_miner_create(model._h(), ctypes.byref(c_options), ctypes.byref(handle)))
         self._handle = handle.value
@@ -122,6 +125,12 @@ class Miner(Handle):
         """Writes the report into the folder ``out``: ``patches.csv``, per label a cluster grid and strips
         of patch crops, and ``index.html``."""
         check(_lib.lib().dm_miner_write_report(self._h(), _path_bytes(out, "out")))
+
+
+def _set_mining_options(c_options: _lib.CMinerOptions, options: Dict[str, Any]) -> None:
+    """Sets a ``dm_miner_options``'s keyword options: the counts and how the samples are drawn."""
+    _set_counts(c_options, {k: v for k, v in options.items() if k in _OPTIONS}, _OPTIONS)
+    _set_sampling(c_options, **{k: v for k, v in options.items() if k in _SAMPLING})
 
 
 def _set_counts(c_options: ctypes.Structure, options: Dict[str, Any], fields: Dict[str, str]) -> None:

@@ -104,6 +104,24 @@ def _set_latent(options: ctypes.Structure, latent: Optional[str]) -> None:
     options.latent = _LATENTS[latent]
 
 
+def _set_sampling(options: ctypes.Structure, t_range: Optional[Tuple[float, float]] = None, latent: Optional[str] = None,
+                  antithetic: Optional[bool] = None, stratified: Optional[bool] = None) -> None:
+    """How typicality draws its samples, in a ``dm_typicality_options`` or ``dm_miner_options``: the t
+    range (a pair of fractions of the training steps), the latent ("sample" or "mean") and the two
+    variance reductions; None keeps the library's default."""
+    _set_latent(options, latent)
+    if t_range is not None:
+        try:
+            t_min, t_max = t_range
+        except (TypeError, ValueError):
+            raise _invalid(f"t_range must be a pair (t_min, t_max), got {t_range!r}") from None
+        options.t_min, options.t_max = _real(t_min, "t_range[0]"), _real(t_max, "t_range[1]")
+    if antithetic is not None:
+        options.antithetic = bool(antithetic)
+    if stratified is not None:
+        options.stratified = bool(stratified)
+
+
 def _override(options: ctypes.Structure, **values: Any) -> None:
     """Sets the numeric fields of ``options`` given a value; None keeps the library's default (which
     ``dm_*_options_default`` filled in), so no default is written twice."""
@@ -357,16 +375,9 @@ class Model(Handle):
         handle = self._h()
         options = _lib.CTypicalityOptions()
         check(lib.dm_typicality_options_default(ctypes.byref(options)))
-        _set_latent(options, latent)
-        if t_range is not None:
-            try:
-                t_min, t_max = t_range
-            except (TypeError, ValueError):
-                raise _invalid(f"t_range must be a pair (t_min, t_max), got {t_range!r}") from None
-            options.t_min, options.t_max = _real(t_min, "t_range[0]"), _real(t_max, "t_range[1]")
+        _set_sampling(options, t_range=t_range, latent=latent, antithetic=antithetic, stratified=stratified)
         _override(options, seed=seed, batch=batch)
         options.resize_short_side = 0 if resize is None else _uint(resize, "resize")
-        options.antithetic, options.stratified = bool(antithetic), bool(stratified)
         prompt_bytes = _c_string(prompt, "prompt")
         null_bytes = _c_string(null_prompt, "null_prompt")
 

@@ -2,6 +2,7 @@
 the same functions :class:`diffmine.Miner` and ``diffmine mine`` compose, so composing them gives the
 same result bit for bit.
 
+0. :func:`list_set`: the images of a labelled set and their labels, as mining lists them.
 1. :func:`image_candidates` per image and label: its typicality map (reduced, for the report) and best
    boxes. An image :func:`read_pixels` cannot read is skipped (and named in the report).
 2. :func:`top_candidates` over any blocks of a label's boxes, then over the blocks' best: associative,
@@ -17,6 +18,7 @@ image, its label and the options. Options go in a :class:`MiningOptions`, which 
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 from typing import Any, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -25,12 +27,12 @@ import numpy as np
 from . import _lib
 from ._lib import check
 from .medical import read_image
-from .miner import _OPTIONS, _set_counts
+from .miner import _OPTIONS, _SAMPLING, _set_mining_options
 from .model import Model, PathLike, _c_string, _image_view, _invalid, _path_bytes, _reject_unknown, _uint
 
 __all__ = [
     "BOX_DTYPE", "CLUSTERED_DTYPE", "Clustering", "ImageCandidates", "LabelReport", "MiningOptions", "box_features",
-    "cluster", "image_candidates", "read_pixels", "top_candidates", "write_report",
+    "cluster", "default_options", "image_candidates", "list_set", "read_pixels", "top_candidates", "write_report",
 ]
 
 #: A box, laid out as ``dm_box``: columns ``x .. x+size``, rows ``y .. y+size`` of the image as mined,
@@ -50,16 +52,38 @@ _MAP_MAX = 64 * 64
 
 
 
+def list_set(data: PathLike) -> List[Tuple[str, List[str]]]:
+    """The images of the labelled set at ``data`` (a folder with a subfolder of images per label, or a
+    CSV of ``path,label`` rows) as :class:`diffmine.Miner` and ``diffmine mine`` list them: (the name
+    results and the report use, which is the file's path; its labels), in the order mining reads them.
+    Only listed: an unreadable image is found by :func:`image_candidates`'s :func:`read_pixels`."""
+    lib = _lib.lib()
+    c_data = _path_bytes(data, "data")
+    needed = ctypes.c_size_t()
+    check(lib.dm_mining_list_set(c_data, None, 0, ctypes.byref(needed)))
+    buffer = ctypes.create_string_buffer(needed.value)
+    check(lib.dm_mining_list_set(c_data, buffer, needed.value, ctypes.byref(needed)))
+    return [(item["path"], item["labels"]) for item in json.loads(buffer.value.decode())]
+
+
+def default_options() -> _lib.CMinerOptions:
+    """The library's defaults (``dm_miner_options_default``), its default label prompt included."""
+    c_options = _lib.CMinerOptions()
+    check(_lib.lib().dm_miner_options_default(ctypes.byref(c_options)))
+    return c_options
+
+
 class MiningOptions:
     """How to mine, as :class:`diffmine.Miner` takes it: ``prompt_template`` (the label prompt with
     ``{label}``), ``null_prompt``, ``cache_dir`` (typicality maps and DIFT features cached, keyed by the
     pixels; None caches nothing) and the keyword options ``samples`` (100), ``batch`` (10), ``seed`` (42),
     ``resize`` (None), ``patch`` (64), ``per_image`` (5), ``top`` (1000), ``ensemble`` (8), ``clusters``
-    (32), ``restarts`` (10). Plain values only, so it pickles; :meth:`c_options` checks them."""
+    (32), ``restarts`` (10), ``t_range`` ((0.1, 0.7)), ``latent`` ("sample"), ``antithetic`` and
+    ``stratified`` (False). Plain values only, so it pickles; :meth:`c_options` checks them."""
 
     def __init__(self, prompt_template: str, null_prompt: str = "", *, cache_dir: Optional[PathLike] = None,
                  **options: Any) -> None:
-        _reject_unknown(options, _OPTIONS, also=["cache_dir"])
+        _reject_unknown(options, (*_OPTIONS, *_SAMPLING), also=["cache_dir"])
         self.prompt_template = prompt_template
         self.null_prompt = null_prompt
         self.cache_dir = None if cache_dir is None else os.fspath(cache_dir)
@@ -72,12 +96,11 @@ class MiningOptions:
 
     def c_options(self) -> _lib.CMinerOptions:
         """The ``dm_miner_options`` these stand for (its strings referenced by the struct itself)."""
-        c_options = _lib.CMinerOptions()
-        check(_lib.lib().dm_miner_options_default(ctypes.byref(c_options)))
+        c_options = default_options()
         c_options.prompt_template = _c_string(self.prompt_template, "prompt_template")
         c_options.null_prompt = _c_string(self.null_prompt, "null_prompt")
         c_options.cache_dir = _path_bytes(self.cache_dir, "cache_dir")
-        _set_counts(c_options, self.options, _OPTIONS)
+        _set_mining_options(c_options, self.options)
         return c_options
 
 

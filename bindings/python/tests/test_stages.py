@@ -1,8 +1,10 @@
 """The mining stages one by one (``diffmine.stages``), composed by hand as a cluster runs them: a small
 set made by ``diffmine synth``, the demo model, images in a shuffled order, the best boxes chosen per
 block of two images and then over the blocks' best, features fetched image by image in yet another
-order. The result must be ``diffmine mine``'s on the same set: its patches.csv byte for byte (the same
-kept boxes, scores, clusters and distances), and both reports name the unreadable image they skipped.
+order, the samples drawn away from every default (t range, latent, antithetic pairs, strata). The
+result must be ``diffmine mine``'s on the same set with the same options: its patches.csv byte for byte
+(the same kept boxes, scores, clusters and distances), and both reports name the unreadable image they
+skipped. The set's listing is the folders' and the default label prompt the command's.
 
 Run: python -m unittest test_stages -v
 """
@@ -30,6 +32,9 @@ PROMPT = "Chest X-Ray with {label}."
 # Small enough for seconds per image on a shared CPU.
 SMALL = dict(samples=2, batch=2, patch=16, per_image=3, top=5, ensemble=2, clusters=2, restarts=2)
 LABELS = ("Effusion", "Nodule")
+# How the samples are drawn, away from every default, so that each option must reach the library.
+SAMPLING = dict(t_range=(0.2, 0.6), latent="mean", antithetic=True, stratified=True)
+SAMPLING_FLAGS = ["--t-min=0.2", "--t-max=0.6", "--latent=mean", "--antithetic", "--stratified"]
 
 
 def cli() -> Path:
@@ -54,7 +59,7 @@ class StagesTest(unittest.TestCase):
         flags = [f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items()]
         run = subprocess.run(
             [str(cli()), "mine", "--model", str(DEMO / "finetuned"), "--base", str(DEMO / "pretrained"), "--data",
-             str(cls.data), "--out", str(cls.mined), "--prompt", PROMPT, *flags],
+             str(cls.data), "--out", str(cls.mined), "--prompt", PROMPT, *flags, *SAMPLING_FLAGS],
             capture_output=True, text=True, check=True)
         cls.cli_output = run.stdout + run.stderr
         cls.model = diffmine.Model(DEMO / "pretrained", unet=DEMO / "finetuned" / "unet")
@@ -68,7 +73,7 @@ class StagesTest(unittest.TestCase):
         return sorted(str(p) for p in (self.data / label).iterdir())
 
     def test_the_stages_composed_in_any_order_give_diffmine_mines_result(self) -> None:
-        options = stages.MiningOptions(PROMPT, **SMALL)
+        options = stages.MiningOptions(PROMPT, **SMALL, **SAMPLING)
         rng = random.Random(1)
         reports = []
         for label in LABELS:
@@ -116,6 +121,17 @@ class StagesTest(unittest.TestCase):
             self.assertIn(self.broken.name, html)
         self.assertIn("Nodule: 5 patches, 2 clusters, 1 unreadable image skipped", self.cli_output)
         self.assertIn(self.broken.name, self.cli_output, "the command's log names the skipped image")
+
+    def test_the_set_is_listed_as_its_folders_hold_it(self) -> None:
+        expected = [(str(path), [label]) for label in sorted(LABELS) for path in sorted((self.data / label).iterdir())]
+        self.assertEqual(stages.list_set(self.data), expected)
+        with self.assertRaisesRegex(diffmine.Error, "no such set"):
+            stages.list_set(self.data / "no such set")
+
+    def test_the_default_label_prompt_is_the_commands(self) -> None:
+        help_text = subprocess.run([str(cli()), "mine", "--help"], capture_output=True, text=True, check=True).stdout
+        default = stages.default_options().prompt_template.decode()
+        self.assertIn(f"[default: \"{default}\"]", help_text)
 
     def test_the_best_boxes_do_not_depend_on_their_order_or_blocks(self) -> None:
         names = [f"img{i % 3}" for i in range(12)]

@@ -8,6 +8,8 @@ import os
 import sys
 from typing import List, Optional
 
+import diffmine
+
 from ._pipeline import Settings, run
 from ._workdir import OptionsMismatch
 
@@ -25,6 +27,13 @@ _MINING = [
     ("--ensemble", "ensemble", int, "DIFT features averaged over this many noise draws."),
     ("--clusters", "clusters", int, "k of k-means."),
     ("--restarts", "restarts", int, "k-means runs from different starts; the best is kept."),
+    ("--t-min", "t_min", float, "Lower end of the timestep range, as a fraction of the training steps."),
+    ("--t-max", "t_max", float, "Upper end of the timestep range, as a fraction of the training steps."),
+]
+# Switches of how the samples are drawn: (flag, the library's keyword, help); absent, the library's choice.
+_SWITCHES = [
+    ("--antithetic", "antithetic", "Pairs of samples (noise, t) and (-noise, t) instead of independent draws."),
+    ("--stratified", "stratified", "Each timestep drawn in its own stratum of the range instead of over the whole range."),
 ]
 
 
@@ -46,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     mining = mine.add_argument_group("Mining (default: the library's, as diffmine mine)")
     for flag, name, kind, text in _MINING:
         mining.add_argument(flag, dest=name, type=kind, help=text)
+    mining.add_argument("--latent", choices=["sample", "mean"], help="Which latent of the VAE posterior is noised.")
+    for flag, name, text in _SWITCHES:
+        mining.add_argument(flag, dest=name, action="store_true", default=None, help=text)
     cluster = mine.add_argument_group("Cluster")
     cluster.add_argument("--workdir", required=True, metavar="DIR_OR_URI",
                          help="Working folder of per-image results (a path every node sees, or a pyarrow/fsspec URI such as s3://...).")
@@ -62,12 +74,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     # Workers open the model and the working folder from their own folder: absolute paths.
     model.update({name: os.path.abspath(model[name]) for name in ("model", "base", "lora") if model[name] is not None})
     workdir = args.workdir if "://" in args.workdir else os.path.abspath(args.workdir)
-    mining = {name: getattr(args, name) for _, name, _, _ in _MINING if getattr(args, name) is not None}
+    given = [name for _, name, _, _ in _MINING] + ["latent"] + [name for _, name, _ in _SWITCHES]
+    mining = {name: getattr(args, name) for name in given if getattr(args, name) is not None}
     settings = Settings(model=model, mining=mining, data=args.data, out=args.out, workdir=workdir, address=args.address,
                         actors_per_node=args.actors_per_node, gpus_per_actor=args.gpus_per_actor, batch_size=args.batch_size)
     try:
         summary = run(settings)
-    except OptionsMismatch as e:
+    except (OptionsMismatch, diffmine.Error) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for (path, label), reason in sorted(summary.skipped.items()):

@@ -58,8 +58,6 @@ def unreadable(error: BaseException) -> Optional[str]:
     return None
 
 
-
-
 class Candidate(NamedTuple):
     """A box of a label's candidates: its image (by the name the report shows, and by its result's
     key), its place and its mean typicality."""
@@ -73,21 +71,21 @@ class Candidate(NamedTuple):
     score: float
 
 
-# The prompts `diffmine mine` uses when given none (the library's MiningOptions default; its C options
-# have no default prompt, a C caller always names one).
-DEFAULT_PROMPTS = {"prompt_template": "Image of {label}.", "null_prompt": ""}
-
-
 def mining_options(mining: Dict[str, Any]) -> stages.MiningOptions:
-    """The stages' options from the run's (the library's defaults for those left out)."""
-    counts = {name: value for name, value in mining.items() if name not in DEFAULT_PROMPTS}
-    return stages.MiningOptions(mining.get("prompt_template", DEFAULT_PROMPTS["prompt_template"]),
-                                mining.get("null_prompt", DEFAULT_PROMPTS["null_prompt"]), **counts)
+    """The stages' options from the run's, as ``diffmine mine`` takes them (the library's defaults for
+    those left out; the t range's ends apart)."""
+    defaults = stages.default_options()
+    given = dict(mining)
+    prompt = given.pop("prompt_template", defaults.prompt_template.decode())
+    null_prompt = given.pop("null_prompt", (defaults.null_prompt or b"").decode())
+    if "t_min" in given or "t_max" in given:
+        given["t_range"] = (given.pop("t_min", defaults.t_min), given.pop("t_max", defaults.t_max))
+    return stages.MiningOptions(prompt, null_prompt, **given)
 
 
 def default_top() -> int:
     """The library's default of the boxes kept per label."""
-    return int(stages.MiningOptions("").c_options().top)
+    return int(stages.default_options().top)
 
 
 def image_candidates(model: "diffmine.Model", image: bytes, label: str,

@@ -1,6 +1,6 @@
 """The distributed mining run, as Ray Data stages:
 
-1. the set's (path, label) rows, listed on the driver, stream through tasks that read each image's
+1. the set's (path, label) rows, listed on the driver by the library as `diffmine mine` lists them, stream through tasks that read each image's
    bytes and key it (a hash of the bytes, of the result-changing options and of the label); images
    whose key the working folder holds are passed on without their bytes;
 2. an actor pool (the model opened once per actor) computes each new image's typicality map and its
@@ -26,7 +26,6 @@ import pyarrow as pa
 
 from .. import stages
 from . import _library
-from ._listing import list_set
 from ._workdir import KeySet, Workdir, result_key
 
 CANDIDATES = "typicality"
@@ -214,7 +213,7 @@ def run(settings: Settings) -> Summary:
     started = time.monotonic()
     workdir = Workdir(settings.workdir)
     digest = workdir.claim(settings.result_options())  # before anything else: a mismatch costs nothing
-    rows = list_set(settings.data)
+    rows = _listed_rows(settings.data)
     if not ray.is_initialized():
         ray.init(address=settings.address, logging_level="WARNING", log_to_driver=False)
     context = ray.data.DataContext.get_current()
@@ -252,6 +251,7 @@ def run(settings: Settings) -> Summary:
             summary.skipped.update({(path, row["label"]): row["error"] for path in wanted[row["key"]]})
     summary.reused = sum(1 for row in listed if not row["scored"] and row["key"] and row["key"] not in failed)
     kept = _global_top(ray, settings, workdir, wanted)
+    _refuse_unreadable_labels(rows, kept, summary.skipped)
     lap("top")
     features = _kept_features(ray, settings, kept, actors)
     lap("dift")
@@ -259,6 +259,25 @@ def run(settings: Settings) -> Summary:
     lap("report")
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _listed_rows(data: str) -> List[Dict[str, str]]:
+    """The set as ``diffmine mine`` lists it, a row per label an image has: ``path`` names the image
+    as ``diffmine mine`` does (in results and the report), ``file`` is its absolute path, which
+    workers on other machines (in other folders) read."""
+    return [{"path": path, "file": os.path.abspath(path), "label": label} for path, labels in stages.list_set(data) for label in labels]
+
+
+def _refuse_unreadable_labels(rows: List[Dict[str, str]], kept: List["_library.Candidate"],
+                              skipped: Dict[Tuple[str, str], str]) -> None:
+    """A label none of whose images could be read fails the run, as it fails ``diffmine mine``."""
+    import diffmine
+
+    for label in sorted({row["label"] for row in rows} - {c.label for c in kept}):
+        names = sorted(path for path, skipped_label in skipped if skipped_label == label)
+        if names:
+            raise diffmine.InvalidData(diffmine.Status.ERR_INVALID_DATA,
+                                       f"label `{label}`: no image could be read ({', '.join(names)}): {skipped[(names[0], label)]}")
 
 
 def _actor_args(settings: Settings, actors: int) -> Dict[str, Any]:
