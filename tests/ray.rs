@@ -22,13 +22,11 @@ use std::time::Instant;
 use common::{build_wheel, copy_dir, python, repo_root, run_step, shared_venv, show};
 
 /// Options of both commands (small, so the test stays short on two shared cores).
-const MINE_OPTIONS: [&str; 26] = [
+const MINE_OPTIONS: [&str; 24] = [
     "--model",
     "demo/finetuned",
     "--base",
     "demo/pretrained",
-    "--data",
-    "set",
     "--samples",
     "2",
     "--batch",
@@ -161,8 +159,10 @@ fn mining_on_a_two_node_ray_cluster_equals_diffmine_mine() {
     effusion.sort();
     std::fs::write(work.join("unreadable-label.csv"), format!("path,label\nset/Effusion/{},Effusion\n{UNREADABLE},Broken\n", effusion[0])).unwrap();
 
-    let reference =
-        run_step(diffmine().current_dir(work).arg("mine").args(MINE_OPTIONS).args(CLUSTER_OPTIONS).args(["--out", "ref"]), "diffmine mine (the reference)");
+    let reference = run_step(
+        diffmine().current_dir(work).arg("mine").args(MINE_OPTIONS).args(CLUSTER_OPTIONS).args(["--data", "set", "--out", "ref"]),
+        "diffmine mine (the reference)",
+    );
     let reference_log = format!("{}{}", String::from_utf8_lossy(&reference.stdout), String::from_utf8_lossy(&reference.stderr));
     assert!(reference_log.contains(UNREADABLE), "diffmine mine names the unreadable image:\n{reference_log}");
     let refused =
