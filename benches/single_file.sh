@@ -21,8 +21,8 @@ file=target/bench/sd15.safetensors
 [ -d "$folder" ] || python benches/make_sd15.py "$folder"
 if [ ! -f "$file" ]; then
   python -c 'import sys; sys.path.insert(0, "tests/reference"); from pathlib import Path; from models_reference import write_single_file; write_single_file(Path(sys.argv[1]), Path(sys.argv[2]), open_clip=False, with_ema=False)' \
-    "$folder" "$file.partial"
-  mv "$file.partial" "$file"
+    "$folder" "${file%.safetensors}-partial.safetensors"  # diffusers reads a file by its extension
+  mv "${file%.safetensors}-partial.safetensors" "$file"
 fi
 work=target/bench/single-file-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$work"

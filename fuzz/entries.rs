@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 
 use diffmine::cxr8::tables::{boxes_by_image, boxes_confirmed_by, read_bbox_list, read_data_entry};
 use diffmine::dicom::{DicomFile, DicomOptions};
-use diffmine::ffi::{dm_image_free, dm_image_get_view, dm_image_open_buffer, dm_image_view, dm_map_write_dicom, dm_status, DM_MAP_OVERLAY, DM_MAP_RAW};
+use diffmine::ffi::{
+    dm_dicom_map_options, dm_image_free, dm_image_get_view, dm_image_open_buffer, dm_image_view, dm_map_write_dicom, dm_map_write_dicom_object, dm_status,
+    DM_MAP_OVERLAY, DM_MAP_PARAMETRIC, DM_MAP_RAW, DM_MAP_SEGMENTATION,
+};
 use diffmine::model::config::{read_json, ClipTextConfig, SchedulerConfig, UNetConfig, VaeConfig};
 use diffmine::model::scheduler::NoiseSchedule;
 use diffmine::model::single_file::Layout;
@@ -46,25 +49,34 @@ pub fn dicom_image(data: &[u8]) {
     }
 }
 
-/// The DICOM writer (`dm_map_write_dicom`) with a fuzzed source file: a map it reports written must
-/// read back, and a failed write must leave no file.
+/// The DICOM writers with a fuzzed source file, the kind chosen by the input's last byte: the
+/// Secondary Captures through `dm_map_write_dicom`, the Segmentation and the Parametric Map through
+/// `dm_map_write_dicom_object`. A map reported written must read back (a Secondary Capture's pixels
+/// too: the library does not decode the other two's), and a failed write must leave no file.
 pub fn dicom_write(data: &[u8]) {
     let source = write_scratch("source.dcm", data);
     let out = scratch().join("map.dcm");
-    let kind = if data.last().is_some_and(|b| b & 1 == 1) { DM_MAP_RAW } else { DM_MAP_OVERLAY };
+    let kind = data.last().map_or(DM_MAP_OVERLAY, |b| u32::from(b & 3));
     let map: Vec<f32> = (0..64).map(|i| i as f32 / 63.0).collect();
     let (source_c, out_c) = (c_path(&source), c_path(&out));
-    // SAFETY: NUL-terminated paths and a map of `map.len()` values that outlive the call; no series
-    // UID (NULL) and no UID buffer (NULL, 0).
-    let status =
-        unsafe { dm_map_write_dicom(source_c.as_ptr(), 0, map.as_ptr(), map.len(), 8, 8, kind, std::ptr::null(), out_c.as_ptr(), std::ptr::null_mut(), 0) };
+    let status = if kind == DM_MAP_SEGMENTATION || kind == DM_MAP_PARAMETRIC {
+        let options = dm_dicom_map_options { kind, ..dm_dicom_map_options::default() };
+        // SAFETY: NUL-terminated paths, a map of `map.len()` values and options that outlive the
+        // call; no UID buffer (NULL, 0).
+        unsafe { dm_map_write_dicom_object(source_c.as_ptr(), 0, map.as_ptr(), map.len(), 8, 8, &options, out_c.as_ptr(), std::ptr::null_mut(), 0) }
+    } else {
+        // SAFETY: as above; no series UID (NULL).
+        unsafe { dm_map_write_dicom(source_c.as_ptr(), 0, map.as_ptr(), map.len(), 8, 8, kind, std::ptr::null(), out_c.as_ptr(), std::ptr::null_mut(), 0) }
+    };
     if status != dm_status::DM_OK {
         assert!(!out.exists(), "a failed write ({status:?}) left {}", out.display());
         return;
     }
     let written = DicomFile::open(&out).unwrap_or_else(|e| panic!("the map written from a fuzzed source does not open: {e}"));
     written.metadata().unwrap_or_else(|e| panic!("the written map's metadata: {e}"));
-    written.image(&DicomOptions::default()).unwrap_or_else(|e| panic!("the written map's pixels: {e}"));
+    if kind == DM_MAP_OVERLAY || kind == DM_MAP_RAW {
+        written.image(&DicomOptions::default()).unwrap_or_else(|e| panic!("the written map's pixels: {e}"));
+    }
     std::fs::remove_file(&out).expect("remove the written map");
 }
 
