@@ -8,7 +8,7 @@
  * progress callback returns DM_ERR_CANCELLED and writes nothing. A full run reports progress that
  * never goes back and ends at its total, and writes index.html and patches.csv into OUT_DIR.
  */
-#define _XOPEN_SOURCE 700 /* snprintf's prototype under -std=c11 on older libcs */
+#define _XOPEN_SOURCE 700 /* stat() under -std=c11 */
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>

@@ -1,8 +1,9 @@
 """The distributed mining run, as Ray Data stages:
 
-1. the set's (path, label) rows, listed on the driver by the library as `diffmine mine` lists them, stream through tasks that read each image's
-   bytes and key it (a hash of the bytes, of the result-changing options and of the label); images
-   whose key the working folder holds are passed on without their bytes;
+1. the set's (path, label) rows, listed on the driver by the library as ``diffmine mine`` lists them,
+   stream through tasks that read each image's bytes and key it (a hash of the bytes, of the
+   result-changing options and of the label); images whose key the working folder holds are passed on
+   without their bytes;
 2. an actor pool (the model opened once per actor) computes each new image's typicality map and its
    best boxes, and writes them to the working folder in Parquet, one file per batch;
 3. the working folder's results are read back block by block, each block keeping only its best
@@ -265,7 +266,8 @@ def _listed_rows(data: str) -> List[Dict[str, str]]:
     """The set as ``diffmine mine`` lists it, a row per label an image has: ``path`` names the image
     as ``diffmine mine`` does (in results and the report), ``file`` is its absolute path, which
     workers on other machines (in other folders) read."""
-    return [{"path": path, "file": os.path.abspath(path), "label": label} for path, labels in stages.list_set(data) for label in labels]
+    return [{"path": path, "file": os.path.abspath(path), "label": label}
+            for path, labels in stages.list_set(data) for label in labels]
 
 
 def _refuse_unreadable_labels(rows: List[Dict[str, str]], kept: List["_library.Candidate"],
