@@ -288,12 +288,14 @@ def _actor_args(settings: Settings, actors: int) -> Dict[str, Any]:
     retry only writes again what was written."""
     import ray
 
-    # Spread: Ray's default packs actors onto the first node while it has room. One batch in flight per
-    # actor: a batch goes to an idle actor instead of queueing behind a busy one (at SD 1.5 cost a
-    # batch is minutes of work), so every node gets its share.
+    # Ray Data places a pool's actors with its own default strategy, SPREAD (Ray core's default would
+    # pack them onto the first node while it has room; passing the strategy through `ray_remote_args`
+    # is deprecated in 2.60). One batch in flight per actor: a batch goes to an idle actor instead of
+    # queueing behind a busy one (at SD 1.5 cost a batch is minutes of work), so every node gets its
+    # share.
     pool = ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1)
     return {"compute": pool, "batch_size": settings.batch_size, "batch_format": "pyarrow",
-            "num_cpus": 1, "num_gpus": settings.gpus_per_actor or None, "scheduling_strategy": "SPREAD"}
+            "num_cpus": 1, "num_gpus": settings.gpus_per_actor or None}
 
 
 def _score_new_images(ray: Any, settings: Settings, rows: List[Dict[str, str]], digest: str, done: KeySet, actors: int,
