@@ -69,6 +69,31 @@ mod pipeline {
     }
 
     #[test]
+    fn the_cache_keeps_the_maps_of_each_way_of_drawing_the_samples_apart() {
+        let data = tempfile::tempdir().unwrap();
+        let synthetic = SyntheticOptions { images_per_label: 1, labels: vec!["Nodule".into(), "Effusion".into()], ..SyntheticOptions::default() };
+        write_dataset(&synthetic, data.path()).unwrap();
+        let set = LabelledSet::open(data.path()).unwrap();
+        let model = StableDiffusion::open(&pipeline("sd15_tiny"), &ModelOptions::default()).unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        let plain = small_options(cache.path(), 1);
+        run(&model, &set, &plain);
+        assert_eq!(cache_entries(cache.path(), "typicality"), 2);
+
+        let paired = |cache_dir| {
+            let mut options = small_options(cache.path(), 1);
+            (options.typicality.antithetic, options.typicality.stratified, options.cache_dir) = (true, true, cache_dir);
+            options
+        };
+        let from_cache_folder = run(&model, &set, &paired(Some(cache.path().to_path_buf())));
+        assert_eq!(cache_entries(cache.path(), "typicality"), 4, "the paired draws' maps are new entries");
+        let uncached = run(&model, &set, &paired(None));
+        let scores =
+            |r: &[LabelResult]| r.iter().flat_map(|l| l.patches.iter().map(|p| (p.path.clone(), p.patch.x, p.patch.y, p.patch.score))).collect::<Vec<_>>();
+        assert_eq!(scores(&from_cache_folder), scores(&uncached));
+    }
+
+    #[test]
     fn mining_ranks_clusters_reuses_its_cache_and_writes_a_report_without_dead_links() {
         let data = tempfile::tempdir().unwrap();
         let synthetic = SyntheticOptions { images_per_label: 3, labels: vec!["Nodule".into(), "Effusion".into()], ..SyntheticOptions::default() };

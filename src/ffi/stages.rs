@@ -1,6 +1,7 @@
 //! The stages of mining one by one, for callers that spread them over machines: the images of a
-//! labelled set (`dm_mining_list_set`), each image's best boxes (`dm_mining_image`), the best boxes of a label from any blocks of them (`dm_mining_top`),
-//! the DIFT features of given boxes (`dm_mining_box_features`), the clusters of given features
+//! labelled set (`dm_mining_list_set`), each image's best boxes (`dm_mining_image`), the best boxes
+//! of a label from any blocks of them (`dm_mining_top`), the DIFT features of given boxes
+//! (`dm_mining_box_features`), the clusters of given features
 //! (`dm_mining_cluster`) and the report of given results (`dm_report`). They are the functions
 //! `dm_miner_run` and `diffmine mine` compose, so composing them gives the same result, bit for bit,
 //! whatever the order images come in: every generator is seeded per image from the options alone,
