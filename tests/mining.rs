@@ -64,17 +64,31 @@ mod pipeline {
         mine(model, set, options, &mut |_, _| true).unwrap()
     }
 
+    /// Generated Nodule and Effusion images of the generator's default 64 px.
+    fn nodule_and_effusion(images_per_label: usize) -> SyntheticOptions {
+        SyntheticOptions { images_per_label, labels: vec!["Nodule".into(), "Effusion".into()], ..SyntheticOptions::default() }
+    }
+
+    /// Such a set written to a temporary folder (dropped with the guard) and opened.
+    fn written_set(images_per_label: usize) -> (tempfile::TempDir, LabelledSet) {
+        let data = tempfile::tempdir().unwrap();
+        write_dataset(&nodule_and_effusion(images_per_label), data.path()).unwrap();
+        let set = LabelledSet::open(data.path()).unwrap();
+        (data, set)
+    }
+
+    fn tiny_model() -> StableDiffusion {
+        StableDiffusion::open(&pipeline("sd15_tiny"), &ModelOptions::default()).unwrap()
+    }
+
     fn cache_entries(dir: &Path, kind: &str) -> usize {
         std::fs::read_dir(dir).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(kind)).count()
     }
 
     #[test]
     fn the_cache_keeps_the_maps_of_each_way_of_drawing_the_samples_apart() {
-        let data = tempfile::tempdir().unwrap();
-        let synthetic = SyntheticOptions { images_per_label: 1, labels: vec!["Nodule".into(), "Effusion".into()], ..SyntheticOptions::default() };
-        write_dataset(&synthetic, data.path()).unwrap();
-        let set = LabelledSet::open(data.path()).unwrap();
-        let model = StableDiffusion::open(&pipeline("sd15_tiny"), &ModelOptions::default()).unwrap();
+        let (_data, set) = written_set(1);
+        let model = tiny_model();
         let cache = tempfile::tempdir().unwrap();
         let plain = small_options(cache.path(), 1);
         run(&model, &set, &plain);
@@ -95,11 +109,8 @@ mod pipeline {
 
     #[test]
     fn mining_ranks_clusters_reuses_its_cache_and_writes_a_report_without_dead_links() {
-        let data = tempfile::tempdir().unwrap();
-        let synthetic = SyntheticOptions { images_per_label: 3, labels: vec!["Nodule".into(), "Effusion".into()], ..SyntheticOptions::default() };
-        write_dataset(&synthetic, data.path()).unwrap();
-        let set = LabelledSet::open(data.path()).unwrap();
-        let model = StableDiffusion::open(&pipeline("sd15_tiny"), &ModelOptions::default()).unwrap();
+        let (_data, set) = written_set(3);
+        let model = tiny_model();
         let work = tempfile::tempdir().unwrap();
         let cache = work.path().join("cache");
 
@@ -167,7 +178,7 @@ mod pipeline {
         use diffmine::finetune::{finetune, FinetuneOptions};
         use diffmine::synthetic::write_dicom_copies;
         let data = tempfile::tempdir().unwrap();
-        let synthetic = SyntheticOptions { images_per_label: 2, size: 64, labels: vec!["Nodule".into(), "Effusion".into()], ..SyntheticOptions::default() };
+        let synthetic = nodule_and_effusion(2);
         write_dataset(&synthetic, &data.path().join("png")).unwrap();
         write_dicom_copies(&synthetic, &data.path().join("dcm")).unwrap();
         // A PACS names its files without an extension.
@@ -175,7 +186,7 @@ mod pipeline {
         std::fs::rename(&plain, plain.with_extension("")).unwrap();
         let (png, dcm) = (LabelledSet::open(&data.path().join("png")).unwrap(), LabelledSet::open(&data.path().join("dcm")).unwrap());
         assert_eq!(dcm.items.len(), png.items.len());
-        let model = StableDiffusion::open(&pipeline("sd15_tiny"), &ModelOptions::default()).unwrap();
+        let model = tiny_model();
         let options = MiningOptions { cache_dir: None, ..small_options(data.path(), 2) };
         let patches = |results: Vec<LabelResult>| -> Vec<_> {
             results
@@ -208,11 +219,11 @@ mod pipeline {
         use diffmine::mining::patches::{top_patches, ImagePatch};
         use std::collections::BTreeMap;
         let data = tempfile::tempdir().unwrap();
-        let synthetic = SyntheticOptions { images_per_label: 3, size: 64, labels: vec!["Nodule".into(), "Effusion".into()], ..SyntheticOptions::default() };
+        let synthetic = nodule_and_effusion(3);
         write_dataset(&synthetic, data.path()).unwrap();
         std::fs::write(data.path().join("Nodule/broken.png"), b"not a png").unwrap();
         let set = LabelledSet::open(data.path()).unwrap();
-        let model = StableDiffusion::open(&pipeline("sd15_tiny"), &ModelOptions::default()).unwrap();
+        let model = tiny_model();
         let options = MiningOptions { top: 9, cache_dir: None, ..small_options(data.path(), 3) };
         let mined = run(&model, &set, &options);
         let nodule = mined.iter().find(|r| r.label == "Nodule").unwrap();
@@ -270,7 +281,7 @@ mod pipeline {
         std::fs::create_dir_all(data.path().join("Mass")).unwrap();
         std::fs::write(data.path().join("Mass/broken.png"), b"not a png").unwrap();
         let set = LabelledSet::open(data.path()).unwrap();
-        let model = StableDiffusion::open(&pipeline("sd15_tiny"), &ModelOptions::default()).unwrap();
+        let model = tiny_model();
         let cache = tempfile::tempdir().unwrap();
         let err = mine(&model, &set, &small_options(cache.path(), 2), &mut |_, _| true).unwrap_err();
         assert!(err.to_string().contains("broken.png"), "{err}");
