@@ -23,29 +23,21 @@ reference.json gives RANK, ALPHA, STEPS and MAX_GRAD_NORM. ALPHA != RANK, so the
 exercised. OUT_DIR/.stamp (a hash of this file and of the fixtures' stamp) makes reruns free.
 """
 
-import hashlib
 import json
 import os
 import sys
 from pathlib import Path
 
-SCRIPT_HASH = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
 RANK = 4
 ALPHA = 8.0
 STEPS = 3
 MAX_GRAD_NORM = 0.1
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
+from fixture_stamps import exit_if_current, stamp_for  # noqa: E402  (this folder is on sys.path when run as a script)
 
-def stamp_for(fixtures: Path) -> str:
-    upstream = fixtures / ".stamp"
-    return SCRIPT_HASH + ":" + (upstream.read_text() if upstream.is_file() else "")
-
-
-if __name__ == "__main__" and len(sys.argv) == 3:
-    stamp_file = Path(sys.argv[2]) / ".stamp"
-    if stamp_file.is_file() and stamp_file.read_text() == stamp_for(Path(sys.argv[1])):
-        sys.exit(0)
+if __name__ == "__main__":
+    exit_if_current(__file__)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -133,7 +125,7 @@ def main():
     tensors.update({f"init.{name}": value for name, value in init.items()})
     save_file({k: v.contiguous() for k, v in tensors.items()}, out / "reference.safetensors")
     (out / "reference.json").write_text(json.dumps({"rank": RANK, "alpha": ALPHA, "steps": STEPS, "max_grad_norm": MAX_GRAD_NORM, "targets": TARGETS}))
-    (out / ".stamp").write_text(stamp_for(fixtures))
+    (out / ".stamp").write_text(stamp_for(__file__, fixtures / ".stamp"))
 
 
 if __name__ == "__main__":

@@ -24,27 +24,19 @@ FIXTURES_DIR is make_fixtures.py's output (the sd15_tiny and sd2_tiny pipelines)
 OUT_DIR/.stamp (a hash of this file and of the fixtures' stamp) makes reruns free.
 """
 
-import hashlib
 import json
 import os
 import sys
 from pathlib import Path
 
-SCRIPT_HASH = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
 SCALE = 0.75
 PROMPT = "a chest x-ray with a nodule"
 RANK = 4
 
+from fixture_stamps import exit_if_current, stamp_for  # noqa: E402  (this folder is on sys.path when run as a script)
 
-def stamp_for(fixtures: Path) -> str:
-    upstream = fixtures / ".stamp"
-    return SCRIPT_HASH + ":" + (upstream.read_text() if upstream.is_file() else "")
-
-
-if __name__ == "__main__" and len(sys.argv) == 3:
-    stamp_file = Path(sys.argv[2]) / ".stamp"
-    if stamp_file.is_file() and stamp_file.read_text() == stamp_for(Path(sys.argv[1])):
-        sys.exit(0)
+if __name__ == "__main__":
+    exit_if_current(__file__)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -314,7 +306,7 @@ def main():
     write_single_file(fixtures / "sd15_tiny", out / "single" / "sd15_tiny.safetensors", open_clip=False, with_ema=True)
     write_single_file(fixtures / "sd2_tiny", out / "single" / "sd2_tiny.safetensors", open_clip=True, with_ema=False)
     lora_reference(fixtures / "sd15_tiny", out / "lora")
-    (out / ".stamp").write_text(stamp_for(fixtures))
+    (out / ".stamp").write_text(stamp_for(__file__, fixtures / ".stamp"))
 
 
 if __name__ == "__main__":

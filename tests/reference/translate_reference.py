@@ -20,25 +20,16 @@ reference.json and reference.safetensors:
 OUT_DIR/.stamp (a hash of this file and of the sd15_tiny fixtures' stamp) makes reruns free.
 """
 
-import hashlib
 import json
 import os
 import shutil
 import sys
 from pathlib import Path
 
-SCRIPT_HASH = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+from fixture_stamps import exit_if_current, stamp_for  # noqa: E402  (this folder is on sys.path when run as a script)
 
-
-def stamp_for(tiny_dir: Path) -> str:
-    upstream = tiny_dir.parent / ".stamp"
-    return SCRIPT_HASH + ":" + (upstream.read_text() if upstream.is_file() else "")
-
-
-if __name__ == "__main__" and len(sys.argv) == 3:
-    stamp_file = Path(sys.argv[2]) / ".stamp"
-    if stamp_file.is_file() and stamp_file.read_text() == stamp_for(Path(sys.argv[1])):
-        sys.exit(0)
+if __name__ == "__main__":
+    exit_if_current(__file__, lambda tiny_dir: tiny_dir.parent / ".stamp")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -275,7 +266,7 @@ def build(tiny_dir: Path, out_dir: Path) -> None:
     text_to_image_reference(folder, generator, tensors)
     save_file({k: v.contiguous() for k, v in tensors.items()}, folder / "reference.safetensors")
     (folder / "reference.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out_dir / ".stamp").write_text(stamp_for(tiny_dir))
+    (out_dir / ".stamp").write_text(stamp_for(__file__, tiny_dir.parent / ".stamp"))
 
 
 def main() -> int:
